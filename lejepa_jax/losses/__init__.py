@@ -1,0 +1,19 @@
+"""Pure-JAX LeJEPA objective: SIGReg (sliced Epps-Pulley) and the prediction term."""
+
+from lejepa_jax.losses.lejepa import lejepa_loss
+from lejepa_jax.losses.prediction import prediction_loss
+from lejepa_jax.losses.characteristic import epps_pulley
+from lejepa_jax.losses.characteristic import project
+from lejepa_jax.losses.characteristic import quadrature
+from lejepa_jax.losses.characteristic import random_directions
+from lejepa_jax.losses.characteristic import sigreg
+
+__all__ = [
+    "epps_pulley",
+    "lejepa_loss",
+    "prediction_loss",
+    "project",
+    "quadrature",
+    "random_directions",
+    "sigreg",
+]

@@ -1,0 +1,19 @@
+"""`python -m lejepa_jax.bench <benchmark> [flags]`; `--help` after a benchmark's name lists its flags."""
+
+import sys
+
+BENCHMARKS = {
+    "sigreg": "lejepa_jax.bench.sigreg",
+}
+
+
+def main() -> None:
+  if len(sys.argv) < 2 or sys.argv[1] not in BENCHMARKS:
+    names = ", ".join(sorted(BENCHMARKS))
+    sys.exit(f"usage: python -m lejepa_jax.bench <benchmark> [flags]; benchmarks: {names}")
+  import importlib  # pylint: disable=import-outside-toplevel
+  importlib.import_module(BENCHMARKS[sys.argv[1]]).main(sys.argv[2:])
+
+
+if __name__ == "__main__":
+  main()

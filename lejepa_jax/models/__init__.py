@@ -1,0 +1,107 @@
+"""Flax NNX encoders built by name: ViT, ResNet and ConvNeXt-V2 backbones plus the LeJEPA projector.
+
+    encoder = build_encoder({"name": "vit", "variant": "S/16", "projector": {"out_dim": 128}},
+                            nnx.Rngs(0))
+    features, projections = encoder(images)   # images [N, H, W, C], float
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Callable, Mapping
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from lejepa_jax.models.convnext import ConvNeXtV2
+from lejepa_jax.models.encoder import Encoder, Projector
+from lejepa_jax.models.resnet import ResNet
+from lejepa_jax.models.vit import ViT
+
+# name -> (class, the config keys it accepts besides name/variant/dtype/projector)
+BACKBONES: dict[str, tuple[Callable[..., nnx.Module], tuple[str, ...]]] = {
+    "vit": (ViT, ("img_size", "in_channels", "class_token", "num_registers", "drop_path")),
+    "resnet": (ResNet, ("in_channels", "small_stem")),
+    "convnextv2": (ConvNeXtV2, ("in_channels", "drop_path")),
+}
+PROJECTOR_KEYS = ("hidden_dim", "out_dim", "num_layers")
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
+
+
+def _dtype(name: str):
+  if name not in DTYPES:
+    raise ValueError(f"model.dtype must be one of {list(DTYPES)}, got {name!r}.")
+  return DTYPES[name]
+
+
+def _check_keys(config: Mapping[str, Any], allowed: tuple[str, ...], where: str) -> None:
+  unknown = sorted(set(config) - set(allowed))
+  if unknown:
+    raise ValueError(f"Unknown key(s) {unknown} in {where}; accepted keys: {sorted(allowed)}.")
+
+
+def build_backbone(config: Mapping[str, Any], rngs: nnx.Rngs) -> nnx.Module:
+  """Builds a backbone from {"name", "variant", "dtype", ...backbone options}."""
+  name = config.get("name")
+  if name not in BACKBONES:
+    raise ValueError(f"Unknown model.name {name!r}; available: {sorted(BACKBONES)}.")
+  cls, keys = BACKBONES[name]
+  _check_keys({k: v for k, v in config.items() if k != "projector"},
+              ("name", "variant", "dtype") + keys, f"the {name} model config")
+  kwargs = {k: config[k] for k in keys if k in config}
+  kwargs["dtype"] = _dtype(config.get("dtype", "float32"))
+  if "variant" in config:
+    kwargs["variant"] = config["variant"]
+  return cls(rngs=rngs, **kwargs)
+
+
+def build_encoder(config: Mapping[str, Any], rngs: nnx.Rngs) -> Encoder:
+  """Builds backbone + projector from a model config; `projector: None` builds the backbone alone.
+
+  Args:
+    config: {"name": "vit" | "resnet" | "convnextv2", "variant": ..., "dtype": "float32" |
+      "bfloat16", backbone options..., "projector": {"hidden_dim", "out_dim", "num_layers"} or None}.
+    rngs: parameter (and drop-path) random streams.
+  """
+  config = dict(config)
+  projector_config = config.get("projector", {})
+  backbone = build_backbone(config, rngs)
+  if projector_config is None:
+    return Encoder(backbone, None)
+  projector_config = dict(projector_config)
+  _check_keys(projector_config, PROJECTOR_KEYS, "model.projector")
+  projector = Projector(backbone.pooled_dim, dtype=_dtype(config.get("dtype", "float32")),
+                        rngs=rngs, **projector_config)
+  return Encoder(backbone, projector)
+
+
+def create_encoder(config: Mapping[str, Any], seed: int = 0, mesh: jax.sharding.Mesh | None = None,
+                   rules=None) -> Encoder:
+  """Builds an encoder inside one jit (fast), laid out on `mesh` per the logical-axis `rules`.
+
+  Args:
+    config: model config, as for :func:`build_encoder`.
+    seed: parameter initialisation seed.
+    mesh: optional mesh; parameters are created already sharded on it.
+    rules: logical-axis rules (default `lejepa_jax.sharding.DEFAULT_RULES`).
+  """
+  from lejepa_jax import sharding  # pylint: disable=import-outside-toplevel
+  rules = sharding.DEFAULT_RULES if rules is None else rules
+  return sharding.create_sharded(lambda: build_encoder(config, nnx.Rngs(seed)), mesh, rules)
+
+
+def count_params(name: str, variant: str, **options: Any) -> int:
+  """Parameter count of a backbone (no projector, no head) from abstract shapes; nothing is allocated.
+
+  Example: `count_params("vit", "L/14")` -> about 303M.
+  """
+  config = {"name": name, "variant": variant, **options}
+  with nnx.use_eager_sharding(False):
+    abstract = nnx.eval_shape(lambda: build_backbone(config, nnx.Rngs(0)))
+  params = nnx.state(abstract, nnx.Param)
+  return sum(math.prod(leaf.shape) for leaf in jax.tree.leaves(params))
+
+
+__all__ = ["BACKBONES", "ConvNeXtV2", "Encoder", "Projector", "ResNet", "ViT", "build_backbone",
+           "build_encoder", "count_params", "create_encoder"]

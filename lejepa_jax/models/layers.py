@@ -1,0 +1,109 @@
+"""Building blocks shared by the encoders: layers annotated with logical axis names, drop-path, checks.
+
+Every parameter carries logical axis names in its `out_sharding` metadata ("embed", "mlp", "heads",
+"conv_in", "conv_out", "norm", ...). `lejepa_jax.sharding` maps them to mesh axes with rules from the
+config, so one model definition serves data parallel, FSDP and tensor parallel layouts.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any, Sequence
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+Dtype = Any
+TRUNC_NORMAL = nnx.initializers.truncated_normal(stddev=0.02)
+
+
+def lazily_sharded(init):
+  """Decorates a module's __init__ so its variables are created unsharded, wherever it is built.
+
+  The logical axis names stay in each variable's metadata; `lejepa_jax.sharding.create_sharded` lays
+  the variables out on a mesh (inside one jit), so building a model never needs a mesh in scope.
+  """
+  @functools.wraps(init)
+  def wrapper(*args, **kwargs):
+    with nnx.use_eager_sharding(False):
+      init(*args, **kwargs)
+  return wrapper
+
+
+def dense(in_features: int, out_features: int, axes: tuple[str | None, str | None], *,
+          dtype: Dtype, rngs: nnx.Rngs, use_bias: bool = True,
+          kernel_init=TRUNC_NORMAL) -> nnx.Linear:
+  """A Linear layer whose kernel [in, out] carries logical axes `axes` (bias: `axes[1]`)."""
+  return nnx.Linear(in_features, out_features, use_bias=use_bias, dtype=dtype,
+                    param_dtype=jnp.float32, kernel_init=kernel_init,
+                    kernel_metadata={"out_sharding": axes},
+                    bias_metadata={"out_sharding": (axes[1],)}, rngs=rngs)
+
+
+def conv(in_features: int, out_features: int, kernel_size: int, *, strides: int = 1,
+         padding: str | Sequence[tuple[int, int]] = "SAME", groups: int = 1, use_bias: bool = False,
+         dtype: Dtype, rngs: nnx.Rngs, kernel_init=None) -> nnx.Conv:
+  """A 2-D convolution (NHWC) with kernel [kh, kw, in/groups, out] on logical axes (conv_in, conv_out)."""
+  kernel_init = kernel_init or nnx.initializers.variance_scaling(2.0, "fan_out", "normal")
+  return nnx.Conv(in_features, out_features, (kernel_size, kernel_size), strides=strides,
+                  padding=padding, feature_group_count=groups, use_bias=use_bias, dtype=dtype,
+                  param_dtype=jnp.float32, kernel_init=kernel_init,
+                  kernel_metadata={"out_sharding": (None, None, "conv_in", "conv_out")},
+                  bias_metadata={"out_sharding": ("conv_out",)}, rngs=rngs)
+
+
+def layer_norm(features: int, *, dtype: Dtype, rngs: nnx.Rngs, epsilon: float = 1e-6) -> nnx.LayerNorm:
+  return nnx.LayerNorm(features, epsilon=epsilon, dtype=dtype, param_dtype=jnp.float32,
+                       scale_metadata={"out_sharding": ("norm",)},
+                       bias_metadata={"out_sharding": ("norm",)}, rngs=rngs)
+
+
+def batch_norm(features: int, *, dtype: Dtype, rngs: nnx.Rngs, zero_scale: bool = False
+               ) -> nnx.BatchNorm:
+  """BatchNorm with PyTorch's defaults (momentum 0.1 there = 0.9 here, eps 1e-5).
+
+  Under a batch-sharded `jax.jit` its statistics are those of the global batch: the mean over the
+  sharded axis becomes a cross-device reduction, never a silent per-device estimate.
+  """
+  return nnx.BatchNorm(features, momentum=0.9, epsilon=1e-5, dtype=dtype, param_dtype=jnp.float32,
+                       scale_init=nnx.initializers.zeros if zero_scale else nnx.initializers.ones,
+                       scale_metadata={"out_sharding": ("norm",)},
+                       bias_metadata={"out_sharding": ("norm",)}, rngs=rngs)
+
+
+class DropPath(nnx.Module):
+  """Stochastic depth: drops a residual branch for whole samples, rescaling the kept ones.
+
+  Args:
+    rate: probability of dropping the branch of a sample during training.
+    ndim: rank of the branch output ([N, T, C] tokens: 3; [N, H, W, C] maps: 4).
+  """
+
+  def __init__(self, rate: float, ndim: int, *, rngs: nnx.Rngs):
+    # A dropout mask broadcast over every non-batch axis drops whole samples.
+    self.dropout = (nnx.Dropout(rate, broadcast_dims=tuple(range(1, ndim)), rngs=rngs)
+                    if rate > 0 else None)
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    return x if self.dropout is None else self.dropout(x)
+
+
+def drop_path_rates(total_rate: float, num_blocks: int) -> list[float]:
+  """Linearly increasing drop-path rates over the blocks, from 0 to `total_rate`."""
+  if num_blocks == 1:
+    return [total_rate]
+  return [total_rate * i / (num_blocks - 1) for i in range(num_blocks)]
+
+
+def check_images(images: jax.Array, in_channels: int, model: str, multiple_of: int = 1) -> None:
+  """Raises a ValueError unless `images` is [N, H, W, in_channels] with H, W multiples of `multiple_of`."""
+  if images.ndim != 4:
+    raise ValueError(f"{model} expects images of shape [N, H, W, C], got shape {images.shape}.")
+  if images.shape[-1] != in_channels:
+    raise ValueError(f"{model} was built for {in_channels} input channels, got images with "
+                     f"{images.shape[-1]} (shape {images.shape}); set model.in_channels.")
+  height, width = images.shape[1:3]
+  if height % multiple_of or width % multiple_of:
+    raise ValueError(f"{model}: image size {height}x{width} is not divisible by the patch size "
+                     f"{multiple_of}; use crops whose sides are multiples of {multiple_of}.")

@@ -1,0 +1,180 @@
+"""Vision Transformer (pre-norm, CLS token, learned interpolated position embeddings, registers)."""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from lejepa_jax.models import layers
+
+
+@dataclasses.dataclass(frozen=True)
+class ViTSize:
+  width: int
+  depth: int
+  mlp_dim: int
+  num_heads: int
+
+
+# The standard definitions (Dosovitskiy et al. 2021; Touvron et al. 2021; Zhai et al. 2022 for g).
+VIT_SIZES = {
+    "Ti": ViTSize(192, 12, 768, 3),
+    "S": ViTSize(384, 12, 1536, 6),
+    "B": ViTSize(768, 12, 3072, 12),
+    "L": ViTSize(1024, 24, 4096, 16),
+    "H": ViTSize(1280, 32, 5120, 16),
+    "g": ViTSize(1408, 40, 6144, 16),
+}
+PATCH_SIZES = (8, 14, 16)
+
+
+def parse_variant(variant: str) -> tuple[ViTSize, int]:
+  """'L/14' -> (the ViT-L size, patch 14)."""
+  match = re.fullmatch(r"(\w+)/(\d+)", variant)
+  if not match or match.group(1) not in VIT_SIZES or int(match.group(2)) not in PATCH_SIZES:
+    raise ValueError(f"Unknown ViT variant {variant!r}: expected '<size>/<patch>' with size in "
+                     f"{list(VIT_SIZES)} and patch in {list(PATCH_SIZES)}, e.g. 'S/16' or 'L/14'.")
+  return VIT_SIZES[match.group(1)], int(match.group(2))
+
+
+class Attention(nnx.Module):
+  """Multi-head self-attention over tokens [N, T, W] (fused QKV projection)."""
+
+  def __init__(self, width: int, num_heads: int, *, dtype, rngs: nnx.Rngs):
+    self.num_heads = num_heads
+    self.qkv = layers.dense(width, 3 * width, ("embed", "heads"), dtype=dtype, rngs=rngs)
+    self.out = layers.dense(width, width, ("heads", "embed"), dtype=dtype, rngs=rngs)
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    n, t, w = x.shape
+    qkv = self.qkv(x).reshape(n, t, 3, self.num_heads, w // self.num_heads)
+    q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]  # [N, T, H, Dh]
+    # jax.nn.dot_product_attention picks the fused kernel where the backend has one (cuDNN on GPU).
+    attended = jax.nn.dot_product_attention(q, k, v)
+    return self.out(attended.reshape(n, t, w))
+
+
+class Mlp(nnx.Module):
+  def __init__(self, width: int, hidden: int, *, dtype, rngs: nnx.Rngs):
+    self.fc1 = layers.dense(width, hidden, ("embed", "mlp"), dtype=dtype, rngs=rngs)
+    self.fc2 = layers.dense(hidden, width, ("mlp", "embed"), dtype=dtype, rngs=rngs)
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    return self.fc2(jax.nn.gelu(self.fc1(x), approximate=False))
+
+
+class Block(nnx.Module):
+  """Pre-norm transformer block with stochastic depth on both residual branches."""
+
+  def __init__(self, size: ViTSize, drop_path: float, *, dtype, rngs: nnx.Rngs):
+    self.norm1 = layers.layer_norm(size.width, dtype=dtype, rngs=rngs)
+    self.attn = Attention(size.width, size.num_heads, dtype=dtype, rngs=rngs)
+    self.norm2 = layers.layer_norm(size.width, dtype=dtype, rngs=rngs)
+    self.mlp = Mlp(size.width, size.mlp_dim, dtype=dtype, rngs=rngs)
+    self.drop_path = layers.DropPath(drop_path, 3, rngs=rngs)
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    x = x + self.drop_path(self.attn(self.norm1(x)))
+    return x + self.drop_path(self.mlp(self.norm2(x)))
+
+
+class ViT(nnx.Module):
+  """Vision Transformer backbone.
+
+  One model takes every crop size of a step (e.g. 224 px global and 96 px local views): the learned
+  position embeddings, defined on the `img_size` grid, are resized bicubically to each input's grid.
+
+  Args:
+    variant: '<size>/<patch>' with size in Ti, S, B, L, H, g and patch in 8, 14, 16.
+    img_size: side of the grid the position embeddings are defined on (in pixels).
+    in_channels: image channels.
+    class_token: prepend a CLS token; without it features are the mean patch token.
+    num_registers: extra register tokens (no position embedding), dropped from the outputs.
+    drop_path: stochastic-depth rate of the last block (linearly increasing from 0).
+    dtype: computation dtype (parameters stay float32).
+  """
+
+  @layers.lazily_sharded
+  def __init__(self, variant: str = "S/16", *, img_size: int = 224, in_channels: int = 3,
+               class_token: bool = True, num_registers: int = 0, drop_path: float = 0.0,
+               dtype=jnp.float32, rngs: nnx.Rngs):
+    size, patch = parse_variant(variant)
+    self.patch, self.width, self.in_channels = patch, size.width, in_channels
+    self.grid = img_size // patch
+    self.num_prefix = int(class_token) + num_registers
+    self.class_token, self.num_registers = class_token, num_registers
+    self.dtype = dtype
+    self.patch_embed = layers.dense(patch * patch * in_channels, size.width, ("patch", "embed"),
+                                    dtype=dtype, rngs=rngs)
+    init = layers.TRUNC_NORMAL
+    self.pos_embed = nnx.Param(init(rngs.params(), (1, self.grid**2, size.width)),
+                               out_sharding=(None, None, "embed"))
+    self.cls = (nnx.Param(init(rngs.params(), (1, 1, size.width)), out_sharding=(None, None, "embed"))
+                if class_token else None)
+    self.registers = (nnx.Param(init(rngs.params(), (1, num_registers, size.width)),
+                                out_sharding=(None, None, "embed")) if num_registers else None)
+    self.blocks = nnx.List([Block(size, rate, dtype=dtype, rngs=rngs)
+                            for rate in layers.drop_path_rates(drop_path, size.depth)])
+    self.norm = layers.layer_norm(size.width, dtype=dtype, rngs=rngs)
+
+  @property
+  def feature_dim(self) -> int:
+    """Size of the probe features from :meth:`embed`: two concatenated tokens of `width`."""
+    return 2 * self.width
+
+  @property
+  def pooled_dim(self) -> int:
+    return self.width
+
+  def _position_embeddings(self, grid_h: int, grid_w: int) -> jax.Array:
+    pos = self.pos_embed[...]
+    if (grid_h, grid_w) == (self.grid, self.grid):
+      return pos
+    pos = pos.reshape(self.grid, self.grid, self.width)
+    pos = jax.image.resize(pos, (grid_h, grid_w, self.width), method="bicubic", antialias=False)
+    return pos.reshape(1, grid_h * grid_w, self.width)
+
+  def _tokens(self, images: jax.Array) -> tuple[jax.Array, tuple[int, int]]:
+    """Patchify and embed: [N, H, W, C] -> tokens [N, prefix + h * w, width]."""
+    layers.check_images(images, self.in_channels, "ViT", multiple_of=self.patch)
+    n, height, width, c = images.shape
+    gh, gw, p = height // self.patch, width // self.patch, self.patch
+    patches = images.reshape(n, gh, p, gw, p, c).transpose(0, 1, 3, 2, 4, 5).reshape(n, gh * gw, -1)
+    x = self.patch_embed(patches.astype(self.dtype)) + self._position_embeddings(gh, gw).astype(
+        self.dtype)
+    prefix = []
+    if self.cls is not None:
+      prefix.append(jnp.broadcast_to(self.cls[...].astype(self.dtype), (n, 1, self.width)))
+    if self.registers is not None:
+      prefix.append(jnp.broadcast_to(self.registers[...].astype(self.dtype),
+                                     (n, self.num_registers, self.width)))
+    return jnp.concatenate(prefix + [x], axis=1), (gh, gw)
+
+  def _summary(self, tokens: jax.Array) -> jax.Array:
+    """CLS token after the final norm, or the mean patch token without a CLS: [N, width]."""
+    normed = self.norm(tokens)
+    return normed[:, 0] if self.class_token else jnp.mean(normed[:, self.num_prefix:], axis=1)
+
+  def __call__(self, images: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """images [N, H, W, C] -> (pooled [N, width] for the projector, features [N, 2 width] for probes).
+
+    Probe features are the summary tokens (CLS, or mean patch token) of the last two blocks, each
+    after the final LayerNorm, concatenated (the paper's linear-probe protocol).
+    """
+    x, _ = self._tokens(images)
+    previous = x
+    for block in self.blocks:
+      previous, x = x, block(x)
+    pooled = self._summary(x)
+    return pooled, jnp.concatenate([self._summary(previous), pooled], axis=-1)
+
+  def patch_features(self, images: jax.Array) -> jax.Array:
+    """Final normalised patch tokens as a map: [N, H, W, C] -> [N, H / patch, W / patch, width]."""
+    x, (gh, gw) = self._tokens(images)
+    for block in self.blocks:
+      x = block(x)
+    return self.norm(x)[:, self.num_prefix:].reshape(x.shape[0], gh, gw, self.width)

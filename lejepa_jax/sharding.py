@@ -1,0 +1,128 @@
+"""Meshes, logical-axis rules and sharded model creation.
+
+Parameters carry logical axis names (see `lejepa_jax.models.layers`); rules map each name to mesh axes.
+The defaults give data parallelism plus FSDP (parameters sharded over "fsdp" along their "embed" /
+"conv_out" axis) and optional tensor parallelism ("mlp" and "heads" over "tensor"). Mesh axes a rule
+names but the mesh lacks are dropped, so one rule set serves every mesh.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from typing import Any, Callable, Mapping, Sequence
+
+import jax
+import numpy as np
+from flax import nnx
+from jax.sharding import AxisType, NamedSharding, PartitionSpec as P
+
+LogicalRules = Sequence[tuple[str, Any]]
+
+BATCH_AXES = ("data", "fsdp")
+DEFAULT_RULES: LogicalRules = (
+    ("batch", BATCH_AXES),
+    ("embed", "fsdp"),
+    ("conv_out", "fsdp"),
+    ("mlp", "tensor"),
+    ("heads", "tensor"),
+    ("patch", None),
+    ("conv_in", None),
+    ("norm", None),
+)
+AXIS_TYPES = {"auto": AxisType.Auto, "explicit": AxisType.Explicit}
+
+
+def make_mesh(axes: Mapping[str, int], axis_type: str = "auto",
+              devices: Sequence[jax.Device] | None = None) -> jax.sharding.Mesh:
+  """A mesh over all (or the given) devices; one axis may be -1 to take the remaining devices.
+
+  Args:
+    axes: ordered {axis name: size}, e.g. {"data": -1, "fsdp": 8}.
+    axis_type: "auto" (XLA propagates shardings) or "explicit" (shardings are part of array types).
+  """
+  devices = list(devices if devices is not None else jax.devices())
+  sizes = dict(axes)
+  free = [name for name, size in sizes.items() if size == -1]
+  if len(free) > 1:
+    raise ValueError(f"At most one mesh axis may be -1, got {free} in {dict(axes)}.")
+  fixed = math.prod(size for size in sizes.values() if size != -1)
+  if free:
+    if len(devices) % fixed:
+      raise ValueError(f"Mesh {dict(axes)} does not divide the {len(devices)} devices.")
+    sizes[free[0]] = len(devices) // fixed
+  if math.prod(sizes.values()) != len(devices):
+    raise ValueError(f"Mesh {sizes} needs {math.prod(sizes.values())} devices, "
+                     f"but {len(devices)} are available; use -1 for one axis to fill the rest.")
+  if axis_type not in AXIS_TYPES:
+    raise ValueError(f"mesh axis_type must be one of {list(AXIS_TYPES)}, got {axis_type!r}.")
+  return jax.make_mesh(tuple(sizes.values()), tuple(sizes), devices=devices,
+                       axis_types=(AXIS_TYPES[axis_type],) * len(sizes))
+
+
+def rules_for_mesh(mesh: jax.sharding.Mesh, rules: LogicalRules = DEFAULT_RULES) -> LogicalRules:
+  """Drops mesh axes that `mesh` does not have from the rules' targets."""
+  def keep(target):
+    if target is None:
+      return None
+    names = (target,) if isinstance(target, str) else tuple(target)
+    kept = tuple(name for name in names if name in mesh.axis_names)
+    return None if not kept else kept[0] if len(kept) == 1 else kept
+  return tuple((logical, keep(target)) for logical, target in rules)
+
+
+def batch_spec(mesh: jax.sharding.Mesh, rank: int = 1) -> P:
+  """PartitionSpec sharding an array's leading (batch) axis over the mesh's data-parallel axes."""
+  axes = tuple(a for a in BATCH_AXES if a in mesh.axis_names)
+  return P(axes if axes else None, *([None] * (rank - 1)))
+
+
+def abstract_state(build: Callable[[], nnx.Module], mesh: jax.sharding.Mesh,
+                   rules: LogicalRules = DEFAULT_RULES):
+  """(graphdef, state of ShapeDtypeStructs carrying NamedShardings) of `build()`; nothing allocated."""
+  with jax.set_mesh(mesh), nnx.logical_axis_rules(rules_for_mesh(mesh, rules)):
+    with nnx.use_eager_sharding(False):
+      abstract = nnx.eval_shape(build)
+    graphdef, state = nnx.split(abstract)
+    shardings = nnx.get_named_sharding(state, mesh)
+  state = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+                       state, shardings)
+  return graphdef, state
+
+
+def create_sharded(build: Callable[[], nnx.Module], mesh: jax.sharding.Mesh | None = None,
+                   rules: LogicalRules = DEFAULT_RULES) -> nnx.Module:
+  """Creates `build()` inside one jit, with every variable laid out per the rules on `mesh`.
+
+  The jit's outputs carry the target shardings, so no device ever holds a full copy of a sharded
+  parameter; compiling the initialisers once is also much faster than running them op by op.
+  Without a mesh the module lands on the default device.
+  """
+  if mesh is None:
+    with nnx.use_eager_sharding(False):
+      graphdef, abstract = nnx.split(nnx.eval_shape(build))
+    shardings = None
+  else:
+    graphdef, abstract = abstract_state(build, mesh, rules)
+    shardings = jax.tree.map(lambda a: a.sharding, abstract)
+
+  @functools.partial(jax.jit, out_shardings=shardings)
+  def init():
+    with nnx.use_eager_sharding(False):
+      return nnx.state(build())
+
+  if mesh is None:
+    return nnx.merge(graphdef, init())
+  with jax.set_mesh(mesh):
+    return nnx.merge(graphdef, init())
+
+
+def bytes_per_device(state) -> dict[int, int]:
+  """Bytes each device holds of a state of arrays or sharded ShapeDtypeStructs, by device id."""
+  totals: dict[int, int] = {}
+  for leaf in jax.tree.leaves(state):
+    sharding = leaf.sharding
+    shard_bytes = math.prod(sharding.shard_shape(leaf.shape)) * np.dtype(leaf.dtype).itemsize
+    for device in sharding.device_set:
+      totals[device.id] = totals.get(device.id, 0) + shard_bytes
+  return totals

@@ -1,0 +1,175 @@
+"""Encoders: parameter counts, shapes, position-embedding interpolation, dtypes, bad input."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from lejepa_jax import models
+
+
+def _vit_params(width, depth, mlp, patch, channels=3, img=224):
+  """Closed-form ViT parameter count (patch embed, CLS, positions, blocks, final norm)."""
+  grid = (img // patch)**2
+  block = 4 * width + (3 * width**2 + 3 * width) + (width**2 + width) + 2 * width * mlp + mlp + width
+  return patch**2 * channels * width + width + width + grid * width + depth * block + 2 * width
+
+
+# Published sizes without the classification head: ViT (the issue's figures, g: 40 blocks, width
+# 1408, MLP 6144); torchvision ResNets (11,689,512 / 21,797,672 / 25,557,032 minus the 1000-way fc);
+# ConvNeXt-V2 (3.71M ... 660.29M as published, minus the 1000-way fc of the last stage's width).
+PUBLISHED = {
+    ("vit", "S/16"): 21.7e6, ("vit", "B/16"): 85.8e6, ("vit", "L/14"): 303e6, ("vit", "H/14"): 631e6,
+    ("vit", "g/14"): _vit_params(1408, 40, 6144, 14),
+    ("resnet", "18"): 11_689_512 - 513_000, ("resnet", "34"): 21_797_672 - 513_000,
+    ("resnet", "50"): 25_557_032 - 2_049_000,
+    ("convnextv2", "atto"): 3.71e6 - 321_000, ("convnextv2", "femto"): 5.23e6 - 385_000,
+    ("convnextv2", "pico"): 9.07e6 - 513_000, ("convnextv2", "nano"): 15.62e6 - 641_000,
+    ("convnextv2", "tiny"): 28.64e6 - 769_000, ("convnextv2", "base"): 88.72e6 - 1_025_000,
+    ("convnextv2", "large"): 197.96e6 - 1_537_000, ("convnextv2", "huge"): 660.29e6 - 2_817_000,
+}
+
+
+@pytest.mark.parametrize("name,variant", sorted(PUBLISHED))
+def test_parameter_counts_match_published_sizes(name, variant):
+  count = models.count_params(name, variant)
+  assert abs(count - PUBLISHED[name, variant]) < 0.005 * PUBLISHED[name, variant], count
+
+
+@pytest.mark.parametrize("size,dims", [("Ti", (192, 12, 768)), ("S", (384, 12, 1536)),
+                                       ("B", (768, 12, 3072)), ("L", (1024, 24, 4096))])
+@pytest.mark.parametrize("patch", [8, 14, 16])
+def test_vit_count_equals_closed_form(size, dims, patch):
+  assert models.count_params("vit", f"{size}/{patch}") == _vit_params(*dims, patch)
+
+
+TINY = {
+    "vit": dict(name="vit", variant="Ti/16", img_size=32),
+    "vit_registers_no_cls": dict(name="vit", variant="Ti/8", img_size=32, num_registers=4,
+                                 class_token=False, drop_path=0.1),
+    "resnet18_small": dict(name="resnet", variant="18", small_stem=True, in_channels=1),
+    "resnet50": dict(name="resnet", variant="50"),
+    "convnextv2": dict(name="convnextv2", variant="atto", drop_path=0.1),
+}
+EXPECTED_DIMS = {"vit": 384, "vit_registers_no_cls": 384, "resnet18_small": 512, "resnet50": 2048,
+                 "convnextv2": 320}
+
+
+@nnx.jit
+def _forward(encoder, images):
+  return encoder(images)
+
+
+@pytest.mark.parametrize("which", sorted(TINY))
+def test_forward_shapes(which):
+  config = dict(TINY[which], projector=dict(hidden_dim=32, out_dim=8))
+  channels = config.get("in_channels", 3)
+  images = jax.ShapeDtypeStruct((3, 32, 32, channels), jnp.float32)
+  features, projections = jax.eval_shape(lambda x: models.build_encoder(config, nnx.Rngs(0))(x),
+                                         images)
+  assert features.shape == (3, EXPECTED_DIMS[which]) and projections.shape == (3, 8)
+
+
+@pytest.mark.parametrize("which", ["vit", "vit_registers_no_cls", "resnet18_small"])
+def test_forward_is_finite_and_embed_matches(which):
+  config = dict(TINY[which], projector=dict(hidden_dim=32, out_dim=8))
+  encoder = models.create_encoder(config)
+  encoder.eval()
+  assert encoder.feature_dim == EXPECTED_DIMS[which]
+  images = jax.random.uniform(jax.random.key(0), (3, 32, 32, config.get("in_channels", 3)))
+  features, _ = _forward(encoder, images)
+  np.testing.assert_allclose(nnx.jit(lambda m, x: m.embed(x))(encoder, images), features, rtol=1e-6)
+  assert np.all(np.isfinite(np.asarray(features)))
+
+
+def test_projector_structure_is_linear_bn_relu_twice_then_linear():
+  projector = models.Projector(16, hidden_dim=32, out_dim=8, rngs=nnx.Rngs(0))
+  assert [l.kernel.shape for l in projector.linears] == [(16, 32), (32, 32)]
+  assert len(projector.norms) == 2 and projector.out.kernel.shape == (32, 8)
+  x = jax.random.normal(jax.random.key(0), (4, 3, 16))  # [N, V, D]: BN over N and V together
+  np.testing.assert_allclose(projector(x), projector(x.reshape(12, 16)).reshape(4, 3, 8), rtol=1e-6)
+
+
+def test_one_vit_takes_global_and_local_crops():
+  vit = models.ViT("Ti/16", img_size=64, rngs=nnx.Rngs(0))
+  vit.eval()
+  pooled_global, _ = vit(jnp.ones((2, 64, 64, 3)))
+  pooled_local, _ = vit(jnp.ones((2, 32, 48, 3)))  # non-square local crop
+  assert pooled_global.shape == pooled_local.shape == (2, 192)
+  assert vit.patch_features(jnp.ones((1, 32, 48, 3))).shape == (1, 2, 3, 192)
+  # At the native grid the stored embeddings are used as they are.
+  np.testing.assert_array_equal(vit._position_embeddings(4, 4), vit.pos_embed[...])
+  # Resizing a constant or linear field is exact for bicubic interpolation away from the borders.
+  ramp = jnp.broadcast_to(jnp.arange(4.0)[:, None, None], (4, 4, 192)).reshape(1, 16, 192)
+  vit.pos_embed.set_value(ramp)
+  resized = np.asarray(vit._position_embeddings(8, 8)).reshape(8, 8, 192)
+  assert np.allclose(resized[:, 0, 0], resized[:, 5, 7])  # constant along columns
+  assert np.all(np.diff(resized[2:6, 0, 0]) > 0)  # increasing along rows
+  vit.pos_embed.set_value(jnp.full((1, 16, 192), 0.7))
+  np.testing.assert_allclose(vit._position_embeddings(6, 3), 0.7, rtol=1e-5)
+
+
+def test_vit_features_are_last_two_summary_tokens():
+  vit = models.ViT("Ti/16", img_size=32, rngs=nnx.Rngs(0))
+  images = jax.random.uniform(jax.random.key(1), (2, 32, 32, 3))
+  pooled, features = vit(images)
+  x, _ = vit._tokens(images)
+  outputs = [x]
+  for block in vit.blocks:
+    outputs.append(block(outputs[-1]))
+  np.testing.assert_allclose(features[:, :192], vit.norm(outputs[-2])[:, 0], rtol=1e-5)
+  np.testing.assert_allclose(features[:, 192:], vit.norm(outputs[-1])[:, 0], rtol=1e-5)
+  np.testing.assert_allclose(pooled, features[:, 192:], rtol=1e-6)
+
+
+@pytest.mark.parametrize("which", ["vit", "resnet18_small", "convnextv2"])
+def test_bfloat16_compute_keeps_float32_params(which):
+  config = dict(TINY[which], projector=dict(hidden_dim=32, out_dim=8))
+  channels = config.get("in_channels", 3)
+  images = jax.random.uniform(jax.random.key(0), (4, 32, 32, channels))
+  reference = models.create_encoder(config)
+  low = models.create_encoder(dict(config, dtype="bfloat16"))
+  reference.eval(), low.eval()
+  params = jax.tree.leaves(nnx.state(low, nnx.Param))
+  assert all(p.dtype == jnp.float32 for p in params)
+  features, _ = _forward(low, images)
+  assert features.dtype == jnp.bfloat16
+  want, _ = _forward(reference, images)
+  err = np.linalg.norm(np.asarray(features, np.float32) - want) / np.linalg.norm(want)
+  assert err < 0.05
+
+
+@pytest.mark.parametrize("images,match", [
+    (jnp.ones((2, 32, 32)), r"shape \[N, H, W, C\]"),
+    (jnp.ones((2, 32, 32, 1)), "input channels"),
+    (jnp.ones((2, 30, 32, 3)), "not divisible by the patch size 16"),
+])
+def test_vit_rejects_bad_images(images, match):
+  vit = models.ViT("Ti/16", img_size=32, rngs=nnx.Rngs(0))
+  with pytest.raises(ValueError, match=match):
+    vit(images)
+
+
+def test_convnets_reject_bad_images():
+  def call(config, shape):
+    return jax.eval_shape(lambda x: models.build_backbone(config, nnx.Rngs(0))(x),
+                          jax.ShapeDtypeStruct(shape, jnp.float32))
+  with pytest.raises(ValueError, match="input channels"):
+    call(dict(name="resnet", variant="18"), (2, 32, 32, 1))
+  with pytest.raises(ValueError, match=r"shape \[N, H, W, C\]"):
+    call(dict(name="convnextv2", variant="atto"), (32, 32, 3))
+
+
+@pytest.mark.parametrize("config,match", [
+    (dict(name="vitt", variant="S/16"), "Unknown model.name 'vitt'"),
+    (dict(name="vit", variant="S/15"), "Unknown ViT variant 'S/15'"),
+    (dict(name="vit", variant="S/16", small_stem=True), r"Unknown key\(s\) \['small_stem'\]"),
+    (dict(name="resnet", variant="101"), "Unknown ResNet variant"),
+    (dict(name="convnextv2", variant="giant"), "Unknown ConvNeXt-V2 variant"),
+    (dict(name="resnet", variant="18", projector=dict(out=8)), r"model.projector"),
+    (dict(name="resnet", variant="18", dtype="fp8"), "model.dtype"),
+])
+def test_bad_model_configs_name_the_problem(config, match):
+  with pytest.raises(ValueError, match=match):
+    models.build_encoder(config, nnx.Rngs(0))

@@ -30,8 +30,11 @@ DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float
 
 
 def _dtype(name: str):
+  """Computation dtype; "auto" is bfloat16 on accelerators and float32 on the CPU."""
+  if name == "auto":
+    return jnp.float32 if jax.default_backend() == "cpu" else jnp.bfloat16
   if name not in DTYPES:
-    raise ValueError(f"model.dtype must be one of {list(DTYPES)}, got {name!r}.")
+    raise ValueError(f"model.dtype must be 'auto' or one of {list(DTYPES)}, got {name!r}.")
   return DTYPES[name]
 
 
@@ -50,7 +53,7 @@ def build_backbone(config: Mapping[str, Any], rngs: nnx.Rngs) -> nnx.Module:
   _check_keys({k: v for k, v in config.items() if k != "projector"},
               ("name", "variant", "dtype") + keys, f"the {name} model config")
   kwargs = {k: config[k] for k in keys if k in config}
-  kwargs["dtype"] = _dtype(config.get("dtype", "float32"))
+  kwargs["dtype"] = _dtype(config.get("dtype", "auto"))
   if "variant" in config:
     kwargs["variant"] = config["variant"]
   return cls(rngs=rngs, **kwargs)
@@ -60,8 +63,8 @@ def build_encoder(config: Mapping[str, Any], rngs: nnx.Rngs) -> Encoder:
   """Builds backbone + projector from a model config; `projector: None` builds the backbone alone.
 
   Args:
-    config: {"name": "vit" | "resnet" | "convnextv2", "variant": ..., "dtype": "float32" |
-      "bfloat16", backbone options..., "projector": {"hidden_dim", "out_dim", "num_layers"} or None}.
+    config: {"name": "vit" | "resnet" | "convnextv2", "variant": ..., "dtype": "auto" (bfloat16 on
+      accelerators, float32 on CPU) | "float32" | "bfloat16", backbone options..., "projector": {"hidden_dim", "out_dim", "num_layers"} or None}.
     rngs: parameter (and drop-path) random streams.
   """
   config = dict(config)
@@ -71,7 +74,7 @@ def build_encoder(config: Mapping[str, Any], rngs: nnx.Rngs) -> Encoder:
     return Encoder(backbone, None)
   projector_config = dict(projector_config)
   _check_keys(projector_config, PROJECTOR_KEYS, "model.projector")
-  projector = Projector(backbone.pooled_dim, dtype=_dtype(config.get("dtype", "float32")),
+  projector = Projector(backbone.pooled_dim, dtype=_dtype(config.get("dtype", "auto")),
                         rngs=rngs, **projector_config)
   return Encoder(backbone, projector)
 

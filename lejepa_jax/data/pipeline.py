@@ -1,0 +1,101 @@
+"""grain pipelines over TFDS ArrayRecord sources: multi-crop training batches and exact evaluation passes.
+
+Training: seeded global shuffle (a new order every epoch) -> this host's slice `[index::count]` ->
+repeat -> multi-crop `random_map` (deterministic per (seed, example index)) -> drop undecodable
+records -> batch of global_batch / process_count -> optional multiprocess prefetch. The iterator's
+state (`get_state` / `set_state`) goes into the training checkpoint, so a resumed run continues with
+exactly the batches the uninterrupted run would have produced.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Mapping
+
+import grain
+import jax
+import numpy as np
+from jax.sharding import NamedSharding
+
+from lejepa_jax import sharding as sharding_lib
+from lejepa_jax.data import augment
+
+
+class DataError(ValueError):
+  """A dataset that cannot be opened; the message says what to run."""
+
+
+def open_source(name: str, split: str, data_dir: str | None):
+  """A TFDS ArrayRecord data source whose images stay encoded (decoded by the pipeline's workers)."""
+  import tensorflow_datasets as tfds  # pylint: disable=import-outside-toplevel
+  try:
+    return tfds.data_source(
+        name, split=split, data_dir=data_dir, builder_kwargs={"file_format": "array_record"},
+        decoders={"image": tfds.decode.SkipDecoding()}, download=False)
+  except Exception as error:  # TFDS raises several types (not found, bad split, missing files)
+    hint = (f"python -m lejepa_jax.data.prepare fashion_mnist --out={data_dir}"
+            if name == "fashion_mnist" else
+            f"python -m lejepa_jax.data.prepare folder --name={name} --source=<image folder> "
+            f"--out={data_dir}")
+    raise DataError(
+        f"Cannot open dataset {name!r} split {split!r} in data_dir={data_dir!r} ({error}). "
+        f"Prepare it first, e.g. `{hint}`, or set data.name / data.split / data.data_dir.") from error
+
+
+def local_batch_size(global_batch_size: int, process_count: int) -> int:
+  if global_batch_size % process_count:
+    raise DataError(f"data.global_batch_size={global_batch_size} must be divisible by the "
+                    f"{process_count} processes.")
+  return global_batch_size // process_count
+
+
+def train_dataset(source, multicrop: augment.MultiCrop, *, global_batch_size: int, seed: int,
+                  process_index: int = 0, process_count: int = 1, num_epochs: int | None = None,
+                  num_workers: int = 0) -> grain.IterDataset:
+  """Batches {"global": [n, Vg, H, W, C] uint8, "local": [n, Vl, h, w, C] uint8, "label": [n]}.
+
+  n = global_batch_size / process_count; hosts read disjoint slices of each epoch's shuffled order.
+  """
+  batch = local_batch_size(global_batch_size, process_count)
+  ds = grain.MapDataset.source(source).seed(seed).shuffle()
+  ds = ds[process_index::process_count].repeat(num_epochs).random_map(multicrop)
+  it = ds.to_iter_dataset().filter(lambda x: x is not None).batch(batch, drop_remainder=True)
+  if num_workers > 0:
+    it = it.mp_prefetch(grain.MultiprocessingOptions(num_workers=num_workers))
+  return it
+
+
+class _PaddedSlice(grain.transforms.Map):
+  """Index k of this host's slice -> the k-th example, or a flagged copy of example 0 past the end."""
+
+  def __init__(self, source, crop: augment.CenterCrop, process_index: int, process_count: int):
+    self.source, self.crop = source, crop
+    self.process_index, self.process_count = process_index, process_count
+
+  def map(self, k: int) -> dict:
+    index = int(k) * self.process_count + self.process_index
+    element = self.crop.map(self.source[min(index, len(self.source) - 1)])
+    element["valid"] = np.bool_(element["valid"] and index < len(self.source))
+    return element
+
+
+def eval_dataset(source, crop: augment.CenterCrop, *, global_batch_size: int,
+                 process_index: int = 0, process_count: int = 1) -> grain.MapDataset:
+  """Every example exactly once, in order: {"image": [n, S, S, C], "label": [n], "valid": [n]}.
+
+  The last batch is padded (valid = False) so every host yields the same number of full batches.
+  """
+  batch = local_batch_size(global_batch_size, process_count)
+  per_host = math.ceil(len(source) / process_count)
+  per_host = math.ceil(per_host / batch) * batch
+  ds = grain.MapDataset.range(per_host).map(_PaddedSlice(source, crop, process_index, process_count))
+  return ds.batch(batch, drop_remainder=True)
+
+
+def to_global_batch(local: Mapping[str, np.ndarray], mesh: jax.sharding.Mesh) -> dict[str, Any]:
+  """This host's numpy batch -> global jax.Arrays sharded over the mesh's batch axes (dim 0)."""
+  out = {}
+  for name, value in local.items():
+    sharding = NamedSharding(mesh, sharding_lib.batch_spec(mesh, np.ndim(value)))
+    out[name] = jax.make_array_from_process_local_data(sharding, np.asarray(value))
+  return out

@@ -1,0 +1,178 @@
+"""Offline preparation of local data into TFDS ArrayRecord datasets, without network access.
+
+    python -m lejepa_jax.data.prepare fashion_mnist --out=DATA_DIR [--source=/usr/share/datasets/fashion-mnist]
+    python -m lejepa_jax.data.prepare folder --name=my_images --source=PATH --out=DATA_DIR
+
+The result is read back like any TFDS dataset: `tfds.data_source(name, split, data_dir=DATA_DIR)`.
+Preparing a dataset that is already there does nothing. Images are stored PNG-encoded (TFDS then
+needs no TensorFlow to write them).
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import os
+import sys
+from typing import Iterator
+
+import numpy as np
+
+FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"  # Debian's dataset-fashion-mnist package
+FASHION_MNIST_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt",
+                         "Sneaker", "Bag", "Ankle boot")
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff")
+
+
+def read_idx(path: str) -> np.ndarray:
+  """Reads an IDX file (optionally gzipped), the format MNIST-style datasets ship in."""
+  opener = gzip.open if path.endswith(".gz") else open
+  with opener(path, "rb") as f:
+    data = f.read()
+  if data[:2] != b"\x00\x00" or data[2] != 0x08:
+    raise ValueError(f"{path} is not an IDX file of unsigned bytes.")
+  ndim = data[3]
+  dims = [int.from_bytes(data[4 + 4 * i:8 + 4 * i], "big") for i in range(ndim)]
+  return np.frombuffer(data, np.uint8, offset=4 + 4 * ndim).reshape(dims)
+
+
+def encode_png(image: np.ndarray) -> bytes:
+  import cv2  # pylint: disable=import-outside-toplevel
+  if image.ndim == 3 and image.shape[-1] == 3:
+    image = cv2.cvtColor(image, cv2.COLOR_RGB2BGR)  # OpenCV writes BGR
+  ok, buffer = cv2.imencode(".png", image)
+  if not ok:
+    raise ValueError("PNG encoding failed.")
+  return buffer.tobytes()
+
+
+def _idx_path(source: str, stem: str) -> str:
+  for candidate in (f"{stem}.gz", stem):
+    path = os.path.join(source, candidate)
+    if os.path.exists(path):
+      return path
+  raise FileNotFoundError(
+      f"{os.path.join(source, stem)}(.gz) not found. Install Fashion-MNIST with "
+      "`apt-get install dataset-fashion-mnist` or pass --source=<folder with the IDX files>.")
+
+
+def _builders():
+  """Builder classes, defined lazily so importing this module does not import TFDS."""
+  import tensorflow_datasets as tfds  # pylint: disable=import-outside-toplevel
+
+  class FashionMnistLocal(tfds.core.GeneratorBasedBuilder, skip_registration=True):
+    """Fashion-MNIST from local IDX files, written exactly as TFDS's own `fashion_mnist` 3.0.1."""
+    name = "fashion_mnist"
+    VERSION = tfds.core.Version("3.0.1")
+
+    def __init__(self, *, source: str, **kwargs):
+      self._source = source
+      super().__init__(**kwargs)
+
+    def _info(self):
+      return tfds.core.DatasetInfo(
+          builder=self,
+          features=tfds.features.FeaturesDict({
+              "image": tfds.features.Image(shape=(28, 28, 1)),
+              "label": tfds.features.ClassLabel(names=FASHION_MNIST_CLASSES)}),
+          supervised_keys=("image", "label"))
+
+    def _split_generators(self, dl_manager):
+      del dl_manager
+      return {"train": self._generate_examples("train"), "test": self._generate_examples("t10k")}
+
+    def _generate_examples(self, prefix: str) -> Iterator[tuple[int, dict]]:
+      images = read_idx(_idx_path(self._source, f"{prefix}-images-idx3-ubyte"))
+      labels = read_idx(_idx_path(self._source, f"{prefix}-labels-idx1-ubyte"))
+      for i, (image, label) in enumerate(zip(images, labels)):
+        yield i, {"image": encode_png(image[..., None]), "label": int(label)}
+
+  class ImageFolder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
+    """Images arranged one sub-folder per class (optionally under train/, test/, ... split folders)."""
+    VERSION = tfds.core.Version("1.0.0")
+
+    def __init__(self, *, source: str, **kwargs):
+      self._source = source
+      self._splits = _folder_splits(source)
+      self._classes = sorted({c for split in self._splits.values() for c in _class_dirs(split)})
+      super().__init__(**kwargs)
+
+    def _info(self):
+      return tfds.core.DatasetInfo(
+          builder=self,
+          features=tfds.features.FeaturesDict({
+              "image": tfds.features.Image(shape=(None, None, 3), encoding_format="png"),
+              "label": tfds.features.ClassLabel(names=self._classes)}),
+          supervised_keys=("image", "label"))
+
+    def _split_generators(self, dl_manager):
+      del dl_manager
+      return {split: self._generate_examples(path) for split, path in self._splits.items()}
+
+    def _generate_examples(self, folder: str):
+      import cv2  # pylint: disable=import-outside-toplevel
+      for label in _class_dirs(folder):
+        class_dir = os.path.join(folder, label)
+        for filename in sorted(os.listdir(class_dir)):
+          if not filename.lower().endswith(IMAGE_SUFFIXES):
+            continue
+          path = os.path.join(class_dir, filename)
+          image = cv2.imread(path, cv2.IMREAD_COLOR_RGB)
+          if image is None:
+            print(f"[prepare] skipping unreadable image {path}", file=sys.stderr)
+            continue
+          yield f"{label}/{filename}", {"image": encode_png(image), "label": label}
+
+  return FashionMnistLocal, ImageFolder
+
+
+def _class_dirs(folder: str) -> list[str]:
+  return sorted(d for d in os.listdir(folder) if os.path.isdir(os.path.join(folder, d)))
+
+
+def _folder_splits(source: str) -> dict[str, str]:
+  """{split: folder}: `train/`, `test/`, `validation/` sub-folders if present, else all is train."""
+  if not os.path.isdir(source):
+    raise FileNotFoundError(f"Image folder {source} does not exist.")
+  named = {s: os.path.join(source, s) for s in ("train", "validation", "test")
+           if os.path.isdir(os.path.join(source, s))}
+  return named or {"train": source}
+
+
+def prepare_fashion_mnist(out: str, source: str = FASHION_MNIST_DIR) -> str:
+  """Writes `fashion_mnist` (train 60k, test 10k) under `out`; a no-op if it is already there."""
+  fashion_mnist, _ = _builders()
+  builder = fashion_mnist(source=source, data_dir=out, file_format="array_record")
+  builder.download_and_prepare()
+  return builder.data_dir
+
+
+def prepare_image_folder(name: str, source: str, out: str) -> str:
+  """Writes the images under `source` (one sub-folder per class) as TFDS dataset `name` under `out`."""
+  _, image_folder = _builders()
+  # TFDS takes a dataset's name from its builder class.
+  named = type(f"ImageFolder_{name}", (image_folder,), {"name": name}, skip_registration=True)
+  builder = named(source=source, data_dir=out, file_format="array_record")
+  builder.download_and_prepare()
+  return builder.data_dir
+
+
+def main(argv: list[str] | None = None) -> None:
+  parser = argparse.ArgumentParser(prog="python -m lejepa_jax.data.prepare", description=__doc__,
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser.add_argument("dataset", choices=["fashion_mnist", "folder"])
+  parser.add_argument("--out", required=True, help="TFDS data_dir to write into")
+  parser.add_argument("--source", help="IDX folder (fashion_mnist) or image folder (folder)")
+  parser.add_argument("--name", help="dataset name for `folder`")
+  args = parser.parse_args(argv)
+  if args.dataset == "fashion_mnist":
+    path = prepare_fashion_mnist(args.out, args.source or FASHION_MNIST_DIR)
+  else:
+    if not args.name or not args.source:
+      parser.error("`folder` needs --name and --source")
+    path = prepare_image_folder(args.name, args.source, args.out)
+  print(f"[prepare] dataset ready at {path}")
+
+
+if __name__ == "__main__":
+  main()

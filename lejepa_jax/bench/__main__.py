@@ -3,6 +3,7 @@
 import sys
 
 BENCHMARKS = {
+    "data": "lejepa_jax.bench.data",
     "sigreg": "lejepa_jax.bench.sigreg",
 }
 

@@ -22,5 +22,11 @@ if [ ! -d "$data_dir/fashion_mnist" ]; then
 data_dir=sys.argv[1], builder_kwargs={'file_format': 'array_record'}, download=True)" "$data_dir"
   fi
 fi
-exec python -m lejepa_jax.main --config=configs/fashion_mnist.py --workdir="$workdir" \
+config="configs/fashion_mnist.py"
+if [ "${LEJEPA_DEMO_SHORT:-0}" = 1 ]; then
+  config="configs/fashion_mnist.py:runlocal,steps=10"
+  workdir="${LEJEPA_WORKDIR:-$repo_root/workdirs/fashion_mnist_short}"
+  rm -rf "$workdir"
+fi
+exec python -m lejepa_jax.main --config="$config" --workdir="$workdir" \
   --config.data.data_dir="$data_dir" "$@"

@@ -36,3 +36,46 @@ def restore_tree(directory: str | os.PathLike, target: Any) -> Any:
     return checkpointer.restore(directory, target)
   finally:
     checkpointer.close()
+
+
+# Training checkpoints --------------------------------------------------------------------------
+
+STATE, DATA, CONFIG = "state", "data", "config"
+
+
+def training_manager(directory: str | os.PathLike, max_to_keep: int = 3) -> ocp.CheckpointManager:
+  """Manager of the training run's checkpoints: the train state, the data iterator, the config."""
+  import grain  # pylint: disable=import-outside-toplevel
+  registry = ocp.handlers.DefaultCheckpointHandlerRegistry()
+  registry.add(DATA, grain.checkpoint.CheckpointSave, grain.checkpoint.CheckpointHandler)
+  registry.add(DATA, grain.checkpoint.CheckpointRestore, grain.checkpoint.CheckpointHandler)
+  options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True)
+  return ocp.CheckpointManager(os.path.abspath(directory), options=options,
+                               handler_registry=registry)
+
+
+def save_training(manager: ocp.CheckpointManager, step: int, state: Any, data_iterator,
+                  config: dict) -> None:
+  """Saves asynchronously; call `manager.wait_until_finished()` before exiting."""
+  import grain  # pylint: disable=import-outside-toplevel
+  manager.save(step, args=ocp.args.Composite(**{
+      STATE: ocp.args.StandardSave(state),
+      DATA: grain.checkpoint.CheckpointSave(data_iterator),
+      CONFIG: ocp.args.JsonSave(config)}))
+
+
+def restore_training(manager: ocp.CheckpointManager, step: int, abstract_state: Any,
+                     data_iterator) -> Any:
+  """Restores the train state (onto `abstract_state`'s shardings) and the iterator in place."""
+  import grain  # pylint: disable=import-outside-toplevel
+  restored = manager.restore(step, args=ocp.args.Composite(**{
+      STATE: ocp.args.StandardRestore(abstract_state),
+      DATA: grain.checkpoint.CheckpointRestore(data_iterator)}))
+  return restored[STATE]
+
+
+def restore_state_only(manager: ocp.CheckpointManager, step: int, abstract_state: Any) -> Any:
+  """The train state of a step without the data iterator (probe jobs, exports)."""
+  restored = manager.restore(step, args=ocp.args.Composite(**{
+      STATE: ocp.args.StandardRestore(abstract_state)}))
+  return restored[STATE]

@@ -1,21 +1,47 @@
-"""Entry point of the pretraining job: `python -m lejepa_jax.main --config=configs/<name>.py --workdir=DIR`.
+"""Entry point of the pretraining job.
 
-This version ships the LeJEPA objective (`lejepa_jax.losses`) and its benchmark; the trainer that this
-command launches is not part of it yet, so the command says so and exits cleanly.
+    python -m lejepa_jax.main --config=configs/<name>.py[:args] --workdir=DIR [--config.a.b=value ...]
+
+Only flags live here; the work is done by `lejepa_jax.train.run`, importable and testable on its own.
 """
 
 from __future__ import annotations
 
-import sys
+import logging
+import os
+
+from absl import app, flags
+from ml_collections import config_flags
+
+_CONFIG = config_flags.DEFINE_config_file(
+    "config", None, "Experiment config file (configs/*.py), optionally with ':args'.",
+    lock_config=True)
+_WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints and logs; reruns resume.")
+flags.mark_flags_as_required(["config", "workdir"])
 
 
-def main(argv: list[str]) -> int:
+def _multi_process() -> bool:
+  """True when launched as one of several processes (SLURM, TPU pod, or explicit coordinator)."""
+  if os.environ.get("JAX_COORDINATOR_ADDRESS"):
+    return True
+  if int(os.environ.get("SLURM_NTASKS", "1")) > 1:
+    return True
+  return len(os.environ.get("TPU_WORKER_HOSTNAMES", "").split(",")) > 1
+
+
+def main(argv: list[str]) -> None:
   del argv
-  print("lejepa_jax: the pretraining job is not yet available in this version.\n"
-        "Available now: the LeJEPA objective in lejepa_jax.losses (see README.md) and\n"
-        "`python -m lejepa_jax.bench sigreg`.")
-  return 0
+  import jax  # pylint: disable=import-outside-toplevel
+  if _multi_process():
+    jax.distributed.initialize()
+  logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
+  # Libraries (orbax, grain, TFDS) log every detail through absl; keep the console to progress lines.
+  from absl import logging as absl_logging  # pylint: disable=import-outside-toplevel
+  absl_logging.set_verbosity(absl_logging.WARNING)
+  logging.getLogger("lejepa_jax").setLevel(logging.INFO)
+  from lejepa_jax import train  # pylint: disable=import-outside-toplevel
+  train.run(_CONFIG.value, _WORKDIR.value)
 
 
 if __name__ == "__main__":
-  sys.exit(main(sys.argv[1:]))
+  app.run(main)

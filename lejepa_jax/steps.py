@@ -1,0 +1,83 @@
+"""Pure train step: LeJEPA loss on the projector outputs, AdamW update, online linear probe.
+
+The step takes and returns the whole training state (model, optimizer, probe, probe optimizer) as an
+`nnx.State`; train.py jits it with the state donated and compiles it ahead of time.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax import nnx
+
+from lejepa_jax import losses
+from lejepa_jax.models import layers
+
+
+class LinearProbe(nnx.Module):
+  """LayerNorm + Linear on stop-gradient backbone features, trained alongside the encoder."""
+
+  @layers.lazily_sharded
+  def __init__(self, in_dim: int, num_classes: int, *, rngs: nnx.Rngs):
+    self.norm = nnx.LayerNorm(in_dim, rngs=rngs)
+    self.linear = nnx.Linear(in_dim, num_classes, rngs=rngs)
+
+  def __call__(self, features: jax.Array) -> jax.Array:
+    return self.linear(self.norm(features.astype(jnp.float32)))
+
+
+def normalize(images: jax.Array, mean, std) -> jax.Array:
+  """uint8 [..., C] -> float32 standardised per channel (done on device: images travel as uint8)."""
+  mean = jnp.asarray(mean, jnp.float32) * 255.0
+  std = jnp.asarray(std, jnp.float32) * 255.0
+  return (images.astype(jnp.float32) - mean) / std
+
+
+def _embed_views(model, views: jax.Array) -> tuple[jax.Array, jax.Array]:
+  """[N, V, H, W, C] -> (pooled [N, V, D], probe features [N, V, F]) through the backbone."""
+  n, v = views.shape[:2]
+  pooled, features = model.backbone(views.reshape((n * v,) + views.shape[2:]))
+  return pooled.reshape(n, v, -1), features.reshape(n, v, -1)
+
+
+def lejepa_objective(model, batch: Mapping[str, jax.Array], key: jax.Array,
+                     loss_config: Mapping[str, Any], num_global: int, mean, std):
+  """Loss and its parts for a multi-crop batch; also returns the global views' probe features."""
+  pooled_g, features_g = _embed_views(model, normalize(batch["global"], mean, std))
+  pooled = pooled_g
+  if batch["local"].shape[1]:
+    pooled_l, _ = _embed_views(model, normalize(batch["local"], mean, std))
+    pooled = jnp.concatenate([pooled_g, pooled_l], axis=1)
+  z = model.projector(pooled)  # [N, V, K]: one BatchNorm over every view of the batch
+  loss, parts = losses.lejepa_loss(z, key, num_global=num_global, **loss_config)
+  return loss, (parts, features_g)
+
+
+def train_step(graphdef, state, batch, key, *, loss_config, num_global, mean, std):
+  """One step: (state, metrics). `key` is this step's key (fold_in(seed key, step))."""
+  model, optimizer, probe, probe_optimizer = nnx.merge(graphdef, state)
+  model.train()
+
+  def loss_fn(model):
+    return lejepa_objective(model, batch, key, loss_config, num_global, mean, std)
+
+  (loss, (parts, features)), grads = nnx.value_and_grad(loss_fn, has_aux=True)(model)
+  optimizer.update(model, grads)
+
+  # The probe reads stop-gradient features of the first global view: labels never reach the encoder.
+  features = jax.lax.stop_gradient(features[:, 0])
+
+  def probe_loss_fn(probe):
+    logits = probe(features)
+    return optax.softmax_cross_entropy_with_integer_labels(logits, batch["label"]).mean(), logits
+
+  (probe_loss, logits), probe_grads = nnx.value_and_grad(probe_loss_fn, has_aux=True)(probe)
+  probe_optimizer.update(probe, probe_grads)
+  metrics = {"loss": loss, "pred": parts["pred"], "sigreg": parts["sigreg"],
+             "probe_loss": probe_loss,
+             "probe_accuracy": jnp.mean(jnp.argmax(logits, -1) == batch["label"]),
+             "grad_norm": optax.global_norm(grads)}
+  return nnx.state((model, optimizer, probe, probe_optimizer)), metrics

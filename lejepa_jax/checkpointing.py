@@ -74,8 +74,11 @@ def restore_training(manager: ocp.CheckpointManager, step: int, abstract_state: 
   return restored[STATE]
 
 
-def restore_state_only(manager: ocp.CheckpointManager, step: int, abstract_state: Any) -> Any:
-  """The train state of a step without the data iterator (probe jobs, exports)."""
+def restore_state_only(manager: ocp.CheckpointManager, step: int, abstract_state: Any = None) -> Any:
+  """The train state of a step without the data iterator (probe jobs, exports).
+
+  Without `abstract_state` the arrays come back as saved, on the default device.
+  """
   restored = manager.restore(step, args=ocp.args.Composite(**{
       STATE: ocp.args.StandardRestore(abstract_state)}))
   return restored[STATE]

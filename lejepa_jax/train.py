@@ -78,7 +78,10 @@ def _compile_step(config, mesh, graphdef, state, local_batch):
       steps.train_step, graphdef, loss_config=loss_config,
       num_global=config.data.global_views["count"], mean=tuple(config.data.mean),
       std=tuple(config.data.std))
-  jitted = jax.jit(step, donate_argnums=0)
+  # The state keeps its layout across steps (XLA would otherwise pick output shardings freely).
+  state_shardings = jax.tree.map(lambda x: x.sharding, state)
+  replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+  jitted = jax.jit(step, donate_argnums=0, out_shardings=(state_shardings, replicated))
   with jax.set_mesh(mesh):
     compiled = jitted.lower(_abstract(state), _batch_spec(config, mesh, local_batch),
                             jax.random.key(0)).compile()
@@ -122,8 +125,16 @@ def _check_finite(pending: list[tuple[int, Any]]) -> None:
           "optim.lr or check the data, then rerun the same command to resume from it.")
 
 
-def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
-  """Trains (or resumes) in `workdir`; returns the last logged metrics."""
+def run(config: ml_collections.ConfigDict, workdir: str, stop_after: int | None = None
+        ) -> dict[str, float]:
+  """Trains (or resumes) in `workdir`; returns the last logged metrics.
+
+  Args:
+    config: the experiment config.
+    workdir: checkpoints and logs; a run resumes from its latest checkpoint.
+    stop_after: leave after this step (checkpointed), as a preempted job would; the schedule still
+      runs to `config.total_steps`.
+  """
   os.makedirs(workdir, exist_ok=True)
   mesh = sharding.make_mesh(dict(config.mesh.axes), config.mesh.axis_type)
   local_batch = data.pipeline.local_batch_size(config.data.global_batch_size, jax.process_count())
@@ -149,7 +160,8 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
   seed_key = jax.random.key(config.seed)
   pending, last, window_start = [], {}, time.perf_counter()
   try:
-    for step in range(start + 1, config.total_steps + 1):
+    last_step = config.total_steps if stop_after is None else min(stop_after, config.total_steps)
+    for step in range(start + 1, last_step + 1):
       batch = data.to_global_batch(next(iterator), mesh)
       with jax.set_mesh(mesh):
         state, metrics = compiled(state, batch, jax.random.fold_in(seed_key, step))
@@ -168,7 +180,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
                  "%.0f img/s ETA %.0f s", step, config.total_steps, last["loss"], last["pred"],
                  last["sigreg"], last["probe_accuracy"], last["step_time_s"],
                  last["images_per_s"], eta)
-      if step % config.checkpoint_every == 0 or step == config.total_steps:
+      if step % config.checkpoint_every == 0 or step == last_step:
         _check_finite(pending)
         pending.clear()
         checkpointing.save_training(manager, step, _to_savable(nnx.to_pure_dict(state)), iterator,

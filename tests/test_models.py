@@ -173,3 +173,23 @@ def test_convnets_reject_bad_images():
 def test_bad_model_configs_name_the_problem(config, match):
   with pytest.raises(ValueError, match=match):
     models.build_encoder(config, nnx.Rngs(0))
+
+
+@pytest.mark.parametrize("size,stride,padding", [(2, 1, ((1, 1), (1, 1))), (2, 1, "SAME"),
+                                                  (3, 2, ((1, 1), (1, 1))), (1, 1, "SAME")])
+def test_small_input_convolution_equals_xla_convolution(size, stride, padding):
+  from lejepa_jax.models import layers
+  x = jax.random.normal(jax.random.key(0), (4, size, size, 8))
+  w = jax.random.normal(jax.random.key(1), (3, 3, 8, 16))
+  numbers = ("NHWC", "HWIO", "NHWC")
+
+  def ours(x, w):
+    return layers.conv_general_dilated(x, w, (stride, stride), padding, dimension_numbers=numbers)
+
+  def xla(x, w):
+    return jax.lax.conv_general_dilated(x, w, (stride, stride), padding, dimension_numbers=numbers)
+
+  np.testing.assert_allclose(ours(x, w), xla(x, w), rtol=1e-5, atol=1e-5)
+  for g_ours, g_xla in zip(jax.grad(lambda *a: ours(*a).sum() ** 2, (0, 1))(x, w),
+                           jax.grad(lambda *a: xla(*a).sum() ** 2, (0, 1))(x, w)):
+    np.testing.assert_allclose(g_ours, g_xla, rtol=1e-4, atol=1e-3)

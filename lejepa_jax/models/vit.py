@@ -22,6 +22,7 @@ class ViTSize:
 
 # The standard definitions (Dosovitskiy et al. 2021; Touvron et al. 2021; Zhai et al. 2022 for g).
 VIT_SIZES = {
+    "Mi": ViTSize(64, 2, 128, 2),  # micro: not a standard size; for tests and CPU smoke runs
     "Ti": ViTSize(192, 12, 768, 3),
     "S": ViTSize(384, 12, 1536, 6),
     "B": ViTSize(768, 12, 3072, 12),

@@ -1,0 +1,99 @@
+"""End-to-end training on 8 simulated devices: a few steps, checkpoint, resume, failure handling."""
+
+import importlib.util
+import json
+import os
+
+import cv2
+import jax
+import ml_collections
+import numpy as np
+import pytest
+
+from lejepa_jax import checkpointing, train
+from lejepa_jax.data import prepare
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+  root = tmp_path_factory.mktemp("train_images")
+  rng = np.random.default_rng(0)
+  for i in range(32):
+    (root / f"c{i % 4}").mkdir(exist_ok=True)
+    cv2.imwrite(str(root / f"c{i % 4}" / f"{i}.png"), rng.integers(0, 256, (20, 20, 3), np.uint8))
+  out = str(tmp_path_factory.mktemp("tfds"))
+  prepare.prepare_image_folder("unit_train", str(root), out)
+  return out
+
+
+def _load_config_module():
+  spec = importlib.util.spec_from_file_location("fm", os.path.join(ROOT, "configs", "fashion_mnist.py"))
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+def tiny_config(data_dir: str, total_steps: int = 6) -> ml_collections.ConfigDict:
+  c = _load_config_module().get_config("runlocal")
+  c.total_steps, c.log_every, c.checkpoint_every = total_steps, 1, 3
+  c.data.name, c.data.data_dir, c.data.channels = "unit_train", data_dir, 3
+  c.data.global_batch_size = 8
+  c.data.global_views = dict(count=2, size=16, scale=(0.5, 1.0))
+  c.data.local_views = dict(count=2, size=8, scale=(0.2, 0.5))
+  c.data.mean, c.data.std = (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)
+  c.model = ml_collections.ConfigDict(dict(
+      name="vit", variant="Mi/8", img_size=16, in_channels=3, dtype="float32",
+      projector=dict(hidden_dim=32, out_dim=8, num_layers=3)))
+  c.loss.num_slices = 32
+  c.probe.num_classes = 4
+  c.mesh.axes = dict(data=4, fsdp=2)
+  return c
+
+
+def _metrics(workdir):
+  with open(os.path.join(workdir, "metrics.jsonl")) as f:
+    return {row["step"]: row for row in map(json.loads, f)}
+
+
+def _final_params(workdir, step):
+  manager = checkpointing.training_manager(os.path.join(workdir, "checkpoints"))
+  restored = checkpointing.restore_state_only(manager, step)
+  manager.close()
+  return jax.tree.leaves(restored)
+
+
+def test_resumed_run_equals_uninterrupted_run(devices, data_dir, tmp_path):
+  straight, resumed = str(tmp_path / "straight"), str(tmp_path / "resumed")
+  train.run(tiny_config(data_dir, 6), straight)
+  train.run(tiny_config(data_dir, 6), resumed, stop_after=3)  # as if preempted after step 3
+  assert os.path.isdir(os.path.join(resumed, "checkpoints", "3"))
+  train.run(tiny_config(data_dir, 6), resumed)
+  a, b = _metrics(straight), _metrics(resumed)
+  assert sorted(a) == sorted(b) == list(range(1, 7))
+  for step in range(1, 7):
+    for key in ("loss", "pred", "sigreg", "probe_loss"):
+      assert np.isfinite(a[step][key])
+      assert a[step][key] == b[step][key], (step, key)
+  for x, y in zip(_final_params(straight, 6), _final_params(resumed, 6)):
+    np.testing.assert_array_equal(x, y)
+
+
+def test_non_finite_loss_stops_with_the_step_and_keeps_the_checkpoint(devices, data_dir, tmp_path):
+  workdir = str(tmp_path / "run")
+  train.run(tiny_config(data_dir, 6), workdir, stop_after=3)
+  broken = tiny_config(data_dir, 6)
+  broken.data.std = (0.0, 0.0, 0.0)  # division by zero: infinite inputs, non-finite loss
+  with pytest.raises(FloatingPointError, match="at step 4"):
+    train.run(broken, workdir)
+  manager = checkpointing.training_manager(os.path.join(workdir, "checkpoints"))
+  assert manager.latest_step() == 3
+  manager.close()
+
+
+def test_unknown_model_key_fails_before_compiling(devices, data_dir, tmp_path):
+  config = tiny_config(data_dir, 2)
+  config.model.patch_size = 4
+  with pytest.raises(ValueError, match=r"patch_size"):
+    train.run(config, str(tmp_path / "bad"))

@@ -14,6 +14,8 @@ import optax
 from flax import nnx
 
 from lejepa_jax import losses
+from lejepa_jax.data import device_augment as device_augment_lib
+from lejepa_jax.data.augment import Augment
 from lejepa_jax.models import layers
 
 
@@ -30,10 +32,21 @@ class LinearProbe(nnx.Module):
 
 
 def normalize(images: jax.Array, mean, std) -> jax.Array:
-  """uint8 [..., C] -> float32 standardised per channel (done on device: images travel as uint8)."""
-  mean = jnp.asarray(mean, jnp.float32) * 255.0
-  std = jnp.asarray(std, jnp.float32) * 255.0
-  return (images.astype(jnp.float32) - mean) / std
+  """uint8 [..., C] (or float in [0, 1]) -> float32 standardised per channel, on the device.
+
+  Images travel from the host as uint8 (4x less transfer than float32).
+  """
+  if images.dtype == jnp.uint8:
+    images = images.astype(jnp.float32) / 255.0
+  return (images - jnp.asarray(mean, jnp.float32)) / jnp.asarray(std, jnp.float32)
+
+
+def prepare_views(views: jax.Array, key: jax.Array, mean, std,
+                  device_augment: Augment | None) -> jax.Array:
+  """uint8 views [N, V, H, W, C] -> normalised float32, photometric ops first if done on device."""
+  if device_augment is not None:
+    views = device_augment_lib.augment_views(views, key, device_augment)
+  return normalize(views, mean, std)
 
 
 def _embed_views(model, views: jax.Array) -> tuple[jax.Array, jax.Array]:
@@ -44,25 +57,32 @@ def _embed_views(model, views: jax.Array) -> tuple[jax.Array, jax.Array]:
 
 
 def lejepa_objective(model, batch: Mapping[str, jax.Array], key: jax.Array,
-                     loss_config: Mapping[str, Any], num_global: int, mean, std):
-  """Loss and its parts for a multi-crop batch; also returns the global views' probe features."""
-  pooled_g, features_g = _embed_views(model, normalize(batch["global"], mean, std))
+                     loss_config: Mapping[str, Any], num_global: int, mean, std,
+                     device_augment: Augment | None = None):
+  """Loss and its parts for a multi-crop batch; also returns the global views' probe features.
+
+  `key` draws the SIGReg directions; on-device augmentation (if any) uses keys folded from it.
+  """
+  views = lambda name, i: prepare_views(  # noqa: E731
+      batch[name], jax.random.fold_in(key, i), mean, std, device_augment)
+  pooled_g, features_g = _embed_views(model, views("global", 1))
   pooled = pooled_g
   if batch["local"].shape[1]:
-    pooled_l, _ = _embed_views(model, normalize(batch["local"], mean, std))
+    pooled_l, _ = _embed_views(model, views("local", 2))
     pooled = jnp.concatenate([pooled_g, pooled_l], axis=1)
   z = model.projector(pooled)  # [N, V, K]: one BatchNorm over every view of the batch
   loss, parts = losses.lejepa_loss(z, key, num_global=num_global, **loss_config)
   return loss, (parts, features_g)
 
 
-def train_step(graphdef, state, batch, key, *, loss_config, num_global, mean, std):
+def train_step(graphdef, state, batch, key, *, loss_config, num_global, mean, std,
+               device_augment: Augment | None = None):
   """One step: (state, metrics). `key` is this step's key (fold_in(seed key, step))."""
   model, optimizer, probe, probe_optimizer = nnx.merge(graphdef, state)
   model.train()
 
   def loss_fn(model):
-    return lejepa_objective(model, batch, key, loss_config, num_global, mean, std)
+    return lejepa_objective(model, batch, key, loss_config, num_global, mean, std, device_augment)
 
   (loss, (parts, features)), grads = nnx.value_and_grad(loss_fn, has_aux=True)(model)
   optimizer.update(model, grads)

@@ -77,7 +77,7 @@ def _compile_step(config, mesh, graphdef, state, local_batch):
   step = functools.partial(
       steps.train_step, graphdef, loss_config=loss_config,
       num_global=config.data.global_views["count"], mean=tuple(config.data.mean),
-      std=tuple(config.data.std))
+      std=tuple(config.data.std), device_augment=data.device_augment_from_config(config.data))
   # The state keeps its layout across steps (XLA would otherwise pick output shardings freely).
   state_shardings = jax.tree.map(lambda x: x.sharding, state)
   replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())

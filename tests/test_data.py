@@ -226,3 +226,14 @@ def test_local_batches_become_global_sharded_arrays(devices):
   assert batch["global"].shape == (16, 2, 8, 8, 3)
   assert batch["global"].sharding.spec[0] == ("data", "fsdp")
   np.testing.assert_array_equal(batch["label"], np.arange(16))
+
+
+def test_paper_views_are_the_default():
+  multicrop = data.multicrop_from_config({})
+  assert (multicrop.global_views.count, multicrop.global_views.size) == (2, 224)
+  assert multicrop.global_views.scale == (0.3, 1.0)
+  assert (multicrop.local_views.count, multicrop.local_views.size) == (6, 96)
+  assert multicrop.local_views.scale == (0.05, 0.3)
+  assert data.device_augment_from_config({}) is None
+  on_device = data.multicrop_from_config({"augment_on_device": True}).aug
+  assert on_device.color_jitter == on_device.blur == on_device.solarize == 0 and on_device.flip == 0.5

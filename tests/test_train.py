@@ -97,3 +97,23 @@ def test_unknown_model_key_fails_before_compiling(devices, data_dir, tmp_path):
   config.model.patch_size = 4
   with pytest.raises(ValueError, match=r"patch_size"):
     train.run(config, str(tmp_path / "bad"))
+
+
+def test_on_device_augmentation_is_applied_in_the_step():
+  from lejepa_jax import steps
+  from lejepa_jax.data.augment import Augment
+  views = np.random.default_rng(0).integers(0, 256, (2, 2, 8, 8, 3)).astype(np.uint8)
+  solarize_only = Augment(flip=0, color_jitter=0, grayscale=0, blur=0, solarize=1.0)
+  got = steps.prepare_views(views, jax.random.key(0), (0.5,) * 3, (0.25,) * 3, solarize_only)
+  unit = views / 255.0
+  want = (np.where(unit >= 128 / 255, 1 - unit, unit) - 0.5) / 0.25
+  np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+  plain = steps.prepare_views(views, jax.random.key(0), (0.5,) * 3, (0.25,) * 3, None)
+  np.testing.assert_allclose(plain, (unit - 0.5) / 0.25, rtol=1e-6, atol=1e-6)
+
+
+def test_training_with_on_device_augmentation_runs(devices, data_dir, tmp_path):
+  config = tiny_config(data_dir, 2)
+  config.data.augment_on_device = True
+  metrics = train.run(config, str(tmp_path / "device_aug"))
+  assert np.isfinite(metrics["loss"])

@@ -9,20 +9,38 @@ from lejepa_jax.data.pipeline import (DataError, eval_dataset, open_source, to_g
                                       train_dataset)
 
 
+# The paper's ImageNet views (PAPER_NOTES.md section 4), used where a config gives none.
+DEFAULT_GLOBAL_VIEWS = {"count": 2, "size": 224, "scale": (0.3, 1.0)}
+DEFAULT_LOCAL_VIEWS = {"count": 6, "size": 96, "scale": (0.05, 0.3)}
+
+
 def _views(config: Mapping[str, Any]) -> Views:
   return Views(count=int(config["count"]), size=int(config["size"]),
                scale=tuple(config["scale"]), ratio=tuple(config.get("ratio", (3 / 4, 4 / 3))))
 
 
+def augment_from_config(config: Mapping[str, Any]) -> Augment:
+  return Augment(**{k: tuple(v) if isinstance(v, (list, tuple)) else v
+                    for k, v in dict(config.get("augment", {})).items()})
+
+
 def multicrop_from_config(config: Mapping[str, Any]) -> MultiCrop:
-  """MultiCrop from a data config: {channels, global_views, local_views, augment, augment_on_device}."""
-  aug = Augment(**{k: tuple(v) if isinstance(v, (list, tuple)) else v
-                   for k, v in dict(config.get("augment", {})).items()})
+  """MultiCrop from a data config: {channels, global_views, local_views, augment, augment_on_device}.
+
+  With `augment_on_device` the host keeps only crops and flips; see `device_augment_from_config`.
+  """
+  aug = augment_from_config(config)
   if config.get("augment_on_device", False):
     aug = aug.geometric_only()
-  return MultiCrop(_views(config["global_views"]), _views(config["local_views"]), aug,
-                   channels=int(config["channels"]))
+  return MultiCrop(_views(config.get("global_views", DEFAULT_GLOBAL_VIEWS)),
+                   _views(config.get("local_views", DEFAULT_LOCAL_VIEWS)), aug,
+                   channels=int(config.get("channels", 3)))
 
 
-__all__ = ["Augment", "CenterCrop", "DataError", "MultiCrop", "Views", "eval_dataset",
-           "multicrop_from_config", "open_source", "to_global_batch", "train_dataset"]
+def device_augment_from_config(config: Mapping[str, Any]) -> Augment | None:
+  """The photometric ops the train step applies on the device, or None when the host does them."""
+  return augment_from_config(config) if config.get("augment_on_device", False) else None
+
+
+__all__ = ["Augment", "CenterCrop", "DataError", "MultiCrop", "Views", "device_augment_from_config",
+           "eval_dataset", "multicrop_from_config", "open_source", "to_global_batch", "train_dataset"]

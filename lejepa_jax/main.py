@@ -17,6 +17,9 @@ _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Experiment config file (configs/*.py), optionally with ':args'.",
     lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints and logs; reruns resume.")
+_STOP_AFTER = flags.DEFINE_integer(
+    "stop_after", None, "Checkpoint and exit after this step (for time-limited allocations); "
+    "the schedule still runs to config.total_steps and a rerun continues.")
 flags.mark_flags_as_required(["config", "workdir"])
 
 
@@ -40,7 +43,7 @@ def main(argv: list[str]) -> None:
   absl_logging.set_verbosity(absl_logging.WARNING)
   logging.getLogger("lejepa_jax").setLevel(logging.INFO)
   from lejepa_jax import train  # pylint: disable=import-outside-toplevel
-  train.run(_CONFIG.value, _WORKDIR.value)
+  train.run(_CONFIG.value, _WORKDIR.value, stop_after=_STOP_AFTER.value)
 
 
 if __name__ == "__main__":

@@ -75,16 +75,43 @@ def lejepa_objective(model, batch: Mapping[str, jax.Array], key: jax.Array,
   return loss, (parts, features_g)
 
 
+def _accumulated_grads(model, batch, key, objective, num_micro: int):
+  """Mean gradients over `num_micro` micro-batches of the batch (unrolled; BatchNorm statistics update
+  after each). SIGReg and BatchNorm then see micro-batches, which changes the objective: use it only
+  when the batch does not fit, and prefer more devices."""
+  n = batch["label"].shape[0]
+  if n % num_micro:
+    raise ValueError(f"grad_accum_steps={num_micro} must divide the batch size {n}.")
+  size = n // num_micro
+  total_grads, outs = None, []
+  for i in range(num_micro):
+    micro = jax.tree.map(lambda x: x[i * size:(i + 1) * size], batch)
+    out, grads = nnx.value_and_grad(lambda m: objective(m, micro, jax.random.fold_in(key, 100 + i)),
+                                    has_aux=True)(model)
+    total_grads = grads if total_grads is None else jax.tree.map(jnp.add, total_grads, grads)
+    outs.append(out)
+  (loss, (parts, _)), features = outs[0], [o[1][1] for o in outs]
+  loss = jnp.mean(jnp.stack([o[0] for o in outs]))
+  parts = {k: jnp.mean(jnp.stack([o[1][0][k] for o in outs])) for k in parts}
+  grads = jax.tree.map(lambda g: g / num_micro, total_grads)
+  return (loss, (parts, jnp.concatenate(features, axis=0))), grads
+
+
 def train_step(graphdef, state, batch, key, *, loss_config, num_global, mean, std,
-               device_augment: Augment | None = None):
+               device_augment: Augment | None = None, grad_accum_steps: int = 1):
   """One step: (state, metrics). `key` is this step's key (fold_in(seed key, step))."""
   model, optimizer, probe, probe_optimizer = nnx.merge(graphdef, state)
   model.train()
 
-  def loss_fn(model):
+  def objective(model, batch, key):
     return lejepa_objective(model, batch, key, loss_config, num_global, mean, std, device_augment)
 
-  (loss, (parts, features)), grads = nnx.value_and_grad(loss_fn, has_aux=True)(model)
+  if grad_accum_steps > 1:
+    (loss, (parts, features)), grads = _accumulated_grads(model, batch, key, objective,
+                                                          grad_accum_steps)
+  else:
+    (loss, (parts, features)), grads = nnx.value_and_grad(
+        lambda m: objective(m, batch, key), has_aux=True)(model)
   optimizer.update(model, grads)
 
   # The probe reads stop-gradient features of the first global view: labels never reach the encoder.
@@ -99,5 +126,6 @@ def train_step(graphdef, state, batch, key, *, loss_config, num_global, mean, st
   metrics = {"loss": loss, "pred": parts["pred"], "sigreg": parts["sigreg"],
              "probe_loss": probe_loss,
              "probe_accuracy": jnp.mean(jnp.argmax(logits, -1) == batch["label"]),
-             "grad_norm": optax.global_norm(grads)}
+             "grad_norm": optax.global_norm(grads),
+             "param_norm": optax.global_norm(nnx.state(model, nnx.Param))}
   return nnx.state((model, optimizer, probe, probe_optimizer)), metrics

@@ -10,6 +10,8 @@ import json
 import logging
 import math
 import os
+import signal
+import threading
 import time
 from typing import Any
 
@@ -20,23 +22,27 @@ import numpy as np
 import optax
 from flax import nnx
 
-from lejepa_jax import checkpointing, data, models, sharding, steps
+from lejepa_jax import checkpointing, data, models, reports, sharding, steps
 
 log = logging.getLogger("lejepa_jax")
 
 
-def _optimizer(config, total_steps: int) -> optax.GradientTransformation:
-  o = config.optim
-  schedule = optax.warmup_cosine_decay_schedule(
-      0.0, o.lr, min(o.warmup_steps, max(total_steps - 1, 1)), max(total_steps, 2),
+def _schedule(config) -> optax.Schedule:
+  """Linear warmup, then cosine decay to lr * final_lr_fraction at total_steps."""
+  o, total = config.optim, config.total_steps
+  return optax.warmup_cosine_decay_schedule(
+      0.0, o.lr, min(o.warmup_steps, max(total - 1, 1)), max(total, 2),
       end_value=o.lr * o.final_lr_fraction)
-  return optax.adamw(schedule, weight_decay=o.weight_decay)
+
+
+def _optimizer(config) -> optax.GradientTransformation:
+  return optax.adamw(_schedule(config), weight_decay=config.optim.weight_decay)
 
 
 def _build(config):
   """Model, its optimizer, the online probe and its optimizer (built inside one jit)."""
   model = models.build_encoder(config.model.to_dict(), nnx.Rngs(config.seed))
-  optimizer = nnx.Optimizer(model, _optimizer(config, config.total_steps), wrt=nnx.Param)
+  optimizer = nnx.Optimizer(model, _optimizer(config), wrt=nnx.Param)
   probe = steps.LinearProbe(model.feature_dim, config.probe.num_classes, rngs=nnx.Rngs(1))
   probe_tx = optax.adamw(config.optim.probe_lr, weight_decay=config.optim.probe_weight_decay)
   return model, optimizer, probe, nnx.Optimizer(probe, probe_tx, wrt=nnx.Param)
@@ -77,7 +83,8 @@ def _compile_step(config, mesh, graphdef, state, local_batch):
   step = functools.partial(
       steps.train_step, graphdef, loss_config=loss_config,
       num_global=config.data.global_views["count"], mean=tuple(config.data.mean),
-      std=tuple(config.data.std), device_augment=data.device_augment_from_config(config.data))
+      std=tuple(config.data.std), device_augment=data.device_augment_from_config(config.data),
+      grad_accum_steps=config.grad_accum_steps)
   # The state keeps its layout across steps (XLA would otherwise pick output shardings freely).
   state_shardings = jax.tree.map(lambda x: x.sharding, state)
   replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
@@ -125,6 +132,55 @@ def _check_finite(pending: list[tuple[int, Any]]) -> None:
           "optim.lr or check the data, then rerun the same command to resume from it.")
 
 
+class PreemptionGuard:
+  """Turns SIGTERM / SIGINT into a flag the loop checks, so it can checkpoint and exit cleanly."""
+
+  def __init__(self):
+    self.requested = False
+    self._previous = {}
+    if threading.current_thread() is threading.main_thread():
+      for sig in (signal.SIGTERM, signal.SIGINT):
+        self._previous[sig] = signal.signal(sig, self._handle)
+
+  def _handle(self, signum, frame):
+    del frame
+    log.warning("received signal %d: checkpointing and exiting after this step", signum)
+    self.requested = True
+
+  def restore(self) -> None:
+    for sig, handler in self._previous.items():
+      signal.signal(sig, handler)
+
+
+def _setup(config, workdir):
+  """Mesh, data iterator, sharded train state (restored if the workdir has a checkpoint)."""
+  mesh = sharding.make_mesh(dict(config.mesh.axes), config.mesh.axis_type)
+  local_batch = data.pipeline.local_batch_size(config.data.global_batch_size, jax.process_count())
+  source = data.open_source(config.data.name, config.data.split, config.data.data_dir)
+  iterator = iter(data.train_dataset(
+      source, data.multicrop_from_config(config.data.to_dict()),
+      global_batch_size=config.data.global_batch_size, seed=config.seed,
+      process_index=jax.process_index(), process_count=jax.process_count(),
+      num_workers=config.data.num_workers))
+  graphdef, state = nnx.split(sharding.create_sharded(lambda: _build(config), mesh))
+  manager = checkpointing.training_manager(os.path.join(workdir, "checkpoints"),
+                                           config.keep_checkpoints)
+  start = manager.latest_step() or 0
+  if start:
+    saved = checkpointing.restore_training(
+        manager, start, _abstract(_to_savable(nnx.to_pure_dict(state))), iterator)
+    nnx.replace_by_pure_dict(state, _from_savable(saved, nnx.to_pure_dict(state)))
+    log.info("resumed from step %d in %s", start, workdir)
+  return mesh, local_batch, iterator, graphdef, state, manager, start
+
+
+def _log_line(step, total, m) -> None:
+  eta = (total - step) * m["step_time_s"]
+  log.info("step %d/%d loss %.4f pred %.4f sigreg %.4f probe_acc %.3f lr %.2e | %.3f s/step "
+           "%.0f img/s ETA %.0f s", step, total, m["loss"], m["pred"], m["sigreg"],
+           m["probe_accuracy"], m["lr"], m["step_time_s"], m["images_per_s"], eta)
+
+
 def run(config: ml_collections.ConfigDict, workdir: str, stop_after: int | None = None
         ) -> dict[str, float]:
   """Trains (or resumes) in `workdir`; returns the last logged metrics.
@@ -136,57 +192,44 @@ def run(config: ml_collections.ConfigDict, workdir: str, stop_after: int | None 
       runs to `config.total_steps`.
   """
   os.makedirs(workdir, exist_ok=True)
-  mesh = sharding.make_mesh(dict(config.mesh.axes), config.mesh.axis_type)
-  local_batch = data.pipeline.local_batch_size(config.data.global_batch_size, jax.process_count())
-  source = data.open_source(config.data.name, config.data.split, config.data.data_dir)
-  dataset = data.train_dataset(
-      source, data.multicrop_from_config(config.data.to_dict()),
-      global_batch_size=config.data.global_batch_size, seed=config.seed,
-      process_index=jax.process_index(), process_count=jax.process_count(),
-      num_workers=config.data.num_workers)
-  iterator = iter(dataset)
-
-  objects = sharding.create_sharded(lambda: _build(config), mesh)
-  graphdef, state = nnx.split(objects)
-  manager = checkpointing.training_manager(os.path.join(workdir, "checkpoints"))
-  start = manager.latest_step() or 0
-  if start:
-    saved = checkpointing.restore_training(manager, start, _abstract(_to_savable(
-        nnx.to_pure_dict(state))), iterator)
-    nnx.replace_by_pure_dict(state, _from_savable(saved, nnx.to_pure_dict(state)))
-    log.info("resumed from step %d in %s", start, workdir)
+  mesh, local_batch, iterator, graphdef, state, manager, start = _setup(config, workdir)
   compiled = _compile_step(config, mesh, graphdef, state, local_batch)
-  writer = MetricsWriter(workdir)
+  schedule = _schedule(config)
+  writer, guard = MetricsWriter(workdir), PreemptionGuard()
   seed_key = jax.random.key(config.seed)
-  pending, last, window_start = [], {}, time.perf_counter()
+  last_step = config.total_steps if stop_after is None else min(stop_after, config.total_steps)
+  pending, last, window = [], {}, (start, time.perf_counter())
+  save = lambda step: checkpointing.save_training(  # noqa: E731
+      manager, step, _to_savable(nnx.to_pure_dict(state)), iterator, json.loads(config.to_json()))
   try:
-    last_step = config.total_steps if stop_after is None else min(stop_after, config.total_steps)
     for step in range(start + 1, last_step + 1):
       batch = data.to_global_batch(next(iterator), mesh)
       with jax.set_mesh(mesh):
         state, metrics = compiled(state, batch, jax.random.fold_in(seed_key, step))
       pending.append((step, metrics["loss"]))
-      if step % config.log_every == 0 or step == config.total_steps:
+      stopping = step == last_step or guard.requested
+      if step % config.log_every == 0 or stopping:
         _check_finite(pending)
         pending.clear()
-        elapsed, window_start = time.perf_counter() - window_start, time.perf_counter()
+        now = time.perf_counter()
         last = {k: float(v) for k, v in jax.device_get(metrics).items()}
-        steps_done = config.log_every if step % config.log_every == 0 else step % config.log_every
-        last["step_time_s"] = elapsed / steps_done
+        last["lr"] = float(schedule(step - 1))
+        last["step_time_s"] = (now - window[1]) / (step - window[0])
         last["images_per_s"] = config.data.global_batch_size / last["step_time_s"]
+        window = (step, now)
         writer.write(step, last)
-        eta = (config.total_steps - step) * last["step_time_s"]
-        log.info("step %d/%d loss %.4f pred %.4f sigreg %.4f probe_acc %.3f | %.3f s/step "
-                 "%.0f img/s ETA %.0f s", step, config.total_steps, last["loss"], last["pred"],
-                 last["sigreg"], last["probe_accuracy"], last["step_time_s"],
-                 last["images_per_s"], eta)
-      if step % config.checkpoint_every == 0 or step == last_step:
+        _log_line(step, config.total_steps, last)
+      if step % config.checkpoint_every == 0 or stopping:
         _check_finite(pending)
         pending.clear()
-        checkpointing.save_training(manager, step, _to_savable(nnx.to_pure_dict(state)), iterator,
-                                    json.loads(config.to_json()))
+        save(step)
+      if guard.requested:
+        break
   finally:
     manager.wait_until_finished()
     manager.close()
     writer.close()
+    guard.restore()
+  if jax.process_index() == 0 and last:
+    reports.write_summary(workdir, last)
   return last

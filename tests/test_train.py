@@ -3,6 +3,10 @@
 import importlib.util
 import json
 import os
+import signal
+import subprocess
+import sys
+import time
 
 import cv2
 import jax
@@ -28,28 +32,27 @@ def data_dir(tmp_path_factory):
   return out
 
 
-def _load_config_module():
-  spec = importlib.util.spec_from_file_location("fm", os.path.join(ROOT, "configs", "fashion_mnist.py"))
+def tiny_config(data_dir: str, total_steps: int = 6) -> ml_collections.ConfigDict:
+  spec = importlib.util.spec_from_file_location("tiny", os.path.join(ROOT, "tests", "tiny_config.py"))
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
-  return module
+  config = module.get_config(data_dir)
+  config.total_steps = total_steps
+  return config
 
 
-def tiny_config(data_dir: str, total_steps: int = 6) -> ml_collections.ConfigDict:
-  c = _load_config_module().get_config("runlocal")
-  c.total_steps, c.log_every, c.checkpoint_every = total_steps, 1, 3
-  c.data.name, c.data.data_dir, c.data.channels = "unit_train", data_dir, 3
-  c.data.global_batch_size = 8
-  c.data.global_views = dict(count=2, size=16, scale=(0.5, 1.0))
-  c.data.local_views = dict(count=2, size=8, scale=(0.2, 0.5))
-  c.data.mean, c.data.std = (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)
-  c.model = ml_collections.ConfigDict(dict(
-      name="vit", variant="Mi/8", img_size=16, in_channels=3, dtype="float32",
-      projector=dict(hidden_dim=32, out_dim=8, num_layers=3)))
-  c.loss.num_slices = 32
-  c.probe.num_classes = 4
-  c.mesh.axes = dict(data=4, fsdp=2)
-  return c
+def _main(data_dir, workdir, *flags, wait=True):
+  """`python -m lejepa_jax.main` in a fresh process with 8 simulated CPU devices."""
+  env = dict(os.environ, JAX_PLATFORMS="cpu",
+             XLA_FLAGS="--xla_force_host_platform_device_count=8")
+  cmd = [sys.executable, "-m", "lejepa_jax.main", f"--config=tests/tiny_config.py:{data_dir}",
+         f"--workdir={workdir}", *flags]
+  process = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                             stderr=subprocess.STDOUT, text=True)
+  if wait:
+    output, _ = process.communicate(timeout=600)
+    assert process.returncode == 0, output
+  return process
 
 
 def _metrics(workdir):
@@ -67,9 +70,9 @@ def _final_params(workdir, step):
 def test_resumed_run_equals_uninterrupted_run(devices, data_dir, tmp_path):
   straight, resumed = str(tmp_path / "straight"), str(tmp_path / "resumed")
   train.run(tiny_config(data_dir, 6), straight)
-  train.run(tiny_config(data_dir, 6), resumed, stop_after=3)  # as if preempted after step 3
+  _main(data_dir, resumed, "--stop_after=3")  # a fresh process, leaving after step 3
   assert os.path.isdir(os.path.join(resumed, "checkpoints", "3"))
-  train.run(tiny_config(data_dir, 6), resumed)
+  _main(data_dir, resumed)  # another fresh process resumes and finishes
   a, b = _metrics(straight), _metrics(resumed)
   assert sorted(a) == sorted(b) == list(range(1, 7))
   for step in range(1, 7):
@@ -78,6 +81,25 @@ def test_resumed_run_equals_uninterrupted_run(devices, data_dir, tmp_path):
       assert a[step][key] == b[step][key], (step, key)
   for x, y in zip(_final_params(straight, 6), _final_params(resumed, 6)):
     np.testing.assert_array_equal(x, y)
+  summary = json.load(open(os.path.join(straight, "summary.json")))
+  assert summary["final"]["loss"] == a[6]["loss"]
+  assert os.path.getsize(os.path.join(straight, "curves.png")) > 0
+
+
+def test_sigterm_checkpoints_and_exits_cleanly(data_dir, tmp_path):
+  workdir = str(tmp_path / "preempted")
+  process = _main(data_dir, workdir, "--config.total_steps=10000", wait=False)
+  metrics = os.path.join(workdir, "metrics.jsonl")
+  deadline = time.time() + 300
+  while time.time() < deadline and not (os.path.exists(metrics) and len(open(metrics).readlines()) >= 2):
+    time.sleep(0.5)
+  process.send_signal(signal.SIGTERM)
+  output, _ = process.communicate(timeout=300)
+  assert process.returncode == 0, output
+  last_logged = max(json.loads(line)["step"] for line in open(metrics))
+  manager = checkpointing.training_manager(os.path.join(workdir, "checkpoints"))
+  assert manager.latest_step() == last_logged < 10000
+  manager.close()
 
 
 def test_non_finite_loss_stops_with_the_step_and_keeps_the_checkpoint(devices, data_dir, tmp_path):

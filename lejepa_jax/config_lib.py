@@ -1,0 +1,110 @@
+"""Shared pieces of the experiment configs in configs/: the full default tree, argument parsing, runlocal.
+
+Every config file defines `get_config(arg)`; `arg` is the text after ':' in `--config=file.py:arg`, a
+comma-separated list such as `runlocal` or `variant=B/16,runlocal,steps=50`.
+"""
+
+from __future__ import annotations
+
+import ml_collections
+
+
+def parse_arg(arg: str | None, **defaults) -> dict:
+  """'runlocal,variant=L/14' -> {"runlocal": True, "variant": "L/14"} over the given defaults."""
+  out = dict(defaults)
+  for item in filter(None, (arg or "").split(",")):
+    key, sep, value = item.partition("=")
+    if key not in out and key not in ("runlocal", "steps"):
+      raise ValueError(f"Unknown config argument {key!r}; accepted: {sorted(out)} + runlocal, steps.")
+    out[key] = value if sep else True
+  return out
+
+
+def base_config() -> ml_collections.ConfigDict:
+  """Every key a config can set, with the paper's ImageNet recipe as defaults (PAPER_NOTES.md 4)."""
+  c = ml_collections.ConfigDict()
+  c.seed = 0
+  c.total_steps = 100_000
+  c.log_every = 50
+  c.checkpoint_every = 1000
+  c.keep_checkpoints = 3
+  c.grad_accum_steps = 1
+
+  c.data = ml_collections.ConfigDict()
+  c.data.name = "imagenet2012"
+  c.data.split = "train"
+  c.data.eval_split = "validation"
+  c.data.data_dir = ml_collections.FieldReference(None, field_type=str)
+  c.data.channels = 3
+  c.data.global_batch_size = 512
+  c.data.num_workers = 8
+  c.data.global_views = dict(count=2, size=224, scale=(0.3, 1.0))
+  c.data.local_views = dict(count=6, size=96, scale=(0.05, 0.3))
+  c.data.augment = dict(flip=0.5, color_jitter=0.8, brightness=0.4, contrast=0.4, saturation=0.2,
+                        hue=0.1, grayscale=0.2, blur=0.5, solarize=0.2)
+  c.data.augment_on_device = False
+  c.data.mean = (0.485, 0.456, 0.406)  # ImageNet statistics
+  c.data.std = (0.229, 0.224, 0.225)
+
+  c.model = ml_collections.ConfigDict()
+  c.model.name = "vit"
+  c.model.variant = "L/14"
+  c.model.img_size = 224
+  c.model.in_channels = 3
+  c.model.drop_path = 0.1
+  c.model.dtype = "auto"
+  c.model.projector = dict(hidden_dim=2048, out_dim=512, num_layers=3)
+
+  c.loss = ml_collections.ConfigDict()
+  c.loss.sigreg_weight = 0.05
+  c.loss.num_slices = 1024
+  c.loss.t_max = 3.0
+  c.loss.num_knots = 17
+  c.loss.combine = "convex"
+  c.loss.sigreg_views = "per_view"
+
+  c.optim = ml_collections.ConfigDict()
+  c.optim.lr = 5e-4
+  c.optim.weight_decay = 5e-2
+  c.optim.warmup_steps = 10 * 2502  # 10 epochs of ImageNet-1k at batch 512
+  c.optim.final_lr_fraction = 1e-3
+  c.optim.probe_lr = 1e-3
+  c.optim.probe_weight_decay = 1e-6
+
+  c.mesh = ml_collections.ConfigDict()
+  c.mesh.axes = dict(data=-1, fsdp=1)
+  c.mesh.axis_type = "auto"
+
+  c.probe = ml_collections.ConfigDict()
+  c.probe.num_classes = 1000
+  return c
+
+
+def epochs_to_steps(epochs: float, num_examples: int, batch_size: int) -> int:
+  return max(1, round(epochs * num_examples / batch_size))
+
+
+def apply_runlocal(c: ml_collections.ConfigDict, steps: int = 30) -> ml_collections.ConfigDict:
+  """Shrinks any config to a CPU run of about a minute: tiny model of the same family, small crops,
+  small batch, few steps. The dataset stays the one the config names."""
+  c.total_steps = steps
+  c.log_every = 5
+  c.checkpoint_every = 10
+  c.optim.warmup_steps = 5
+  c.data.global_batch_size = 32
+  c.data.num_workers = 0
+  c.mesh.axes = dict(data=-1)
+  small = {"vit": dict(variant="Mi/8", img_size=32), "resnet": dict(variant="18", small_stem=True),
+           "convnextv2": dict(variant="atto")}[c.model.name]
+  for key, value in small.items():
+    c.model[key] = value
+  if c.model.name == "vit":
+    c.model.drop_path = 0.0
+  sizes = (32, 16) if c.data.global_views["size"] > 32 else (
+      c.data.global_views["size"], c.data.local_views["size"])
+  c.data.global_views = dict(c.data.global_views, size=sizes[0])
+  c.data.local_views = dict(c.data.local_views, size=sizes[1], count=min(
+      2, c.data.local_views["count"]))
+  c.model.projector = dict(hidden_dim=64, out_dim=16, num_layers=3)
+  c.loss.num_slices = 128
+  return c

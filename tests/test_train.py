@@ -139,3 +139,13 @@ def test_training_with_on_device_augmentation_runs(devices, data_dir, tmp_path):
   config.data.augment_on_device = True
   metrics = train.run(config, str(tmp_path / "device_aug"))
   assert np.isfinite(metrics["loss"])
+
+
+def test_gradient_accumulation_runs_and_logs_a_finite_loss(devices, data_dir, tmp_path):
+  config = tiny_config(data_dir, 2)
+  config.grad_accum_steps = 2
+  metrics = train.run(config, str(tmp_path / "accum"))
+  assert np.isfinite(metrics["loss"]) and np.isfinite(metrics["grad_norm"])
+  config.grad_accum_steps = 3  # does not divide the batch of 8
+  with pytest.raises(ValueError, match="grad_accum_steps=3"):
+    train.run(config, str(tmp_path / "accum_bad"))

@@ -5,6 +5,7 @@ import sys
 BENCHMARKS = {
     "data": "lejepa_jax.bench.data",
     "sigreg": "lejepa_jax.bench.sigreg",
+    "train": "lejepa_jax.bench.train",
 }
 
 

@@ -1,0 +1,95 @@
+"""Train-step throughput: step time, views/s and MFU against the matmul ceiling measured in the same run.
+
+Cases: ViT-S/16 at 224 px with 16 images x 2 global views (MLP-BN projector, LeJEPA loss, AdamW), and
+the default CPU config (configs/fashion_mnist.py). The step is the real one (`lejepa_jax.steps`),
+compiled ahead of time on synthetic uint8 batches; data loading is not included.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import os
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from flax import nnx
+
+from lejepa_jax import config_lib, sharding, train
+from lejepa_jax.bench import common
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def matmul_ceiling(size: int = 2048, repeats: int = 5) -> float:
+  """float32 matmul FLOP/s of this machine (the MFU denominator)."""
+  a = jax.random.normal(jax.random.key(0), (size, size), jnp.float32)
+  matmul = jax.jit(lambda x, y: x @ y)
+  seconds = common.median_seconds(lambda: jax.block_until_ready(matmul(a, a)), repeats)
+  return 2 * size**3 / seconds
+
+
+def vit_s16_config() -> ml_collections.ConfigDict:
+  c = config_lib.base_config()
+  c.model.variant, c.model.drop_path, c.model.dtype = "S/16", 0.0, "float32"
+  c.model.projector = dict(hidden_dim=2048, out_dim=512, num_layers=3)
+  c.data.global_batch_size = 16
+  c.data.local_views = dict(count=0, size=96, scale=(0.05, 0.3))
+  c.mesh.axes = dict(data=-1)
+  return c
+
+
+def default_cpu_config() -> ml_collections.ConfigDict:
+  path = os.path.join(ROOT, "configs", "fashion_mnist.py")
+  spec = importlib.util.spec_from_file_location("fashion_mnist_config", path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config()
+
+
+def time_step(config, repeats: int) -> dict:
+  """Seconds per compiled train step, its FLOPs (XLA's count) and views per step."""
+  mesh = sharding.make_mesh(dict(config.mesh.axes), config.mesh.axis_type)
+  graphdef, state = nnx.split(sharding.create_sharded(lambda: train._build(config), mesh))
+  batch_size = config.data.global_batch_size
+  compiled = train._compile_step(config, mesh, graphdef, state, batch_size)
+  spec = train._batch_spec(config, mesh, batch_size)
+  rng = np.random.default_rng(0)
+  batch = {k: jax.device_put(rng.integers(0, 255, s.shape).astype(s.dtype) if k != "label"
+                             else np.zeros(s.shape, np.int32), s.sharding) for k, s in spec.items()}
+  holder = {"state": state}
+
+  def step():
+    with jax.set_mesh(mesh):
+      holder["state"], metrics = compiled(holder["state"], batch, jax.random.key(0))
+    jax.block_until_ready(metrics)
+
+  seconds = common.median_seconds(step, repeats)
+  cost = compiled.cost_analysis()
+  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+  views = batch_size * (config.data.global_views["count"] + config.data.local_views["count"])
+  return {"seconds": seconds, "flops": float(cost.get("flops", 0.0)), "views": views}
+
+
+def main(argv: list[str] | None = None) -> None:
+  parser = argparse.ArgumentParser(prog="python -m lejepa_jax.bench train", description=__doc__)
+  parser.add_argument("--repeats", type=int, default=3)
+  parser.add_argument("--cases", nargs="+", default=["vit_s16", "default_cpu"])
+  args = parser.parse_args(argv)
+  print(f"# train step ({common.machine_description()})", flush=True)
+  ceiling = matmul_ceiling()
+  print(f"  float32 matmul ceiling: {ceiling / 1e9:.0f} GFLOP/s", flush=True)
+  cases = {"vit_s16": ("ViT-S/16, 224 px, 16 images x 2 views", vit_s16_config),
+           "default_cpu": ("configs/fashion_mnist.py (ResNet-18, 128 x (2x28 + 2x14))",
+                           default_cpu_config)}
+  rows = []
+  for name in args.cases:
+    label, make = cases[name]
+    result = time_step(make(), args.repeats)
+    mfu = result["flops"] / result["seconds"] / ceiling
+    rows.append([label, f"{result['seconds']:.2f}", f"{result['views'] / result['seconds']:.1f}",
+                 f"{result['flops'] / 1e9:.0f}", f"{100 * mfu:.0f}%"])
+    print(f"  done {name}", flush=True)
+  print(common.markdown_table(["case", "s/step", "views/s", "GFLOP/step", "MFU"], rows))

@@ -77,6 +77,7 @@ def main(argv: list[str] | None = None) -> None:
   parser = argparse.ArgumentParser(prog="python -m lejepa_jax.bench train", description=__doc__)
   parser.add_argument("--repeats", type=int, default=3)
   parser.add_argument("--cases", nargs="+", default=["vit_s16", "default_cpu"])
+  parser.add_argument("--no_torch", action="store_true", help="skip the PyTorch eager reference")
   args = parser.parse_args(argv)
   print(f"# train step ({common.machine_description()})", flush=True)
   ceiling = matmul_ceiling()
@@ -92,4 +93,19 @@ def main(argv: list[str] | None = None) -> None:
     rows.append([label, f"{result['seconds']:.2f}", f"{result['views'] / result['seconds']:.1f}",
                  f"{result['flops'] / 1e9:.0f}", f"{100 * mfu:.0f}%"])
     print(f"  done {name}", flush=True)
+    if name == "vit_s16" and not args.no_torch:
+      torch_seconds = _torch_seconds(args.repeats)
+      if torch_seconds is not None:
+        views = result["views"]
+        rows.append(["  PyTorch eager, same step", f"{torch_seconds:.2f}",
+                     f"{views / torch_seconds:.1f}", "", f"(JAX {torch_seconds / result['seconds']:.2f}x)"])
   print(common.markdown_table(["case", "s/step", "views/s", "GFLOP/step", "MFU"], rows))
+
+
+def _torch_seconds(repeats: int) -> float | None:
+  try:
+    import torch  # noqa: F401  pylint: disable=import-outside-toplevel,unused-import
+  except ImportError:
+    return None
+  from lejepa_jax.bench import torch_reference  # pylint: disable=import-outside-toplevel
+  return torch_reference.vit_s16_step_seconds(repeats=repeats)

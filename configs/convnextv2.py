@@ -10,7 +10,7 @@ import ml_collections
 
 from lejepa_jax import config_lib
 
-IMAGENET_TRAIN = 1_281_167
+IMAGENET_TRAIN = config_lib.IMAGENET_TRAIN_EXAMPLES
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:

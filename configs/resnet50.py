@@ -10,7 +10,7 @@ import ml_collections
 
 from lejepa_jax import config_lib
 
-TRAIN_SIZES = {"imagenet2012": 1_281_167, "imagenette": 9_469}
+TRAIN_SIZES = {"imagenet2012": config_lib.IMAGENET_TRAIN_EXAMPLES, "imagenette": 9_469}
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
@@ -24,7 +24,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       projector=dict(hidden_dim=2048, out_dim=128, num_layers=3)))
   c.loss.sigreg_weight = 0.02
   c.optim.weight_decay = 5e-4
-  examples = TRAIN_SIZES.get(args["dataset"], 1_281_167)
+  examples = TRAIN_SIZES.get(args["dataset"], config_lib.IMAGENET_TRAIN_EXAMPLES)
   c.total_steps = config_lib.epochs_to_steps(float(args["epochs"]), examples,
                                              c.data.global_batch_size)
   c.optim.warmup_steps = config_lib.epochs_to_steps(10, examples, c.data.global_batch_size)

@@ -80,6 +80,25 @@ def base_config() -> ml_collections.ConfigDict:
   return c
 
 
+IMAGENET_TRAIN_EXAMPLES = 1_281_167
+
+
+def imagenet_vit_config(arg: str | None, variant: str, fsdp: int) -> ml_collections.ConfigDict:
+  """The paper's ImageNet-1k ViT recipe; `arg` may set variant=..., epochs=..., runlocal, steps=..."""
+  args = parse_arg(arg, variant=variant, epochs=100, runlocal=False)
+  c = base_config()
+  c.model.variant = args["variant"]
+  c.total_steps = epochs_to_steps(float(args["epochs"]), IMAGENET_TRAIN_EXAMPLES,
+                                  c.data.global_batch_size)
+  c.optim.warmup_steps = epochs_to_steps(10, IMAGENET_TRAIN_EXAMPLES, c.data.global_batch_size)
+  if args["variant"].endswith("/14"):
+    c.data.local_views = dict(c.data.local_views, size=98)  # a multiple of the patch
+  c.mesh.axes = dict(data=-1, fsdp=fsdp)
+  if args["runlocal"]:
+    apply_runlocal(c, int(args.get("steps", 30)))
+  return c
+
+
 def epochs_to_steps(epochs: float, num_examples: int, batch_size: int) -> int:
   return max(1, round(epochs * num_examples / batch_size))
 

@@ -66,7 +66,7 @@ class _Downsample(nnx.Module):
     return self.conv(self.norm(x))
 
 
-class ConvNeXtV2(nnx.Module):
+class ConvNeXtV2(layers.PooledConvNet):
   """ConvNeXt-V2 backbone returning the LayerNorm of globally pooled final features.
 
   Args:
@@ -96,14 +96,6 @@ class ConvNeXtV2(nnx.Module):
     self.stages = nnx.List(stages)
     self.head_norm = layers.layer_norm(dims[-1], dtype=dtype, rngs=rngs)
 
-  @property
-  def feature_dim(self) -> int:
-    return self.out_dim
-
-  @property
-  def pooled_dim(self) -> int:
-    return self.out_dim
-
   def feature_map(self, images: jax.Array) -> jax.Array:
     """images [N, H, W, C] -> final feature map [N, H / 32, W / 32, out_dim]."""
     layers.check_images(images, self.in_channels, "ConvNeXtV2")
@@ -113,10 +105,6 @@ class ConvNeXtV2(nnx.Module):
         x = module(x)
     return x
 
-  def __call__(self, images: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """images [N, H, W, C] -> (pooled, features), both LayerNorm(mean over space) [N, out_dim]."""
-    pooled = self.head_norm(jnp.mean(self.feature_map(images), axis=(1, 2)))
-    return pooled, pooled
-
-  def patch_features(self, images: jax.Array) -> jax.Array:
-    return self.feature_map(images)
+  def pool(self, feature_map: jax.Array) -> jax.Array:
+    """LayerNorm of the global average over space: [N, H, W, C] -> [N, C]."""
+    return self.head_norm(jnp.mean(feature_map, axis=(1, 2)))

@@ -141,3 +141,35 @@ def check_images(images: jax.Array, in_channels: int, model: str, multiple_of: i
   if height % multiple_of or width % multiple_of:
     raise ValueError(f"{model}: image size {height}x{width} is not divisible by the patch size "
                      f"{multiple_of}; use crops whose sides are multiples of {multiple_of}.")
+
+
+class PooledConvNet(nnx.Module):
+  """Shared interface of the ConvNets: subclasses define `feature_map(images)` -> [N, H', W', C] and
+  set `out_dim`.
+
+  `__call__` returns (pooled, features), both `pool(feature_map(images))` [N, out_dim]: for ConvNets
+  the projector and the probes read the same globally pooled features.
+  """
+
+  out_dim: int
+
+  @property
+  def feature_dim(self) -> int:
+    return self.out_dim
+
+  @property
+  def pooled_dim(self) -> int:
+    return self.out_dim
+
+  def pool(self, feature_map: jax.Array) -> jax.Array:
+    """Global average over space: [N, H, W, C] -> [N, C]."""
+    return jnp.mean(feature_map, axis=(1, 2))
+
+  def __call__(self, images: jax.Array) -> tuple[jax.Array, jax.Array]:
+    pooled = self.pool(self.feature_map(images))
+    return pooled, pooled
+
+  def patch_features(self, images: jax.Array) -> jax.Array:
+    """The final feature map [N, H', W', out_dim] (for PCA pictures)."""
+    return self.feature_map(images)
+

@@ -67,7 +67,7 @@ class _Shortcut(nnx.Module):
     return self.bn(self.conv(x)) if self.project else x
 
 
-class ResNet(nnx.Module):
+class ResNet(layers.PooledConvNet):
   """ResNet backbone returning globally average-pooled final features.
 
   Args:
@@ -101,14 +101,6 @@ class ResNet(nnx.Module):
     self.blocks = nnx.List(blocks)
     self.out_dim = channels
 
-  @property
-  def feature_dim(self) -> int:
-    return self.out_dim
-
-  @property
-  def pooled_dim(self) -> int:
-    return self.out_dim
-
   def feature_map(self, images: jax.Array) -> jax.Array:
     """images [N, H, W, C] -> final feature map [N, H', W', out_dim]."""
     layers.check_images(images, self.in_channels, "ResNet")
@@ -118,11 +110,3 @@ class ResNet(nnx.Module):
     for block in self.blocks:
       x = block(x)
     return x
-
-  def __call__(self, images: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """images [N, H, W, C] -> (pooled, features), both the pooled final features [N, out_dim]."""
-    pooled = jnp.mean(self.feature_map(images), axis=(1, 2))
-    return pooled, pooled
-
-  def patch_features(self, images: jax.Array) -> jax.Array:
-    return self.feature_map(images)

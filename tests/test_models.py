@@ -193,3 +193,17 @@ def test_small_input_convolution_equals_xla_convolution(size, stride, padding):
   for g_ours, g_xla in zip(jax.grad(lambda *a: ours(*a).sum() ** 2, (0, 1))(x, w),
                            jax.grad(lambda *a: xla(*a).sum() ** 2, (0, 1))(x, w)):
     np.testing.assert_allclose(g_ours, g_xla, rtol=1e-4, atol=1e-3)
+
+
+def test_cpu_attention_equals_jax_dot_product_attention():
+  from lejepa_jax.models import vit
+  q, k, v = (jax.random.normal(jax.random.key(i), (2, 7, 3, 8)) for i in range(3))
+  np.testing.assert_allclose(vit.attention(q, k, v), jax.nn.dot_product_attention(q, k, v),
+                             rtol=1e-5, atol=1e-6)
+  # An independent float64 NumPy transcription: softmax(q k^T / sqrt(d)) v per head.
+  qn, kn, vn = (np.asarray(x, np.float64) for x in (q, k, v))
+  scores = np.einsum("nqhd,nkhd->nhqk", qn, kn) / np.sqrt(8)
+  weights = np.exp(scores - scores.max(-1, keepdims=True))
+  weights /= weights.sum(-1, keepdims=True)
+  np.testing.assert_allclose(vit.attention(q, k, v), np.einsum("nhqk,nkhd->nqhd", weights, vn),
+                             rtol=1e-5, atol=1e-6)

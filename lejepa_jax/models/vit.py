@@ -54,9 +54,21 @@ class Attention(nnx.Module):
     n, t, w = x.shape
     qkv = self.qkv(x).reshape(n, t, 3, self.num_heads, w // self.num_heads)
     q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]  # [N, T, H, Dh]
-    # jax.nn.dot_product_attention picks the fused kernel where the backend has one (cuDNN on GPU).
-    attended = jax.nn.dot_product_attention(q, k, v)
-    return self.out(attended.reshape(n, t, w))
+    return self.out(attention(q, k, v).reshape(n, t, w))
+
+
+def attention(q: jax.Array, k: jax.Array, v: jax.Array) -> jax.Array:
+  """Softmax attention, [N, T, H, Dh] -> [N, T, H, Dh].
+
+  On accelerators `jax.nn.dot_product_attention` (fused kernels, e.g. cuDNN). On the CPU, head-major
+  batched matmuls: XLA's CPU backend runs them about 2x faster than that function's layout.
+  """
+  if jax.default_backend() != "cpu":
+    return jax.nn.dot_product_attention(q, k, v)
+  q, k, v = (x.transpose(0, 2, 1, 3) for x in (q, k, v))  # [N, H, T, Dh]
+  scores = (q @ k.swapaxes(-1, -2)) * (q.shape[-1] ** -0.5)
+  weights = jax.nn.softmax(scores.astype(jnp.float32), axis=-1).astype(v.dtype)
+  return (weights @ v).transpose(0, 2, 1, 3)
 
 
 class Mlp(nnx.Module):

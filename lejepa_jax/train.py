@@ -18,7 +18,6 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import ml_collections
-import numpy as np
 import optax
 from flax import nnx
 
@@ -39,8 +38,8 @@ def _optimizer(config) -> optax.GradientTransformation:
   return optax.adamw(_schedule(config), weight_decay=config.optim.weight_decay)
 
 
-def _build(config):
-  """Model, its optimizer, the online probe and its optimizer (built inside one jit)."""
+def build_train_objects(config: ml_collections.ConfigDict):
+  """(model, its nnx.Optimizer, online probe, probe optimizer); create with sharding.create_sharded."""
   model = models.build_encoder(config.model.to_dict(), nnx.Rngs(config.seed))
   optimizer = nnx.Optimizer(model, _optimizer(config), wrt=nnx.Param)
   probe = steps.LinearProbe(model.feature_dim, config.probe.num_classes, rngs=nnx.Rngs(1))
@@ -64,8 +63,11 @@ def _abstract(tree):
   return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), tree)
 
 
-def _batch_spec(config, mesh, local_batch: int):
-  """Abstract global batch (shapes, dtypes, shardings) for ahead-of-time compilation."""
+def abstract_batch(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh, local_batch: int
+                   ) -> dict[str, jax.ShapeDtypeStruct]:
+  """Abstract global batch for ahead-of-time compilation: {"global": [n, Vg, H, W, C] uint8,
+  "local": [n, Vl, h, w, C] uint8, "label": [n] int32}, n = local_batch * process_count, sharded
+  over the mesh's batch axes."""
   d = config.data
   n = local_batch * jax.process_count()
   shapes = {"global": (n, d.global_views["count"], d.global_views["size"], d.global_views["size"],
@@ -78,7 +80,12 @@ def _batch_spec(config, mesh, local_batch: int):
       mesh, sharding.batch_spec(mesh, len(s)))) for k, s in shapes.items()}
 
 
-def _compile_step(config, mesh, graphdef, state, local_batch):
+def compile_train_step(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh, graphdef,
+                       state, local_batch: int):
+  """The train step jitted with the state donated and layouts kept, compiled ahead of time.
+
+  Logs the compiled per-device memory. Call as `compiled(state, batch, step_key)`.
+  """
   loss_config = dict(config.loss)
   step = functools.partial(
       steps.train_step, graphdef, loss_config=loss_config,
@@ -90,7 +97,7 @@ def _compile_step(config, mesh, graphdef, state, local_batch):
   replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
   jitted = jax.jit(step, donate_argnums=0, out_shardings=(state_shardings, replicated))
   with jax.set_mesh(mesh):
-    compiled = jitted.lower(_abstract(state), _batch_spec(config, mesh, local_batch),
+    compiled = jitted.lower(_abstract(state), abstract_batch(config, mesh, local_batch),
                             jax.random.key(0)).compile()
   memory = compiled.memory_analysis()
   if memory is not None:
@@ -162,7 +169,7 @@ def _setup(config, workdir):
       global_batch_size=config.data.global_batch_size, seed=config.seed,
       process_index=jax.process_index(), process_count=jax.process_count(),
       num_workers=config.data.num_workers))
-  graphdef, state = nnx.split(sharding.create_sharded(lambda: _build(config), mesh))
+  graphdef, state = nnx.split(sharding.create_sharded(lambda: build_train_objects(config), mesh))
   manager = checkpointing.training_manager(os.path.join(workdir, "checkpoints"),
                                            config.keep_checkpoints)
   start = manager.latest_step() or 0
@@ -193,7 +200,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, stop_after: int | None 
   """
   os.makedirs(workdir, exist_ok=True)
   mesh, local_batch, iterator, graphdef, state, manager, start = _setup(config, workdir)
-  compiled = _compile_step(config, mesh, graphdef, state, local_batch)
+  compiled = compile_train_step(config, mesh, graphdef, state, local_batch)
   schedule = _schedule(config)
   writer, guard = MetricsWriter(workdir), PreemptionGuard()
   seed_key = jax.random.key(config.seed)

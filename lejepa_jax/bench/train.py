@@ -52,10 +52,11 @@ def default_cpu_config() -> ml_collections.ConfigDict:
 def time_step(config, repeats: int) -> dict:
   """Seconds per compiled train step, its FLOPs (XLA's count) and views per step."""
   mesh = sharding.make_mesh(dict(config.mesh.axes), config.mesh.axis_type)
-  graphdef, state = nnx.split(sharding.create_sharded(lambda: train._build(config), mesh))
+  objects = sharding.create_sharded(lambda: train.build_train_objects(config), mesh)
+  graphdef, state = nnx.split(objects)
   batch_size = config.data.global_batch_size
-  compiled = train._compile_step(config, mesh, graphdef, state, batch_size)
-  spec = train._batch_spec(config, mesh, batch_size)
+  compiled = train.compile_train_step(config, mesh, graphdef, state, batch_size)
+  spec = train.abstract_batch(config, mesh, batch_size)
   rng = np.random.default_rng(0)
   batch = {k: jax.device_put(rng.integers(0, 255, s.shape).astype(s.dtype) if k != "label"
                              else np.zeros(s.shape, np.int32), s.sharding) for k, s in spec.items()}

@@ -1,7 +1,8 @@
 """Orbax checkpoints: the only module that imports orbax.
 
-This version holds the plain-tree save/restore used by encoder export; the training checkpoint manager
-joins it with the trainer.
+Plain-tree save/restore (encoder export) and the training checkpoint manager, whose checkpoints hold
+three items: `state` (model, optimizers, RNG and step counters), `data` (the grain iterator) and
+`config` (JSON).
 """
 
 from __future__ import annotations

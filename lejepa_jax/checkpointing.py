@@ -83,3 +83,10 @@ def restore_state_only(manager: ocp.CheckpointManager, step: int, abstract_state
   restored = manager.restore(step, args=ocp.args.Composite(**{
       STATE: ocp.args.StandardRestore(abstract_state)}))
   return restored[STATE]
+
+
+def restore_config(manager: ocp.CheckpointManager, step: int) -> dict:
+  """The config (as a dict) a training checkpoint was written with."""
+  restored = manager.restore(step, args=ocp.args.Composite(**{CONFIG: ocp.args.JsonRestore()}))
+  return restored[CONFIG]
+

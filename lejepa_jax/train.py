@@ -47,19 +47,21 @@ def build_train_objects(config: ml_collections.ConfigDict):
   return model, optimizer, probe, nnx.Optimizer(probe, probe_tx, wrt=nnx.Param)
 
 
-def _to_savable(tree):
+def to_savable(tree):
   """Typed PRNG keys -> their raw uint32 data (checkpoints hold plain arrays)."""
   return jax.tree.map(
       lambda x: jax.random.key_data(x) if jnp.issubdtype(x.dtype, jax.dtypes.prng_key) else x, tree)
 
 
-def _from_savable(saved, like):
+def from_savable(saved, like):
+  """Inverse of to_savable: raw key data back to typed keys where `like` holds keys."""
   return jax.tree.map(
       lambda s, l: jax.random.wrap_key_data(s) if jnp.issubdtype(l.dtype, jax.dtypes.prng_key)
       else s, saved, like)
 
 
-def _abstract(tree):
+def abstract_tree(tree):
+  """ShapeDtypeStructs (with shardings) of a tree of arrays: an orbax restore target."""
   return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), tree)
 
 
@@ -97,7 +99,7 @@ def compile_train_step(config: ml_collections.ConfigDict, mesh: jax.sharding.Mes
   replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
   jitted = jax.jit(step, donate_argnums=0, out_shardings=(state_shardings, replicated))
   with jax.set_mesh(mesh):
-    compiled = jitted.lower(_abstract(state), abstract_batch(config, mesh, local_batch),
+    compiled = jitted.lower(abstract_tree(state), abstract_batch(config, mesh, local_batch),
                             jax.random.key(0)).compile()
   memory = compiled.memory_analysis()
   if memory is not None:
@@ -175,8 +177,8 @@ def _setup(config, workdir):
   start = manager.latest_step() or 0
   if start:
     saved = checkpointing.restore_training(
-        manager, start, _abstract(_to_savable(nnx.to_pure_dict(state))), iterator)
-    nnx.replace_by_pure_dict(state, _from_savable(saved, nnx.to_pure_dict(state)))
+        manager, start, abstract_tree(to_savable(nnx.to_pure_dict(state))), iterator)
+    nnx.replace_by_pure_dict(state, from_savable(saved, nnx.to_pure_dict(state)))
     log.info("resumed from step %d in %s", start, workdir)
   return mesh, local_batch, iterator, graphdef, state, manager, start
 
@@ -207,7 +209,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, stop_after: int | None 
   last_step = config.total_steps if stop_after is None else min(stop_after, config.total_steps)
   pending, last, window = [], {}, (start, time.perf_counter())
   save = lambda step: checkpointing.save_training(  # noqa: E731
-      manager, step, _to_savable(nnx.to_pure_dict(state)), iterator, json.loads(config.to_json()))
+      manager, step, to_savable(nnx.to_pure_dict(state)), iterator, json.loads(config.to_json()))
   try:
     for step in range(start + 1, last_step + 1):
       batch = data.to_global_batch(next(iterator), mesh)

@@ -12,6 +12,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c = config_lib.base_config()
   c.total_steps, c.log_every, c.checkpoint_every = 6, 1, 3
   c.data.name, c.data.data_dir, c.data.channels = "unit_train", arg, 3
+  c.data.eval_split = "train"
   c.data.global_batch_size, c.data.num_workers = 8, 0
   c.data.global_views = dict(count=2, size=16, scale=(0.5, 1.0))
   c.data.local_views = dict(count=2, size=8, scale=(0.2, 0.5))

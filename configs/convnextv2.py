@@ -21,10 +21,6 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.model = ml_collections.ConfigDict(dict(
       name="convnextv2", variant=args["variant"], in_channels=3, drop_path=0.1, dtype="auto",
       projector=dict(hidden_dim=2048, out_dim=512, num_layers=3)))
-  c.total_steps = config_lib.epochs_to_steps(float(args["epochs"]), IMAGENET_TRAIN,
-                                             c.data.global_batch_size)
-  c.optim.warmup_steps = config_lib.epochs_to_steps(10, IMAGENET_TRAIN, c.data.global_batch_size)
+  config_lib.set_schedule(c, float(args["epochs"]), IMAGENET_TRAIN)
   c.mesh.axes = dict(data=-1, fsdp=4 if args["variant"] in ("large", "huge") else 1)
-  if args["runlocal"]:
-    config_lib.apply_runlocal(c, int(args.get("steps", 30)))
-  return c
+  return config_lib.finish(c, args)

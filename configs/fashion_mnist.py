@@ -41,6 +41,4 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.optim.weight_decay = 5e-4
   c.optim.warmup_steps = 12
   c.probe.num_classes = 10
-  if args["runlocal"]:
-    config_lib.apply_runlocal(c, int(args.get("steps", 30)))
-  return c
+  return config_lib.finish(c, args)

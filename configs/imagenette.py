@@ -27,9 +27,5 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.loss.sigreg_weight = 0.02
   c.optim.lr = 2e-3
   c.probe.num_classes = 10
-  c.total_steps = config_lib.epochs_to_steps(float(args["epochs"]), IMAGENETTE_TRAIN,
-                                             c.data.global_batch_size)
-  c.optim.warmup_steps = config_lib.epochs_to_steps(10, IMAGENETTE_TRAIN, c.data.global_batch_size)
-  if args["runlocal"]:
-    config_lib.apply_runlocal(c, int(args.get("steps", 30)))
-  return c
+  config_lib.set_schedule(c, float(args["epochs"]), IMAGENETTE_TRAIN)
+  return config_lib.finish(c, args)

@@ -25,9 +25,5 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.loss.sigreg_weight = 0.02
   c.optim.weight_decay = 5e-4
   examples = TRAIN_SIZES.get(args["dataset"], config_lib.IMAGENET_TRAIN_EXAMPLES)
-  c.total_steps = config_lib.epochs_to_steps(float(args["epochs"]), examples,
-                                             c.data.global_batch_size)
-  c.optim.warmup_steps = config_lib.epochs_to_steps(10, examples, c.data.global_batch_size)
-  if args["runlocal"]:
-    config_lib.apply_runlocal(c, int(args.get("steps", 30)))
-  return c
+  config_lib.set_schedule(c, float(args["epochs"]), examples)
+  return config_lib.finish(c, args)

@@ -88,13 +88,23 @@ def imagenet_vit_config(arg: str | None, variant: str, fsdp: int) -> ml_collecti
   args = parse_arg(arg, variant=variant, epochs=100, runlocal=False)
   c = base_config()
   c.model.variant = args["variant"]
-  c.total_steps = epochs_to_steps(float(args["epochs"]), IMAGENET_TRAIN_EXAMPLES,
-                                  c.data.global_batch_size)
-  c.optim.warmup_steps = epochs_to_steps(10, IMAGENET_TRAIN_EXAMPLES, c.data.global_batch_size)
+  set_schedule(c, float(args["epochs"]), IMAGENET_TRAIN_EXAMPLES)
   if args["variant"].endswith("/14"):
     c.data.local_views = dict(c.data.local_views, size=98)  # a multiple of the patch
   c.mesh.axes = dict(data=-1, fsdp=fsdp)
-  if args["runlocal"]:
+  return finish(c, args)
+
+
+def set_schedule(c: ml_collections.ConfigDict, epochs: float, num_examples: int,
+                 warmup_epochs: float = 10) -> None:
+  """total_steps and warmup_steps from epochs over a training set of `num_examples`."""
+  c.total_steps = epochs_to_steps(epochs, num_examples, c.data.global_batch_size)
+  c.optim.warmup_steps = epochs_to_steps(warmup_epochs, num_examples, c.data.global_batch_size)
+
+
+def finish(c: ml_collections.ConfigDict, args: dict) -> ml_collections.ConfigDict:
+  """Applies `runlocal` (and `steps=`) from the parsed config arguments."""
+  if args.get("runlocal"):
     apply_runlocal(c, int(args.get("steps", 30)))
   return c
 

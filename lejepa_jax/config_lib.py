@@ -9,6 +9,17 @@ from __future__ import annotations
 import ml_collections
 
 
+def load_config_file(path: str, arg: str | None = None) -> ml_collections.ConfigDict:
+  """`get_config(arg)` of a config file, as `--config=path:arg` would give it (without locking)."""
+  import importlib.util  # pylint: disable=import-outside-toplevel
+  import os  # pylint: disable=import-outside-toplevel
+  name = os.path.splitext(os.path.basename(path))[0]
+  spec = importlib.util.spec_from_file_location(f"lejepa_config_{name}", path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config(arg)
+
+
 def parse_arg(arg: str | None, **defaults) -> dict:
   """'runlocal,variant=L/14' -> {"runlocal": True, "variant": "L/14"} over the given defaults."""
   out = dict(defaults)

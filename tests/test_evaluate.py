@@ -1,6 +1,5 @@
 """Frozen-feature evaluators against NumPy references, and the evaluation of a real checkpoint."""
 
-import importlib.util
 import json
 import os
 
@@ -9,7 +8,7 @@ import jax
 import numpy as np
 import pytest
 
-from lejepa_jax import evaluate, sharding, train
+from lejepa_jax import config_lib, evaluate, sharding, train
 from lejepa_jax.data import prepare
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -68,10 +67,7 @@ def structured_data(tmp_path_factory):
 
 
 def _tiny_config(data_dir):
-  spec = importlib.util.spec_from_file_location("tiny", os.path.join(ROOT, "tests", "tiny_config.py"))
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config(data_dir)
+  return config_lib.load_config_file(os.path.join(ROOT, "tests", "tiny_config.py"), data_dir)
 
 
 def test_evaluating_a_checkpoint_beats_chance_on_any_mesh(devices, structured_data, tmp_path):

@@ -1,6 +1,5 @@
 """End-to-end training on 8 simulated devices: a few steps, checkpoint, resume, failure handling."""
 
-import importlib.util
 import json
 import os
 import signal
@@ -14,7 +13,7 @@ import ml_collections
 import numpy as np
 import pytest
 
-from lejepa_jax import checkpointing, train
+from lejepa_jax import checkpointing, config_lib, train
 from lejepa_jax.data import prepare
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -33,10 +32,7 @@ def data_dir(tmp_path_factory):
 
 
 def tiny_config(data_dir: str, total_steps: int = 6) -> ml_collections.ConfigDict:
-  spec = importlib.util.spec_from_file_location("tiny", os.path.join(ROOT, "tests", "tiny_config.py"))
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  config = module.get_config(data_dir)
+  config = config_lib.load_config_file(os.path.join(ROOT, "tests", "tiny_config.py"), data_dir)
   config.total_steps = total_steps
   return config
 

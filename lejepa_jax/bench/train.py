@@ -8,7 +8,6 @@ compiled ahead of time on synthetic uint8 batches; data loading is not included.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import os
 
 import jax
@@ -42,11 +41,7 @@ def vit_s16_config() -> ml_collections.ConfigDict:
 
 
 def default_cpu_config() -> ml_collections.ConfigDict:
-  path = os.path.join(ROOT, "configs", "fashion_mnist.py")
-  spec = importlib.util.spec_from_file_location("fashion_mnist_config", path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config()
+  return config_lib.load_config_file(os.path.join(ROOT, "configs", "fashion_mnist.py"))
 
 
 def time_step(config, repeats: int) -> dict:

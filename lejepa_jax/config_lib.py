@@ -73,6 +73,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.loss.num_knots = 17
   c.loss.combine = "convex"
   c.loss.sigreg_views = "per_view"
+  c.loss.test = "epps_pulley"  # SIGReg's univariate test; ablations: see losses.stats.TESTS
 
   c.optim = ml_collections.ConfigDict()
   c.optim.lr = 5e-4
@@ -147,4 +148,26 @@ def apply_runlocal(c: ml_collections.ConfigDict, steps: int = 30) -> ml_collecti
       2, c.data.local_views["count"]))
   c.model.projector = dict(hidden_dim=64, out_dim=16, num_layers=3)
   c.loss.num_slices = 128
+  return c
+
+
+def probe_config() -> ml_collections.ConfigDict:
+  """Every key an evaluation (probe) config can set (configs/probe/*.py), with the defaults."""
+  c = ml_collections.ConfigDict()
+  c.name = "default"  # results and the record of evaluated steps are kept per probe config name
+  # "embed": what the encoder's probe head reads (ViT: CLS of the last two blocks concatenated;
+  # ConvNets: the pooled final map); "feature_map": the unpooled final map / patch tokens, flattened.
+  c.features = "embed"
+  c.train_examples = 0  # 0: the whole training split; N: its first N examples
+  c.eval_examples = 0  # 0: the whole evaluation split
+  c.batch_size = 256
+  c.evaluators = "linear,knn,fewshot,label_free,pictures"
+  c.baselines = ""  # any of "pixels,random_init": evaluated once, next to the checkpoints
+  c.linear = dict(epochs=30, batch_size=256, lr=1e-3, weight_decay=1e-6)
+  c.knn = dict(k=20, temperature=0.07)
+  c.fewshot = dict(shots=(1, 5, 10), seeds=5, ridge=1e-2)
+  c.label_free = dict(num_slices=1024, max_examples=10000)
+  c.pictures = dict(num_images=8, num_points=2000)
+  c.poll_seconds = 30.0  # --follow: how often to look for new checkpoints
+  c.idle_timeout = 7200.0  # --follow: give up after this long without a new checkpoint
   return c

@@ -1,41 +1,57 @@
-"""Frozen-feature evaluation of a training run's checkpoints: linear probe and kNN (first evaluators).
+"""The evaluation job: frozen-feature probes on a training run's checkpoints.
 
-    python -m lejepa_jax.evaluate --workdir=<training workdir> [--step=N] [--train_examples=N]
+    python -m lejepa_jax.evaluate --config=configs/probe/default.py --workdir=<training workdir> \
+        [--step=N | --follow] [--config.evaluators=linear,knn,...]
 
-Restores the encoder from the run's orbax checkpoint onto this job's devices (any count), extracts
-frozen features once (the paper's protocol: the features `encoder.embed` returns, then LayerNorm inside
-the probe), and runs the evaluators. Results go to `workdir/eval/<evaluator>.jsonl` and the console.
+Restores the encoder only (no optimizer state) from the run's orbax checkpoints onto this job's
+devices (any count), extracts frozen features once per checkpoint and runs the evaluators the probe
+config names (`lejepa_jax.evaluators`, plus "pictures"). Without --step it evaluates the latest
+checkpoint; with --follow it keeps watching the workdir while training runs and evaluates every new
+checkpoint once (the evaluated steps are recorded, so a restarted job carries on). Unreadable
+checkpoints are skipped with a message. Results: `workdir/eval/<evaluator>.jsonl`, TensorBoard
+scalars in `workdir/eval/tensorboard`, pictures in `workdir/eval/pictures`, a table on the console.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
+import time
+from typing import Any, Iterator
+
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
-import optax
 from flax import nnx
 
-from lejepa_jax import checkpointing, data, sharding, steps, train
+from lejepa_jax import checkpointing, data, evaluators, reports, sharding, steps, train
+
+log = logging.getLogger("lejepa_jax")
+FEATURE_KINDS = ("embed", "feature_map")
+
+
+class CheckpointError(RuntimeError):
+  """A checkpoint that exists but cannot be read (corrupt, half-written or deleted meanwhile)."""
 
 
 def restore_encoder(workdir: str, step: int | None = None, mesh: jax.sharding.Mesh | None = None):
-  """(encoder in eval mode, its config, the step) from a training run's checkpoint."""
+  """(encoder in eval mode, its training config, the step) from a training run's checkpoint.
+
+  Raises FileNotFoundError when the run has no checkpoint, CheckpointError when it cannot be read.
+  """
   manager = checkpointing.training_manager(os.path.join(workdir, "checkpoints"))
   try:
     step = manager.latest_step() if step is None else step
     if step is None:
       raise FileNotFoundError(f"No checkpoint in {workdir}/checkpoints; train first.")
-    config = ml_collections.ConfigDict(checkpointing.restore_config(manager, step))
-    mesh = mesh or sharding.make_mesh({"data": -1})
-    objects = sharding.create_sharded(lambda: train.build_train_objects(config), mesh)
-    graphdef, state = nnx.split(objects)
-    like = nnx.to_pure_dict(state)
-    saved = checkpointing.restore_state_only(manager, step, train.abstract_tree(
-        train.to_savable(like)))
-    nnx.replace_by_pure_dict(state, train.from_savable(saved, like))
+    try:
+      config, graphdef, state = _restore_state(manager, step, mesh)
+    except Exception as e:  # orbax raises many types for damaged files; all mean "unreadable"
+      raise CheckpointError(
+          f"Checkpoint step {step} in {workdir}/checkpoints could not be read "
+          f"({type(e).__name__}: {str(e)[:300]}). It is corrupt, half-written or was deleted; "
+          "skipping it. Delete that step's directory (or rerun training) to rewrite it.") from e
   finally:
     manager.close()
   encoder = nnx.merge(graphdef, state)[0]
@@ -43,22 +59,24 @@ def restore_encoder(workdir: str, step: int | None = None, mesh: jax.sharding.Me
   return encoder, config, step
 
 
-def extract_features(encoder, config, split: str, limit: int | None = None, batch_size: int = 256
-                     ) -> tuple[np.ndarray, np.ndarray]:
-  """Frozen features [n, F] and labels [n] of a split (every example once, centre crops)."""
-  source = data.open_source(config.data.name, split, config.data.data_dir)
-  if limit is not None and limit < len(source):
-    source = _Prefix(source, limit)
-  crop = data.CenterCrop(config.data.global_views["size"], int(config.data.channels),
-                         crop_fraction=1.0)
-  embed = nnx.jit(lambda m, x: m.embed(steps.normalize(x, tuple(config.data.mean),
-                                                       tuple(config.data.std))))
-  features, labels = [], []
-  for batch in data.eval_dataset(source, crop, global_batch_size=batch_size):
-    valid = batch["valid"]
-    features.append(np.asarray(embed(encoder, batch["image"]), np.float32)[valid])
-    labels.append(batch["label"][valid])
-  return np.concatenate(features), np.concatenate(labels)
+def _restore_state(manager, step: int, mesh):
+  config = ml_collections.ConfigDict(checkpointing.restore_config(manager, step))
+  mesh = mesh or sharding.make_mesh({"data": -1})
+  graphdef, state = nnx.split(
+      sharding.create_sharded(lambda: train.build_train_objects(config), mesh))
+  like = nnx.to_pure_dict(state)
+  saved = checkpointing.restore_state_only(
+      manager, step, train.abstract_tree(train.to_savable(like)))
+  nnx.replace_by_pure_dict(state, train.from_savable(saved, like))
+  return config, graphdef, state
+
+
+def random_init_encoder(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh | None = None):
+  """The encoder of `config` as training initialises it (step 0), in eval mode: a baseline."""
+  mesh = mesh or sharding.make_mesh({"data": -1})
+  encoder = sharding.create_sharded(lambda: train.build_train_objects(config), mesh)[0]
+  encoder.eval()
+  return encoder
 
 
 class _Prefix:
@@ -74,81 +92,346 @@ class _Prefix:
     return self.source[index]
 
 
-def linear_probe(train_x, train_y, test_x, test_y, num_classes: int, *, epochs: int = 30,
-                 batch_size: int = 256, lr: float = 1e-3, weight_decay: float = 1e-6,
-                 seed: int = 0) -> dict[str, float]:
-  """LayerNorm + Linear trained with AdamW (warmup + cosine) on frozen features; top-1 (and top-5)."""
-  probe = steps.LinearProbe(train_x.shape[1], num_classes, rngs=nnx.Rngs(seed))
-  steps_per_epoch = max(1, len(train_x) // batch_size)
-  total = epochs * steps_per_epoch
-  schedule = optax.warmup_cosine_decay_schedule(0.0, lr, max(1, total // 20), total)
-  optimizer = nnx.Optimizer(probe, optax.adamw(schedule, weight_decay=weight_decay), wrt=nnx.Param)
-
-  @nnx.jit
-  def update(probe, optimizer, x, y):
-    loss_fn = lambda p: optax.softmax_cross_entropy_with_integer_labels(p(x), y).mean()  # noqa: E731
-    optimizer.update(probe, nnx.grad(loss_fn)(probe))
-
-  rng = np.random.default_rng(seed)
-  for _ in range(epochs):
-    order = rng.permutation(len(train_x))
-    for i in range(steps_per_epoch):
-      idx = order[i * batch_size:(i + 1) * batch_size]
-      update(probe, optimizer, jnp.asarray(train_x[idx]), jnp.asarray(train_y[idx]))
-  logits = np.asarray(nnx.jit(lambda p, x: p(x))(probe, jnp.asarray(test_x)))
-  result = {"top1": float(np.mean(np.argmax(logits, -1) == test_y))}
-  if num_classes > 5:
-    top5 = np.argsort(-logits, axis=-1)[:, :5]
-    result["top5"] = float(np.mean(np.any(top5 == test_y[:, None], axis=-1)))
-  return result
+def eval_batches(config, split: str, limit: int | None = None, batch_size: int = 256
+                 ) -> Iterator[dict[str, np.ndarray]]:
+  """Centre crops of every example of a split once: {"image": [n, S, S, C] uint8, "label", "valid"}."""
+  source = data.open_source(config.data.name, split, config.data.data_dir)
+  if limit and limit < len(source):
+    source = _Prefix(source, limit)
+  crop = data.CenterCrop(config.data.global_views["size"], int(config.data.channels),
+                         crop_fraction=1.0)
+  return iter(data.eval_dataset(source, crop, global_batch_size=batch_size))
 
 
-def knn(train_x, train_y, test_x, test_y, num_classes: int, *, k: int = 20,
-        temperature: float = 0.07, chunk: int = 1024) -> dict[str, float]:
-  """Weighted kNN on cosine similarity: votes exp(sim / temperature) of the k nearest neighbours."""
-  normalise = lambda x: x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)  # noqa: E731
-  bank, queries = jnp.asarray(normalise(train_x)), normalise(test_x)
-  bank_labels = jnp.asarray(train_y)
-
-  @jax.jit
-  def predict(q):
-    sims, idx = jax.lax.top_k(q @ bank.T, k)
-    votes = jax.nn.one_hot(bank_labels[idx], num_classes) * jnp.exp(sims / temperature)[..., None]
-    return jnp.argmax(votes.sum(1), -1)
-
-  predictions = np.concatenate([np.asarray(predict(jnp.asarray(queries[i:i + chunk])))
-                                for i in range(0, len(queries), chunk)])
-  return {"top1": float(np.mean(predictions == test_y))}
+def _forward(encoder, images, kind: str):
+  """(probe features [n, F], projections [n, K] or None) of normalised images."""
+  if kind == "embed":
+    return encoder(images)
+  backbone = encoder.backbone
+  feature_map = backbone.patch_features(images)
+  # ConvNets pool the same map the probe reads: no second pass for the projections.
+  pooled = backbone.pool(feature_map) if hasattr(backbone, "pool") else backbone(images)[0]
+  projections = None if encoder.projector is None else encoder.projector(pooled)
+  return feature_map.reshape(feature_map.shape[0], -1), projections
 
 
-def evaluate(workdir: str, step: int | None = None, train_examples: int | None = None
-             ) -> dict[str, dict[str, float]]:
-  """Runs the evaluators on one checkpoint; appends results to workdir/eval/<name>.jsonl."""
-  encoder, config, step = restore_encoder(workdir, step)
-  train_x, train_y = extract_features(encoder, config, config.data.split, train_examples)
-  test_x, test_y = extract_features(encoder, config, config.data.eval_split)
-  num_classes = int(config.probe.num_classes)
-  results = {"linear": linear_probe(train_x, train_y, test_x, test_y, num_classes),
-             "knn": knn(train_x, train_y, test_x, test_y, num_classes)}
-  if jax.process_index() == 0:
-    os.makedirs(os.path.join(workdir, "eval"), exist_ok=True)
-    for name, values in results.items():
-      with open(os.path.join(workdir, "eval", f"{name}.jsonl"), "a") as f:
-        f.write(json.dumps({"step": step, **values}) + "\n")
+def extract_features(encoder, config, split: str, limit: int | None = None, batch_size: int = 256,
+                     kind: str = "embed") -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+  """Frozen features [n, F], labels [n] and projector outputs [n, K] (or None) of a split.
+
+  kind: "embed" (the encoder's probe features) or "feature_map" (the unpooled final map, flattened).
+  """
+  if kind not in FEATURE_KINDS:
+    raise ValueError(f"probe config `features` must be one of {FEATURE_KINDS}, got {kind!r}.")
+  mean, std = tuple(config.data.mean), tuple(config.data.std)
+  forward = nnx.jit(lambda m, x: _forward(m, steps.normalize(x, mean, std), kind))
+  features, projections, labels = [], [], []
+  for batch in eval_batches(config, split, limit, batch_size):
+    valid = batch["valid"]
+    f, z = forward(encoder, batch["image"])
+    features.append(np.asarray(f, np.float32)[valid])
+    if z is not None:
+      projections.append(np.asarray(z, np.float32)[valid])
+    labels.append(batch["label"][valid])
+  z = np.concatenate(projections) if projections else None
+  return np.concatenate(features), np.concatenate(labels), z
+
+
+def pixel_features(config, split: str, limit: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+  """Raw-pixel baseline: the same centre crops, standardised and flattened: [n, S*S*C], [n]."""
+  mean, std = np.asarray(config.data.mean), np.asarray(config.data.std)
+  features, labels = [], []
+  for batch in eval_batches(config, split, limit):
+    valid = batch["valid"]
+    pixels = (batch["image"][valid].astype(np.float32) / 255.0 - mean) / std
+    features.append(pixels.reshape(len(pixels), -1).astype(np.float32))
+    labels.append(batch["label"][valid])
+  return np.concatenate(features), np.concatenate(labels)
+
+
+def _limit(n: int) -> int | None:
+  return n if n and n > 0 else None
+
+
+def feature_set(encoder, config, probe: ml_collections.ConfigDict) -> evaluators.FeatureSet:
+  """Features of the training split (probe fitting) and the evaluation split, extracted once."""
+  kind = probe.features
+  train_x, train_y, _ = extract_features(encoder, config, config.data.split,
+                                         _limit(probe.train_examples), probe.batch_size, kind)
+  test_x, test_y, test_z = extract_features(encoder, config, config.data.eval_split,
+                                            _limit(probe.eval_examples), probe.batch_size, kind)
+  return evaluators.FeatureSet(train_x, train_y, test_x, test_y, int(config.probe.num_classes),
+                               test_z)
+
+
+def evaluator_names(probe: ml_collections.ConfigDict) -> list[str]:
+  names = [n.strip() for n in probe.evaluators.split(",") if n.strip()]
+  for name in names:
+    if name != "pictures":
+      evaluators.get(name)  # raises on unknown names before anything is extracted
+  return names
+
+
+def run_evaluators(fs: evaluators.FeatureSet, probe: ml_collections.ConfigDict, names: list[str]
+                   ) -> dict[str, dict[str, float]]:
+  """{evaluator: {metric: value}} for the named evaluators (pictures are drawn separately)."""
+  results = {}
+  for name in names:
+    if name == "pictures":
+      continue
+    if name == "label_free" and fs.test_z is None:
+      results[name] = {"rankme_features": evaluators.rankme(fs.test_x[:10000])}
+      continue
+    options = dict(probe[name]) if name in probe else {}
+    results[name] = evaluators.get(name)(fs, **options)
   return results
 
 
-def main(argv: list[str] | None = None) -> None:
-  import argparse  # pylint: disable=import-outside-toplevel
-  parser = argparse.ArgumentParser(prog="python -m lejepa_jax.evaluate", description=__doc__)
-  parser.add_argument("--workdir", required=True)
-  parser.add_argument("--step", type=int)
-  parser.add_argument("--train_examples", type=int, help="probe on the first N training examples")
-  args = parser.parse_args(argv)
-  results = evaluate(args.workdir, args.step, args.train_examples)
-  for name, values in results.items():
-    print(f"{name:>8}: " + ", ".join(f"{k} {100 * v:.2f}%" for k, v in values.items()))
+def draw_pictures(encoder, config, fs: evaluators.FeatureSet, probe, out_prefix: str) -> list[str]:
+  """PCA of patch features as RGB next to the inputs, and a 2-D embedding plot coloured by class."""
+  batch = next(eval_batches(config, config.data.eval_split, probe.pictures["num_images"],
+                            probe.pictures["num_images"]))
+  images = batch["image"][batch["valid"]]
+  mean, std = tuple(config.data.mean), tuple(config.data.std)
+  patches = nnx.jit(lambda m, x: m.backbone.patch_features(steps.normalize(x, mean, std)))(
+      encoder, images)
+  os.makedirs(os.path.dirname(out_prefix), exist_ok=True)
+  paths = [out_prefix + "_patch_pca.png", out_prefix + "_embedding.png"]
+  reports.plot_patch_pca(images, np.asarray(patches, np.float32), paths[0])
+  n = probe.pictures["num_points"]
+  reports.plot_embedding_2d(fs.test_x[:n], fs.test_y[:n], paths[1])
+  return paths
+
+
+class EvalRecord:
+  """Which checkpoint steps (and baselines) a probe config has handled: `eval/done_<name>.json`.
+
+  Written atomically after each evaluation, so a restarted `--follow` job never repeats one.
+  """
+
+  def __init__(self, workdir: str, name: str):
+    self.path = os.path.join(workdir, "eval", f"done_{name}.json")
+    self.data = {"done": [], "skipped": {}, "baselines": [], "total_steps": None}
+    if os.path.exists(self.path):
+      with open(self.path) as f:
+        self.data.update(json.load(f))
+
+  def handled(self, step: int) -> bool:
+    return step in self.data["done"] or str(step) in self.data["skipped"]
+
+  def finished(self) -> bool:
+    """True once the run's final step has been handled (the run's total_steps is known)."""
+    total = self.data["total_steps"]
+    return total is not None and self.handled(total)
+
+  def update(self, **changes: Any) -> None:
+    for key, value in changes.items():
+      if key == "done":
+        self.data["done"] = sorted(set(self.data["done"]) | {value})
+      elif key == "skipped":
+        self.data["skipped"][str(value[0])] = value[1]
+      elif key == "baseline":
+        self.data["baselines"] = sorted(set(self.data["baselines"]) | {value})
+      else:
+        self.data[key] = value
+    os.makedirs(os.path.dirname(self.path), exist_ok=True)
+    with open(self.path + ".tmp", "w") as f:
+      json.dump(self.data, f, indent=1)
+    os.replace(self.path + ".tmp", self.path)
+
+
+class ResultsWriter:
+  """`eval/<evaluator>.jsonl` rows and TensorBoard scalars `<encoder>/<evaluator>/<metric>`."""
+
+  def __init__(self, workdir: str, probe_name: str):
+    self.dir, self.probe_name = os.path.join(workdir, "eval"), probe_name
+    self.rows: list[dict] = []
+    self.enabled = jax.process_index() == 0
+    if self.enabled:
+      from tensorboardX import SummaryWriter  # pylint: disable=import-outside-toplevel
+      os.makedirs(self.dir, exist_ok=True)
+      self.tb = SummaryWriter(os.path.join(self.dir, "tensorboard"))
+
+  def write(self, step: int, encoder: str, results: dict[str, dict[str, float]]) -> None:
+    for name, values in results.items():
+      row = {"step": step, "encoder": encoder, "probe_config": self.probe_name, **values}
+      self.rows.append({"evaluator": name, **row})
+      if not self.enabled:
+        continue
+      with open(os.path.join(self.dir, f"{name}.jsonl"), "a") as f:
+        f.write(json.dumps(row) + "\n")
+      for metric, value in values.items():
+        self.tb.add_scalar(f"{encoder}/{name}/{metric}", value, step)
+    if self.enabled:
+      self.tb.flush()
+
+  def close(self) -> None:
+    if self.enabled:
+      self.tb.close()
+
+
+def format_table(rows: list[dict]) -> str:
+  """One line per (encoder, step, evaluator): its metrics, accuracies as percentages."""
+  lines = [f"{'encoder':<12} {'step':>6}  {'evaluator':<10}  metrics"]
+  for row in rows:
+    metrics = {k: v for k, v in row.items()
+               if k not in ("evaluator", "step", "encoder", "probe_config")}
+    text = ", ".join(f"{k} {v:.2f}" if "rankme" in k or k == "sigreg" else f"{k} {100 * v:.2f}%"
+                     for k, v in metrics.items())
+    lines.append(f"{row['encoder']:<12} {row['step']:>6}  {row['evaluator']:<10}  {text}")
+  return "\n".join(lines)
+
+
+def evaluate_checkpoint(workdir: str, probe: ml_collections.ConfigDict, step: int | None,
+                        writer: ResultsWriter, record: EvalRecord,
+                        mesh: jax.sharding.Mesh | None = None) -> dict[str, dict[str, float]]:
+  """Restores one checkpoint, extracts features once, runs the evaluators, records the step."""
+  names = evaluator_names(probe)
+  encoder, config, step = restore_encoder(workdir, step, mesh)
+  fs = feature_set(encoder, config, probe)
+  results = run_evaluators(fs, probe, names)
+  if "pictures" in names and jax.process_index() == 0:
+    draw_pictures(encoder, config, fs, probe,
+                  os.path.join(workdir, "eval", "pictures", f"{probe.name}_step{step}"))
+  writer.write(step, "checkpoint", results)
+  record.update(done=step, total_steps=int(config.total_steps))
+  return results
+
+
+def evaluate_baselines(workdir: str, probe: ml_collections.ConfigDict, writer: ResultsWriter,
+                       record: EvalRecord, mesh: jax.sharding.Mesh | None = None
+                       ) -> dict[str, dict[str, dict[str, float]]]:
+  """The probe config's baselines ("pixels", "random_init") on the run's data, once per workdir."""
+  wanted = [b.strip() for b in probe.baselines.split(",") if b.strip()]
+  unknown = set(wanted) - {"pixels", "random_init"}
+  if unknown:
+    raise ValueError(f"Unknown baseline(s) {sorted(unknown)}; available: pixels, random_init.")
+  todo = [b for b in wanted if b not in record.data["baselines"]]
+  if not todo:
+    return {}
+  manager = checkpointing.training_manager(os.path.join(workdir, "checkpoints"))
+  try:
+    config = ml_collections.ConfigDict(checkpointing.restore_config(manager, manager.latest_step()))
+  finally:
+    manager.close()
+  names = [n for n in evaluator_names(probe) if n != "pictures"]
+  out = {}
+  for baseline in todo:
+    if baseline == "pixels":
+      fs = _pixel_feature_set(config, probe)
+      names_here = [n for n in names if n != "label_free"]
+    else:
+      fs, names_here = feature_set(random_init_encoder(config, mesh), config, probe), names
+    out[baseline] = run_evaluators(fs, probe, names_here)
+    writer.write(0, baseline, out[baseline])
+    record.update(baseline=baseline)
+  return out
+
+
+def _pixel_feature_set(config, probe) -> evaluators.FeatureSet:
+  train_x, train_y = pixel_features(config, config.data.split, _limit(probe.train_examples))
+  test_x, test_y = pixel_features(config, config.data.eval_split, _limit(probe.eval_examples))
+  return evaluators.FeatureSet(train_x, train_y, test_x, test_y, int(config.probe.num_classes))
+
+
+def evaluate(workdir: str, step: int | None = None, train_examples: int | None = None,
+             probe: ml_collections.ConfigDict | None = None) -> dict[str, dict[str, float]]:
+  """Evaluates one checkpoint (the latest by default): {evaluator: {metric: value}}.
+
+  Results are appended to workdir/eval/<evaluator>.jsonl; `train_examples` overrides the probe
+  config's (the probes then fit on the first N training examples).
+  """
+  probe = ml_collections.ConfigDict(probe or _default_probe())
+  if train_examples:
+    probe.train_examples = train_examples
+  writer = ResultsWriter(workdir, probe.name)
+  try:
+    return evaluate_checkpoint(workdir, probe, step, writer, EvalRecord(workdir, probe.name))
+  finally:
+    writer.close()
+
+
+def _default_probe() -> ml_collections.ConfigDict:
+  from lejepa_jax import config_lib  # pylint: disable=import-outside-toplevel
+  return config_lib.probe_config()
+
+
+def checkpoint_steps(workdir: str) -> list[int]:
+  """Finalised checkpoint steps of a run (orbax ignores the temporary directories of unfinished
+  saves, so a half-written checkpoint is not listed until it is complete)."""
+  if not os.path.isdir(os.path.join(workdir, "checkpoints")):
+    return []
+  manager = checkpointing.training_manager(os.path.join(workdir, "checkpoints"))
+  try:
+    return list(manager.all_steps())
+  finally:
+    manager.close()
+
+
+def follow(workdir: str, probe: ml_collections.ConfigDict, writer: ResultsWriter,
+           mesh: jax.sharding.Mesh | None = None) -> EvalRecord:
+  """Evaluates every new checkpoint of a (running) training job once, until its final step is done
+  or no checkpoint has appeared for `probe.idle_timeout` seconds. Restart-safe via EvalRecord."""
+  record = EvalRecord(workdir, probe.name)
+  last_activity = time.monotonic()
+  while not record.finished():
+    for step in [s for s in checkpoint_steps(workdir) if not record.handled(s)]:
+      last_activity = time.monotonic()
+      try:
+        evaluate_checkpoint(workdir, probe, step, writer, record, mesh)
+      except CheckpointError as e:
+        log.warning("%s", e)
+        record.update(skipped=(step, str(e)))
+    if record.finished():
+      break
+    if time.monotonic() - last_activity > probe.idle_timeout:
+      log.warning("no new checkpoint in %s for %.0f s; stopping", workdir, probe.idle_timeout)
+      break
+    time.sleep(probe.poll_seconds)
+  return record
+
+
+def run(workdir: str, probe: ml_collections.ConfigDict, step: int | None = None,
+        follow_run: bool = False) -> list[dict]:
+  """The job: baselines (once), then the latest / given checkpoint, or every checkpoint with
+  `follow_run`. Returns the result rows (also printed as a table)."""
+  writer = ResultsWriter(workdir, probe.name)
+  record = EvalRecord(workdir, probe.name)
+  try:
+    evaluate_baselines(workdir, probe, writer, record)
+    if follow_run:
+      follow(workdir, probe, writer)
+    else:
+      evaluate_checkpoint(workdir, probe, step, writer, record)
+  finally:
+    writer.close()
+  return writer.rows
+
+
+def main(argv: list[str]) -> None:
+  del argv
+  from absl import logging as absl_logging  # pylint: disable=import-outside-toplevel
+  logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
+  absl_logging.set_verbosity(absl_logging.WARNING)
+  probe = _CONFIG.value if _CONFIG.value is not None else _default_probe()
+  try:
+    rows = run(_WORKDIR.value, probe, _STEP.value, _FOLLOW.value)
+  except (FileNotFoundError, CheckpointError, ValueError) as e:
+    raise SystemExit(f"error: {e}") from None
+  if jax.process_index() == 0:
+    print(format_table(rows))
 
 
 if __name__ == "__main__":
-  main()
+  # Flags are defined only when run as a program: the library import must not register a second
+  # --config / --workdir next to lejepa_jax.main's in processes that import both.
+  from absl import app, flags  # pylint: disable=g-import-not-at-top
+  from ml_collections import config_flags  # pylint: disable=g-import-not-at-top
+  _CONFIG = config_flags.DEFINE_config_file(
+      "config", None, "Probe config (configs/probe/*.py); the defaults when omitted.",
+      lock_config=True)
+  _WORKDIR = flags.DEFINE_string("workdir", None, "The training run's workdir.", required=True)
+  _STEP = flags.DEFINE_integer("step", None, "Evaluate this checkpoint step (default: latest).")
+  _FOLLOW = flags.DEFINE_boolean("follow", False, "Evaluate every new checkpoint while training "
+                                 "runs, each once (restart-safe).")
+  app.run(main)

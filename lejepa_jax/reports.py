@@ -1,4 +1,5 @@
-"""End-of-run reports: summary.json and a PNG of the training curves (process 0 only)."""
+"""Reports: summary.json and a PNG of the training curves at the end of a run (process 0 only), and
+the evaluation job's pictures (PCA of patch features, 2-D embedding plot)."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import json
 import os
 
 import matplotlib
+import numpy as np
 
 matplotlib.use("Agg")  # files only, no display
 import matplotlib.pyplot as plt  # noqa: E402
@@ -50,3 +52,47 @@ def write_summary(workdir: str, last: dict) -> None:
     json.dump(summary, f, indent=2)
   if rows:
     plot_curves(rows, os.path.join(workdir, "curves.png"))
+
+
+def _pca(x: np.ndarray, k: int) -> np.ndarray:
+  """Projections of the rows of x [n, d] on its top-k principal directions: [n, k]."""
+  centred = x - x.mean(0)
+  _, _, vt = np.linalg.svd(centred, full_matrices=False)
+  return centred @ vt[:k].T
+
+
+def plot_patch_pca(images: np.ndarray, patches: np.ndarray, path: str) -> None:
+  """Inputs (top row) and the first 3 principal components of their patch features as RGB (bottom).
+
+  Args:
+    images: [n, H, W, C] uint8 inputs.
+    patches: [n, h, w, D] patch features (ViT tokens or a ConvNet's final map); the PCA is fitted on
+      the patches of all n images together, so colours are comparable across images.
+  """
+  n, h, w, d = patches.shape
+  rgb = _pca(patches.reshape(-1, d).astype(np.float64), 3)
+  rgb = (rgb - rgb.min(0)) / np.maximum(rgb.max(0) - rgb.min(0), 1e-12)
+  rgb = rgb.reshape(n, h, w, 3)
+  fig, axes = plt.subplots(2, n, figsize=(1.6 * n, 3.4), squeeze=False)
+  for i in range(n):
+    image = images[i, ..., 0] if images.shape[-1] == 1 else images[i]
+    axes[0, i].imshow(image, cmap="gray" if images.shape[-1] == 1 else None)
+    axes[1, i].imshow(rgb[i], interpolation="nearest")
+    for ax in axes[:, i]:
+      ax.set_axis_off()
+  fig.suptitle("inputs and PCA of patch features (RGB = first 3 components)")
+  fig.tight_layout()
+  fig.savefig(path, dpi=100)
+  plt.close(fig)
+
+
+def plot_embedding_2d(features: np.ndarray, labels: np.ndarray, path: str) -> None:
+  """Scatter of features [n, F] on their first two principal components, coloured by label [n]."""
+  xy = _pca(features.astype(np.float64), 2)
+  fig, ax = plt.subplots(figsize=(5, 4.5))
+  points = ax.scatter(xy[:, 0], xy[:, 1], c=labels, cmap="tab10", s=4)
+  fig.colorbar(points, ax=ax, label="class")
+  ax.set_title("frozen features, first two principal components")
+  fig.tight_layout()
+  fig.savefig(path, dpi=100)
+  plt.close(fig)

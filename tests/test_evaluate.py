@@ -2,13 +2,14 @@
 
 import json
 import os
+import shutil
 
 import cv2
 import jax
 import numpy as np
 import pytest
 
-from lejepa_jax import config_lib, evaluate, sharding, train
+from lejepa_jax import config_lib, evaluate, evaluators, sharding, train
 from lejepa_jax.data import prepare
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -34,7 +35,7 @@ def test_knn_matches_brute_force_reference():
   train_x, test_x = rng.normal(size=(300, 12)), rng.normal(size=(50, 12))
   train_y, test_y = rng.integers(0, 5, 300), rng.integers(0, 5, 50)
   want = _knn_reference(train_x, train_y, test_x, 5, k=20, temperature=0.07)
-  got = evaluate.knn(train_x, train_y, test_x, test_y, 5)["top1"]
+  got = evaluators.knn(evaluators.FeatureSet(train_x, train_y, test_x, test_y, 5))["top1"]
   assert got == pytest.approx(np.mean(want == test_y))
 
 
@@ -44,9 +45,61 @@ def test_linear_probe_separates_gaussian_blobs():
   make = lambda n: (lambda y: (centers[y] + rng.normal(size=(n, 16)), y))(  # noqa: E731
       rng.integers(0, 8, n))
   (train_x, train_y), (test_x, test_y) = make(2000), make(500)
-  result = evaluate.linear_probe(train_x.astype(np.float32), train_y, test_x.astype(np.float32),
-                                 test_y, 8, epochs=20, batch_size=64, lr=1e-2)
+  fs = evaluators.FeatureSet(train_x.astype(np.float32), train_y, test_x.astype(np.float32), test_y, 8)
+  result = evaluators.linear(fs, epochs=20, batch_size=64, lr=1e-2)
   assert result["top1"] > 0.95 and result["top5"] >= result["top1"]
+
+
+def _blobs(rng, n, centers):
+  y = rng.integers(0, len(centers), n)
+  return centers[y] + rng.normal(size=(n, centers.shape[1])), y
+
+
+def test_ridge_classifier_matches_primal_normal_equations():
+  rng = np.random.default_rng(2)
+  x, y = rng.normal(size=(30, 50)), rng.integers(0, 3, 30)
+  weights, bias = evaluators.ridge_classifier(x, y, 3, ridge=0.5)
+  # Primal form (an independent derivation): (Xc^T Xc + r I) W = Xc^T Tc, b = mean(T) - mean(X) W.
+  targets = np.eye(3)[y]
+  xc, tc = x - x.mean(0), targets - targets.mean(0)
+  want = np.linalg.solve(xc.T @ xc + 0.5 * np.eye(50), xc.T @ tc)
+  np.testing.assert_allclose(weights, want, rtol=1e-8, atol=1e-10)
+  np.testing.assert_allclose(bias, targets.mean(0) - x.mean(0) @ want, atol=1e-10)
+
+
+def test_fewshot_separable_classes_and_seed_spread():
+  rng = np.random.default_rng(3)
+  centers = rng.normal(size=(5, 32)) * 3
+  (train_x, train_y), (test_x, test_y) = _blobs(rng, 1000, centers), _blobs(rng, 300, centers)
+  result = evaluators.fewshot(evaluators.FeatureSet(train_x, train_y, test_x, test_y, 5),
+                              shots=(1, 10), seeds=4)
+  assert result["10shot"] > 0.95 and result["1shot"] > 0.5
+  assert result["10shot"] >= result["1shot"] - 0.02
+  assert set(result) == {"1shot", "1shot_std", "10shot", "10shot_std"}
+  # Structureless features: chance level (1/5), whatever the shots.
+  noise = evaluators.FeatureSet(rng.normal(size=(1000, 32)), train_y, rng.normal(size=(300, 32)),
+                                test_y, 5)
+  assert evaluators.fewshot(noise, shots=(10,), seeds=4)["10shot"] < 0.35
+
+
+@pytest.mark.parametrize("rank", [1, 4, 17])
+def test_rankme_of_equal_singular_values_is_the_rank(rank):
+  rng = np.random.default_rng(rank)
+  u, _ = np.linalg.qr(rng.normal(size=(200, rank)))
+  v, _ = np.linalg.qr(rng.normal(size=(64, rank)))
+  x = 3.0 * u @ v.T  # `rank` singular values, all equal: entropy log(rank)
+  assert evaluators.rankme(x) == pytest.approx(rank, rel=1e-3)
+
+
+def test_label_free_tells_collapse_from_gaussian_embeddings():
+  rng = np.random.default_rng(4)
+  gaussian = rng.normal(size=(2000, 16)).astype(np.float32)
+  collapsed = (rng.normal(size=(2000, 1)) * np.ones((1, 16))).astype(np.float32)
+  metrics = {name: evaluators.label_free(evaluators.FeatureSet(z, None, z, None, 2, test_z=z),
+                                         num_slices=256)
+             for name, z in (("gaussian", gaussian), ("collapsed", collapsed))}
+  assert metrics["gaussian"]["rankme_projections"] > 15 > 1.1 > metrics["collapsed"]["rankme_projections"]
+  assert metrics["collapsed"]["sigreg"] > 20 * metrics["gaussian"]["sigreg"]
 
 
 @pytest.fixture(scope="module")
@@ -70,12 +123,24 @@ def _tiny_config(data_dir):
   return config_lib.load_config_file(os.path.join(ROOT, "tests", "tiny_config.py"), data_dir)
 
 
-def test_evaluating_a_checkpoint_beats_chance_on_any_mesh(devices, structured_data, tmp_path):
+@pytest.fixture(scope="module")
+def trained_run(structured_data, tmp_path_factory):
+  """The tiny config trained for 6 steps on 8 devices (data 4 x fsdp 2): checkpoints at 3 and 6."""
+  workdir = str(tmp_path_factory.mktemp("trained") / "run")
+  train.run(_tiny_config(structured_data), workdir)
+  return workdir
+
+
+def _copy_run(trained_run, tmp_path):
+  """A private copy of the trained run (tests write eval results into, or damage, their copy)."""
   workdir = str(tmp_path / "run")
-  config = _tiny_config(structured_data)
-  config.total_steps = 3
-  train.run(config, workdir)
-  results = evaluate.evaluate(workdir)
+  shutil.copytree(trained_run, workdir)
+  return workdir
+
+
+def test_evaluating_a_checkpoint_beats_chance_on_any_mesh(devices, trained_run, tmp_path):
+  workdir = _copy_run(trained_run, tmp_path)
+  results = evaluate.evaluate(workdir, step=3)
   assert results["linear"]["top1"] > 0.6 and results["knn"]["top1"] > 0.6  # chance: 0.25
   rows = [json.loads(line) for line in open(os.path.join(workdir, "eval", "linear.jsonl"))]
   assert rows[-1]["step"] == 3
@@ -86,3 +151,58 @@ def test_evaluating_a_checkpoint_beats_chance_on_any_mesh(devices, structured_da
     encoder, restored_config, _ = evaluate.restore_encoder(workdir, mesh=mesh)
     features.append(evaluate.extract_features(encoder, restored_config, "train", limit=16)[0])
   np.testing.assert_allclose(features[0], features[1], rtol=1e-5, atol=1e-5)
+
+
+def _fast_probe(**changes):
+  probe = config_lib.probe_config()
+  probe.evaluators, probe.linear = "linear,knn", dict(epochs=5, batch_size=32, lr=1e-2,
+                                                      weight_decay=1e-6)
+  probe.poll_seconds = 0.05
+  probe.update(changes)
+  return probe
+
+
+def _rows(workdir, name="linear"):
+  return [json.loads(line) for line in open(os.path.join(workdir, "eval", f"{name}.jsonl"))]
+
+
+def test_follow_evaluates_each_checkpoint_once_and_skips_unreadable_ones(devices, trained_run,
+                                                                          tmp_path, caplog):
+  workdir = _copy_run(trained_run, tmp_path)  # checkpoints at steps 3 and 6 (the last)
+  evaluate.run(workdir, _fast_probe(), follow_run=True)
+  assert [r["step"] for r in _rows(workdir)] == [3, 6]
+  evaluate.run(workdir, _fast_probe(), follow_run=True)  # a restarted job: nothing twice
+  assert [r["step"] for r in _rows(workdir)] == [3, 6]
+
+  # Damage step 3 (every file of its state rewritten with garbage) and leave a half-written save.
+  for root, _, files in os.walk(os.path.join(workdir, "checkpoints", "3", "state")):
+    for name in files:
+      with open(os.path.join(root, name), "wb") as f:
+        f.write(b"not a checkpoint")
+  os.makedirs(os.path.join(workdir, "checkpoints", "9.orbax-checkpoint-tmp-1", "state"))
+  with caplog.at_level("WARNING", logger="lejepa_jax"):
+    evaluate.run(workdir, _fast_probe(name="second"), follow_run=True)
+  assert "Checkpoint step 3" in caplog.text and "skipping it" in caplog.text
+  second = [r["step"] for r in _rows(workdir) if r["probe_config"] == "second"]
+  assert second == [6]
+  record = evaluate.EvalRecord(workdir, "second").data
+  assert record["done"] == [6] and list(record["skipped"]) == ["3"]
+
+
+def test_baselines_and_pictures_are_written(devices, trained_run, tmp_path):
+  workdir = _copy_run(trained_run, tmp_path)
+  probe = _fast_probe(evaluators="linear,fewshot,label_free,pictures", baselines="pixels,random_init")
+  probe.fewshot = dict(shots=(1, 5), seeds=2, ridge=1e-2)
+  rows = evaluate.run(workdir, probe)
+  by = {(r["encoder"], r["evaluator"]): r for r in rows}
+  assert by[("pixels", "linear")]["top1"] > 0.6  # colour/brightness classes: pixels suffice
+  assert ("pixels", "label_free") not in by  # no projector for raw pixels
+  assert 1.0 <= by[("random_init", "label_free")]["rankme_features"] <= 64
+  assert {"1shot", "5shot"} <= set(by[("checkpoint", "fewshot")])
+  pictures = os.listdir(os.path.join(workdir, "eval", "pictures"))
+  assert sorted(pictures) == ["default_step6_embedding.png", "default_step6_patch_pca.png"]
+  assert any(name.startswith("events.out.tfevents")
+             for name in os.listdir(os.path.join(workdir, "eval", "tensorboard")))
+  assert "random_init" in evaluate.format_table(rows)
+  evaluate.run(workdir, probe)  # baselines are evaluated once per workdir
+  assert [r["encoder"] for r in _rows(workdir)].count("pixels") == 1

@@ -14,7 +14,7 @@ RESNET_DEPTHS = {
     "34": ("basic", (3, 4, 6, 3)),
     "50": ("bottleneck", (3, 4, 6, 3)),
 }
-STAGE_WIDTHS = (64, 128, 256, 512)
+STAGE_MULTIPLES = (1, 2, 4, 8)  # stage widths relative to the stem width
 
 
 class BasicBlock(nnx.Module):
@@ -75,25 +75,29 @@ class ResNet(layers.PooledConvNet):
     in_channels: image channels.
     small_stem: 3x3 stride-1 stem without max-pooling, for 28-32 px images (CIFAR, Fashion-MNIST);
       the default is the ImageNet stem (7x7 stride 2 and a 3x3 stride-2 max-pool).
+    width: channels of the stem and first stage (64 in the standard ResNets); the stages use
+      width x (1, 2, 4, 8). Narrower networks are for small images on small machines.
     dtype: computation dtype (parameters stay float32).
   """
 
   @layers.lazily_sharded
   def __init__(self, variant: str = "50", *, in_channels: int = 3, small_stem: bool = False,
-               dtype=jnp.float32, rngs: nnx.Rngs):
+               width: int = 64, dtype=jnp.float32, rngs: nnx.Rngs):
     if variant not in RESNET_DEPTHS:
       raise ValueError(f"Unknown ResNet variant {variant!r}: expected one of {list(RESNET_DEPTHS)}.")
     kind, depths = RESNET_DEPTHS[variant]
     block_cls = BasicBlock if kind == "basic" else Bottleneck
     self.in_channels, self.small_stem, self.dtype = in_channels, small_stem, dtype
     if small_stem:
-      self.stem = layers.conv(in_channels, 64, 3, padding=((1, 1), (1, 1)), dtype=dtype, rngs=rngs)
-    else:
-      self.stem = layers.conv(in_channels, 64, 7, strides=2, padding=((3, 3), (3, 3)), dtype=dtype,
+      self.stem = layers.conv(in_channels, width, 3, padding=((1, 1), (1, 1)), dtype=dtype,
                               rngs=rngs)
-    self.stem_bn = layers.batch_norm(64, dtype=dtype, rngs=rngs)
-    blocks, channels = [], 64
-    for stage, (width, depth) in enumerate(zip(STAGE_WIDTHS, depths)):
+    else:
+      self.stem = layers.conv(in_channels, width, 7, strides=2, padding=((3, 3), (3, 3)),
+                              dtype=dtype, rngs=rngs)
+    self.stem_bn = layers.batch_norm(width, dtype=dtype, rngs=rngs)
+    blocks, channels = [], width
+    stage_widths = [width * multiple for multiple in STAGE_MULTIPLES]
+    for stage, (width, depth) in enumerate(zip(stage_widths, depths)):
       for i in range(depth):
         stride = 2 if stage > 0 and i == 0 else 1
         blocks.append(block_cls(channels, width, stride, dtype=dtype, rngs=rngs))

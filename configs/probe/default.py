@@ -1,0 +1,14 @@
+r"""All evaluators on a training run's checkpoints, with the paper's protocol for the features.
+
+    python -m lejepa_jax.evaluate --config=configs/probe/default.py --workdir=<training workdir> \
+        [--step=N | --follow] [--config.evaluators=linear,knn] [--config.train_examples=10000]
+"""
+
+import ml_collections
+
+from lejepa_jax import config_lib
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+  del arg
+  return config_lib.probe_config()

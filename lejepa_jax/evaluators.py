@@ -1,0 +1,164 @@
+"""Evaluators on frozen features, one API: `evaluator(features: FeatureSet, **options) -> {metric: value}`.
+
+The evaluation job (`lejepa_jax.evaluate`) extracts features once per checkpoint and calls the
+evaluators its config names; each is usable on its own with any [n, F] features and labels.
+
+  - linear:     LayerNorm + Linear trained with AdamW (warmup + cosine) -> top-1 (top-5).
+  - knn:        k nearest neighbours by cosine similarity, temperature-weighted votes -> top-1.
+  - fewshot:    closed-form ridge regression on k examples per class, several seeds -> mean/std top-1.
+  - label_free: RankMe (effective rank) of the features and projections, SIGReg of the projections.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx
+
+from lejepa_jax import losses, steps
+
+
+@dataclasses.dataclass
+class FeatureSet:
+  """Frozen features of a training split and an evaluation split.
+
+  train_x [n, F], train_y [n], test_x [m, F], test_y [m]; test_z [m, K] are projector outputs of the
+  evaluation split (None for encoders without a projector, or raw pixels).
+  """
+  train_x: np.ndarray
+  train_y: np.ndarray
+  test_x: np.ndarray
+  test_y: np.ndarray
+  num_classes: int
+  test_z: np.ndarray | None = None
+
+
+def linear(fs: FeatureSet, *, epochs: int = 30, batch_size: int = 256, lr: float = 1e-3,
+           weight_decay: float = 1e-6, seed: int = 0) -> dict[str, float]:
+  """LayerNorm + Linear trained with AdamW (warmup + cosine) on frozen features; top-1 (and top-5)."""
+  probe = steps.LinearProbe(fs.train_x.shape[1], fs.num_classes, rngs=nnx.Rngs(seed))
+  steps_per_epoch = max(1, len(fs.train_x) // batch_size)
+  total = epochs * steps_per_epoch
+  schedule = optax.warmup_cosine_decay_schedule(0.0, lr, max(1, total // 20), total)
+  optimizer = nnx.Optimizer(probe, optax.adamw(schedule, weight_decay=weight_decay), wrt=nnx.Param)
+
+  @nnx.jit
+  def update(probe, optimizer, x, y):
+    loss_fn = lambda p: optax.softmax_cross_entropy_with_integer_labels(p(x), y).mean()  # noqa: E731
+    optimizer.update(probe, nnx.grad(loss_fn)(probe))
+
+  rng = np.random.default_rng(seed)
+  for _ in range(epochs):
+    order = rng.permutation(len(fs.train_x))
+    for i in range(steps_per_epoch):
+      idx = order[i * batch_size:(i + 1) * batch_size]
+      update(probe, optimizer, jnp.asarray(fs.train_x[idx]), jnp.asarray(fs.train_y[idx]))
+  predict = nnx.jit(lambda p, x: p(x))
+  logits = np.concatenate([np.asarray(predict(probe, jnp.asarray(fs.test_x[i:i + 4096])))
+                           for i in range(0, len(fs.test_x), 4096)])
+  result = {"top1": float(np.mean(np.argmax(logits, -1) == fs.test_y))}
+  if fs.num_classes > 5:
+    top5 = np.argsort(-logits, axis=-1)[:, :5]
+    result["top5"] = float(np.mean(np.any(top5 == fs.test_y[:, None], axis=-1)))
+  return result
+
+
+def _unit_rows(x: np.ndarray) -> np.ndarray:
+  return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+
+
+def knn(fs: FeatureSet, *, k: int = 20, temperature: float = 0.07, chunk: int = 1024
+        ) -> dict[str, float]:
+  """Weighted kNN on cosine similarity: votes exp(sim / temperature) of the k nearest neighbours."""
+  bank, queries = jnp.asarray(_unit_rows(fs.train_x)), _unit_rows(fs.test_x)
+  bank_labels = jnp.asarray(fs.train_y)
+
+  @jax.jit
+  def predict(q):
+    sims, idx = jax.lax.top_k(q @ bank.T, k)
+    votes = jax.nn.one_hot(bank_labels[idx], fs.num_classes) * jnp.exp(sims / temperature)[..., None]
+    return jnp.argmax(votes.sum(1), -1)
+
+  predictions = np.concatenate([np.asarray(predict(jnp.asarray(queries[i:i + chunk])))
+                                for i in range(0, len(queries), chunk)])
+  return {"top1": float(np.mean(predictions == fs.test_y))}
+
+
+def ridge_classifier(x: np.ndarray, y: np.ndarray, num_classes: int, ridge: float
+                     ) -> tuple[np.ndarray, np.ndarray]:
+  """Closed-form ridge regression onto centred one-hot targets: (W [F, C], b [C]).
+
+  Solved in the dual (an n x n system, n = examples), which is cheap for few-shot n << F:
+  W = Xc^T (Xc Xc^T + ridge * I)^-1 Yc with Xc, Yc centred, b = mean(Y) - mean(X) W.
+  """
+  x = x.astype(np.float64)
+  targets = np.eye(num_classes)[y]
+  x_mean, t_mean = x.mean(0), targets.mean(0)
+  xc, tc = x - x_mean, targets - t_mean
+  alpha = np.linalg.solve(xc @ xc.T + ridge * np.eye(len(x)), tc)
+  weights = xc.T @ alpha
+  return weights, t_mean - x_mean @ weights
+
+
+def fewshot(fs: FeatureSet, *, shots: Sequence[int] = (1, 5, 10), seeds: int = 5,
+            ridge: float = 1e-2) -> dict[str, float]:
+  """k-shot accuracy: ridge classifiers on k random training examples per class, several seeds.
+
+  Features are L2-normalised first (the scale of frozen features varies between encoders; the ridge
+  penalty is relative to unit-norm rows). Returns `{k}shot` (mean top-1 over seeds) and `{k}shot_std`.
+  """
+  train_x, test_x = _unit_rows(fs.train_x), _unit_rows(fs.test_x)
+  by_class = [np.flatnonzero(fs.train_y == c) for c in range(fs.num_classes)]
+  result = {}
+  for k in shots:
+    accuracies = []
+    for seed in range(seeds):
+      rng = np.random.default_rng(seed)
+      idx = np.concatenate([rng.choice(members, min(k, len(members)), replace=False)
+                            for members in by_class if len(members)])
+      weights, bias = ridge_classifier(train_x[idx], fs.train_y[idx], fs.num_classes, ridge)
+      accuracies.append(np.mean(np.argmax(test_x @ weights + bias, -1) == fs.test_y))
+    result[f"{k}shot"] = float(np.mean(accuracies))
+    result[f"{k}shot_std"] = float(np.std(accuracies))
+  return result
+
+
+def rankme(x: np.ndarray, eps: float = 1e-7) -> float:
+  """RankMe: exp(entropy) of the normalised singular values of x [n, F] (between 1 and min(n, F)).
+
+  Garrido et al., "RankMe", ICML 2023: p_k = s_k / sum(s) + eps, rank = exp(-sum p_k log p_k).
+  """
+  singular = np.linalg.svd(np.asarray(x, np.float64), compute_uv=False)
+  p = singular / max(singular.sum(), 1e-30) + eps
+  return float(np.exp(-np.sum(p * np.log(p))))
+
+
+def label_free(fs: FeatureSet, *, num_slices: int = 1024, max_examples: int = 10000, seed: int = 0
+               ) -> dict[str, float]:
+  """Metrics that need no labels, on the evaluation split: RankMe of the features (and of the
+  projector outputs) and the SIGReg statistic of the projector outputs (about 1 / N-ish small for
+  isotropic Gaussian embeddings, large when they collapse).
+  """
+  result = {"rankme_features": rankme(fs.test_x[:max_examples])}
+  if fs.test_z is not None:
+    z = fs.test_z[:max_examples]
+    result["rankme_projections"] = rankme(z)
+    # Standardise nothing: SIGReg measures the distance to N(0, I) exactly as training does.
+    result["sigreg"] = float(losses.sigreg(jnp.asarray(z, jnp.float32), jax.random.key(seed),
+                                           num_slices=num_slices))
+  return result
+
+
+EVALUATORS: dict[str, Callable[..., dict[str, float]]] = {
+    "linear": linear, "knn": knn, "fewshot": fewshot, "label_free": label_free}
+
+
+def get(name: str) -> Callable[..., dict[str, float]]:
+  if name not in EVALUATORS:
+    raise ValueError(f"Unknown evaluator {name!r}; available: {sorted(EVALUATORS)} (and 'pictures').")
+  return EVALUATORS[name]

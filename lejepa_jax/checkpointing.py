@@ -75,6 +75,16 @@ def restore_training(manager: ocp.CheckpointManager, step: int, abstract_state: 
   return restored[STATE]
 
 
+def has_data_state(manager: ocp.CheckpointManager, step: int) -> bool:
+  """Whether `step` holds a data-iterator state for this process under the current process count.
+
+  grain writes one state file per process, named by process index and count.
+  """
+  import jax  # pylint: disable=import-outside-toplevel
+  name = f"process_{jax.process_index()}-of-{jax.process_count()}.json"
+  return (manager.directory / str(step) / DATA / name).exists()
+
+
 def restore_state_only(manager: ocp.CheckpointManager, step: int, abstract_state: Any = None) -> Any:
   """The train state of a step without the data iterator (probe jobs, exports).
 

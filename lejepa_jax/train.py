@@ -161,24 +161,45 @@ class PreemptionGuard:
       signal.signal(sig, handler)
 
 
+def _train_iterator(config, source, start_batch: int = 0):
+  return iter(data.train_dataset(
+      source, data.multicrop_from_config(config.data.to_dict()),
+      global_batch_size=config.data.global_batch_size, seed=config.seed,
+      process_index=jax.process_index(), process_count=jax.process_count(),
+      num_workers=config.data.num_workers, start_batch=start_batch))
+
+
+def _restore(manager, start, state, iterator, config, source):
+  """Restores the train state of step `start` in place; returns the data iterator to continue with.
+
+  The saved iterator state is per process; a run resumed with another process count (e.g. a pod
+  checkpoint continued on one host) restarts the data at global batch `start` instead, which is
+  the batch the original run would have read next unless it skipped undecodable records.
+  """
+  abstract = abstract_tree(to_savable(nnx.to_pure_dict(state)))
+  if checkpointing.has_data_state(manager, start):
+    saved = checkpointing.restore_training(manager, start, abstract, iterator)
+  else:
+    log.info("the data iterator of step %d was saved by another process count: the data continue "
+             "at global batch %d", start, start)
+    saved = checkpointing.restore_state_only(manager, start, abstract)
+    iterator = _train_iterator(config, source, start_batch=start)
+  nnx.replace_by_pure_dict(state, from_savable(saved, nnx.to_pure_dict(state)))
+  return iterator
+
+
 def _setup(config, workdir):
   """Mesh, data iterator, sharded train state (restored if the workdir has a checkpoint)."""
   mesh = sharding.make_mesh(dict(config.mesh.axes), config.mesh.axis_type)
   local_batch = data.pipeline.local_batch_size(config.data.global_batch_size, jax.process_count())
   source = data.open_source(config.data.name, config.data.split, config.data.data_dir)
-  iterator = iter(data.train_dataset(
-      source, data.multicrop_from_config(config.data.to_dict()),
-      global_batch_size=config.data.global_batch_size, seed=config.seed,
-      process_index=jax.process_index(), process_count=jax.process_count(),
-      num_workers=config.data.num_workers))
+  iterator = _train_iterator(config, source)
   graphdef, state = nnx.split(sharding.create_sharded(lambda: build_train_objects(config), mesh))
   manager = checkpointing.training_manager(os.path.join(workdir, "checkpoints"),
                                            config.keep_checkpoints)
   start = manager.latest_step() or 0
   if start:
-    saved = checkpointing.restore_training(
-        manager, start, abstract_tree(to_savable(nnx.to_pure_dict(state))), iterator)
-    nnx.replace_by_pure_dict(state, from_savable(saved, nnx.to_pure_dict(state)))
+    iterator = _restore(manager, start, state, iterator, config, source)
     log.info("resumed from step %d in %s", start, workdir)
   return mesh, local_batch, iterator, graphdef, state, manager, start
 

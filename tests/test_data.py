@@ -120,6 +120,26 @@ def test_multicrop_views_shapes_and_determinism(folder_dataset):
   assert not np.array_equal(next(iter(make(1)))["global"], batch["global"])
 
 
+@pytest.mark.parametrize("process_count", [2, 4])
+def test_global_batches_do_not_depend_on_the_process_count(folder_dataset, process_count):
+  """Hosts' batches concatenated in process order are the 1-process batches: examples and crops."""
+  source = data.open_source("unit_images", "train", folder_dataset)
+  make = lambda index, count, start=0: iter(data.train_dataset(  # noqa: E731
+      source, data.multicrop_from_config(RECIPE), global_batch_size=8, seed=1,
+      process_index=index, process_count=count, start_batch=start))
+  single, hosts = make(0, 1), [make(i, process_count) for i in range(process_count)]
+  expected = [next(single) for _ in range(4)]  # crosses an epoch boundary (3 batches per epoch)
+  for want in expected:
+    parts = [next(host) for host in hosts]
+    for key in want:
+      np.testing.assert_array_equal(np.concatenate([p[key] for p in parts]), want[key])
+  # Starting at global batch 2 (a resume with another process count) gives batches 2, 3.
+  started = [make(i, process_count, start=2) for i in range(process_count)]
+  for want in expected[2:]:
+    parts = [next(host) for host in started]
+    np.testing.assert_array_equal(np.concatenate([p["global"] for p in parts]), want["global"])
+
+
 def test_restored_iterator_continues_with_the_same_batches(folder_dataset):
   source = data.open_source("unit_images", "train", folder_dataset)
   make = lambda: iter(data.train_dataset(  # noqa: E731

@@ -1,10 +1,11 @@
 """grain pipelines over TFDS ArrayRecord sources: multi-crop training batches and exact evaluation passes.
 
-Training: seeded global shuffle (a new order every epoch) -> this host's slice `[index::count]` ->
-repeat -> multi-crop `random_map` (deterministic per (seed, example index)) -> drop undecodable
-records -> batch of global_batch / process_count -> optional multiprocess prefetch. The iterator's
-state (`get_state` / `set_state`) goes into the training checkpoint, so a resumed run continues with
-exactly the batches the uninterrupted run would have produced.
+Training: seeded global shuffle (a new order every epoch) -> repeat -> multi-crop `random_map`
+(deterministic per (seed, position in the global stream)) -> this host's block of every global batch
+-> drop undecodable records -> batch of global_batch / process_count -> optional multiprocess
+prefetch. The global batches are the same examples with the same crops whatever the process count.
+The iterator's state (`get_state` / `set_state`) goes into the training checkpoint, so a resumed run
+continues with exactly the batches the uninterrupted run would have produced.
 """
 
 from __future__ import annotations
@@ -49,16 +50,48 @@ def local_batch_size(global_batch_size: int, process_count: int) -> int:
   return global_batch_size // process_count
 
 
+class _HostBlocks(grain.MapDataset):
+  """Host `index` of `count`: the `index`-th contiguous block of every run of `global_batch` elements.
+
+  Element k of this host is element (k // b) * global_batch + index * b + k % b of the parent, with
+  b = global_batch / count. Concatenating the hosts' k-th batches in process order gives the parent's
+  k-th run of `global_batch` elements, which is what `jax.make_array_from_process_local_data` builds
+  (process i's devices hold the i-th block of the batch axis on a mesh laid out in process order).
+  A strided slice `[index::count]` would give the same examples in another order per host count.
+  """
+
+  def __init__(self, parent: grain.MapDataset, global_batch: int, index: int, count: int):
+    super().__init__(parent)
+    self._global_batch, self._index = global_batch, index
+    self._block = local_batch_size(global_batch, count)
+    self._length = len(parent) // global_batch * self._block
+
+  def __len__(self) -> int:
+    return self._length
+
+  def __getitem__(self, k):
+    if isinstance(k, slice):
+      return self.slice(k)
+    run, offset = divmod(k, self._block)
+    return self._parent[run * self._global_batch + self._index * self._block + offset]
+
+  def __str__(self) -> str:
+    return f"_HostBlocks(global_batch={self._global_batch}, index={self._index})"
+
+
 def train_dataset(source, multicrop: augment.MultiCrop, *, global_batch_size: int, seed: int,
                   process_index: int = 0, process_count: int = 1, num_epochs: int | None = None,
-                  num_workers: int = 0) -> grain.IterDataset:
+                  num_workers: int = 0, start_batch: int = 0) -> grain.IterDataset:
   """Batches {"global": [n, Vg, H, W, C] uint8, "local": [n, Vl, h, w, C] uint8, "label": [n]}.
 
-  n = global_batch_size / process_count; hosts read disjoint slices of each epoch's shuffled order.
+  n = global_batch_size / process_count; hosts read disjoint blocks of each global batch.
+  `start_batch` skips that many global batches (a resume whose iterator state cannot be used).
   """
   batch = local_batch_size(global_batch_size, process_count)
-  ds = grain.MapDataset.source(source).seed(seed).shuffle()
-  ds = ds[process_index::process_count].repeat(num_epochs).random_map(multicrop)
+  # Crops are drawn before the per-host selection, so each example's rng follows its position in the
+  # global stream, not in a host's share: the same global batch for any process count.
+  ds = grain.MapDataset.source(source).seed(seed).shuffle().repeat(num_epochs).random_map(multicrop)
+  ds = _HostBlocks(ds, global_batch_size, process_index, process_count)[start_batch * batch:]
   it = ds.to_iter_dataset().filter(lambda x: x is not None).batch(batch, drop_remainder=True)
   if num_workers > 0:
     it = it.mp_prefetch(grain.MultiprocessingOptions(num_workers=num_workers))

@@ -1,0 +1,89 @@
+"""Multi-process training on one machine: 2 processes x 4 simulated CPU devices, started by
+launch/local.sh (jax.distributed on 127.0.0.1, gloo collectives), against 1 process x 8 devices."""
+
+import json
+import os
+import subprocess
+
+import jax
+import numpy as np
+
+from lejepa_jax import checkpointing, train
+from test_train import ROOT, _metrics, data_dir, tiny_config  # noqa: F401
+
+STEPS = ("--config.total_steps=4", "--config.checkpoint_every=2")
+
+
+def _local_processes(data_dir, workdir, log_dir, *flags):
+  """launch/local.sh: 2 processes of 4 devices each form one 8-device mesh (data 4 x fsdp 2)."""
+  env = dict(os.environ, NUM_PROCESSES="2", DEVICES_PER_PROCESS="4", LOG_DIR=log_dir)
+  env.pop("XLA_FLAGS", None)
+  result = subprocess.run(
+      [os.path.join(ROOT, "launch", "local.sh"), f"--config=tests/tiny_config.py:{data_dir}",
+       f"--workdir={workdir}", *flags], cwd=ROOT, env=env, timeout=600, check=False)
+  logs = "".join(open(os.path.join(log_dir, f"process_{i}.log")).read() for i in range(2))
+  assert result.returncode == 0, logs
+
+
+def _state(workdir, step, like=None):
+  """A checkpoint's train state; with `like` (a tree of arrays), read onto one device as `like`
+  says, whichever processes wrote it."""
+  manager = checkpointing.training_manager(os.path.join(workdir, "checkpoints"))
+  device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+  target = None if like is None else jax.tree.map(
+      lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device), like)
+  restored = checkpointing.restore_state_only(manager, step, target)
+  manager.close()
+  return restored
+
+
+# Variables that float32 rounding, not the data, decides. Biases added before a linear map and the
+# projector's BatchNorm have a zero gradient in exact arithmetic (BatchNorm subtracts any constant
+# shift); their float32 gradient is rounding noise that depends on the all-reduce order, Adam scales
+# noise up to lr-sized steps, and the BatchNorm running means track those biases. They are left out.
+# (Attention key biases are softmax-invariant too; their noise stays below 1e-6 in these few steps.)
+_NOISE_DRIVEN = ("['backbone']['norm']['bias']", "['projector']['linears']",
+                 "['projector']['norms']")
+
+
+def _noise_driven(name: str) -> bool:
+  return name.endswith(("['bias']", "['mean']")) and any(part in name for part in _NOISE_DRIVEN)
+
+
+def _assert_states_close(workdir_a, workdir_b, step):
+  a = _state(workdir_a, step)
+  b = _state(workdir_b, step, like=a)
+  compared = 0
+  for (path, x), y in zip(jax.tree_util.tree_flatten_with_path(a)[0], jax.tree.leaves(b),
+                          strict=True):
+    name = jax.tree_util.keystr(path)
+    if _noise_driven(name):
+      continue
+    np.testing.assert_allclose(np.asarray(y), np.asarray(x), rtol=1e-5, atol=1e-6, err_msg=name)
+    compared += 1
+  assert compared > 50
+
+
+def test_two_processes_equal_one_and_the_checkpoint_resumes_on_one(devices, data_dir, tmp_path):
+  single, multi = str(tmp_path / "single"), str(tmp_path / "multi")
+  config = tiny_config(data_dir, 4)
+  config.checkpoint_every = 2
+  train.run(config, single)  # 1 process x 8 devices, this process
+  _local_processes(data_dir, multi, str(tmp_path / "logs"), *STEPS, "--stop_after=2")
+  # One checkpoint, written collectively: one state, one iterator state per process.
+  step_dir = os.path.join(multi, "checkpoints", "2")
+  assert os.listdir(os.path.join(multi, "checkpoints")) == ["2"]
+  assert sorted(os.listdir(os.path.join(step_dir, "data"))) == [
+      "commit_success.txt", "process_0-of-2.json", "process_1-of-2.json"]
+  data_states = [json.load(open(os.path.join(step_dir, "data", f"process_{i}-of-2.json")))
+                 for i in range(2)]
+  assert data_states == [{"next_index": 8}] * 2  # each host read 2 batches of 4 of its examples
+  _assert_states_close(single, multi, 2)
+  train.run(config, multi)  # 1 process x 8 devices (this one) continues the 2-process run
+  a, b = _metrics(single), _metrics(multi)
+  assert sorted(a) == sorted(b) == [1, 2, 3, 4]
+  for step in a:
+    for key in ("loss", "pred", "sigreg", "probe_loss", "grad_norm"):
+      # Equal up to float32 rounding: gloo and the in-process all-reduce sum in different orders.
+      np.testing.assert_allclose(b[step][key], a[step][key], rtol=1e-5, err_msg=f"{step} {key}")
+  _assert_states_close(single, multi, 4)

@@ -1,4 +1,5 @@
-"""Pure-JAX LeJEPA objective: SIGReg (sliced Epps-Pulley) and the prediction term."""
+"""Pure-JAX LeJEPA objective: SIGReg (sliced Epps-Pulley) and the prediction term; `stats`: the
+alternative normality tests SIGReg can slice instead, for ablations."""
 
 from lejepa_jax.losses.lejepa import lejepa_loss
 from lejepa_jax.losses.prediction import prediction_loss
@@ -7,6 +8,7 @@ from lejepa_jax.losses.characteristic import project
 from lejepa_jax.losses.characteristic import quadrature
 from lejepa_jax.losses.characteristic import random_directions
 from lejepa_jax.losses.characteristic import sigreg
+from lejepa_jax.losses import stats
 
 __all__ = [
     "epps_pulley",
@@ -16,4 +18,5 @@ __all__ = [
     "quadrature",
     "random_directions",
     "sigreg",
+    "stats",
 ]

@@ -11,12 +11,14 @@ import jax.numpy as jnp
 from lejepa_jax.losses import _checks
 from lejepa_jax.losses import prediction as prediction_lib
 from lejepa_jax.losses import characteristic as sigreg_lib
+from lejepa_jax.losses import stats as stats_lib
 
 Combine = Literal["convex", "sum"]
 SigregViews = Literal["per_view", "pooled"]
 
 
-def _check_options(sigreg_weight, combine: str, sigreg_views: str) -> None:
+def _check_options(sigreg_weight, combine: str, sigreg_views: str, test: str) -> None:
+  stats_lib.get_test(test)  # raises a ValueError listing the names
   if combine not in ("convex", "sum"):
     raise ValueError(f"`combine` must be 'convex' or 'sum', got {combine!r}.")
   if sigreg_views not in ("per_view", "pooled"):
@@ -39,6 +41,7 @@ def lejepa_loss(
     num_knots: int = sigreg_lib.DEFAULT_NUM_KNOTS,
     combine: Combine = "convex",
     sigreg_views: SigregViews = "per_view",
+    test: str = "epps_pulley",
 ) -> tuple[jax.Array, dict[str, jax.Array]]:
   """LeJEPA loss = (1 - lambda) * prediction + lambda * mean over views of SIGReg(view).
 
@@ -57,6 +60,9 @@ def lejepa_loss(
       "sum": pred + lambda * sigreg, as some other codebases write it.
     sigreg_views: "per_view" (default, the paper's): SIGReg of each view over N, averaged over views;
       "pooled": one SIGReg over all N * V embeddings, as some other codebases do.
+    test: the univariate normality test SIGReg slices, a name from `stats.TESTS`: "epps_pulley"
+      (default, the paper's) or one of the alternatives it compares, for ablations (`t_max` and
+      `num_knots` only apply to Epps-Pulley). The "sigreg" part reports that sliced statistic.
 
   Returns:
     `(loss, {"pred": ..., "sigreg": ...})`, scalars in float32 (float64 for float64 input).
@@ -69,7 +75,7 @@ def lejepa_loss(
   References:
     Balestriero & LeCun, LeJEPA, arXiv 2511.08544, 2025 (the LeJEPA objective, sections 4-5).
   """
-  _check_options(sigreg_weight, combine, sigreg_views)
+  _check_options(sigreg_weight, combine, sigreg_views, test)
   z = _checks.as_float32_or_wider("z", z)
   _checks.check_rank("z", z, 3, "[N, V, K]")
   pred = prediction_lib.prediction_loss(z, num_global)
@@ -77,7 +83,10 @@ def lejepa_loss(
     per_view = jnp.swapaxes(z, 0, 1)  # [V, N, K]: views become a leading axis sharing directions
   else:
     per_view = z.reshape(-1, z.shape[-1])  # [N * V, K]
-  reg = sigreg_lib.sigreg(per_view, key, num_slices=num_slices, t_max=t_max, num_knots=num_knots)
+  if test == "epps_pulley":  # the fused, memory-lean path
+    reg = sigreg_lib.sigreg(per_view, key, num_slices=num_slices, t_max=t_max, num_knots=num_knots)
+  else:
+    reg = stats_lib.sliced(stats_lib.get_test(test))(per_view, key, num_slices)
   weight = jnp.asarray(sigreg_weight, z.dtype)
   pred_weight = 1.0 - weight if combine == "convex" else jnp.ones((), z.dtype)
   return pred_weight * pred + weight * reg, {"pred": pred, "sigreg": reg}

@@ -1,0 +1,1 @@
+"""Small, self-contained experiments that run on a CPU: `python -m lejepa_jax.examples.<name>`."""

@@ -17,7 +17,7 @@
 #   ACCELERATOR_TYPE=v4-64        e.g. v4-64 (32 chips, 8 hosts), v5p-256, v5litepod-64
 #   RUNTIME_VERSION=tpu-ubuntu2204-base
 #   NUM_SLICES=1      > 1: a multislice queued resource; slices talk over the data-centre network,
-#                     so put an axis across them in the config: --config.mesh.dcn_axes='{"data": N}'
+#                     so put an axis across them in the config: --config.mesh.dcn_axes.data=N
 #   SPOT=0            1: spot capacity (can be preempted; `train` again resumes from the checkpoint)
 #   PROJECT           gcloud project (default: gcloud's configured project)
 #   CONFIG=configs/vit_l.py       experiment config, relative to the checkout

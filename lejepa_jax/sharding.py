@@ -15,6 +15,7 @@ from typing import Any, Callable, Mapping, Sequence
 import jax
 import numpy as np
 from flax import nnx
+from jax.experimental import mesh_utils
 from jax.sharding import AxisType, NamedSharding, PartitionSpec as P
 
 LogicalRules = Sequence[tuple[str, Any]]
@@ -34,30 +35,72 @@ AXIS_TYPES = {"auto": AxisType.Auto, "explicit": AxisType.Explicit}
 
 
 def make_mesh(axes: Mapping[str, int], axis_type: str = "auto",
-              devices: Sequence[jax.Device] | None = None) -> jax.sharding.Mesh:
+              devices: Sequence[jax.Device] | None = None,
+              dcn_axes: Mapping[str, int] | None = None) -> jax.sharding.Mesh:
   """A mesh over all (or the given) devices; one axis may be -1 to take the remaining devices.
 
   Args:
-    axes: ordered {axis name: size}, e.g. {"data": -1, "fsdp": 8}.
+    axes: ordered {axis name: size}, e.g. {"data": -1, "fsdp": 8}. With `dcn_axes`, the sizes within
+      one granule (a TPU slice, or a process where devices have no slice): the fast-network axes.
     axis_type: "auto" (XLA propagates shardings) or "explicit" (shardings are part of array types).
+    dcn_axes: {axis name: number of granules along it}, e.g. {"data": 2} for two slices joined by
+      the data-centre network; each mesh axis then has size axes[name] * dcn_axes.get(name, 1).
   """
   devices = list(devices if devices is not None else jax.devices())
+  if axis_type not in AXIS_TYPES:
+    raise ValueError(f"mesh axis_type must be one of {list(AXIS_TYPES)}, got {axis_type!r}.")
+  types = (AXIS_TYPES[axis_type],) * len(axes)
+  if dcn_axes and math.prod(dcn_axes.values()) > 1:
+    array = hybrid_device_array(axes, dcn_axes, devices)
+    return jax.sharding.Mesh(array, tuple(axes), axis_types=types)
+  sizes = _axis_sizes(axes, len(devices))
+  return jax.make_mesh(tuple(sizes.values()), tuple(sizes), devices=devices, axis_types=types)
+
+
+def _axis_sizes(axes: Mapping[str, int], num_devices: int) -> dict[str, int]:
+  """{name: size} with the one -1 (if any) resolved so the sizes multiply to `num_devices`."""
   sizes = dict(axes)
   free = [name for name, size in sizes.items() if size == -1]
   if len(free) > 1:
     raise ValueError(f"At most one mesh axis may be -1, got {free} in {dict(axes)}.")
   fixed = math.prod(size for size in sizes.values() if size != -1)
   if free:
-    if len(devices) % fixed:
-      raise ValueError(f"Mesh {dict(axes)} does not divide the {len(devices)} devices.")
-    sizes[free[0]] = len(devices) // fixed
-  if math.prod(sizes.values()) != len(devices):
+    if num_devices % fixed:
+      raise ValueError(f"Mesh {dict(axes)} does not divide the {num_devices} devices.")
+    sizes[free[0]] = num_devices // fixed
+  if math.prod(sizes.values()) != num_devices:
     raise ValueError(f"Mesh {sizes} needs {math.prod(sizes.values())} devices, "
-                     f"but {len(devices)} are available; use -1 for one axis to fill the rest.")
-  if axis_type not in AXIS_TYPES:
-    raise ValueError(f"mesh axis_type must be one of {list(AXIS_TYPES)}, got {axis_type!r}.")
-  return jax.make_mesh(tuple(sizes.values()), tuple(sizes), devices=devices,
-                       axis_types=(AXIS_TYPES[axis_type],) * len(sizes))
+                     f"but {num_devices} are available; use -1 for one axis to fill the rest.")
+  return sizes
+
+
+def hybrid_device_array(axes: Mapping[str, int], dcn_axes: Mapping[str, int],
+                        devices: Sequence[Any]) -> np.ndarray:
+  """Devices laid out [axes[a] * dcn_axes[a] for each axis a]: granules side by side along the DCN
+  axes, each granule's devices arranged for its fast interconnect along the ICI axes.
+
+  Granules are TPU slices when the devices carry `slice_index` and span as many slices as
+  `dcn_axes` asks for, else processes (GPU nodes with one process each; CPU processes in tests).
+  Only communication along DCN axes crosses granules, so put the axis whose collectives are rare
+  or overlap well with compute there (usually "data").
+  """
+  unknown = sorted(set(dcn_axes) - set(axes))
+  if unknown:
+    raise ValueError(f"mesh.dcn_axes names {unknown}, which mesh.axes {list(axes)} lacks.")
+  dcn_shape = tuple(int(dcn_axes.get(name, 1)) for name in axes)
+  granules = math.prod(dcn_shape)
+  if len(devices) % granules:
+    raise ValueError(f"mesh.dcn_axes {dict(dcn_axes)} ({granules} granules) does not divide the "
+                     f"{len(devices)} devices.")
+  ici_shape = tuple(_axis_sizes(axes, len(devices) // granules).values())
+  slices = {getattr(d, "slice_index", None) for d in devices}
+  by_slice = None not in slices and len(slices) == granules
+  if not by_slice and len({d.process_index for d in devices}) != granules:
+    raise ValueError(f"mesh.dcn_axes {dict(dcn_axes)} asks for {granules} granules, but the "
+                     f"devices span {len(slices)} slice(s) and "
+                     f"{len({d.process_index for d in devices})} process(es).")
+  return mesh_utils.create_hybrid_device_mesh(ici_shape, dcn_shape, devices,
+                                              process_is_granule=not by_slice)
 
 
 def rules_for_mesh(mesh: jax.sharding.Mesh, rules: LogicalRules = DEFAULT_RULES) -> LogicalRules:

@@ -190,7 +190,8 @@ def _restore(manager, start, state, iterator, config, source):
 
 def _setup(config, workdir):
   """Mesh, data iterator, sharded train state (restored if the workdir has a checkpoint)."""
-  mesh = sharding.make_mesh(dict(config.mesh.axes), config.mesh.axis_type)
+  mesh = sharding.make_mesh(dict(config.mesh.axes), config.mesh.axis_type,
+                            dcn_axes=dict(config.mesh.get("dcn_axes", {})))
   local_batch = data.pipeline.local_batch_size(config.data.global_batch_size, jax.process_count())
   source = data.open_source(config.data.name, config.data.split, config.data.data_dir)
   iterator = _train_iterator(config, source)

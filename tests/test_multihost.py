@@ -1,14 +1,17 @@
 """Multi-process training on one machine: 2 processes x 4 simulated CPU devices, started by
-launch/local.sh (jax.distributed on 127.0.0.1, gloo collectives), against 1 process x 8 devices."""
+launch/local.sh (jax.distributed on 127.0.0.1, gloo collectives), against 1 process x 8 devices;
+hybrid (ICI x DCN) device meshes."""
 
+import dataclasses
 import json
 import os
 import subprocess
 
 import jax
 import numpy as np
+import pytest
 
-from lejepa_jax import checkpointing, train
+from lejepa_jax import checkpointing, sharding, train
 from test_train import ROOT, _metrics, data_dir, tiny_config  # noqa: F401
 
 STEPS = ("--config.total_steps=4", "--config.checkpoint_every=2")
@@ -69,7 +72,9 @@ def test_two_processes_equal_one_and_the_checkpoint_resumes_on_one(devices, data
   config = tiny_config(data_dir, 4)
   config.checkpoint_every = 2
   train.run(config, single)  # 1 process x 8 devices, this process
-  _local_processes(data_dir, multi, str(tmp_path / "logs"), *STEPS, "--stop_after=2")
+  # The processes are the mesh's DCN granules: data = 2 per process x 2 processes, fsdp = 2.
+  _local_processes(data_dir, multi, str(tmp_path / "logs"), *STEPS, "--stop_after=2",
+                   "--config.mesh.axes.data=2", "--config.mesh.dcn_axes.data=2")
   # One checkpoint, written collectively: one state, one iterator state per process.
   step_dir = os.path.join(multi, "checkpoints", "2")
   assert os.listdir(os.path.join(multi, "checkpoints")) == ["2"]
@@ -87,3 +92,40 @@ def test_two_processes_equal_one_and_the_checkpoint_resumes_on_one(devices, data
       # Equal up to float32 rounding: gloo and the in-process all-reduce sum in different orders.
       np.testing.assert_allclose(b[step][key], a[step][key], rtol=1e-5, err_msg=f"{step} {key}")
   _assert_states_close(single, multi, 4)
+
+
+@dataclasses.dataclass(frozen=True)
+class _FakeDevice:
+  """Enough of a device for the mesh layout: CPU-like, with a slice (CPU devices have none)."""
+  id: int
+  slice_index: int | None
+  process_index: int = 0
+  platform: str = "cpu"
+  device_kind: str = "cpu"
+
+
+@pytest.mark.parametrize("dcn_axes, expected_shape, slice_axis", [
+    ({"data": 2}, (4, 2), 0), ({"fsdp": 2}, (2, 4), 1)])
+def test_hybrid_mesh_puts_slices_side_by_side_along_the_dcn_axis(dcn_axes, expected_shape,
+                                                                  slice_axis):
+  devices = [_FakeDevice(i, slice_index=i % 2) for i in range(8)]  # interleaved: no plain reshape
+  array = sharding.hybrid_device_array({"data": -1, "fsdp": 2}, dcn_axes, devices)
+  assert array.shape == expected_shape
+  slices = np.vectorize(lambda d: d.slice_index)(array)
+  index = np.indices(expected_shape)[slice_axis]
+  # The first half along the DCN axis is slice 0, the second half slice 1; the other axis and each
+  # half's rows stay inside one slice, so only DCN-axis collectives cross the slow network.
+  np.testing.assert_array_equal(slices, index // (expected_shape[slice_axis] // 2))
+  assert sorted(d.id for d in array.flat) == list(range(8))
+
+
+def test_hybrid_mesh_falls_back_to_processes_and_rejects_impossible_layouts(devices):
+  by_process = [_FakeDevice(i, slice_index=None, process_index=i % 4) for i in range(8)]
+  array = sharding.hybrid_device_array({"data": 1, "fsdp": 2}, {"data": 4}, by_process)
+  np.testing.assert_array_equal(np.vectorize(lambda d: d.process_index)(array),
+                                [[0, 0], [1, 1], [2, 2], [3, 3]])
+  with pytest.raises(ValueError, match="granules"):
+    sharding.make_mesh({"data": -1}, dcn_axes={"data": 2})  # one process, no slices
+  with pytest.raises(ValueError, match="lacks"):
+    sharding.make_mesh({"data": -1}, dcn_axes={"fsdp": 2})
+  assert sharding.make_mesh({"data": -1}, dcn_axes={"data": 1}).shape == {"data": 8}

@@ -23,14 +23,14 @@ data_dir=sys.argv[1], builder_kwargs={'file_format': 'array_record'}, download=T
   fi
 fi
 config="configs/fashion_mnist.py"
-probe_examples=10000
+probe="configs/probe/fashion_mnist.py"
 if [ "${LEJEPA_DEMO_SHORT:-0}" = 1 ]; then
   config="configs/fashion_mnist.py:runlocal,steps=10"
+  probe="configs/probe/fashion_mnist.py:fast"
   workdir="${LEJEPA_WORKDIR:-$repo_root/workdirs/fashion_mnist_short}"
-  probe_examples=2000
   rm -rf "$workdir"
 fi
 python -m lejepa_jax.main --config="$config" --workdir="$workdir" \
   --config.data.data_dir="$data_dir" "$@"
-echo "[demo] frozen-feature probes on the test set (probe trained on $probe_examples training images)"
-python -m lejepa_jax.evaluate --workdir="$workdir" --train_examples="$probe_examples"
+echo "[demo] frozen-feature probes on the test set, next to raw pixels and the untrained encoder"
+python -m lejepa_jax.evaluate --config="$probe" --workdir="$workdir"

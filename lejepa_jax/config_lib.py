@@ -103,6 +103,9 @@ def imagenet_vit_config(arg: str | None, variant: str, fsdp: int) -> ml_collecti
   args = parse_arg(arg, variant=variant, epochs=100, runlocal=False)
   c = base_config()
   c.model.variant = args["variant"]
+  # Activation rematerialisation per block (models.vit.REMAT_POLICIES); `lejepa_jax.plan` tells
+  # which one fits a given accelerator and mesh.
+  c.model.remat = "none"
   set_schedule(c, float(args["epochs"]), IMAGENET_TRAIN_EXAMPLES)
   if args["variant"].endswith("/14"):
     c.data.local_views = dict(c.data.local_views, size=98)  # a multiple of the patch

@@ -31,6 +31,16 @@ VIT_SIZES = {
     "g": ViTSize(1408, 40, 6144, 16),
 }
 PATCH_SIZES = (8, 14, 16)
+# Activation rematerialisation of each block: what the forward pass keeps for the backward pass.
+# "none" keeps every activation; "full" keeps only each block's input and recomputes the rest;
+# "dots_with_no_batch_dims_saveable" also keeps the outputs of the weight matmuls (recomputing
+# attention scores, softmax, GELU, norms); "dots_saveable" keeps every matmul output.
+REMAT_POLICIES = {
+    "none": None,
+    "full": jax.checkpoint_policies.nothing_saveable,
+    "dots_saveable": jax.checkpoint_policies.dots_saveable,
+    "dots_with_no_batch_dims_saveable": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+}
 
 
 def parse_variant(variant: str) -> tuple[ViTSize, int]:
@@ -109,13 +119,18 @@ class ViT(nnx.Module):
     num_registers: extra register tokens (no position embedding), dropped from the outputs.
     drop_path: stochastic-depth rate of the last block (linearly increasing from 0).
     dtype: computation dtype (parameters stay float32).
+    remat: activation rematerialisation per block, a key of `REMAT_POLICIES` ("none", "full",
+      "dots_saveable", "dots_with_no_batch_dims_saveable"): less memory, more compute, same values.
   """
 
   @layers.lazily_sharded
   def __init__(self, variant: str = "S/16", *, img_size: int = 224, in_channels: int = 3,
                class_token: bool = True, num_registers: int = 0, drop_path: float = 0.0,
-               dtype=jnp.float32, rngs: nnx.Rngs):
+               dtype=jnp.float32, remat: str = "none", rngs: nnx.Rngs):
     size, patch = parse_variant(variant)
+    if remat not in REMAT_POLICIES:
+      raise ValueError(f"model.remat must be one of {list(REMAT_POLICIES)}, got {remat!r}.")
+    self.remat = remat
     self.patch, self.width, self.in_channels = patch, size.width, in_channels
     self.grid = img_size // patch
     self.num_prefix = int(class_token) + num_registers
@@ -167,6 +182,12 @@ class ViT(nnx.Module):
                                      (n, self.num_registers, self.width)))
     return jnp.concatenate(prefix + [x], axis=1), (gh, gw)
 
+  def _block(self, block: Block, x: jax.Array) -> jax.Array:
+    """One block, rematerialised per `self.remat` (backward recomputes what was not kept)."""
+    if self.remat == "none":
+      return block(x)
+    return nnx.remat(Block.__call__, policy=REMAT_POLICIES[self.remat])(block, x)
+
   def _summary(self, tokens: jax.Array) -> jax.Array:
     """CLS token after the final norm, or the mean patch token without a CLS: [N, width]."""
     normed = self.norm(tokens)
@@ -181,7 +202,7 @@ class ViT(nnx.Module):
     x, _ = self._tokens(images)
     previous = x
     for block in self.blocks:
-      previous, x = x, block(x)
+      previous, x = x, self._block(block, x)
     pooled = self._summary(x)
     return pooled, jnp.concatenate([self._summary(previous), pooled], axis=-1)
 
@@ -189,5 +210,5 @@ class ViT(nnx.Module):
     """Final normalised patch tokens as a map: [N, H, W, C] -> [N, H / patch, W / patch, width]."""
     x, (gh, gw) = self._tokens(images)
     for block in self.blocks:
-      x = block(x)
+      x = self._block(block, x)
     return self.norm(x)[:, self.num_prefix:].reshape(x.shape[0], gh, gw, self.width)

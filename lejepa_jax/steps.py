@@ -98,10 +98,17 @@ def _accumulated_grads(model, batch, key, objective, num_micro: int):
 
 
 def train_step(graphdef, state, batch, key, *, loss_config, num_global, mean, std,
-               device_augment: Augment | None = None, grad_accum_steps: int = 1):
-  """One step: (state, metrics). `key` is this step's key (fold_in(seed key, step))."""
+               device_augment: Augment | None = None, grad_accum_steps: int = 1,
+               tx: optax.GradientTransformation | None = None):
+  """One step: (state, metrics). `key` is this step's key (fold_in(seed key, step)).
+
+  `tx` replaces the encoder optimizer's transformation for this step; it must keep the state's
+  structure (e.g. `train.make_optimizer` with traced per-member lr / weight decay under vmap).
+  """
   model, optimizer, probe, probe_optimizer = nnx.merge(graphdef, state)
   model.train()
+  if tx is not None:
+    optimizer.tx = tx
 
   def objective(model, batch, key):
     return lejepa_objective(model, batch, key, loss_config, num_global, mean, std, device_augment)

@@ -26,22 +26,40 @@ from lejepa_jax import checkpointing, data, models, reports, sharding, steps
 log = logging.getLogger("lejepa_jax")
 
 
-def _schedule(config) -> optax.Schedule:
-  """Linear warmup, then cosine decay to lr * final_lr_fraction at total_steps."""
+def lr_schedule(config, lr: float | jax.Array | None = None) -> optax.Schedule:
+  """Linear warmup, then cosine decay to lr * final_lr_fraction at total_steps.
+
+  `lr` (a float, or a traced scalar such as an ablation member's) replaces config.optim.lr.
+  """
+  if isinstance(lr, jax.Array):
+    # optax schedules branch on their peak value in Python: scale the unit-peak schedule instead.
+    unit = lr_schedule(config, 1.0)
+    return lambda count: lr * unit(count)
   o, total = config.optim, config.total_steps
+  lr = o.lr if lr is None else lr
   return optax.warmup_cosine_decay_schedule(
-      0.0, o.lr, min(o.warmup_steps, max(total - 1, 1)), max(total, 2),
-      end_value=o.lr * o.final_lr_fraction)
+      0.0, lr, min(o.warmup_steps, max(total - 1, 1)), max(total, 2),
+      end_value=lr * o.final_lr_fraction)
 
 
-def _optimizer(config) -> optax.GradientTransformation:
-  return optax.adamw(_schedule(config), weight_decay=config.optim.weight_decay)
+def make_optimizer(config, lr: float | jax.Array | None = None,
+                   weight_decay: float | jax.Array | None = None) -> optax.GradientTransformation:
+  """AdamW on `lr_schedule`; `lr` / `weight_decay` (floats or traced scalars) replace the config's.
+
+  The optimizer state's structure does not depend on either value.
+  """
+  weight_decay = config.optim.weight_decay if weight_decay is None else weight_decay
+  return optax.adamw(lr_schedule(config, lr), weight_decay=weight_decay)
 
 
-def build_train_objects(config: ml_collections.ConfigDict):
-  """(model, its nnx.Optimizer, online probe, probe optimizer); create with sharding.create_sharded."""
-  model = models.build_encoder(config.model.to_dict(), nnx.Rngs(config.seed))
-  optimizer = nnx.Optimizer(model, _optimizer(config), wrt=nnx.Param)
+def build_train_objects(config: ml_collections.ConfigDict, seed: int | jax.Array | None = None):
+  """(model, its nnx.Optimizer, online probe, probe optimizer); create with sharding.create_sharded.
+
+  `seed` (an int, or a traced scalar to initialise many models under vmap) replaces config.seed.
+  """
+  seed = config.seed if seed is None else seed
+  model = models.build_encoder(config.model.to_dict(), nnx.Rngs(jax.random.key(seed)))
+  optimizer = nnx.Optimizer(model, make_optimizer(config), wrt=nnx.Param)
   probe = steps.LinearProbe(model.feature_dim, config.probe.num_classes, rngs=nnx.Rngs(1))
   probe_tx = optax.adamw(config.optim.probe_lr, weight_decay=config.optim.probe_weight_decay)
   return model, optimizer, probe, nnx.Optimizer(probe, probe_tx, wrt=nnx.Param)
@@ -82,18 +100,21 @@ def abstract_batch(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh, l
       mesh, sharding.batch_spec(mesh, len(s)))) for k, s in shapes.items()}
 
 
+def step_options(config: ml_collections.ConfigDict) -> dict[str, Any]:
+  """The keyword arguments of `steps.train_step` that the config fixes."""
+  return dict(loss_config=dict(config.loss), num_global=config.data.global_views["count"],
+              mean=tuple(config.data.mean), std=tuple(config.data.std),
+              device_augment=data.device_augment_from_config(config.data),
+              grad_accum_steps=config.grad_accum_steps)
+
+
 def compile_train_step(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh, graphdef,
                        state, local_batch: int):
   """The train step jitted with the state donated and layouts kept, compiled ahead of time.
 
   Logs the compiled per-device memory. Call as `compiled(state, batch, step_key)`.
   """
-  loss_config = dict(config.loss)
-  step = functools.partial(
-      steps.train_step, graphdef, loss_config=loss_config,
-      num_global=config.data.global_views["count"], mean=tuple(config.data.mean),
-      std=tuple(config.data.std), device_augment=data.device_augment_from_config(config.data),
-      grad_accum_steps=config.grad_accum_steps)
+  step = functools.partial(steps.train_step, graphdef, **step_options(config))
   # The state keeps its layout across steps (XLA would otherwise pick output shardings freely).
   state_shardings = jax.tree.map(lambda x: x.sharding, state)
   replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
@@ -161,7 +182,8 @@ class PreemptionGuard:
       signal.signal(sig, handler)
 
 
-def _train_iterator(config, source, start_batch: int = 0):
+def train_iterator(config, source, start_batch: int = 0):
+  """This process's iterator of training batches over `source`, from global batch `start_batch`."""
   return iter(data.train_dataset(
       source, data.multicrop_from_config(config.data.to_dict()),
       global_batch_size=config.data.global_batch_size, seed=config.seed,
@@ -169,7 +191,7 @@ def _train_iterator(config, source, start_batch: int = 0):
       num_workers=config.data.num_workers, start_batch=start_batch))
 
 
-def _restore(manager, start, state, iterator, config, source):
+def restore(manager, start, state, iterator, config, source):
   """Restores the train state of step `start` in place; returns the data iterator to continue with.
 
   The saved iterator state is per process; a run resumed with another process count (e.g. a pod
@@ -183,7 +205,7 @@ def _restore(manager, start, state, iterator, config, source):
     log.info("the data iterator of step %d was saved by another process count: the data continue "
              "at global batch %d", start, start)
     saved = checkpointing.restore_state_only(manager, start, abstract)
-    iterator = _train_iterator(config, source, start_batch=start)
+    iterator = train_iterator(config, source, start_batch=start)
   nnx.replace_by_pure_dict(state, from_savable(saved, nnx.to_pure_dict(state)))
   return iterator
 
@@ -194,13 +216,13 @@ def _setup(config, workdir):
                             dcn_axes=dict(config.mesh.get("dcn_axes", {})))
   local_batch = data.pipeline.local_batch_size(config.data.global_batch_size, jax.process_count())
   source = data.open_source(config.data.name, config.data.split, config.data.data_dir)
-  iterator = _train_iterator(config, source)
+  iterator = train_iterator(config, source)
   graphdef, state = nnx.split(sharding.create_sharded(lambda: build_train_objects(config), mesh))
   manager = checkpointing.training_manager(os.path.join(workdir, "checkpoints"),
                                            config.keep_checkpoints)
   start = manager.latest_step() or 0
   if start:
-    iterator = _restore(manager, start, state, iterator, config, source)
+    iterator = restore(manager, start, state, iterator, config, source)
     log.info("resumed from step %d in %s", start, workdir)
   return mesh, local_batch, iterator, graphdef, state, manager, start
 
@@ -225,7 +247,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, stop_after: int | None 
   os.makedirs(workdir, exist_ok=True)
   mesh, local_batch, iterator, graphdef, state, manager, start = _setup(config, workdir)
   compiled = compile_train_step(config, mesh, graphdef, state, local_batch)
-  schedule = _schedule(config)
+  schedule = lr_schedule(config)
   writer, guard = MetricsWriter(workdir), PreemptionGuard()
   seed_key = jax.random.key(config.seed)
   last_step = config.total_steps if stop_after is None else min(stop_after, config.total_steps)

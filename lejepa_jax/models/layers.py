@@ -14,6 +14,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from lejepa_jax.models import members
+
 Dtype = Any
 TRUNC_NORMAL = nnx.initializers.truncated_normal(stddev=0.02)
 
@@ -53,8 +55,16 @@ def _small_input_conv(lhs, rhs, strides, pads, precision):
   return jnp.dot(patches, rhs.reshape(-1, rhs.shape[-1]), precision=precision)
 
 
-def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilation=None,
-                         dimension_numbers=None, feature_group_count=1, precision=None, **kwargs):
+def conv_general_dilated(lhs, rhs, *args, **kwargs) -> jax.Array:
+  """`lax.conv_general_dilated` for `conv` layers: `_routed_conv`, per member when traced for many
+  models at once (`members.per_member_convolutions`, used by lejepa_jax.ablate)."""
+  if members.enabled():
+    return members.conv(lambda l, r: _routed_conv(l, r, *args, **kwargs), lhs, rhs)
+  return _routed_conv(lhs, rhs, *args, **kwargs)
+
+
+def _routed_conv(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilation=None,
+                 dimension_numbers=None, feature_group_count=1, precision=None, **kwargs):
   """`lax.conv_general_dilated`, routing convolutions whose kernel exceeds the feature map to im2col.
 
   XLA's CPU backend falls back to a very slow generic loop when a kernel is larger than its input (a

@@ -1,0 +1,165 @@
+"""Batched ablations on 8 simulated devices: members equal separate runs, checkpoints load in the
+evaluation job, shape-changing sweeps become separate programs, the selection report."""
+
+import json
+import os
+
+import jax
+import ml_collections
+import numpy as np
+import pytest
+import scipy.stats
+
+import test_train
+from lejepa_jax import ablate, ablation_report, checkpointing, config_lib, evaluate, train
+from test_train import data_dir  # noqa: F401  (pytest fixture: the trainer tests' image folder)
+
+STEPS = 3
+# 8 members: 2 programs (num_slices changes shapes) of 4 members (lambda x lr, traced).
+SWEEPS = [("loss.num_slices", ["16", "32"]), ("loss.sigreg_weight", ["0.0", "0.5"]),
+          ("optim.lr", ["1e-3", "1e-2"]), ("optim.weight_decay", ["0.3"])]
+
+
+def tiny_config(data_dir: str) -> ml_collections.ConfigDict:
+  config = test_train.tiny_config(data_dir, STEPS)
+  config.checkpoint_every = 2
+  return config
+
+
+@pytest.fixture(scope="module")
+def ablation(devices, data_dir, tmp_path_factory):
+  """The sweep trained with the members sharded 2 ways (member 2 x data 2 x fsdp 2). The first call
+  leaves after step 2 of the first program, the second resumes it and trains the second program, as
+  a rerun of the same command would."""
+  workdir = str(tmp_path_factory.mktemp("ablation"))
+  config = tiny_config(data_dir)
+  config.mesh.axes = dict(data=-1, fsdp=2)
+  assert ablate.run(config, workdir, SWEEPS, member_shards=2, stop_after=2) is None
+  report = ablate.run(config, workdir, SWEEPS, member_shards=2, eval_examples=32)
+  return workdir, report
+
+
+def _metrics(workdir):
+  with open(os.path.join(workdir, "metrics.jsonl")) as f:
+    return {row["step"]: row for row in map(json.loads, f)}
+
+
+def _state(workdir, step):
+  manager = checkpointing.training_manager(os.path.join(workdir, "checkpoints"))
+  try:
+    return checkpointing.restore_state_only(manager, step)
+  finally:
+    manager.close()
+
+
+def _flat(tree):
+  return {jax.tree_util.keystr(path): np.asarray(leaf, np.float64)
+          for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]}
+
+
+def _assert_states_close(got, want):
+  """Every saved array equal to float32 tolerance, except entries whose gradient is zero in exact
+  arithmetic (biases feeding a BatchNorm, attention's key bias): any two programs round their
+  ~1e-10 gradients differently and Adam scales that noise into full-size steps. Adam's second
+  moment tells them apart (below 1e-14 there, above 1e-9 for real gradients). The running means
+  of the BatchNorms after those biases inherit their differences (up to 2e-4 on means of 1e-2)."""
+  got, want = _flat(got), _flat(want)
+  nu = _state_part(want, "['1']['opt_state']['0']['nu']")
+  assert sorted(got) == sorted(want)
+  for path, y in want.items():
+    sub = next((p for p in nu if path.endswith(p)), None)  # the parameter this leaf belongs to
+    mask = nu[sub] > 1e-14 if sub is not None and nu[sub].shape == y.shape else np.ones_like(y, bool)
+    scale = np.max(np.abs(y[mask]), initial=0.0) * (2e-2 if path.endswith("['mean']") else 1e-3)
+    np.testing.assert_allclose(got[path][mask], y[mask], rtol=1e-3, atol=scale + 1e-12,
+                               err_msg=path)
+
+
+def _state_part(flat, prefix):
+  return {path[len(prefix):]: leaf for path, leaf in flat.items() if path.startswith(prefix)}
+
+
+def test_plan_groups_shape_changing_values_into_separate_programs(data_dir):
+  groups = ablate.plan(tiny_config(data_dir), SWEEPS)
+  assert [g.name for g in groups] == ["num_slices=16", "num_slices=32"]
+  assert [len(g.members) for g in groups] == [4, 4]
+  for group, slices in zip(groups, (16, 32)):
+    assert group.config.loss.num_slices == slices
+    assert {m.config.loss.num_slices for m in group.members} == {slices}
+  member = groups[1].members[3]
+  assert member.name == "num_slices=32,sigreg_weight=0.5,lr=1e-2"
+  assert member.hparams() == {"sigreg_weight": 0.5, "lr": 1e-2, "weight_decay": 0.3, "seed": 0}
+  seeded = ablate.plan(tiny_config(data_dir), [("loss.sigreg_weight", ["0.1"])], seeds=3)
+  assert len(seeded) == 1 and [m.name for m in seeded[0].members] == ["seed=0", "seed=1", "seed=2"]
+  with pytest.raises(ValueError, match="does not have"):
+    ablate.plan(tiny_config(data_dir), [("loss.no_such_key", ["1"])])
+
+
+def test_members_equal_separately_trained_runs_step_for_step(ablation, data_dir, tmp_path):
+  workdir, _ = ablation
+  assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == ["num_slices=16",
+                                                                       "num_slices=32"]
+  for name in ("num_slices=16,sigreg_weight=0.0,lr=1e-3", "num_slices=16,sigreg_weight=0.5,lr=1e-3",
+               "num_slices=32,sigreg_weight=0.5,lr=1e-2"):
+    member_dir = os.path.join(workdir, "members", name)
+    manager = checkpointing.training_manager(os.path.join(member_dir, "checkpoints"))
+    config = ml_collections.ConfigDict(checkpointing.restore_config(manager, STEPS))
+    manager.close()
+    alone = str(tmp_path / name)
+    train.run(config, alone)
+    a, b = _metrics(member_dir), _metrics(alone)
+    assert sorted(a) == sorted(b) == list(range(1, STEPS + 1))
+    for step in a:
+      for key in ("loss", "pred", "sigreg", "probe_loss", "grad_norm", "lr"):
+        np.testing.assert_allclose(a[step][key], b[step][key], rtol=2e-4, err_msg=f"{name} {key}")
+    _assert_states_close(_state(member_dir, STEPS), _state(alone, STEPS))
+
+
+def test_a_member_checkpoint_loads_into_the_evaluation_job(ablation):
+  workdir, _ = ablation
+  member_dir = os.path.join(workdir, "members", "num_slices=32,sigreg_weight=0.5,lr=1e-3")
+  encoder, config, step = evaluate.restore_encoder(member_dir)
+  assert step == STEPS and config.optim.lr == 1e-3 and config.loss.num_slices == 32
+  probe = config_lib.probe_config()
+  probe.evaluators, probe.linear = "linear,label_free", dict(probe.linear, epochs=2)
+  results = evaluate.evaluate(member_dir, probe=probe)
+  features, _, _ = evaluate.extract_features(encoder, config, config.data.eval_split)
+  selection = json.load(open(os.path.join(member_dir, "selection.json")))
+  # The ablation's own RankMe (vmapped forward of the stacked state) matches the evaluation job's.
+  assert results["label_free"]["rankme_features"] == pytest.approx(
+      selection["rankme_features"], rel=1e-3)
+  assert features.shape[0] == selection["eval_examples"] == 32
+  assert 0.0 <= results["linear"]["top1"] <= 1.0
+
+
+def test_report_has_every_member_and_rerunning_picks_up_the_linear_probe(ablation, data_dir):
+  workdir, report = ablation
+  assert len(report["members"]) == 8
+  for row in report["members"]:
+    assert np.isfinite(row["loss"]) and 1.0 <= row["rankme_features"] <= 32
+    assert row["final_step"] == STEPS
+  assert os.path.getsize(os.path.join(workdir, "ablation.png")) > 0
+  assert json.load(open(os.path.join(workdir, "ablation.json")))["alpha"] == 0.4
+  assert "online_eval_acc" in report["spearman"]
+  config = tiny_config(data_dir)
+  config.mesh.axes = dict(data=-1, fsdp=2)
+  # Finished: a rerun only rewrites the report, now with the linear probe of the member evaluated
+  # by the previous test when it ran (the others have none, so that accuracy is not correlated).
+  again = ablate.run(config, workdir, SWEEPS, member_shards=2)
+  assert [r["loss"] for r in again["members"]] == [r["loss"] for r in report["members"]]
+  for row in again["members"]:
+    linear = os.path.join(workdir, "members", row["name"], "eval", "linear.jsonl")
+    want = json.loads(open(linear).readlines()[-1])["top1"] if os.path.exists(linear) else None
+    assert row["linear_top1"] == want
+  assert "linear_top1" not in again["spearman"]  # not every member has one
+  with pytest.raises(ValueError, match="another ablation"):
+    ablate.run(config, workdir, SWEEPS[:2], member_shards=2)
+
+
+def test_spearman_matches_scipy_with_ties():
+  rng = np.random.default_rng(0)
+  for n in (3, 5, 12):
+    x, y = rng.normal(size=n), rng.integers(0, 3, n).astype(float)
+    y[:2] = 0.0, 3.0  # not constant; with n > 4 values, ties are certain
+    assert ablation_report.spearman(x, y) == pytest.approx(scipy.stats.spearmanr(x, y)[0])
+  assert ablation_report.spearman([1, 2, 3, 4], [8, 6, 4, 2]) == pytest.approx(-1.0)
+  assert np.isnan(ablation_report.spearman([1, 2], [3, 4]))

@@ -5,6 +5,15 @@ r"""The embedded default: LeJEPA on Fashion-MNIST, sized for a 2-core CPU.
 
 Prepare the data once with `python -m lejepa_jax.data.prepare fashion_mnist --out=data/tfds`
 (`bash launch/demo.sh` does both). `--config=configs/fashion_mnist.py:runlocal` runs about a minute.
+
+Choices, measured on the 2-core development CPU (frozen linear probe fitted on 10k training images,
+Fashion-MNIST test set; `configs/probe/fashion_mnist.py` reads the unpooled final map):
+- ResNet-18 at width 32 instead of 64: XLA's CPU convolutions run only 10-25 GFLOP/s at these
+  channel counts, so width 64 costs about 9 s per step and saw a quarter of an epoch in 18 minutes
+  (pooled features 74.2%); width 32 runs 300 steps (0.64 epochs) in about the same time.
+- The probe reads the unpooled 4 x 4 x 256 final map: after 300 steps 86.0% vs 74.9% for the pooled
+  256-d vector (random initialisation: 84.2% vs 71.2%); pooling discards where in the image each
+  feature fired.
 """
 
 import ml_collections
@@ -15,10 +24,10 @@ from lejepa_jax import config_lib
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   args = config_lib.parse_arg(arg, runlocal=False)
   c = config_lib.base_config()
-  # Sized for under 20 minutes on 2 CPU cores (ResNet-18 at 28 px: about 9 s per step there).
-  c.total_steps = 120
+  # Sized for about 20 minutes on 2 CPU cores (see the docstring).
+  c.total_steps = 300
   c.log_every = 10
-  c.checkpoint_every = 50
+  c.checkpoint_every = 100
 
   c.data.name = "fashion_mnist"
   c.data.eval_split = "test"
@@ -34,11 +43,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.data.std = (0.353,)
 
   c.model = ml_collections.ConfigDict(dict(
-      name="resnet", variant="18", small_stem=True, in_channels=1, dtype="auto",
+      name="resnet", variant="18", small_stem=True, width=32, in_channels=1, dtype="auto",
       projector=dict(hidden_dim=512, out_dim=64, num_layers=3)))
 
   c.optim.lr = 2e-3
   c.optim.weight_decay = 5e-4
-  c.optim.warmup_steps = 12
+  c.optim.warmup_steps = 30
   c.probe.num_classes = 10
   return config_lib.finish(c, args)

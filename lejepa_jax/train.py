@@ -119,9 +119,10 @@ def compile_train_step(config: ml_collections.ConfigDict, mesh: jax.sharding.Mes
   state_shardings = jax.tree.map(lambda x: x.sharding, state)
   replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
   jitted = jax.jit(step, donate_argnums=0, out_shardings=(state_shardings, replicated))
+  key = jax.eval_shape(lambda: jax.random.key(0))  # abstract too: no device is touched
   with jax.set_mesh(mesh):
     compiled = jitted.lower(abstract_tree(state), abstract_batch(config, mesh, local_batch),
-                            jax.random.key(0)).compile()
+                            key).compile()
   memory = compiled.memory_analysis()
   if memory is not None:
     log.info("train step compiled: %.1f MiB arguments, %.1f MiB temporaries per device",

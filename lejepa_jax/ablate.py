@@ -24,7 +24,7 @@ Layout of DIR:
   members/<name>/              a training workdir per member: metrics.jsonl, tensorboard/,
                                checkpoints/ (saved with the member's own config, so the evaluation
                                job and export read it like any run), summary.json, curves.png and
-                               selection.json (RankMe and online-probe accuracy on the eval split)
+                               selection.json (RankMe, SIGReg, online-probe accuracy on eval data)
   ablation.json, ablation.png  the label-free model-selection report (lejepa_jax.ablation_report)
 
 Rerunning the same command resumes every group from its latest checkpoint; once all are done it
@@ -134,8 +134,11 @@ def parse_sweep(text: str) -> tuple[str, list[str]]:
 def _member_name(overrides: Sequence[tuple[str, str]], varying: set[str]) -> str:
   """'sigreg_weight=0.05,seed=1' from the keys that vary (their last component when unique)."""
   shorts = [key.split(".")[-1] for key in varying]
-  name = lambda key: key.split(".")[-1] if shorts.count(key.split(".")[-1]) == 1 else key  # noqa: E731
-  return ",".join(f"{name(k)}={v}" for k, v in overrides if k in varying) or "base"
+
+  def short(key: str) -> str:
+    return key.split(".")[-1] if shorts.count(key.split(".")[-1]) == 1 else key
+
+  return ",".join(f"{short(k)}={v}" for k, v in overrides if k in varying) or "base"
 
 
 def plan(config: ml_collections.ConfigDict, sweeps: Sequence[tuple[str, Sequence[str]]],
@@ -226,11 +229,14 @@ def member_step(graphdef, config: ml_collections.ConfigDict, state, hparams, bat
 def compile_members_step(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh, graphdef,
                          stacked, hparams):
   """The vmapped step, jitted with the stacked state donated and its layout kept, compiled ahead
-  of time. Call as `compiled(stacked, hparams, batch, np.int32(step))` -> (stacked, metrics [M])."""
+  of time. Call as `compiled(stacked, hparams, batch, np.int32(step))` -> (stacked, metrics [M]).
+
+  The metrics come back replicated (a few numbers per member) so that every process can read them.
+  """
   vstep = jax.vmap(functools.partial(member_step, graphdef, config), in_axes=(0, 0, None, None))
   state_shardings = jax.tree.map(lambda x: x.sharding, stacked)
   jitted = jax.jit(vstep, donate_argnums=0,
-                   out_shardings=(state_shardings, NamedSharding(mesh, P(MEMBER_AXIS))))
+                   out_shardings=(state_shardings, NamedSharding(mesh, P())))
   local_batch = data.pipeline.local_batch_size(config.data.global_batch_size, jax.process_count())
   with jax.set_mesh(mesh), members_lib.per_member_convolutions():
     compiled = jitted.lower(train.abstract_tree(stacked), train.abstract_tree(hparams),
@@ -258,7 +264,8 @@ def evaluate_members(graphdef, stacked, config: ml_collections.ConfigDict,
     features, projections = model(steps.normalize(images, mean, std))
     return features, projections, jnp.argmax(probe(features), -1)
 
-  run = jax.jit(jax.vmap(forward, in_axes=(0, None)))
+  # Replicated results: every process runs the program and can read them.
+  run = jax.jit(jax.vmap(forward, in_axes=(0, None)), out_shardings=NamedSharding(mesh, P()))
   out: dict[str, list] = {"features": [], "projections": [], "predictions": [], "labels": []}
   with jax.set_mesh(mesh), members_lib.per_member_convolutions():
     for batch in evaluate.eval_batches(config, config.data.eval_split, examples):
@@ -305,13 +312,16 @@ def selection_path(workdir: str, member: Member) -> str:
 
 
 def write_selection(outputs: Sequence[MemberOutputs], results: dict[str, np.ndarray]) -> None:
-  """selection.json per member: RankMe of features / projections, online-probe eval accuracy."""
+  """selection.json per member: the evaluation job's label-free metrics (RankMe of features and
+  projections, SIGReg of the projections over the eval examples) and the online probe's accuracy."""
+  labels = results["labels"]
   for i, out in enumerate(outputs):
-    row = {"eval_examples": int(len(results["labels"])),
-           "rankme_features": evaluators.rankme(results["features"][i]),
-           "rankme_projections": evaluators.rankme(results["projections"][i]),
-           "online_probe_eval_accuracy": float(np.mean(results["predictions"][i]
-                                                       == results["labels"]))}
+    # label_free reads only the evaluation part of the feature set.
+    features = evaluators.FeatureSet(results["features"][i], labels, results["features"][i], labels,
+                                     int(out.member.config.probe.num_classes),
+                                     results["projections"][i])
+    row = {"eval_examples": int(len(labels)), **evaluators.label_free(features),
+           "online_probe_eval_accuracy": float(np.mean(results["predictions"][i] == labels))}
     with open(os.path.join(out.dir, "selection.json"), "w") as f:
       json.dump(row, f, indent=2)
     rows = reports.read_metrics(out.dir)
@@ -396,6 +406,7 @@ def train_group(run: GroupRun, outputs: Sequence[MemberOutputs], last_step: int,
       run.state, metrics = compiled(run.state, run.hparams, batch, np.int32(step))
     stopping = step == last_step or guard.requested
     if step % config.log_every == 0 or stopping:
+      jax.block_until_ready(metrics)  # the steps run asynchronously: time finished work
       now = time.perf_counter()
       _log_step(run, outputs, step, metrics, (now - window[1]) / (step - window[0]))
       window = (step, now)
@@ -431,9 +442,10 @@ def run_group(group: Group, workdir: str, member_shards: int, stop_after: int | 
   outputs = [MemberOutputs(workdir, m, group.config.keep_checkpoints) for m in group.members]
   try:
     step = train_group(run, outputs, last_step, guard)
-    if step == total and jax.process_index() == 0:
-      write_selection(outputs, evaluate_members(run.graphdef, run.state, group.config, run.mesh,
-                                                eval_examples))
+    if step == total:
+      results = evaluate_members(run.graphdef, run.state, group.config, run.mesh, eval_examples)
+      if jax.process_index() == 0:
+        write_selection(outputs, results)
   finally:
     run.manager.wait_until_finished()
     run.manager.close()

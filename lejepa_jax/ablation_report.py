@@ -11,8 +11,10 @@ more so with the loss rescaled by lambda^-alpha, alpha about 0.4. For every memb
   online_eval_acc          the online probe on the first eval-split examples (selection.json)
   linear_top1              the offline linear probe, if the evaluation job ran on the member
   rankme_features / _proj  RankMe of backbone features (what probes read) and of projector outputs,
-                           on the same eval examples: exp(entropy of normalised singular values);
-                           near 1 means collapse
+                           on the same eval examples: exp(entropy of normalised singular values).
+                           It is scale-free: a collapse to tiny but varied embeddings keeps a rank
+  sigreg_eval              SIGReg of the projector outputs over those n examples: about 1.05 for
+                           N(0, I) embeddings, about 0.40 n for embeddings collapsed to a point
 
 and the Spearman correlations between loss and each accuracy across members: over all members, over
 members with lambda > 0, and of loss * lambda^-alpha (lambda > 0 only). Values are as measured:
@@ -86,6 +88,7 @@ def member_row(workdir: str, member) -> dict:
          "linear_top1": linear_accuracy(directory),
          "rankme_features": selection["rankme_features"],
          "rankme_projections": selection["rankme_projections"],
+         "sigreg_eval": selection["sigreg"],
          "eval_examples": selection["eval_examples"]}
   row["diverged"] = not math.isfinite(row["loss"])
   return row
@@ -99,8 +102,11 @@ def correlations(rows: Sequence[dict], alpha: float) -> dict[str, dict]:
     if any(r[accuracy] is None for r in usable):
       continue  # only accuracies every member has (a missing one would bias the ranking)
     positive = [r for r in usable if r["sigreg_weight"] > 0]
-    rho = lambda rs, loss: {"spearman": spearman([loss(r) for r in rs], [r[accuracy] for r in rs]),  # noqa: E731
-                            "members": len(rs)}
+
+    def rho(rs, loss, accuracy=accuracy):
+      return {"spearman": spearman([loss(r) for r in rs], [r[accuracy] for r in rs]),
+              "members": len(rs)}
+
     out[accuracy] = {
         "loss, all members": rho(usable, lambda r: r["loss"]),
         "loss, lambda > 0": rho(positive, lambda r: r["loss"]),
@@ -113,14 +119,14 @@ def format_table(rows: Sequence[dict], spearmans: dict[str, dict]) -> str:
   """Markdown: one row per member, then the correlations."""
   percent = lambda v: "" if v is None else f"{100 * v:.1f}"  # noqa: E731
   header = ["member", "lambda", "lr", "wd", "seed", "loss", "pred", "sigreg", "online acc (train)",
-            "online acc (eval)", "linear acc", "RankMe feat.", "RankMe proj."]
+            "online acc (eval)", "linear acc", "RankMe feat.", "RankMe proj.", "SIGReg (eval)"]
   lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
   for r in rows:
     cells = [r["name"], f"{r['sigreg_weight']:g}", f"{r['lr']:g}", f"{r['weight_decay']:g}",
              r["seed"], f"{r['loss']:.4f}", f"{r['pred']:.4f}", f"{r['sigreg']:.3f}",
              percent(r["online_train_acc"]), percent(r["online_eval_acc"]),
              percent(r["linear_top1"]), f"{r['rankme_features']:.1f}",
-             f"{r['rankme_projections']:.1f}"]
+             f"{r['rankme_projections']:.1f}", f"{r['sigreg_eval']:.1f}"]
     lines.append("| " + " | ".join(map(str, cells)) + " |")
   lines.append("")
   for accuracy, values in spearmans.items():
@@ -137,13 +143,16 @@ def plot(rows: Sequence[dict], path: str, alpha: float, accuracy: str) -> None:
   colours = plt.get_cmap("viridis")(np.linspace(0, 1, max(len(lambdas), 2)))
   fig, axes = plt.subplots(1, 2, figsize=(10, 4))
   for ax, rescaled in zip(axes, (False, True)):
+    xs = []
     for lam, colour in zip(lambdas, colours):
       members = [r for r in rows if r["sigreg_weight"] == lam and not r["diverged"]
                  and r[accuracy] is not None and (lam > 0 or not rescaled)]
       x = [r["loss"] * (lam ** -alpha if rescaled else 1) for r in members]
       ax.scatter(x, [100 * r[accuracy] for r in members], color=colour, label=f"lambda {lam:g}",
                  marker="x" if lam == 0 else "o", s=40)
-    ax.set_xscale("log")
+      xs += x
+    if xs and min(xs) > 0 and max(xs) > 10 * min(xs):  # lambda = 0 alone is orders lower
+      ax.set_xscale("log")
     ax.set_xlabel(f"training loss * lambda^-{alpha:g}" if rescaled else "training loss")
     ax.set_ylabel(f"{accuracy} (%)")
   axes[0].legend(fontsize=8)

@@ -68,7 +68,8 @@ def _assert_states_close(got, want):
   assert sorted(got) == sorted(want)
   for path, y in want.items():
     sub = next((p for p in nu if path.endswith(p)), None)  # the parameter this leaf belongs to
-    mask = nu[sub] > 1e-14 if sub is not None and nu[sub].shape == y.shape else np.ones_like(y, bool)
+    real = sub is not None and nu[sub].shape == y.shape
+    mask = nu[sub] > 1e-14 if real else np.ones_like(y, bool)
     scale = np.max(np.abs(y[mask]), initial=0.0) * (2e-2 if path.endswith("['mean']") else 1e-3)
     np.testing.assert_allclose(got[path][mask], y[mask], rtol=1e-3, atol=scale + 1e-12,
                                err_msg=path)
@@ -124,9 +125,9 @@ def test_a_member_checkpoint_loads_into_the_evaluation_job(ablation):
   results = evaluate.evaluate(member_dir, probe=probe)
   features, _, _ = evaluate.extract_features(encoder, config, config.data.eval_split)
   selection = json.load(open(os.path.join(member_dir, "selection.json")))
-  # The ablation's own RankMe (vmapped forward of the stacked state) matches the evaluation job's.
-  assert results["label_free"]["rankme_features"] == pytest.approx(
-      selection["rankme_features"], rel=1e-3)
+  # The ablation's label-free metrics (vmapped forward of the stacked state) match the job's.
+  for key in ("rankme_features", "rankme_projections", "sigreg"):
+    assert results["label_free"][key] == pytest.approx(selection[key], rel=1e-3), key
   assert features.shape[0] == selection["eval_examples"] == 32
   assert 0.0 <= results["linear"]["top1"] <= 1.0
 
@@ -136,6 +137,7 @@ def test_report_has_every_member_and_rerunning_picks_up_the_linear_probe(ablatio
   assert len(report["members"]) == 8
   for row in report["members"]:
     assert np.isfinite(row["loss"]) and 1.0 <= row["rankme_features"] <= 32
+    assert np.isfinite(row["sigreg_eval"]) and row["sigreg_eval"] > 0
     assert row["final_step"] == STEPS
   assert os.path.getsize(os.path.join(workdir, "ablation.png")) > 0
   assert json.load(open(os.path.join(workdir, "ablation.json")))["alpha"] == 0.4

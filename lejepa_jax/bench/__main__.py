@@ -3,6 +3,7 @@
 import sys
 
 BENCHMARKS = {
+    "ablate": "lejepa_jax.bench.ablate",
     "data": "lejepa_jax.bench.data",
     "sigreg": "lejepa_jax.bench.sigreg",
     "train": "lejepa_jax.bench.train",

@@ -1,0 +1,108 @@
+"""Batched ablation against sequential runs: N members as one vmapped program vs N separate runs.
+
+Members: a lambda sweep on the default CPU config (configs/fashion_mnist.py, optionally with another
+batch size). Both sides use the real steps, compiled ahead of time: the vmapped members step of
+`lejepa_jax.ablate` and `train.compile_train_step` once per member (a separate run compiles its own
+program). Each side is timed as set-up (state initialisation + compilation) and per step (median of
+`--steps` steps after one warm-up step, all members), on synthetic uint8 batches (data loading,
+shared by the members in an ablation, is not included).
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import jax
+import numpy as np
+from flax import nnx
+
+from lejepa_jax import ablate, sharding, train
+from lejepa_jax.bench import common
+from lejepa_jax.bench.train import default_cpu_config
+
+LAMBDAS = ("0.0", "0.01", "0.02", "0.05", "0.1", "0.2", "0.3", "0.5")
+
+
+def synthetic_batch(config, mesh) -> dict[str, jax.Array]:
+  """A global batch of random uint8 views and zero labels, laid out as training lays them out."""
+  spec = train.abstract_batch(config, mesh, config.data.global_batch_size)
+  rng = np.random.default_rng(0)
+  return {k: jax.device_put(rng.integers(0, 255, s.shape).astype(s.dtype) if k != "label"
+                            else np.zeros(s.shape, np.int32), s.sharding) for k, s in spec.items()}
+
+
+def time_vmapped(config, lambdas, steps: int) -> dict[str, float]:
+  """Set-up and step seconds of the members as one program (ablate's vmapped step)."""
+  start = time.perf_counter()
+  (group,) = ablate.plan(config, [("loss.sigreg_weight", list(lambdas))])
+  mesh = ablate.make_mesh(config, 1)
+  graphdef, state = ablate.init_stacked_state(config, [m.config.seed for m in group.members], mesh)
+  hparams = ablate.stacked_hparams(group.members, mesh)
+  compiled = ablate.compile_members_step(config, mesh, graphdef, state, hparams)
+  jax.block_until_ready(state)
+  setup = time.perf_counter() - start
+  batch, holder = synthetic_batch(config, mesh), {"state": state}
+
+  def step():
+    with jax.set_mesh(mesh):
+      holder["state"], metrics = compiled(holder["state"], hparams, batch, np.int32(1))
+    jax.block_until_ready(metrics)
+
+  return {"setup": setup, "step": common.median_seconds(step, steps)}
+
+
+def time_sequential(config, lambdas, steps: int) -> dict[str, float]:
+  """Set-up and step seconds summed over one separately compiled run per member."""
+  totals = {"setup": 0.0, "step": 0.0}
+  for member in ablate.plan(config, [("loss.sigreg_weight", list(lambdas))])[0].members:
+    c = member.config
+    start = time.perf_counter()
+    mesh = sharding.make_mesh(dict(c.mesh.axes), c.mesh.axis_type)
+    graphdef, state = nnx.split(sharding.create_sharded(lambda: train.build_train_objects(c), mesh))
+    compiled = train.compile_train_step(c, mesh, graphdef, state, c.data.global_batch_size)
+    jax.block_until_ready(state)
+    totals["setup"] += time.perf_counter() - start
+    batch, holder = synthetic_batch(c, mesh), {"state": state}
+
+    def step():
+      with jax.set_mesh(mesh):
+        holder["state"], metrics = compiled(holder["state"], batch, jax.random.key(0))
+      jax.block_until_ready(metrics)
+
+    totals["step"] += common.median_seconds(step, steps)
+    print(f"  sequential: {member.name} done", flush=True)
+  return totals
+
+
+def main(argv: list[str] | None = None) -> None:
+  parser = argparse.ArgumentParser(prog="python -m lejepa_jax.bench ablate", description=__doc__)
+  parser.add_argument("--members", type=int, default=8, help=f"first N of lambda {LAMBDAS}")
+  parser.add_argument("--batch", type=int, default=None, help="global batch (default: config's)")
+  parser.add_argument("--steps", type=int, default=3, help="timed steps per side")
+  parser.add_argument("--run_steps", type=int, default=120,
+                      help="steps of the end-to-end estimate (the config's schedule: 120)")
+  args = parser.parse_args(argv)
+  config = default_cpu_config()
+  if args.batch:
+    config.data.global_batch_size = args.batch
+  lambdas = LAMBDAS[:args.members]
+  print(f"# batched ablation ({common.machine_description()})", flush=True)
+  print(f"  {len(lambdas)} members (lambda {', '.join(lambdas)}), configs/fashion_mnist.py, "
+        f"batch {config.data.global_batch_size}", flush=True)
+  vmapped = time_vmapped(config, lambdas, args.steps)
+  print("  vmapped done", flush=True)
+  sequential = time_sequential(config, lambdas, args.steps)
+  total = lambda r, n: r["setup"] + n * r["step"]  # noqa: E731
+  rows = []
+  for name, r in ((f"{len(lambdas)} members, one vmapped program", vmapped),
+                  (f"{len(lambdas)} sequential runs", sequential)):
+    rows.append([name, f"{r['setup']:.0f}", f"{r['step']:.2f}",
+                 f"{total(r, args.steps + 1):.0f}", f"{total(r, args.run_steps):.0f}"])
+  rows.append(["sequential / vmapped", f"{sequential['setup'] / vmapped['setup']:.2f}x",
+               f"{sequential['step'] / vmapped['step']:.2f}x",
+               f"{total(sequential, args.steps + 1) / total(vmapped, args.steps + 1):.2f}x",
+               f"{total(sequential, args.run_steps) / total(vmapped, args.run_steps):.2f}x"])
+  print(common.markdown_table(
+      ["", "set-up s (init + compile)", "s/step (all members)",
+       f"s for {args.steps + 1} steps", f"s for {args.run_steps} steps (estimate)"], rows))

@@ -80,13 +80,14 @@ def main(argv: list[str] | None = None) -> None:
   parser.add_argument("--members", type=int, default=8, help=f"first N of lambda {LAMBDAS}")
   parser.add_argument("--batch", type=int, default=None, help="global batch (default: config's)")
   parser.add_argument("--steps", type=int, default=3, help="timed steps per side")
-  parser.add_argument("--run_steps", type=int, default=120,
-                      help="steps of the end-to-end estimate (the config's schedule: 120)")
+  parser.add_argument("--run_steps", type=int, default=None,
+                      help="steps of the end-to-end estimate (default: the config's total_steps)")
   args = parser.parse_args(argv)
   config = default_cpu_config()
   if args.batch:
     config.data.global_batch_size = args.batch
   lambdas = LAMBDAS[:args.members]
+  args.run_steps = args.run_steps or config.total_steps
   print(f"# batched ablation ({common.machine_description()})", flush=True)
   print(f"  {len(lambdas)} members (lambda {', '.join(lambdas)}), configs/fashion_mnist.py, "
         f"batch {config.data.global_batch_size}", flush=True)

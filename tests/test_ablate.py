@@ -1,5 +1,6 @@
 """Batched ablations on 8 simulated devices: members equal separate runs, checkpoints load in the
-evaluation job, shape-changing sweeps become separate programs, the selection report."""
+evaluation job, shape-changing sweeps become separate programs, the selection report; per-member
+convolutions equal vmapped ones."""
 
 import json
 import os
@@ -165,3 +166,30 @@ def test_spearman_matches_scipy_with_ties():
     assert ablation_report.spearman(x, y) == pytest.approx(scipy.stats.spearmanr(x, y)[0])
   assert ablation_report.spearman([1, 2, 3, 4], [8, 6, 4, 2]) == pytest.approx(-1.0)
   assert np.isnan(ablation_report.spearman([1, 2], [3, 4]))
+
+
+@pytest.mark.parametrize("input_batched", [True, False])
+def test_per_member_convolutions_equal_vmapped_ones_without_grouping(input_batched):
+  from lejepa_jax.models import layers, members  # pylint: disable=import-outside-toplevel
+  rng = np.random.default_rng(0)
+  x = rng.normal(size=(3, 2, 6, 6, 5) if input_batched else (2, 6, 6, 5)).astype(np.float32)
+  w = rng.normal(size=(3, 3, 3, 5, 7)).astype(np.float32)  # 3 members' kernels
+  dn = ("NHWC", "HWIO", "NHWC")
+
+  def grads():  # a fresh function per trace: jit caches by function
+    def loss(x, w):
+      return jax.numpy.sum(jax.numpy.sin(layers.conv_general_dilated(
+          x, w, (2, 1), "SAME", dimension_numbers=dn)))
+    in_axes = (0 if input_batched else None, 0)
+    return jax.jit(jax.vmap(jax.grad(loss, argnums=(0, 1)), in_axes=in_axes))
+
+  batched = grads()
+  want = batched(x, w)  # jax's batching rule: grouped convolutions (slow on the CPU)
+  assert not input_batched or "feature_group_count = 3" in batched.lower(x, w).as_text()
+  with members.per_member_convolutions():
+    per_member = grads()
+    got = per_member(x, w)
+    hlo = per_member.lower(x, w).as_text()
+  for a, b in zip(got, want):
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
+  assert "feature_group_count = 3" not in hlo and "feature_group_count = 1" in hlo

@@ -43,7 +43,7 @@ def linear(fs: FeatureSet, *, epochs: int = 30, batch_size: int = 256, lr: float
   """LayerNorm + Linear trained with AdamW (warmup + cosine) on frozen features; top-1 (and top-5)."""
   probe = steps.LinearProbe(fs.train_x.shape[1], fs.num_classes, rngs=nnx.Rngs(seed))
   steps_per_epoch = max(1, len(fs.train_x) // batch_size)
-  total = epochs * steps_per_epoch
+  total = max(2, epochs * steps_per_epoch)  # the schedule needs a step of decay after warmup
   schedule = optax.warmup_cosine_decay_schedule(0.0, lr, max(1, total // 20), total)
   optimizer = nnx.Optimizer(probe, optax.adamw(schedule, weight_decay=weight_decay), wrt=nnx.Param)
 

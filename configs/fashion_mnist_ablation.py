@@ -17,8 +17,9 @@ from lejepa_jax import config_lib
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  c = config_lib.load_config_file(os.path.join(os.path.dirname(__file__), "fashion_mnist.py"), arg)
+  args = config_lib.parse_arg(arg, runlocal=False)
+  c = config_lib.load_config_file(os.path.join(os.path.dirname(__file__), "fashion_mnist.py"))
   c.model.width = 16  # ResNet stage widths 16, 32, 64, 128
   c.data.global_batch_size = 64
   c.total_steps, c.optim.warmup_steps, c.checkpoint_every = 120, 12, 60
-  return c
+  return config_lib.finish(c, args)  # runlocal shrinks the sweep's members too

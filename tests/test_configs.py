@@ -26,7 +26,9 @@ def load(path):
 def test_config_builds_its_encoder(path, arg):
   module = load(path)
   assert module.__doc__.strip().splitlines()[0]
-  assert "python -m lejepa_jax.main --config=configs/" in module.__doc__  # the command to run
+  # The command to run: the training job, or the batched ablation for sweep configs.
+  assert any(f"python -m lejepa_jax.{job} --config=configs/" in module.__doc__
+             for job in ("main", "ablate"))
   config = module.get_config(arg)
   reference = config_lib.base_config()
   for section in ("data", "loss", "optim", "mesh", "probe"):

@@ -9,7 +9,7 @@ accelerator's memory. Nothing is allocated.
 
 How:
 - State and batch: the shardings the trainer gives every variable on a mesh of the requested shape
-  (the config's logical-axis rules), shard shapes times dtype sizes.
+  (its logical-axis rules), shard shapes times dtype sizes.
 - Temporaries: XLA's buffer assignment for the train step compiled ahead of time for compile-only TPU
   devices of a slice with as many chips as the mesh (needs libtpu: `pip install 'jax[tpu]'`; no TPU).
   The CPU compiler cannot stand in: it undoes rematerialisation. Compiling a full-depth ViT step for
@@ -73,6 +73,10 @@ def parse_mesh(text: str) -> dict[str, int]:
 def batch_devices(axes: Mapping[str, int]) -> int:
   """Devices the batch is split over (the mesh's data-parallel axes)."""
   return math.prod(size for name, size in axes.items() if name in sharding.BATCH_AXES)
+
+
+def images_per_device(config: ml_collections.ConfigDict, axes: Mapping[str, int]) -> int:
+  return config.data.global_batch_size // batch_devices(axes)
 
 
 def plan_config(config: ml_collections.ConfigDict, axes: Mapping[str, int],
@@ -217,9 +221,9 @@ def make_plan(config: ml_collections.ConfigDict, axes: Mapping[str, int], remat:
               per_device_batch: int | None, devices: Sequence | None,
               depths: tuple[int, int] | None) -> Plan:
   config = plan_config(config, axes, per_device_batch, remat)
-  per_device = config.data.global_batch_size // batch_devices(axes)
   temps = None if devices is None else temporaries(config, devices, depths)
-  return Plan(remat, state_bytes(config, axes), batch_bytes(config, per_device), temps)
+  return Plan(remat, state_bytes(config, axes),
+              batch_bytes(config, images_per_device(config, axes)), temps)
 
 
 def format_plans(plans: Sequence[Plan], header: str) -> str:
@@ -237,7 +241,8 @@ def format_plans(plans: Sequence[Plan], header: str) -> str:
              for name, size in HBM_GIB.items()]
     footer = [f"(fits: total at most {FIT_FRACTION:.0%} of the accelerator's memory)"]
   width = max(len(label) for label, _ in rows) + 2
-  lines = [header] + [label.ljust(width) + "".join(f"{c:>12}" for c in cells)
+  column = max(len(c) for _, cells in rows for c in cells) + 2
+  lines = [header] + [label.ljust(width) + "".join(c.rjust(column) for c in cells)
                       for label, cells in rows]
   return "\n".join(lines + footer)
 
@@ -255,8 +260,7 @@ def main(argv: list[str]) -> None:
     devices = None
   plans = [make_plan(config, axes, remat, _PER_DEVICE_BATCH.value, devices, depths)
            for remat in (_REMAT.value or [config.model.get("remat", "none")])]
-  per_device = plan_config(config, axes, _PER_DEVICE_BATCH.value, "none").data.global_batch_size
-  per_device //= batch_devices(axes)
+  per_device = images_per_device(plan_config(config, axes, _PER_DEVICE_BATCH.value, "none"), axes)
   where = "" if devices is None else f", compiled for TPU {tpu_topology(_TPU.value, chips)}"
   how = "" if depths is None or devices is None else f", depths {depths} extrapolated"
   header = (f"{config.model.name} {config.model.get('variant', '')}, mesh "

@@ -56,8 +56,10 @@ class _HostBlocks(grain.MapDataset):
   Element k of this host is element (k // b) * global_batch + index * b + k % b of the parent, with
   b = global_batch / count. Concatenating the hosts' k-th batches in process order gives the parent's
   k-th run of `global_batch` elements, which is what `jax.make_array_from_process_local_data` builds
-  (process i's devices hold the i-th block of the batch axis on a mesh laid out in process order).
-  A strided slice `[index::count]` would give the same examples in another order per host count.
+  when process i's devices hold the i-th block of the batch axis (meshes laid out in process order;
+  other layouts permute the rows of a batch, which the loss does not see). A strided slice
+  `[index::count]` puts the same examples in each global batch, but in an order that depends on the
+  host count: each device would hold other examples, and sums would round differently.
   """
 
   def __init__(self, parent: grain.MapDataset, global_batch: int, index: int, count: int):

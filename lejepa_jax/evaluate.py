@@ -14,11 +14,12 @@ scalars in `workdir/eval/tensorboard`, pictures in `workdir/eval/pictures`, a ta
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
 import time
-from typing import Any, Iterator
+from typing import Iterator
 
 import jax
 import ml_collections
@@ -115,6 +116,12 @@ def _forward(encoder, images, kind: str):
   return feature_map.reshape(feature_map.shape[0], -1), projections
 
 
+@functools.lru_cache(maxsize=None)
+def _compiled_forward(mean: tuple, std: tuple, kind: str):
+  """nnx.jit of `_forward` on uint8 images; cached so every split and checkpoint shares its compile."""
+  return nnx.jit(lambda m, x: _forward(m, steps.normalize(x, mean, std), kind))
+
+
 def extract_features(encoder, config, split: str, limit: int | None = None, batch_size: int = 256,
                      kind: str = "embed") -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
   """Frozen features [n, F], labels [n] and projector outputs [n, K] (or None) of a split.
@@ -123,8 +130,7 @@ def extract_features(encoder, config, split: str, limit: int | None = None, batc
   """
   if kind not in FEATURE_KINDS:
     raise ValueError(f"probe config `features` must be one of {FEATURE_KINDS}, got {kind!r}.")
-  mean, std = tuple(config.data.mean), tuple(config.data.std)
-  forward = nnx.jit(lambda m, x: _forward(m, steps.normalize(x, mean, std), kind))
+  forward = _compiled_forward(tuple(config.data.mean), tuple(config.data.std), kind)
   features, projections, labels = [], [], []
   for batch in eval_batches(config, split, limit, batch_size):
     valid = batch["valid"]
@@ -139,12 +145,12 @@ def extract_features(encoder, config, split: str, limit: int | None = None, batc
 
 def pixel_features(config, split: str, limit: int | None = None) -> tuple[np.ndarray, np.ndarray]:
   """Raw-pixel baseline: the same centre crops, standardised and flattened: [n, S*S*C], [n]."""
-  mean, std = np.asarray(config.data.mean), np.asarray(config.data.std)
+  mean, std = tuple(config.data.mean), tuple(config.data.std)
   features, labels = [], []
   for batch in eval_batches(config, split, limit):
     valid = batch["valid"]
-    pixels = (batch["image"][valid].astype(np.float32) / 255.0 - mean) / std
-    features.append(pixels.reshape(len(pixels), -1).astype(np.float32))
+    pixels = np.asarray(steps.normalize(batch["image"][valid], mean, std))
+    features.append(pixels.reshape(len(pixels), -1))
     labels.append(batch["label"][valid])
   return np.concatenate(features), np.concatenate(labels)
 
@@ -178,9 +184,6 @@ def run_evaluators(fs: evaluators.FeatureSet, probe: ml_collections.ConfigDict, 
   results = {}
   for name in names:
     if name == "pictures":
-      continue
-    if name == "label_free" and fs.test_z is None:
-      results[name] = {"rankme_features": evaluators.rankme(fs.test_x[:10000])}
       continue
     options = dict(probe[name]) if name in probe else {}
     results[name] = evaluators.get(name)(fs, **options)
@@ -224,16 +227,20 @@ class EvalRecord:
     total = self.data["total_steps"]
     return total is not None and self.handled(total)
 
-  def update(self, **changes: Any) -> None:
-    for key, value in changes.items():
-      if key == "done":
-        self.data["done"] = sorted(set(self.data["done"]) | {value})
-      elif key == "skipped":
-        self.data["skipped"][str(value[0])] = value[1]
-      elif key == "baseline":
-        self.data["baselines"] = sorted(set(self.data["baselines"]) | {value})
-      else:
-        self.data[key] = value
+  def mark_done(self, step: int, total_steps: int) -> None:
+    self.data["done"] = sorted(set(self.data["done"]) | {step})
+    self.data["total_steps"] = total_steps
+    self._save()
+
+  def mark_skipped(self, step: int, reason: str) -> None:
+    self.data["skipped"][str(step)] = reason
+    self._save()
+
+  def mark_baseline(self, name: str) -> None:
+    self.data["baselines"] = sorted(set(self.data["baselines"]) | {name})
+    self._save()
+
+  def _save(self) -> None:
     os.makedirs(os.path.dirname(self.path), exist_ok=True)
     with open(self.path + ".tmp", "w") as f:
       json.dump(self.data, f, indent=1)
@@ -294,7 +301,7 @@ def evaluate_checkpoint(workdir: str, probe: ml_collections.ConfigDict, step: in
     draw_pictures(encoder, config, fs, probe,
                   os.path.join(workdir, "eval", "pictures", f"{probe.name}_step{step}"))
   writer.write(step, "checkpoint", results)
-  record.update(done=step, total_steps=int(config.total_steps))
+  record.mark_done(step, int(config.total_steps))
   return results
 
 
@@ -324,7 +331,7 @@ def evaluate_baselines(workdir: str, probe: ml_collections.ConfigDict, writer: R
       fs, names_here = feature_set(random_init_encoder(config, mesh), config, probe), names
     out[baseline] = run_evaluators(fs, probe, names_here)
     writer.write(0, baseline, out[baseline])
-    record.update(baseline=baseline)
+    record.mark_baseline(baseline)
   return out
 
 
@@ -381,7 +388,7 @@ def follow(workdir: str, probe: ml_collections.ConfigDict, writer: ResultsWriter
         evaluate_checkpoint(workdir, probe, step, writer, record, mesh)
       except CheckpointError as e:
         log.warning("%s", e)
-        record.update(skipped=(step, str(e)))
+        record.mark_skipped(step, str(e))
     if record.finished():
       break
     if time.monotonic() - last_activity > probe.idle_timeout:

@@ -26,8 +26,9 @@ def load(path):
 def test_config_builds_its_encoder(path, arg):
   module = load(path)
   assert module.__doc__.strip().splitlines()[0]
-  # The command to run: the training job, or the batched ablation for sweep configs.
-  assert any(f"python -m lejepa_jax.{job} --config=configs/" in module.__doc__
+  # The command to run this very file: the training job, or the batched ablation for sweep configs.
+  name = os.path.basename(path)
+  assert any(f"python -m lejepa_jax.{job} --config=configs/{name}" in module.__doc__
              for job in ("main", "ablate"))
   config = module.get_config(arg)
   reference = config_lib.base_config()

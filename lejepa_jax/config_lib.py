@@ -164,6 +164,9 @@ def probe_config() -> ml_collections.ConfigDict:
   # "embed": what the encoder's probe head reads (ViT: CLS of the last two blocks concatenated;
   # ConvNets: the pooled final map); "feature_map": the unpooled final map / patch tokens, flattened.
   c.features = "embed"
+  # With "feature_map": how many final stages (ConvNets) or blocks (ViTs) to read, each map
+  # flattened, concatenated (2 mirrors the paper's last-two-blocks protocol on unpooled maps).
+  c.feature_stages = 1
   c.train_examples = 0  # 0: the whole training split; N: its first N examples
   c.eval_examples = 0  # 0: the whole evaluation split
   c.batch_size = 256

@@ -22,6 +22,7 @@ import time
 from typing import Iterator
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from flax import nnx
@@ -104,33 +105,39 @@ def eval_batches(config, split: str, limit: int | None = None, batch_size: int =
   return iter(data.eval_dataset(source, crop, global_batch_size=batch_size))
 
 
-def _forward(encoder, images, kind: str):
+def _forward(encoder, images, kind: str, stages: int):
   """(probe features [n, F], projections [n, K] or None) of normalised images."""
   if kind == "embed":
     return encoder(images)
   backbone = encoder.backbone
-  feature_map = backbone.patch_features(images)
-  # ConvNets pool the same map the probe reads: no second pass for the projections.
-  pooled = backbone.pool(feature_map) if hasattr(backbone, "pool") else backbone(images)[0]
+  maps = backbone.stage_maps(images)
+  if not 1 <= stages <= len(maps):
+    raise ValueError(f"probe config `feature_stages` is {stages}, but this encoder has {len(maps)} "
+                     "stages (blocks for a ViT); use 1 to read only the final map.")
+  # ConvNets pool the same final map: no second pass for the projections.
+  pooled = backbone.pool(maps[-1]) if hasattr(backbone, "pool") else backbone(images)[0]
   projections = None if encoder.projector is None else encoder.projector(pooled)
-  return feature_map.reshape(feature_map.shape[0], -1), projections
+  features = jnp.concatenate([m.reshape(m.shape[0], -1) for m in maps[-stages:]], axis=-1)
+  return features, projections
 
 
 @functools.lru_cache(maxsize=None)
-def _compiled_forward(mean: tuple, std: tuple, kind: str):
+def _compiled_forward(mean: tuple, std: tuple, kind: str, stages: int):
   """nnx.jit of `_forward` on uint8 images; cached so every split and checkpoint shares its compile."""
-  return nnx.jit(lambda m, x: _forward(m, steps.normalize(x, mean, std), kind))
+  return nnx.jit(lambda m, x: _forward(m, steps.normalize(x, mean, std), kind, stages))
 
 
 def extract_features(encoder, config, split: str, limit: int | None = None, batch_size: int = 256,
-                     kind: str = "embed") -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+                     kind: str = "embed", stages: int = 1
+                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
   """Frozen features [n, F], labels [n] and projector outputs [n, K] (or None) of a split.
 
-  kind: "embed" (the encoder's probe features) or "feature_map" (the unpooled final map, flattened).
+  kind: "embed" (the encoder's probe features) or "feature_map" (unpooled maps, flattened: the
+  last `stages` stage outputs of a ConvNet or blocks of a ViT, concatenated).
   """
   if kind not in FEATURE_KINDS:
     raise ValueError(f"probe config `features` must be one of {FEATURE_KINDS}, got {kind!r}.")
-  forward = _compiled_forward(tuple(config.data.mean), tuple(config.data.std), kind)
+  forward = _compiled_forward(tuple(config.data.mean), tuple(config.data.std), kind, stages)
   features, projections, labels = [], [], []
   for batch in eval_batches(config, split, limit, batch_size):
     valid = batch["valid"]
@@ -161,11 +168,12 @@ def _limit(n: int) -> int | None:
 
 def feature_set(encoder, config, probe: ml_collections.ConfigDict) -> evaluators.FeatureSet:
   """Features of the training split (probe fitting) and the evaluation split, extracted once."""
-  kind = probe.features
+  kind, stages = probe.features, int(probe.feature_stages)
   train_x, train_y, _ = extract_features(encoder, config, config.data.split,
-                                         _limit(probe.train_examples), probe.batch_size, kind)
+                                         _limit(probe.train_examples), probe.batch_size, kind, stages)
   test_x, test_y, test_z = extract_features(encoder, config, config.data.eval_split,
-                                            _limit(probe.eval_examples), probe.batch_size, kind)
+                                            _limit(probe.eval_examples), probe.batch_size, kind,
+                                            stages)
   return evaluators.FeatureSet(train_x, train_y, test_x, test_y, int(config.probe.num_classes),
                                test_z)
 

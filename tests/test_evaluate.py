@@ -9,7 +9,7 @@ import jax
 import numpy as np
 import pytest
 
-from lejepa_jax import config_lib, evaluate, evaluators, sharding, train
+from lejepa_jax import config_lib, evaluate, evaluators, sharding, steps, train
 from lejepa_jax.data import prepare
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -151,6 +151,23 @@ def test_evaluating_a_checkpoint_beats_chance_on_any_mesh(devices, trained_run, 
     encoder, restored_config, _ = evaluate.restore_encoder(workdir, mesh=mesh)
     features.append(evaluate.extract_features(encoder, restored_config, "train", limit=16)[0])
   np.testing.assert_allclose(features[0], features[1], rtol=1e-5, atol=1e-5)
+
+
+def test_feature_map_probe_reads_the_last_stages_concatenated(devices, trained_run):
+  mesh = sharding.make_mesh({"data": 1}, devices=jax.devices()[:1])
+  encoder, config, _ = evaluate.restore_encoder(trained_run, mesh=mesh)
+  features, labels, _ = evaluate.extract_features(encoder, config, "train", limit=8,
+                                                  kind="feature_map", stages=2)
+  # Reference: the backbone's last two block maps of the same normalised centre crops, flattened.
+  images = next(evaluate.eval_batches(config, "train", limit=8))["image"][:8]
+  normalised = steps.normalize(images, tuple(config.data.mean), tuple(config.data.std))
+  maps = encoder.backbone.stage_maps(normalised)
+  want = np.concatenate([np.asarray(m).reshape(8, -1) for m in maps[-2:]], axis=1)
+  assert features.shape == (8, 2 * 4 * 64) and len(labels) == 8
+  np.testing.assert_allclose(features, want, rtol=1e-5, atol=1e-5)
+  with pytest.raises(ValueError, match="feature_stages"):
+    evaluate.extract_features(encoder, config, "train", limit=8, kind="feature_map",
+                              stages=len(maps) + 1)
 
 
 def _fast_probe(**changes):

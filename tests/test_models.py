@@ -71,6 +71,40 @@ def test_forward_shapes(which):
   assert features.shape == (3, EXPECTED_DIMS[which]) and projections.shape == (3, 8)
 
 
+def test_resnet_stage_maps_split_the_block_chain_at_stage_ends():
+  resnet = models.build_backbone(dict(name="resnet", variant="18", small_stem=True, width=8,
+                                      in_channels=1), nnx.Rngs(0))
+  resnet.eval()
+  images = jax.random.uniform(jax.random.key(0), (2, 28, 28, 1))
+  maps = resnet.stage_maps(images)
+  # Reference: the stem, then the 8 blocks one after another; stages end after blocks 2, 4, 6, 8.
+  x = jax.nn.relu(resnet.stem_bn(resnet.stem(images)))
+  ends = []
+  for i, block in enumerate(resnet.blocks):
+    x = block(x)
+    if i % 2 == 1:
+      ends.append(x)
+  assert [m.shape for m in maps] == [(2, 28, 28, 8), (2, 14, 14, 16), (2, 7, 7, 32), (2, 4, 4, 64)]
+  for got, want in zip(maps, ends):
+    np.testing.assert_allclose(got, want, rtol=1e-6)
+  np.testing.assert_allclose(resnet.feature_map(images), ends[-1], rtol=1e-6)
+
+
+def test_vit_and_convnext_stage_maps():
+  vit = models.ViT("Ti/16", img_size=32, rngs=nnx.Rngs(0))
+  images = jax.random.uniform(jax.random.key(1), (2, 32, 48, 3))
+  maps = vit.stage_maps(images)
+  x, _ = vit._tokens(images)
+  assert len(maps) == len(vit.blocks)
+  for block, got in zip(vit.blocks, maps):
+    x = block(x)
+    np.testing.assert_allclose(got, vit.norm(x)[:, 1:].reshape(2, 2, 3, 192), rtol=1e-5, atol=1e-6)
+  convnext = models.build_backbone(dict(name="convnextv2", variant="atto"), nnx.Rngs(0))
+  shapes = [m.shape for m in jax.eval_shape(convnext.stage_maps,
+                                            jax.ShapeDtypeStruct((1, 64, 64, 3), jnp.float32))]
+  assert shapes == [(1, 16, 16, 40), (1, 8, 8, 80), (1, 4, 4, 160), (1, 2, 2, 320)]
+
+
 @pytest.mark.parametrize("which", ["vit", "vit_registers_no_cls", "resnet18_small"])
 def test_forward_is_finite_and_embed_matches(which):
   config = dict(TINY[which], projector=dict(hidden_dim=32, out_dim=8))

@@ -96,14 +96,17 @@ class ConvNeXtV2(layers.PooledConvNet):
     self.stages = nnx.List(stages)
     self.head_norm = layers.layer_norm(dims[-1], dtype=dtype, rngs=rngs)
 
-  def feature_map(self, images: jax.Array) -> jax.Array:
-    """images [N, H, W, C] -> final feature map [N, H / 32, W / 32, out_dim]."""
+  def stage_maps(self, images: jax.Array) -> list[jax.Array]:
+    """images [N, H, W, C] -> each stage's output, [N, H / 4, W / 4, dims[0]] to
+    [N, H / 32, W / 32, out_dim] (4 maps)."""
     layers.check_images(images, self.in_channels, "ConvNeXtV2")
     x = self.stem_norm(self.stem(images.astype(self.dtype)))
+    maps = []
     for stage in self.stages:
       for module in stage:
         x = module(x)
-    return x
+      maps.append(x)
+    return maps
 
   def pool(self, feature_map: jax.Array) -> jax.Array:
     """LayerNorm of the global average over space: [N, H, W, C] -> [N, C]."""

@@ -154,8 +154,8 @@ def check_images(images: jax.Array, in_channels: int, model: str, multiple_of: i
 
 
 class PooledConvNet(nnx.Module):
-  """Shared interface of the ConvNets: subclasses define `feature_map(images)` -> [N, H', W', C] and
-  set `out_dim`.
+  """Shared interface of the ConvNets: subclasses define `stage_maps(images)` -> the output map of
+  every stage, [[N, H_s, W_s, C_s], ...], and set `out_dim` (the last stage's channels).
 
   `__call__` returns (pooled, features), both `pool(feature_map(images))` [N, out_dim]: for ConvNets
   the projector and the probes read the same globally pooled features.
@@ -170,6 +170,10 @@ class PooledConvNet(nnx.Module):
   @property
   def pooled_dim(self) -> int:
     return self.out_dim
+
+  def feature_map(self, images: jax.Array) -> jax.Array:
+    """images [N, H, W, C] -> the final stage's map [N, H', W', out_dim]."""
+    return self.stage_maps(images)[-1]
 
   def pool(self, feature_map: jax.Array) -> jax.Array:
     """Global average over space: [N, H, W, C] -> [N, C]."""

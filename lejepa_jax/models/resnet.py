@@ -103,14 +103,18 @@ class ResNet(layers.PooledConvNet):
         blocks.append(block_cls(channels, width, stride, dtype=dtype, rngs=rngs))
         channels = width * block_cls.expansion
     self.blocks = nnx.List(blocks)
+    self.depths = tuple(depths)
     self.out_dim = channels
 
-  def feature_map(self, images: jax.Array) -> jax.Array:
-    """images [N, H, W, C] -> final feature map [N, H', W', out_dim]."""
+  def stage_maps(self, images: jax.Array) -> list[jax.Array]:
+    """images [N, H, W, C] -> each stage's output [N, H_s, W_s, C_s], first to last (4 maps)."""
     layers.check_images(images, self.in_channels, "ResNet")
     x = jax.nn.relu(self.stem_bn(self.stem(images.astype(self.dtype))))
     if not self.small_stem:
       x = nnx.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
-    for block in self.blocks:
-      x = block(x)
-    return x
+    maps, blocks = [], iter(self.blocks)
+    for depth in self.depths:
+      for _ in range(depth):
+        x = next(blocks)(x)
+      maps.append(x)
+    return maps

@@ -206,9 +206,16 @@ class ViT(nnx.Module):
     pooled = self._summary(x)
     return pooled, jnp.concatenate([self._summary(previous), pooled], axis=-1)
 
-  def patch_features(self, images: jax.Array) -> jax.Array:
-    """Final normalised patch tokens as a map: [N, H, W, C] -> [N, H / patch, W / patch, width]."""
+  def stage_maps(self, images: jax.Array) -> list[jax.Array]:
+    """Every block's patch tokens after the final norm, as maps: [N, H, W, C] ->
+    [[N, H / patch, W / patch, width]] * depth, first block to last."""
     x, (gh, gw) = self._tokens(images)
+    maps = []
     for block in self.blocks:
       x = self._block(block, x)
-    return self.norm(x)[:, self.num_prefix:].reshape(x.shape[0], gh, gw, self.width)
+      maps.append(self.norm(x)[:, self.num_prefix:].reshape(x.shape[0], gh, gw, self.width))
+    return maps
+
+  def patch_features(self, images: jax.Array) -> jax.Array:
+    """Final normalised patch tokens as a map: [N, H, W, C] -> [N, H / patch, W / patch, width]."""
+    return self.stage_maps(images)[-1]

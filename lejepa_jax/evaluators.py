@@ -78,14 +78,17 @@ def knn(fs: FeatureSet, *, k: int = 20, temperature: float = 0.07, chunk: int = 
   bank, queries = jnp.asarray(_unit_rows(fs.train_x)), _unit_rows(fs.test_x)
   bank_labels = jnp.asarray(fs.train_y)
 
+  # The bank is an argument, not a closure: closed-over arrays would be baked into the program as
+  # constants (gigabytes for large feature maps).
   @jax.jit
-  def predict(q):
+  def predict(bank, bank_labels, q):
     sims, idx = jax.lax.top_k(q @ bank.T, k)
     votes = jax.nn.one_hot(bank_labels[idx], fs.num_classes) * jnp.exp(sims / temperature)[..., None]
     return jnp.argmax(votes.sum(1), -1)
 
-  predictions = np.concatenate([np.asarray(predict(jnp.asarray(queries[i:i + chunk])))
-                                for i in range(0, len(queries), chunk)])
+  predictions = np.concatenate([
+      np.asarray(predict(bank, bank_labels, jnp.asarray(queries[i:i + chunk])))
+      for i in range(0, len(queries), chunk)])
   return {"top1": float(np.mean(predictions == fs.test_y))}
 
 

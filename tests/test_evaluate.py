@@ -3,6 +3,7 @@
 import json
 import os
 import shutil
+import warnings
 
 import cv2
 import jax
@@ -37,6 +38,23 @@ def test_knn_matches_brute_force_reference():
   want = _knn_reference(train_x, train_y, test_x, 5, k=20, temperature=0.07)
   got = evaluators.knn(evaluators.FeatureSet(train_x, train_y, test_x, test_y, 5))["top1"]
   assert got == pytest.approx(np.mean(want == test_y))
+
+
+def test_evaluators_pass_features_as_arguments_not_constants():
+  """Features closed over by a jitted function become constants of the program: gigabytes of copies
+  for large feature maps. With a 1 KB threshold JAX warns about any such capture."""
+  rng = np.random.default_rng(0)
+  fs = evaluators.FeatureSet(rng.normal(size=(300, 12)), rng.integers(0, 5, 300),
+                             rng.normal(size=(50, 12)), rng.integers(0, 5, 50), 5)
+  previous = jax.config.jax_captured_constants_warn_bytes
+  jax.config.update("jax_captured_constants_warn_bytes", 1024)
+  try:
+    with warnings.catch_warnings():
+      warnings.filterwarnings("error", message=".*constants were captured.*")
+      evaluators.knn(fs)
+      evaluators.linear(fs, epochs=1, batch_size=64)
+  finally:
+    jax.config.update("jax_captured_constants_warn_bytes", previous)
 
 
 def test_linear_probe_separates_gaussian_blobs():

@@ -146,8 +146,21 @@ def extract_features(encoder, config, split: str, limit: int | None = None, batc
     if z is not None:
       projections.append(np.asarray(z, np.float32)[valid])
     labels.append(batch["label"][valid])
-  z = np.concatenate(projections) if projections else None
-  return np.concatenate(features), np.concatenate(labels), z
+  z = _stack_and_free(projections) if projections else None
+  return _stack_and_free(features), np.concatenate(labels), z
+
+
+def _stack_and_free(chunks: list[np.ndarray]) -> np.ndarray:
+  """np.concatenate(chunks) that releases each chunk once copied: the peak is one array plus one
+  chunk, not two arrays (2.5 GB each for the demo's 60k x 10368 feature maps)."""
+  out = np.empty((sum(len(c) for c in chunks),) + chunks[0].shape[1:], chunks[0].dtype)
+  start = 0
+  chunks.reverse()
+  while chunks:
+    chunk = chunks.pop()
+    out[start:start + len(chunk)] = chunk
+    start += len(chunk)
+  return out
 
 
 def pixel_features(config, split: str, limit: int | None = None) -> tuple[np.ndarray, np.ndarray]:

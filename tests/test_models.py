@@ -241,6 +241,31 @@ def test_cpu_attention_equals_jax_dot_product_attention():
   weights /= weights.sum(-1, keepdims=True)
   np.testing.assert_allclose(vit.attention(q, k, v), np.einsum("nhqk,nkhd->nqhd", weights, vn),
                              rtol=1e-5, atol=1e-6)
+  # The spelled-out softmax keeps the gradient: the row maximum's stopped gradient is exactly zero.
+  loss = lambda f: lambda *qkv: jnp.sum(jnp.sin(f(*qkv)))  # noqa: E731
+  got = jax.grad(loss(vit.attention), argnums=(0, 1, 2))(q, k, v)
+  want = jax.grad(loss(jax.nn.dot_product_attention), argnums=(0, 1, 2))(q, k, v)
+  for g, w in zip(got, want):
+    np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-5)
+
+
+def test_linear_layers_on_token_inputs_match_the_plain_product_and_its_gradient():
+  from lejepa_jax.models import layers
+  x = jax.random.normal(jax.random.key(0), (3, 5, 8))
+  w = jax.random.normal(jax.random.key(1), (8, 4))
+  numbers = (((2,), (0,)), ((), ()))
+  want = np.einsum("ntk,km->ntm", np.asarray(x, np.float64), np.asarray(w, np.float64))
+  np.testing.assert_allclose(layers.matrix_dot_general(x, w, numbers), want, rtol=1e-5, atol=1e-5)
+  loss = lambda f: lambda x, w: jnp.sum(jnp.sin(f(x, w, numbers)))  # noqa: E731
+  got = jax.grad(loss(layers.matrix_dot_general), argnums=(0, 1))(x, w)
+  plain = jax.grad(loss(jax.lax.dot_general), argnums=(0, 1))(x, w)
+  for g, p in zip(got, plain):
+    np.testing.assert_allclose(g, p, rtol=1e-5, atol=1e-5)
+  with jax.set_mesh(jax.make_mesh((1,), ("data",), axis_types=(jax.sharding.AxisType.Auto,),
+                                   devices=jax.devices()[:1])):
+    dense = layers.dense(8, 4, (None, None), dtype=jnp.float32, rngs=nnx.Rngs(0))
+  np.testing.assert_allclose(dense(x), x @ dense.kernel[...] + dense.bias[...], rtol=1e-5,
+                             atol=1e-5)
 
 
 @pytest.mark.parametrize("remat", ["full", "dots_with_no_batch_dims_saveable"])

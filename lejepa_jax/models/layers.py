@@ -33,6 +33,28 @@ def lazily_sharded(init):
   return wrapper
 
 
+def matrix_dot_general(lhs: jax.Array, rhs: jax.Array, dimension_numbers, precision=None,
+                       preferred_element_type=None, out_sharding=None) -> jax.Array:
+  """`lax.dot_general` for Linear layers: on the CPU, inputs [..., K] x kernel [K, M] run as one
+  [prod(...), K] x [K, M] matrix product.
+
+  XLA's CPU backend lays out the weight gradient of a 3-D input ([N, T, K]: ViT tokens) with a
+  transposed copy of the activations; as 2-D products the forward and backward of a ViT-S MLP layer
+  ran 1.8x faster on the development CPU (`python -m lejepa_jax.bench train` shows the whole step).
+  """
+  kwargs = dict(precision=precision, preferred_element_type=preferred_element_type,
+                out_sharding=out_sharding)
+  (lhs_contract, rhs_contract), batch = dimension_numbers
+  flatten = (jax.default_backend() == "cpu" and lhs.ndim > 2 and rhs.ndim == 2
+             and out_sharding is None and batch == ((), ())
+             and tuple(lhs_contract) == (lhs.ndim - 1,) and tuple(rhs_contract) == (0,))
+  if not flatten:
+    return jax.lax.dot_general(lhs, rhs, dimension_numbers, **kwargs)
+  out = jax.lax.dot_general(lhs.reshape(-1, lhs.shape[-1]), rhs, (((1,), (0,)), ((), ())),
+                            **kwargs)
+  return out.reshape(lhs.shape[:-1] + rhs.shape[1:])
+
+
 def dense(in_features: int, out_features: int, axes: tuple[str | None, str | None], *,
           dtype: Dtype, rngs: nnx.Rngs, use_bias: bool = True,
           kernel_init=TRUNC_NORMAL) -> nnx.Linear:
@@ -40,7 +62,8 @@ def dense(in_features: int, out_features: int, axes: tuple[str | None, str | Non
   return nnx.Linear(in_features, out_features, use_bias=use_bias, dtype=dtype,
                     param_dtype=jnp.float32, kernel_init=kernel_init,
                     kernel_metadata={"out_sharding": axes},
-                    bias_metadata={"out_sharding": (axes[1],)}, rngs=rngs)
+                    bias_metadata={"out_sharding": (axes[1],)}, dot_general=matrix_dot_general,
+                    rngs=rngs)
 
 
 def _small_input_conv(lhs, rhs, strides, pads, precision):

@@ -137,6 +137,9 @@ def extract_features(encoder, config, split: str, limit: int | None = None, batc
   """
   if kind not in FEATURE_KINDS:
     raise ValueError(f"probe config `features` must be one of {FEATURE_KINDS}, got {kind!r}.")
+  if kind == "embed" and stages != 1:
+    raise ValueError(f"probe config `feature_stages` is {stages}, but it applies to "
+                     "features='feature_map' only; set features=feature_map or feature_stages=1.")
   forward = _compiled_forward(tuple(config.data.mean), tuple(config.data.std), kind, stages)
   features, projections, labels = [], [], []
   for batch in eval_batches(config, split, limit, batch_size):

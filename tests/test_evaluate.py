@@ -186,6 +186,8 @@ def test_feature_map_probe_reads_the_last_stages_concatenated(devices, trained_r
   with pytest.raises(ValueError, match="feature_stages"):
     evaluate.extract_features(encoder, config, "train", limit=8, kind="feature_map",
                               stages=len(maps) + 1)
+  with pytest.raises(ValueError, match="applies to features='feature_map' only"):
+    evaluate.extract_features(encoder, config, "train", limit=8, kind="embed", stages=2)
 
 
 def _fast_probe(**changes):

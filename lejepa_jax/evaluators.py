@@ -68,19 +68,17 @@ def linear(fs: FeatureSet, *, epochs: int = 30, batch_size: int = 256, lr: float
   return result
 
 
-def _unit_rows(x: np.ndarray) -> np.ndarray:
-  return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
-
-
-def _unit_rows_jnp(x: jax.Array) -> jax.Array:
-  return x / jnp.maximum(jnp.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+def _unit_rows(x):
+  """Rows scaled to unit L2 norm: [n, F] -> [n, F], for NumPy arrays and (traced) jax Arrays."""
+  xp = jnp if isinstance(x, jax.Array) else np
+  return x / xp.maximum(xp.linalg.norm(x, axis=1, keepdims=True), 1e-12)
 
 
 def knn(fs: FeatureSet, *, k: int = 20, temperature: float = 0.07, chunk: int = 1024
         ) -> dict[str, float]:
   """Weighted kNN on cosine similarity: votes exp(sim / temperature) of the k nearest neighbours."""
   # Normalised on the device, in place (donated): one copy of the training features, not three.
-  bank = jax.jit(_unit_rows_jnp, donate_argnums=0)(jnp.asarray(fs.train_x, jnp.float32))
+  bank = jax.jit(_unit_rows, donate_argnums=0)(jnp.asarray(fs.train_x, jnp.float32))
   queries, bank_labels = _unit_rows(fs.test_x), jnp.asarray(fs.train_y)
 
   # The bank is an argument, not a closure: closed-over arrays would be baked into the program as

@@ -25,8 +25,8 @@ def machine_description() -> str:
           f"{devices[0].platform} device(s)")
 
 
-def median_seconds(run: Callable[[], object], repeats: int, warmup: int = 1) -> float:
-  """Median wall time of `run()` (which must block until its result is ready)."""
+def wall_times(run: Callable[[], object], repeats: int, warmup: int = 1) -> list[float]:
+  """Wall times of `repeats` calls of `run()` (which must block until its result is ready)."""
   for _ in range(warmup):
     run()
   times = []
@@ -34,7 +34,12 @@ def median_seconds(run: Callable[[], object], repeats: int, warmup: int = 1) -> 
     start = time.perf_counter()
     run()
     times.append(time.perf_counter() - start)
-  return statistics.median(times)
+  return times
+
+
+def median_seconds(run: Callable[[], object], repeats: int, warmup: int = 1) -> float:
+  """Median wall time of `run()`."""
+  return statistics.median(wall_times(run, repeats, warmup))
 
 
 def markdown_table(header: list[str], rows: list[list[object]]) -> str:

@@ -268,6 +268,39 @@ def test_linear_layers_on_token_inputs_match_the_plain_product_and_its_gradient(
                              atol=1e-5)
 
 
+@pytest.mark.parametrize("k,n", [(6, 11), (11, 6)])  # both weight-gradient branches
+def test_bfloat16_products_accumulate_in_float32_and_so_do_their_gradients(k, n):
+  """accumulating_matmul against float64 NumPy on the same bfloat16-rounded operands: the only
+  error allowed is the final rounding to bfloat16 (2^-8 relative), where a bfloat16 accumulation
+  over 300 terms would be far off."""
+  from lejepa_jax.models import layers
+  m = 300
+  a, b, g = (jax.random.normal(jax.random.key(i), shape).astype(jnp.bfloat16)
+             for i, shape in enumerate([(m, k), (k, n), (m, n)]))
+  a64, b64, g64 = (np.asarray(x, np.float64) for x in (a, b, g))
+  out, pullback = jax.vjp(layers.accumulating_matmul, a, b)
+  grad_a, grad_b = pullback(g)
+  for got, want in [(out, a64 @ b64), (grad_a, g64 @ b64.T), (grad_b, a64.T @ g64)]:
+    assert got.dtype == jnp.bfloat16 and got.shape == want.shape
+    np.testing.assert_allclose(np.asarray(got, np.float64), want, rtol=2**-8,
+                               atol=2**-8 * np.abs(want).max())
+  # The identity-product transpose behind the weight gradient is exact.
+  np.testing.assert_array_equal(layers._transposed(a), a.T)  # pylint: disable=protected-access
+  # Linear layers route bfloat16 token inputs through it.
+  x = a.reshape(3, 100, k)
+  np.testing.assert_array_equal(
+      layers.matrix_dot_general(x, b, (((2,), (0,)), ((), ()))).reshape(m, n), out)
+  # The bias add: its gradient is the float32-accumulated sum of the output gradient's rows.
+  bias = g[0]
+  added, pullback = jax.vjp(layers.add_bias, out, bias)
+  np.testing.assert_array_equal(added, out + bias)
+  grad_y, grad_bias = pullback(g)
+  np.testing.assert_array_equal(grad_y, g)
+  assert grad_bias.dtype == jnp.bfloat16
+  np.testing.assert_allclose(np.asarray(grad_bias, np.float64), g64.sum(0), rtol=2**-8,
+                             atol=2**-8 * np.abs(g64.sum(0)).max())
+
+
 @pytest.mark.parametrize("remat", ["full", "dots_with_no_batch_dims_saveable"])
 def test_remat_changes_memory_not_values(remat):
   """Rematerialised blocks give the same outputs and gradients, drop-path masks included."""

@@ -2,7 +2,8 @@
 
 The same computation as lejepa_jax.steps.train_step on the ViT-S/16 case: a pre-norm ViT-S/16 with CLS
 token, the MLP-BN projector, the LeJEPA loss (prediction term + per-view SIGReg, straightforward
-formulation) and AdamW, in float32, eager mode.
+formulation) and AdamW, eager mode: float32, or bfloat16 autocast (PyTorch's mixed precision: products
+in bfloat16, parameters and optimizer in float32).
 """
 
 from __future__ import annotations
@@ -12,7 +13,8 @@ import time
 import numpy as np
 
 
-def vit_s16_step_seconds(images: int = 16, views: int = 2, repeats: int = 3) -> float:
+def vit_s16_step_seconds(images: int = 16, views: int = 2, repeats: int = 3,
+                         bfloat16: bool = False) -> float:
   import torch  # pylint: disable=import-outside-toplevel
   from torch import nn  # pylint: disable=import-outside-toplevel
 
@@ -67,7 +69,8 @@ def vit_s16_step_seconds(images: int = 16, views: int = 2, repeats: int = 3) -> 
 
   def step():
     directions = torch.nn.functional.normalize(torch.randn(512, 1024), dim=0)
-    z = model(batch).reshape(views, images, -1)  # [V, N, K]
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bfloat16):
+      z = model(batch).reshape(views, images, -1).float()  # [V, N, K]
     pred = ((z.mean(0, keepdim=True) - z) ** 2).mean()
     reg = torch.stack([sigreg(z[v], directions, t, w, phi) for v in range(views)]).mean()
     loss = 0.95 * pred + 0.05 * reg

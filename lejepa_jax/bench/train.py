@@ -22,18 +22,19 @@ from lejepa_jax.bench import common
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
-def matmul_ceiling(size: int = 2048, repeats: int = 10) -> float:
-  """float32 matmul FLOP/s of this machine (the MFU denominator): the fastest of `repeats` products,
-  since a ceiling is a best case (a median let one busy moment halve it)."""
-  a = jax.random.normal(jax.random.key(0), (size, size), jnp.float32)
-  matmul = jax.jit(lambda x, y: x @ y)
+def matmul_ceiling(dtype=jnp.float32, size: int = 2048, repeats: int = 10) -> float:
+  """Matmul FLOP/s of this machine in `dtype` (float32 accumulation), the MFU denominator: the
+  fastest of `repeats` products, since a ceiling is a best case (a median let one busy moment
+  halve it)."""
+  a = jax.random.normal(jax.random.key(0), (size, size), jnp.float32).astype(dtype)
+  matmul = jax.jit(lambda x, y: jnp.matmul(x, y, preferred_element_type=jnp.float32))
   seconds = min(common.wall_times(lambda: jax.block_until_ready(matmul(a, a)), repeats))
   return 2 * size**3 / seconds
 
 
-def vit_s16_config() -> ml_collections.ConfigDict:
+def vit_s16_config(dtype: str = "float32") -> ml_collections.ConfigDict:
   c = config_lib.base_config()
-  c.model.variant, c.model.drop_path, c.model.dtype = "S/16", 0.0, "float32"
+  c.model.variant, c.model.drop_path, c.model.dtype = "S/16", 0.0, dtype
   c.model.projector = dict(hidden_dim=2048, out_dim=512, num_layers=3)
   c.data.global_batch_size = 16
   c.data.local_views = dict(count=0, size=96, scale=(0.05, 0.3))
@@ -70,39 +71,48 @@ def time_step(config, repeats: int) -> dict:
   return {"seconds": seconds, "flops": float(cost.get("flops", 0.0)), "views": views}
 
 
+CASES = {
+    "vit_s16": ("ViT-S/16, 224 px, 16 images x 2 views, float32", vit_s16_config, "float32"),
+    "vit_s16_bf16": ("ViT-S/16, same, bfloat16 compute", lambda: vit_s16_config("bfloat16"),
+                     "bfloat16"),
+    "default_cpu": ("configs/fashion_mnist.py (ResNet-18, 128 x (2x28 + 2x14))", default_cpu_config,
+                    "float32"),
+}
+
+
 def main(argv: list[str] | None = None) -> None:
   parser = argparse.ArgumentParser(prog="python -m lejepa_jax.bench train", description=__doc__)
   parser.add_argument("--repeats", type=int, default=3)
-  parser.add_argument("--cases", nargs="+", default=["vit_s16", "default_cpu"])
+  parser.add_argument("--cases", nargs="+", default=list(CASES), choices=list(CASES))
   parser.add_argument("--no_torch", action="store_true", help="skip the PyTorch eager reference")
   args = parser.parse_args(argv)
   print(f"# train step ({common.machine_description()})", flush=True)
-  ceiling = matmul_ceiling()
-  print(f"  float32 matmul ceiling: {ceiling / 1e9:.0f} GFLOP/s", flush=True)
-  cases = {"vit_s16": ("ViT-S/16, 224 px, 16 images x 2 views", vit_s16_config),
-           "default_cpu": ("configs/fashion_mnist.py (ResNet-18, 128 x (2x28 + 2x14))",
-                           default_cpu_config)}
+  ceilings = {name: matmul_ceiling(jnp.dtype(name)) for name in ("float32", "bfloat16")}
+  for name, flops in ceilings.items():
+    print(f"  {name} matmul ceiling (float32 accumulation): {flops / 1e9:.0f} GFLOP/s", flush=True)
   rows = []
   for name in args.cases:
-    label, make = cases[name]
+    label, make, dtype = CASES[name]
     result = time_step(make(), args.repeats)
-    mfu = result["flops"] / result["seconds"] / ceiling
+    mfu = result["flops"] / result["seconds"] / ceilings[dtype]
     rows.append([label, f"{result['seconds']:.2f}", f"{result['views'] / result['seconds']:.1f}",
-                 f"{result['flops'] / 1e9:.0f}", f"{100 * mfu:.0f}%"])
+                 f"{result['flops'] / 1e9:.0f}", f"{100 * mfu:.0f}% of {dtype}"])
     print(f"  done {name}", flush=True)
-    if name == "vit_s16" and not args.no_torch:
-      torch_seconds = _torch_seconds(args.repeats)
+    if name.startswith("vit_s16") and not args.no_torch:
+      torch_seconds = _torch_seconds(args.repeats, bfloat16=dtype == "bfloat16")
       if torch_seconds is not None:
         views = result["views"]
-        rows.append(["  PyTorch eager, same step", f"{torch_seconds:.2f}",
-                     f"{views / torch_seconds:.1f}", "", f"(JAX {torch_seconds / result['seconds']:.2f}x)"])
+        which = "bfloat16 autocast" if dtype == "bfloat16" else "float32"
+        rows.append([f"  PyTorch eager, same step, {which}", f"{torch_seconds:.2f}",
+                     f"{views / torch_seconds:.1f}", "",
+                     f"(JAX {torch_seconds / result['seconds']:.2f}x)"])
   print(common.markdown_table(["case", "s/step", "views/s", "GFLOP/step", "MFU"], rows))
 
 
-def _torch_seconds(repeats: int) -> float | None:
+def _torch_seconds(repeats: int, bfloat16: bool) -> float | None:
   try:
     import torch  # noqa: F401  pylint: disable=import-outside-toplevel,unused-import
   except ImportError:
     return None
   from lejepa_jax.bench import torch_reference  # pylint: disable=import-outside-toplevel
-  return torch_reference.vit_s16_step_seconds(repeats=repeats)
+  return torch_reference.vit_s16_step_seconds(repeats=repeats, bfloat16=bfloat16)

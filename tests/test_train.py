@@ -150,7 +150,7 @@ def test_gradient_accumulation_runs_and_logs_a_finite_loss(devices, data_dir, tm
 def test_bfloat16_compute_trains_like_float32_on_a_sharded_mesh(devices, data_dir, tmp_path):
   """bfloat16 compute (the accelerator recipes' dtype; on the CPU its products and their gradients go
   through layers.accumulating_matmul and layers.add_bias) on the data x FSDP mesh: the logged losses
-  follow the float32 run's within bfloat16 precision, and the gradients stay finite."""
+  and gradient norms follow the float32 run's within bfloat16 precision."""
   logged = {}
   for dtype in ("float32", "bfloat16"):
     config = tiny_config(data_dir, 3)
@@ -159,5 +159,7 @@ def test_bfloat16_compute_trains_like_float32_on_a_sharded_mesh(devices, data_di
     logged[dtype] = _metrics(str(tmp_path / dtype))
   assert sorted(logged["float32"]) == sorted(logged["bfloat16"]) and len(logged["float32"]) == 3
   for step, row in logged["bfloat16"].items():
-    assert np.isfinite(row["grad_norm"])
-    np.testing.assert_allclose(row["loss"], logged["float32"][step]["loss"], rtol=0.03)
+    # bfloat16 noise, measured: losses within 0.05%, gradient norms 3-9% apart (the same for plain
+    # autodiff of bfloat16 products: test_models checks the gradients themselves).
+    for key, rtol in (("loss", 0.005), ("grad_norm", 0.15)):
+      np.testing.assert_allclose(row[key], logged["float32"][step][key], rtol=rtol)

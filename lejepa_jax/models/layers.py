@@ -36,7 +36,8 @@ def lazily_sharded(init):
 LOW_PRECISION = (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16))
 
 
-def _accumulate(a: jax.Array, b: jax.Array, contracting: tuple[int, int], dtype) -> jax.Array:
+def _accumulate(a: jax.Array, b: jax.Array, contracting: tuple[int, int],
+                dtype: jnp.dtype) -> jax.Array:
   """dot_general of two matrices contracting the given dims, float32 accumulation, in `dtype`."""
   out = jax.lax.dot_general(a, b, (((contracting[0],), (contracting[1],)), ((), ())),
                             preferred_element_type=jnp.float32)
@@ -44,8 +45,9 @@ def _accumulate(a: jax.Array, b: jax.Array, contracting: tuple[int, int], dtype)
 
 
 def _transposed(a: jax.Array) -> jax.Array:
-  """[M, K] -> [K, M] as the product identity_K x a^T: exact (one nonzero term per output), and a
-  form XLA's CPU matrix library takes; a transpose op would leave a layout it does not."""
+  """[M, K] -> [K, M] as the product identity_K x a^T, a form XLA's CPU matrix library takes (a
+  transpose op leaves a layout it does not). Exact for finite values (one nonzero term per output);
+  an inf or NaN in a row of `a` turns that whole column of the result NaN."""
   return _accumulate(jnp.eye(a.shape[1], dtype=a.dtype), a, (1, 1), a.dtype)
 
 
@@ -53,15 +55,19 @@ def _transposed(a: jax.Array) -> jax.Array:
 def accumulating_matmul(a: jax.Array, b: jax.Array) -> jax.Array:
   """`a @ b` ([M, K] x [K, N] -> [M, N]) of bfloat16/float16 matrices with float32 accumulation and
   the result in the operands' dtype (what TPUs and GPUs do); its gradients are products of the same
-  kind.
+  kind. Reverse mode only (a custom VJP: `jax.jvp` does not apply).
 
   Why spelled out: XLA's CPU backend runs bfloat16 products with float32 accumulation through its
   matrix library (AMX on CPUs that have it: 3-7x the float32 rate on the development CPU), but only
-  for row-major operands with the lhs contracted on its last dimension; autodiff's gradients of
-  `a @ b` (a float32 x bfloat16 product, a transposed lhs) run as float32 products. Here the input
-  gradient contracts `g` and `b` on their last dims, and the weight gradient transposes the narrower
-  of `a` and `g` with an identity product (`_transposed`) before a plain product.
+  for row-major operands with the lhs contracted on its last dimension; a bfloat16 result, or
+  autodiff's gradients of the float32-accumulating product (float32 x bfloat16 operands, a
+  transposed lhs), run as float32 products. Here the input gradient contracts `g` and `b` on their
+  last dims, and the weight gradient transposes the narrower of `a` and `g` with an identity product
+  (`_transposed`) before a plain product.
   """
+  if a.ndim != 2 or b.ndim != 2 or a.dtype != b.dtype or a.dtype not in LOW_PRECISION:
+    raise ValueError(f"accumulating_matmul takes two bfloat16/float16 matrices of one dtype, got "
+                     f"{a.dtype}{list(a.shape)} and {b.dtype}{list(b.shape)}.")
   return _accumulate(a, b, (1, 0), a.dtype)
 
 
@@ -70,6 +76,7 @@ def _accumulating_matmul_forward(a, b):
 
 
 def _accumulating_matmul_backward(residuals, g):
+  """Cotangent g [M, N] -> (grad a [M, K], grad b [K, N]), in the operands' dtype."""
   a, b = residuals
   g = g.astype(a.dtype)
   grad_a = _accumulate(g, b, (1, 1), a.dtype)  # g [M, N] . b [K, N] over N
@@ -81,6 +88,15 @@ def _accumulating_matmul_backward(residuals, g):
 
 
 accumulating_matmul.defvjp(_accumulating_matmul_forward, _accumulating_matmul_backward)
+
+
+def _cpu_product_rewrites_apply() -> bool:
+  """Whether the CPU-only product forms apply: on the CPU, outside explicit-sharding meshes (where
+  products of sharded operands need output shardings these forms do not carry)."""
+  if jax.default_backend() != "cpu":
+    return False
+  mesh = jax.sharding.get_abstract_mesh()
+  return mesh.empty or not any(t == jax.sharding.AxisType.Explicit for t in mesh.axis_types)
 
 
 def matrix_dot_general(lhs: jax.Array, rhs: jax.Array, dimension_numbers, precision=None,
@@ -96,10 +112,9 @@ def matrix_dot_general(lhs: jax.Array, rhs: jax.Array, dimension_numbers, precis
   kwargs = dict(precision=precision, preferred_element_type=preferred_element_type,
                 out_sharding=out_sharding)
   (lhs_contract, rhs_contract), batch = dimension_numbers
-  flatten = (jax.default_backend() == "cpu" and lhs.ndim > 2 and rhs.ndim == 2
-             and out_sharding is None and batch == ((), ())
-             and tuple(lhs_contract) == (lhs.ndim - 1,) and tuple(rhs_contract) == (0,))
-  if not flatten:
+  plain_product = (lhs.ndim >= 2 and rhs.ndim == 2 and out_sharding is None and batch == ((), ())
+                   and tuple(lhs_contract) == (lhs.ndim - 1,) and tuple(rhs_contract) == (0,))
+  if not plain_product or not _cpu_product_rewrites_apply():
     return jax.lax.dot_general(lhs, rhs, dimension_numbers, **kwargs)
   matrix = lhs.reshape(-1, lhs.shape[-1])
   if (lhs.dtype == rhs.dtype and lhs.dtype in LOW_PRECISION and preferred_element_type is None
@@ -112,10 +127,14 @@ def matrix_dot_general(lhs: jax.Array, rhs: jax.Array, dimension_numbers, precis
 
 @jax.custom_vjp
 def add_bias(y: jax.Array, bias: jax.Array) -> jax.Array:
-  """`y + bias` ([..., N] + [N]) whose bias gradient, the sum of the output gradient's rows, is a
-  product with a row of ones: XLA's CPU backend sums bfloat16 rows through a reduce-window ~50x
-  slower than the matrix library runs the product (a ViT-S/16 step spent a fifth of its time there).
+  """`y + bias` ([..., N] + [N], one dtype) whose bias gradient, the sum of the output gradient's
+  rows, is a product with a row of ones: XLA's CPU backend sums bfloat16 rows through a
+  reduce-window ~50x slower than the matrix library runs the product (a ViT-S/16 step spent a fifth
+  of its time there). Reverse mode only (a custom VJP).
   """
+  if bias.shape != y.shape[-1:] or bias.dtype != y.dtype:
+    raise ValueError(f"add_bias takes y [..., N] and a bias [N] of y's dtype, got "
+                     f"{y.dtype}{list(y.shape)} and {bias.dtype}{list(bias.shape)}.")
   return y + bias
 
 
@@ -124,6 +143,7 @@ def _add_bias_forward(y, bias):
 
 
 def _add_bias_backward(_, g):
+  """Cotangent g [..., N] -> (grad y = g, grad bias [N] = the float32-accumulated sum of g's rows)."""
   rows = g.reshape(-1, g.shape[-1])
   ones = jnp.ones((1, rows.shape[0]), g.dtype)
   return g, _accumulate(ones, rows, (1, 0), g.dtype)[0]
@@ -135,10 +155,10 @@ add_bias.defvjp(_add_bias_forward, _add_bias_backward)
 class Dense(nnx.Linear):
   """`nnx.Linear` (same parameters) whose bias add, in bfloat16/float16 on the CPU, is `add_bias`."""
 
-  def __call__(self, inputs: jax.Array, out_sharding=None) -> jax.Array:
-    low_precision_cpu = (jax.default_backend() == "cpu" and self.dtype is not None
-                         and jnp.dtype(self.dtype) in LOW_PRECISION)
-    if self.bias is None or out_sharding is not None or not low_precision_cpu:
+  def __call__(self, inputs: jax.Array, out_sharding: Any = None) -> jax.Array:
+    low_precision = self.dtype is not None and jnp.dtype(self.dtype) in LOW_PRECISION
+    if (self.bias is None or out_sharding is not None or self.preferred_element_type is not None
+        or not low_precision or not _cpu_product_rewrites_apply()):
       return super().__call__(inputs, out_sharding)
     inputs, kernel, bias = self.promote_dtype((inputs, self.kernel[...], self.bias[...]),
                                               dtype=self.dtype)
@@ -149,13 +169,13 @@ class Dense(nnx.Linear):
 
 def dense(in_features: int, out_features: int, axes: tuple[str | None, str | None], *,
           dtype: Dtype, rngs: nnx.Rngs, use_bias: bool = True,
-          kernel_init=TRUNC_NORMAL) -> nnx.Linear:
+          kernel_init=TRUNC_NORMAL) -> Dense:
   """A Linear layer whose kernel [in, out] carries logical axes `axes` (bias: `axes[1]`)."""
   return Dense(in_features, out_features, use_bias=use_bias, dtype=dtype,
-                    param_dtype=jnp.float32, kernel_init=kernel_init,
-                    kernel_metadata={"out_sharding": axes},
-                    bias_metadata={"out_sharding": (axes[1],)}, dot_general=matrix_dot_general,
-                    rngs=rngs)
+               param_dtype=jnp.float32, kernel_init=kernel_init,
+               kernel_metadata={"out_sharding": axes},
+               bias_metadata={"out_sharding": (axes[1],)}, dot_general=matrix_dot_general,
+               rngs=rngs)
 
 
 def _small_input_conv(lhs, rhs, strides, pads, precision):

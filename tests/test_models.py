@@ -338,8 +338,8 @@ def test_bfloat16_cpu_product_forms_are_as_accurate_as_plain_autodiff(monkeypatc
   against float32: the forms' error is no larger than bfloat16's own."""
   from lejepa_jax import losses
   from lejepa_jax.models import layers
-  config = dict(TINY["vit"], projector=dict(hidden_dim=32, out_dim=8))
-  images = jax.random.uniform(jax.random.key(0), (16, 32, 32, 3))
+  config = dict(name="vit", variant="Mi/8", img_size=16, projector=dict(hidden_dim=32, out_dim=8))
+  images = jax.random.uniform(jax.random.key(0), (16, 16, 16, 3))
 
   def gradient(dtype: str, forms: bool) -> np.ndarray:
     monkeypatch.setattr(layers, "_cpu_product_rewrites_apply", lambda: forms)
@@ -350,13 +350,13 @@ def test_bfloat16_cpu_product_forms_are_as_accurate_as_plain_autodiff(monkeypatc
       z = model.projector(pooled.reshape(8, 2, -1))
       return losses.lejepa_loss(z, jax.random.key(1), num_global=2, sigreg_weight=0.05,
                                 num_slices=32)[0]
-    grads = nnx.grad(loss)(encoder)
+    grads = nnx.jit(lambda model: nnx.grad(loss)(model))(encoder)  # a new function: traced anew
     return np.concatenate([np.ravel(np.asarray(g, np.float64)) for g in jax.tree.leaves(grads)])
 
   exact = gradient("float32", True)
   forms, plain = gradient("bfloat16", True), gradient("bfloat16", False)
   error = lambda g: np.linalg.norm(g - exact) / np.linalg.norm(exact)  # noqa: E731
-  # Measured on the development CPU: 25.2% (plain) and 24.1% (forms) relative error.
+  # Measured on the development CPU: 16.6% (plain) and 16.8% (forms) relative error.
   assert error(plain) < 0.5
   assert error(forms) < 1.1 * error(plain)
   np.testing.assert_allclose(np.linalg.norm(forms), np.linalg.norm(plain), rtol=0.01)

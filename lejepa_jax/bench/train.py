@@ -111,8 +111,9 @@ def main(argv: list[str] | None = None) -> None:
   for name in args.cases:
     label, make, dtype, flops_case = CASES[name]
     result = time_step(make(), args.repeats)
-    model_flops.setdefault(name, result["flops"])
-    if flops_case not in model_flops:
+    if flops_case == name:
+      model_flops[name] = result["flops"]
+    elif flops_case not in model_flops:  # e.g. the bfloat16 case alone: count the float32 program
       model_flops[flops_case] = _flops(_compile(CASES[flops_case][1]())[0])
     mfu = model_flops[flops_case] / result["seconds"] / ceilings[dtype]
     rows.append([label, f"{result['seconds']:.2f}", f"{result['views'] / result['seconds']:.1f}",

@@ -77,8 +77,7 @@ def _accumulating_matmul_forward(a, b):
 
 def _accumulating_matmul_backward(residuals, g):
   """Cotangent g [M, N] -> (grad a [M, K], grad b [K, N]), in the operands' dtype."""
-  a, b = residuals
-  g = g.astype(a.dtype)
+  a, b = residuals  # g has the forward's output dtype, a's
   grad_a = _accumulate(g, b, (1, 1), a.dtype)  # g [M, N] . b [K, N] over N
   if a.shape[1] <= g.shape[1]:
     grad_b = _accumulate(_transposed(a), g, (1, 0), b.dtype)  # a^T [K, M] x g [M, N]

@@ -18,7 +18,7 @@ import numpy as np
 from flax import nnx
 
 from lejepa_jax import ablate, sharding, train
-from lejepa_jax.bench import common
+from lejepa_jax.bench import common, profile
 from lejepa_jax.bench.train import default_cpu_config
 
 LAMBDAS = ("0.0", "0.01", "0.02", "0.05", "0.1", "0.2", "0.3", "0.5")
@@ -52,8 +52,9 @@ def time_vmapped(config, lambdas, steps: int) -> dict[str, float]:
   return {"setup": setup, "step": common.median_seconds(step, steps)}
 
 
-def time_sequential(config, lambdas, steps: int) -> dict[str, float]:
-  """Set-up and step seconds summed over one separately compiled run per member."""
+def time_sequential(config, lambdas, steps: int) -> dict:
+  """Set-up and step seconds summed over one separately compiled run per member, and the first
+  member's op time by kind (`bench.profile`) from one more, profiled step."""
   totals = {"setup": 0.0, "step": 0.0}
   for member in ablate.plan(config, [("loss.sigreg_weight", list(lambdas))])[0].members:
     c = member.config
@@ -71,6 +72,8 @@ def time_sequential(config, lambdas, steps: int) -> dict[str, float]:
       jax.block_until_ready(metrics)
 
     totals["step"] += common.median_seconds(step, steps)
+    if "breakdown" not in totals:
+      totals["breakdown"] = profile.op_time_breakdown(compiled, step)
     print(f"  sequential: {member.name} done", flush=True)
   return totals
 
@@ -107,3 +110,18 @@ def main(argv: list[str] | None = None) -> None:
   print(common.markdown_table(
       ["", "set-up s (init + compile)", "s/step (all members)",
        f"s for {args.steps + 1} steps", f"s for {args.run_steps} steps (estimate)"], rows))
+  print(batching_bound_text(sequential["breakdown"]))
+
+
+def batching_bound_text(breakdown: dict[str, float]) -> str:
+  """What batching members can gain at most, from one member's op time by kind.
+
+  A member's convolutions cost the same batched or not (vmap's grouped convolutions are slower
+  on the CPU, so the members step runs each member's own), so one program for all members can at
+  most save the rest of the step: the speed-up over sequential runs is at most
+  total / convolution time (Amdahl's law, generous: the rest scales with the members too).
+  """
+  conv_share = breakdown["convolution"] / sum(breakdown.values())
+  return (f"One member's step: {profile.shares_text(breakdown)}. With each member's convolutions "
+          f"costing what they cost alone, batching members is bounded at "
+          f"{1 / conv_share:.2f}x over sequential runs.")

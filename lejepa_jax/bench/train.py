@@ -19,7 +19,7 @@ import numpy as np
 from flax import nnx
 
 from lejepa_jax import config_lib, sharding, train
-from lejepa_jax.bench import common
+from lejepa_jax.bench import common, profile
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -64,8 +64,9 @@ def _flops(compiled) -> float:
   return float(cost.get("flops", 0.0))
 
 
-def time_step(config, repeats: int) -> dict:
-  """Seconds per compiled train step, its FLOPs (XLA's count) and views per step."""
+def time_step(config, repeats: int, breakdown: bool = False) -> dict:
+  """Seconds per compiled train step, its FLOPs (XLA's count) and views per step; with
+  `breakdown`, also its op time by kind (`bench.profile`) from one more, profiled step."""
   compiled, mesh, state = _compile(config)
   batch_size = config.data.global_batch_size
   spec = train.abstract_batch(config, mesh, batch_size)
@@ -81,7 +82,10 @@ def time_step(config, repeats: int) -> dict:
 
   seconds = common.median_seconds(step, repeats)
   views = batch_size * (config.data.global_views["count"] + config.data.local_views["count"])
-  return {"seconds": seconds, "flops": _flops(compiled), "views": views}
+  result = {"seconds": seconds, "flops": _flops(compiled), "views": views}
+  if breakdown:
+    result["breakdown"] = profile.op_time_breakdown(compiled, step)
+  return result
 
 
 # name: (label, config maker, compute dtype, the case whose FLOP count is the model's).
@@ -102,6 +106,9 @@ def main(argv: list[str] | None = None) -> None:
   parser.add_argument("--repeats", type=int, default=3)
   parser.add_argument("--cases", nargs="+", default=list(CASES), choices=list(CASES))
   parser.add_argument("--no_torch", action="store_true", help="skip the PyTorch eager reference")
+  parser.add_argument("--breakdown", action="store_true",
+                      help="also profile one step per case: op time in convolutions, products, "
+                           "other ops")
   args = parser.parse_args(argv)
   print(f"# train step ({common.machine_description()})", flush=True)
   ceilings = {name: matmul_ceiling(jnp.dtype(name)) for name in ("float32", "bfloat16")}
@@ -110,7 +117,7 @@ def main(argv: list[str] | None = None) -> None:
   rows, model_flops = [], {}
   for name in args.cases:
     label, make, dtype, flops_case = CASES[name]
-    result = time_step(make(), args.repeats)
+    result = time_step(make(), args.repeats, args.breakdown)
     if flops_case == name:
       model_flops[name] = result["flops"]
     elif flops_case not in model_flops:  # e.g. the bfloat16 case alone: count the float32 program
@@ -119,6 +126,8 @@ def main(argv: list[str] | None = None) -> None:
     rows.append([label, f"{result['seconds']:.2f}", f"{result['views'] / result['seconds']:.1f}",
                  f"{model_flops[flops_case] / 1e9:.0f}", f"{100 * mfu:.0f}% of {dtype}"])
     print(f"  done {name}", flush=True)
+    if args.breakdown:
+      print(f"  {name} op time: {profile.shares_text(result['breakdown'])}", flush=True)
     if name.startswith("vit_s16") and not args.no_torch:
       torch_seconds = _torch_seconds(args.repeats, bfloat16=dtype == "bfloat16")
       if torch_seconds is not None:

@@ -20,6 +20,9 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints and l
 _STOP_AFTER = flags.DEFINE_integer(
     "stop_after", None, "Checkpoint and exit after this step (for time-limited allocations); "
     "the schedule still runs to config.total_steps and a rerun continues.")
+_ALLOW_CONFIG_CHANGE = flags.DEFINE_bool(
+    "allow_config_change", False, "Resume a workdir's run even if the config differs from its "
+    "checkpoint's in keys that change what is trained (otherwise an error listing them).")
 flags.mark_flags_as_required(["config", "workdir"])
 
 
@@ -62,7 +65,8 @@ def main(argv: list[str]) -> None:
   logging.getLogger("lejepa_jax").setLevel(logging.INFO if jax.process_index() == 0 else
                                            logging.WARNING)
   from lejepa_jax import train  # pylint: disable=import-outside-toplevel
-  train.run(_CONFIG.value, _WORKDIR.value, stop_after=_STOP_AFTER.value)
+  train.run(_CONFIG.value, _WORKDIR.value, stop_after=_STOP_AFTER.value,
+            allow_config_change=_ALLOW_CONFIG_CHANGE.value)
 
 
 if __name__ == "__main__":

@@ -211,7 +211,45 @@ def restore(manager, start, state, iterator, config, source):
   return iterator
 
 
-def _setup(config, workdir):
+# Keys a resumed run may change: where and how it runs, not what it trains.
+RESUMABLE_CHANGES = ("log_every", "checkpoint_every", "keep_checkpoints", "data.data_dir",
+                     "data.num_workers", "mesh.")
+
+
+def _flat(tree: dict, prefix: str = "") -> dict[str, Any]:
+  flat = {}
+  for key, value in tree.items():
+    if isinstance(value, dict):
+      flat.update(_flat(value, f"{prefix}{key}."))
+    else:
+      flat[f"{prefix}{key}"] = tuple(value) if isinstance(value, list) else value
+  return flat
+
+
+def config_changes(saved: dict, config: ml_collections.ConfigDict) -> list[str]:
+  """'key: saved -> now' for each key that differs from the checkpoint's config and would change
+  what is trained (RESUMABLE_CHANGES are allowed to differ)."""
+  before, now = _flat(saved), _flat(json.loads(config.to_json()))
+  return [f"{key}: {before.get(key)!r} -> {now.get(key)!r}" for key in sorted(set(before) | set(now))
+          if before.get(key) != now.get(key) and not key.startswith(RESUMABLE_CHANGES)]
+
+
+def _check_same_experiment(manager, start: int, config, workdir: str, allow_change: bool) -> None:
+  """Resuming with another config would silently continue the old run, or mix two experiments in
+  one workdir: stop, unless the change is asked for."""
+  changes = config_changes(checkpointing.restore_config(manager, start), config)
+  if not changes:
+    return
+  listing = "; ".join(changes)
+  if not allow_change:
+    raise ValueError(
+        f"{workdir} holds a run whose config differs from this one ({listing}). Use another "
+        f"--workdir for a new experiment, or pass --allow_config_change to continue this run from "
+        f"step {start} with the new values. Nothing was changed in {workdir}.")
+  log.warning("continuing the run from step %d with a changed config: %s", start, listing)
+
+
+def _setup(config, workdir, allow_config_change: bool = False):
   """Mesh, data iterator, sharded train state (restored if the workdir has a checkpoint)."""
   mesh = sharding.make_mesh(dict(config.mesh.axes), config.mesh.axis_type,
                             dcn_axes=dict(config.mesh.get("dcn_axes", {})))
@@ -223,6 +261,7 @@ def _setup(config, workdir):
                                            config.keep_checkpoints)
   start = manager.latest_step() or 0
   if start:
+    _check_same_experiment(manager, start, config, workdir, allow_config_change)
     iterator = restore(manager, start, state, iterator, config, source)
     log.info("resumed from step %d in %s", start, workdir)
   return mesh, local_batch, iterator, graphdef, state, manager, start
@@ -235,8 +274,23 @@ def _log_line(step, total, m) -> None:
            m["probe_accuracy"], m["lr"], m["step_time_s"], m["images_per_s"], eta)
 
 
-def run(config: ml_collections.ConfigDict, workdir: str, stop_after: int | None = None
-        ) -> dict[str, float]:
+def _check_workdir(workdir: str) -> None:
+  if "://" in workdir:
+    raise ValueError(
+        f"--workdir={workdir}: the run directory must be a file system path (metrics, TensorBoard "
+        "events and reports are plain files). Mount the bucket (Cloud Storage FUSE: "
+        "launch/tpu_pod.sh mounts gs://BUCKET at ~/gcs) and pass the mounted path.")
+
+
+def _write_config(config: ml_collections.ConfigDict, workdir: str) -> None:
+  """DIR/config.json: the config of the latest start, readable before the first checkpoint."""
+  if jax.process_index() == 0:
+    with open(os.path.join(workdir, "config.json"), "w") as f:
+      f.write(config.to_json(indent=2))
+
+
+def run(config: ml_collections.ConfigDict, workdir: str, stop_after: int | None = None,
+        allow_config_change: bool = False) -> dict[str, float]:
   """Trains (or resumes) in `workdir`; returns the last logged metrics.
 
   Args:
@@ -244,9 +298,17 @@ def run(config: ml_collections.ConfigDict, workdir: str, stop_after: int | None 
     workdir: checkpoints and logs; a run resumes from its latest checkpoint.
     stop_after: leave after this step (checkpointed), as a preempted job would; the schedule still
       runs to `config.total_steps`.
+    allow_config_change: resume even if `config` differs from the checkpoint's in keys that change
+      what is trained (RESUMABLE_CHANGES may always differ); otherwise that is an error.
   """
+  _check_workdir(workdir)
   os.makedirs(workdir, exist_ok=True)
-  mesh, local_batch, iterator, graphdef, state, manager, start = _setup(config, workdir)
+  mesh, local_batch, iterator, graphdef, state, manager, start = _setup(config, workdir,
+                                                                        allow_config_change)
+  _write_config(config, workdir)
+  if start >= config.total_steps:
+    log.info("the run in %s already finished (step %d of %d); nothing to train", workdir, start,
+             config.total_steps)
   compiled = compile_train_step(config, mesh, graphdef, state, local_batch)
   schedule = lr_schedule(config)
   writer, guard = MetricsWriter(workdir), PreemptionGuard()

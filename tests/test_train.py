@@ -103,11 +103,32 @@ def test_non_finite_loss_stops_with_the_step_and_keeps_the_checkpoint(devices, d
   train.run(tiny_config(data_dir, 6), workdir, stop_after=3)
   broken = tiny_config(data_dir, 6)
   broken.data.std = (0.0, 0.0, 0.0)  # division by zero: infinite inputs, non-finite loss
-  with pytest.raises(FloatingPointError, match="at step 4"):
+  # Another config is another experiment: refused, naming the key, unless asked for.
+  with pytest.raises(ValueError, match=r"data\.std.*--allow_config_change"):
     train.run(broken, workdir)
+  with pytest.raises(FloatingPointError, match="at step 4"):
+    train.run(broken, workdir, allow_config_change=True)
+  with open(os.path.join(workdir, "config.json")) as f:
+    assert json.load(f)["data"]["std"] == [0.0, 0.0, 0.0]  # the config of the latest start
   manager = checkpointing.training_manager(os.path.join(workdir, "checkpoints"))
   assert manager.latest_step() == 3
   manager.close()
+
+
+def test_resume_accepts_changes_to_where_it_runs_not_to_what_it_trains(data_dir):
+  saved = json.loads(tiny_config(data_dir, 6).to_json())
+  moved = tiny_config(data_dir, 6)
+  moved.log_every, moved.mesh.axes = 7, dict(data=2, fsdp=4)
+  assert train.config_changes(saved, moved) == []
+  moved.optim.lr *= 2
+  moved.data.global_views = dict(moved.data.global_views, count=3)
+  changes = train.config_changes(saved, moved)
+  assert [c.split(":")[0] for c in changes] == ["data.global_views.count", "optim.lr"], changes
+
+
+def test_a_bucket_url_workdir_is_refused_with_the_mounted_alternative(data_dir):
+  with pytest.raises(ValueError, match="Cloud Storage FUSE"):
+    train.run(tiny_config(data_dir, 2), "gs://bucket/run")
 
 
 def test_unknown_model_key_fails_before_compiling(devices, data_dir, tmp_path):

@@ -10,17 +10,13 @@ import ml_collections
 
 from lejepa_jax import config_lib
 
-IMAGENET_TRAIN = config_lib.IMAGENET_TRAIN_EXAMPLES
-
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  args = config_lib.parse_arg(arg, variant="base", epochs=100, runlocal=False)
+  args = config_lib.parse_arg(arg, variant="base", epochs=100.0, **config_lib.RUNLOCAL_ARGS)
   c = config_lib.base_config()
   c.data.global_views = dict(count=4, size=224, scale=(0.08, 1.0))
   c.data.local_views = dict(count=0, size=96, scale=(0.05, 0.3))
-  c.model = ml_collections.ConfigDict(dict(
-      name="convnextv2", variant=args["variant"], in_channels=3, drop_path=0.1, dtype="auto",
-      projector=dict(hidden_dim=2048, out_dim=512, num_layers=3)))
-  config_lib.set_schedule(c, float(args["epochs"]), IMAGENET_TRAIN)
+  c.model = config_lib.model_config("convnextv2", args["variant"], drop_path=0.1)
+  config_lib.set_schedule(c, args["epochs"], config_lib.IMAGENET_TRAIN_EXAMPLES)
   c.mesh.axes = dict(data=-1, fsdp=4 if args["variant"] in ("large", "huge") else 1)
   return config_lib.finish(c, args)

@@ -25,7 +25,7 @@ from lejepa_jax import config_lib
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  args = config_lib.parse_arg(arg, runlocal=False)
+  args = config_lib.parse_arg(arg, **config_lib.RUNLOCAL_ARGS)
   c = config_lib.base_config()
   # Sized for about 20 minutes on 2 CPU cores (see the docstring).
   c.total_steps = 300
@@ -45,9 +45,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.data.mean = (0.286,)  # Fashion-MNIST training-set statistics
   c.data.std = (0.353,)
 
-  c.model = ml_collections.ConfigDict(dict(
-      name="resnet", variant="18", small_stem=True, width=32, in_channels=1, dtype="auto",
-      projector=dict(hidden_dim=512, out_dim=64, num_layers=3)))
+  c.model = config_lib.model_config(
+      "resnet", "18", projector=dict(hidden_dim=512, out_dim=64, num_layers=3), small_stem=True,
+      width=32, in_channels=1)
 
   c.optim.lr = 2e-3
   c.optim.weight_decay = 5e-4

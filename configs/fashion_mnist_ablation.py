@@ -17,7 +17,7 @@ from lejepa_jax import config_lib
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  args = config_lib.parse_arg(arg, runlocal=False)
+  args = config_lib.parse_arg(arg, **config_lib.RUNLOCAL_ARGS)
   c = config_lib.load_config_file(os.path.join(os.path.dirname(__file__), "fashion_mnist.py"))
   c.model.width = 16  # ResNet stage widths 16, 32, 64, 128
   c.data.global_batch_size = 64

@@ -11,11 +11,9 @@ import ml_collections
 
 from lejepa_jax import config_lib
 
-IMAGENETTE_TRAIN = 9_469
-
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  args = config_lib.parse_arg(arg, epochs=800, runlocal=False)
+  args = config_lib.parse_arg(arg, epochs=800.0, **config_lib.RUNLOCAL_ARGS)
   c = config_lib.base_config()
   c.data.name = "imagenette"
   c.data.global_batch_size = 256
@@ -26,6 +24,6 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.model.projector = dict(hidden_dim=2048, out_dim=16, num_layers=3)
   c.loss.sigreg_weight = 0.02
   c.optim.lr = 2e-3
-  c.probe.num_classes = 10
-  config_lib.set_schedule(c, float(args["epochs"]), IMAGENETTE_TRAIN)
+  train_examples, c.probe.num_classes = config_lib.DATASETS["imagenette"]
+  config_lib.set_schedule(c, args["epochs"], train_examples)
   return config_lib.finish(c, args)

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs the main job on the embedded default (Fashion-MNIST, on the CPU), installing what it needs
 # into ./.venv first and preparing the dataset offline when it is not there yet.
-# LEJEPA_DEMO_SHORT=1 runs a short version (used by CI).
+# LEJEPA_DEMO_SHORT=1 runs a short version (used by CI) from scratch in its own directory,
+# workdirs/fashion_mnist_short, deleted first; it ignores LEJEPA_WORKDIR, so no real run is touched.
 source "$(dirname "${BASH_SOURCE[0]}")/_env.sh"
 export JAX_PLATFORMS="${JAX_PLATFORMS:-cpu}"
 data_dir="${LEJEPA_DATA_DIR:-$repo_root/data/tfds}"
@@ -27,8 +28,13 @@ probe="configs/probe/fashion_mnist.py"
 if [ "${LEJEPA_DEMO_SHORT:-0}" = 1 ]; then
   config="configs/fashion_mnist.py:runlocal,steps=10"
   probe="configs/probe/fashion_mnist.py:fast"
-  workdir="${LEJEPA_WORKDIR:-$repo_root/workdirs/fashion_mnist_short}"
+  # A fixed scratch directory of the demo's own: only a path this script chose is ever deleted.
+  if [ -n "${LEJEPA_WORKDIR:-}" ]; then
+    echo "[demo] short demo: ignoring LEJEPA_WORKDIR ($LEJEPA_WORKDIR)"
+  fi
+  workdir="$repo_root/workdirs/fashion_mnist_short"
   rm -rf "$workdir"
+  echo "[demo] short demo in the scratch directory $workdir"
 fi
 python -m lejepa_jax.main --config="$config" --workdir="$workdir" \
   --config.data.data_dir="$data_dir" "$@"

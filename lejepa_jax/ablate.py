@@ -51,7 +51,8 @@ import numpy as np
 from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from lejepa_jax import checkpointing, data, evaluate, evaluators, reports, sharding, steps, train
+from lejepa_jax import (checkpointing, data, distributed, evaluate, evaluators, reports, sharding,
+                        steps, train)
 from lejepa_jax.models import members as members_lib
 
 log = logging.getLogger("lejepa_jax")
@@ -513,6 +514,8 @@ def run(config: ml_collections.ConfigDict, workdir: str,
 
 def main(argv: list[str]) -> None:
   del argv
+  # Join the other processes first (a no-op on one machine): run() checks process_index.
+  distributed.initialize_if_multi_process()
   from absl import logging as absl_logging  # pylint: disable=import-outside-toplevel
   logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
   absl_logging.set_verbosity(absl_logging.WARNING)
@@ -530,6 +533,9 @@ if __name__ == "__main__":
   _CONFIG = config_flags.DEFINE_config_file(
       "config", None, "Base experiment config (configs/*.py), optionally with ':args'.",
       lock_config=True)
+  flags.register_validator("config", lambda value: value is not None,
+                           "--config is required: the base experiment config, e.g. "
+                           "--config=configs/fashion_mnist_ablation.py")
   _WORKDIR = flags.DEFINE_string("workdir", None, "Ablation directory; reruns resume.",
                                  required=True)
   _SWEEP = flags.DEFINE_multi_string("sweep", [], "key=v1,v2,... (repeatable; members are the "

@@ -95,6 +95,27 @@ def restore_state_only(manager: ocp.CheckpointManager, step: int, abstract_state
   return restored[STATE]
 
 
+def state_subtree_metadata(manager: ocp.CheckpointManager, step: int, key: str | int) -> dict:
+  """Shapes and dtypes of the arrays under `key` of `step`'s saved train state (reads metadata only)."""
+  handler = ocp.PyTreeCheckpointHandler()
+  try:
+    tree = handler.metadata(manager.directory / str(step) / STATE).tree
+  finally:
+    handler.close()
+  return tree[str(key)]
+
+
+def restore_state_subtree(manager: ocp.CheckpointManager, step: int, key: str | int,
+                          target: Any) -> Any:
+  """The subtree `key` of `step`'s train state onto `target`'s shapes and shardings (an orbax
+  partial restore: the rest of the saved state, e.g. the optimizer's moments, is never read)."""
+  tree = {key: target}
+  restore_args = ocp.checkpoint_utils.construct_restore_args(tree)
+  restore = ocp.args.PyTreeRestore(tree, restore_args=restore_args, partial_restore=True)
+  restored = manager.restore(step, args=ocp.args.Composite(**{STATE: restore}))
+  return restored[STATE][key]
+
+
 def restore_config(manager: ocp.CheckpointManager, step: int) -> dict:
   """The config (as a dict) a training checkpoint was written with."""
   restored = manager.restore(step, args=ocp.args.Composite(**{CONFIG: ocp.args.JsonRestore()}))

@@ -1,7 +1,8 @@
 """Shared pieces of the experiment configs in configs/: the full default tree, argument parsing, runlocal.
 
 Every config file defines `get_config(arg)`; `arg` is the text after ':' in `--config=file.py:arg`, a
-comma-separated list such as `runlocal` or `variant=B/16,runlocal,steps=50`.
+comma-separated list such as `runlocal` or `variant=B/16,runlocal,steps=50`. Each config names the
+arguments it accepts (`parse_arg`); any other name, or a value of the wrong type, is an error.
 """
 
 from __future__ import annotations
@@ -20,15 +21,73 @@ def load_config_file(path: str, arg: str | None = None) -> ml_collections.Config
   return module.get_config(arg)
 
 
+# The arguments every training config accepts (see `finish`); steps=0 means runlocal's own length.
+RUNLOCAL_ARGS = dict(runlocal=False, steps=0)
+RUNLOCAL_STEPS = 30
+_TRUE, _FALSE = ("true", "1", "yes"), ("false", "0", "no")
+
+
 def parse_arg(arg: str | None, **defaults) -> dict:
-  """'runlocal,variant=L/14' -> {"runlocal": True, "variant": "L/14"} over the given defaults."""
+  """'runlocal,variant=L/14' -> {"runlocal": True, "variant": "L/14"} over the given defaults.
+
+  The defaults name every argument the config accepts; any other name is an error. A value takes its
+  default's type (bool: a bare name, or =true/false/1/0/yes/no), so a typo never passes silently.
+  """
   out = dict(defaults)
   for item in filter(None, (arg or "").split(",")):
-    key, sep, value = item.partition("=")
-    if key not in out and key not in ("runlocal", "steps"):
-      raise ValueError(f"Unknown config argument {key!r}; accepted: {sorted(out)} + runlocal, steps.")
-    out[key] = value if sep else True
+    key, sep, value = (part.strip() for part in item.partition("="))
+    if key not in defaults:
+      raise ValueError(f"Unknown config argument {key!r} (in ':{arg}'); {_accepted(defaults)}.")
+    out[key] = _convert(key, value if sep else None, defaults[key])
   return out
+
+
+def _accepted(defaults: dict) -> str:
+  if not defaults:
+    return "this config accepts no arguments"
+  return "accepted, with their defaults: " + ", ".join(f"{k}={v}" for k, v in defaults.items())
+
+
+def _convert(key: str, value: str | None, default):
+  """`value` (None for a bare name) as the type of `default`."""
+  if isinstance(default, bool):
+    if value is None or value.lower() in _TRUE:
+      return True
+    if value.lower() in _FALSE:
+      return False
+    raise ValueError(f"Config argument {key}={value!r} is not a boolean; use {key}=true or false "
+                     f"(or 1/0, yes/no), or a bare {key}.")
+  if value is None:
+    raise ValueError(f"Config argument {key!r} needs a value: {key}=... (default {default}).")
+  try:
+    return type(default)(value)
+  except ValueError:
+    raise ValueError(f"Config argument {key}={value!r}: expected a {type(default).__name__} "
+                     f"(default {default}).") from None
+
+
+# The options each backbone reads from config.model (lejepa_jax.models.BACKBONES), at the models'
+# own defaults. A config holds all of its family's, so `--config.model.<option>=...` reaches each.
+MODEL_OPTIONS = {
+    # remat: activation rematerialisation per block (models.vit.REMAT_POLICIES); `lejepa_jax.plan`
+    # tells which one fits a given accelerator and mesh.
+    "vit": dict(img_size=224, in_channels=3, class_token=True, num_registers=0, drop_path=0.0,
+                remat="none"),
+    "resnet": dict(in_channels=3, small_stem=False, width=64),
+    "convnextv2": dict(in_channels=3, drop_path=0.0),
+}
+
+
+def model_config(name: str, variant: str, projector: dict | None = None,
+                 **options) -> ml_collections.ConfigDict:
+  """config.model of a `name` backbone: all its options (MODEL_OPTIONS), `options` over defaults."""
+  unknown = sorted(set(options) - set(MODEL_OPTIONS[name]))
+  if unknown:
+    raise ValueError(f"{name} has no option(s) {unknown}; its options: "
+                     f"{sorted(MODEL_OPTIONS[name])}.")
+  projector = projector or dict(hidden_dim=2048, out_dim=512, num_layers=3)
+  return ml_collections.ConfigDict(dict(name=name, variant=variant, dtype="auto",
+                                        **{**MODEL_OPTIONS[name], **options}, projector=projector))
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -57,14 +116,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.data.mean = (0.485, 0.456, 0.406)  # ImageNet statistics
   c.data.std = (0.229, 0.224, 0.225)
 
-  c.model = ml_collections.ConfigDict()
-  c.model.name = "vit"
-  c.model.variant = "L/14"
-  c.model.img_size = 224
-  c.model.in_channels = 3
-  c.model.drop_path = 0.1
-  c.model.dtype = "auto"
-  c.model.projector = dict(hidden_dim=2048, out_dim=512, num_layers=3)
+  # The model section holds every option of its family (MODEL_OPTIONS): a config of another family
+  # replaces it with `model_config(name, ...)`.
+  c.model = model_config("vit", "L/14", drop_path=0.1)
 
   c.loss = ml_collections.ConfigDict()
   c.loss.sigreg_weight = 0.05
@@ -95,18 +149,17 @@ def base_config() -> ml_collections.ConfigDict:
   return c
 
 
-IMAGENET_TRAIN_EXAMPLES = 1_281_167
+# Known training sets: (training examples, classes); the schedule's epochs and the probe need both.
+DATASETS = {"imagenet2012": (1_281_167, 1000), "imagenette": (9_469, 10)}
+IMAGENET_TRAIN_EXAMPLES = DATASETS["imagenet2012"][0]
 
 
 def imagenet_vit_config(arg: str | None, variant: str, fsdp: int) -> ml_collections.ConfigDict:
   """The paper's ImageNet-1k ViT recipe; `arg` may set variant=..., epochs=..., runlocal, steps=..."""
-  args = parse_arg(arg, variant=variant, epochs=100, runlocal=False)
+  args = parse_arg(arg, variant=variant, epochs=100.0, **RUNLOCAL_ARGS)
   c = base_config()
   c.model.variant = args["variant"]
-  # Activation rematerialisation per block (models.vit.REMAT_POLICIES); `lejepa_jax.plan` tells
-  # which one fits a given accelerator and mesh.
-  c.model.remat = "none"
-  set_schedule(c, float(args["epochs"]), IMAGENET_TRAIN_EXAMPLES)
+  set_schedule(c, args["epochs"], IMAGENET_TRAIN_EXAMPLES)
   if args["variant"].endswith("/14"):
     c.data.local_views = dict(c.data.local_views, size=98)  # a multiple of the patch
   c.mesh.axes = dict(data=-1, fsdp=fsdp)
@@ -121,9 +174,14 @@ def set_schedule(c: ml_collections.ConfigDict, epochs: float, num_examples: int,
 
 
 def finish(c: ml_collections.ConfigDict, args: dict) -> ml_collections.ConfigDict:
-  """Applies `runlocal` (and `steps=`) from the parsed config arguments."""
-  if args.get("runlocal"):
-    apply_runlocal(c, int(args.get("steps", 30)))
+  """Applies `runlocal` (and `steps=`, the length of that run) from the parsed config arguments."""
+  if args["steps"] < 0 or (args["steps"] and not args["runlocal"]):
+    # steps= sets runlocal's length only: a full run's length follows from its epochs (or
+    # --config.total_steps, which leaves the warmup and checkpoint cadence as the recipe has them).
+    raise ValueError(f"Config argument steps={args['steps']} needs runlocal (runlocal,steps=N with "
+                     "N >= 1); for a full-size run use epochs= or --config.total_steps=N.")
+  if args["runlocal"]:
+    apply_runlocal(c, args["steps"] or RUNLOCAL_STEPS)
   return c
 
 
@@ -131,7 +189,8 @@ def epochs_to_steps(epochs: float, num_examples: int, batch_size: int) -> int:
   return max(1, round(epochs * num_examples / batch_size))
 
 
-def apply_runlocal(c: ml_collections.ConfigDict, steps: int = 30) -> ml_collections.ConfigDict:
+def apply_runlocal(c: ml_collections.ConfigDict,
+                   steps: int = RUNLOCAL_STEPS) -> ml_collections.ConfigDict:
   """Shrinks any config to a CPU run of about a minute: tiny model of the same family, small crops,
   small batch, few steps. The dataset stays the one the config names."""
   c.total_steps = steps

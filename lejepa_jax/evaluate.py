@@ -1,25 +1,29 @@
-"""The evaluation job: frozen-feature probes on a training run's checkpoints.
+r"""The evaluation job: frozen-feature probes on a training run's checkpoints.
 
     python -m lejepa_jax.evaluate --config=configs/probe/default.py --workdir=<training workdir> \
         [--step=N | --follow] [--config.evaluators=linear,knn,...]
 
-Restores the encoder only (no optimizer state) from the run's orbax checkpoints onto this job's
-devices (any count), extracts frozen features once per checkpoint and runs the evaluators the probe
-config names (`lejepa_jax.evaluators`, plus "pictures"). Without --step it evaluates the latest
-checkpoint; with --follow it keeps watching the workdir while training runs and evaluates every new
-checkpoint once (the evaluated steps are recorded, so a restarted job carries on). Unreadable
-checkpoints are skipped with a message. Results: `workdir/eval/<evaluator>.jsonl`, TensorBoard
-scalars in `workdir/eval/tensorboard`, pictures in `workdir/eval/pictures`, a table on the console.
+Restores the model only (no optimizer state is read) from the run's orbax checkpoints onto this
+job's devices (any count), extracts frozen features once per checkpoint and runs the evaluators the
+probe config names (`lejepa_jax.evaluators`, plus "pictures"). Without --step it evaluates the
+latest checkpoint; a --step the run does not have is an error listing the steps it has. With
+--follow it waits for the first checkpoint, then keeps watching the workdir while training runs and
+evaluates every new checkpoint once (the evaluated steps are recorded, so a restarted job carries
+on); a checkpoint whose files cannot be read is skipped with a message, and one that the run's
+checkpoint rotation removed before its turn is passed over. Nothing under `checkpoints/` is ever
+changed. Results: `workdir/eval/<evaluator>.jsonl`, TensorBoard scalars in
+`workdir/eval/tensorboard`, pictures in `workdir/eval/pictures`, a table on the console.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import logging
 import os
 import time
-from typing import Iterator
+from typing import Any, Iterator
 
 import jax
 import jax.numpy as jnp
@@ -27,56 +31,153 @@ import ml_collections
 import numpy as np
 from flax import nnx
 
-from lejepa_jax import checkpointing, data, evaluators, reports, sharding, steps, train
+from lejepa_jax import checkpointing, data, distributed, evaluators, reports, sharding, steps, train
 
 log = logging.getLogger("lejepa_jax")
 FEATURE_KINDS = ("embed", "feature_map")
+MODEL = 0  # the model's key in the saved train state, nnx.split(train.build_train_objects(...))
+# How damaged or missing checkpoint files surface (orbax, tensorstore and json raise these);
+# anything else (MemoryError, TypeError, ...) is not about the files and propagates unchanged.
+_READ_ERRORS = (OSError, ValueError)
 
 
 class CheckpointError(RuntimeError):
-  """A checkpoint that exists but cannot be read (corrupt, half-written or deleted meanwhile)."""
+  """A checkpoint step that exists but whose files cannot be read (damaged or unreadable)."""
+
+
+class StepNotFoundError(FileNotFoundError):
+  """The run has no checkpoint at the step asked for (never written, or removed by rotation)."""
+
+
+class ModelMismatchError(ValueError):
+  """A checkpoint holds another model than its config builds with this code."""
+
+
+def checkpoint_dir(workdir: str) -> str:
+  return os.path.abspath(os.path.join(workdir, "checkpoints"))
+
+
+def _open_manager(workdir: str):
+  """The run's checkpoint manager; checks first, as opening one creates a missing directory."""
+  directory = checkpoint_dir(workdir)
+  if not os.path.isdir(directory):
+    raise FileNotFoundError(f"No checkpoints: {directory} does not exist. Is --workdir={workdir} "
+                            "the training run's workdir?")
+  return checkpointing.training_manager(directory)
+
+
+def _pick_step(manager, step: int | None, workdir: str) -> int:
+  """`step`, or the latest when None; an error naming the steps there are when it does not exist."""
+  existing = sorted(manager.all_steps())
+  if not existing:
+    raise FileNotFoundError(f"No finished checkpoint in {checkpoint_dir(workdir)} yet: train "
+                            "first, or pass --follow to wait for one.")
+  if step is None:
+    return existing[-1]
+  if step not in existing:
+    raise StepNotFoundError(
+        f"{checkpoint_dir(workdir)} has no checkpoint step {step}; it has steps "
+        f"{_listing(existing)}. Pass one of them to --step (or none: the latest).")
+  return step
+
+
+def _listing(steps_: list[int]) -> str:
+  return ", ".join(map(str, sorted(steps_)))
+
+
+@contextlib.contextmanager
+def _reading(manager, step: int):
+  """Turns a failure to read `step`'s files into CheckpointError, or StepNotFoundError when the step
+  has gone meanwhile (training keeps only its newest checkpoints)."""
+  try:
+    yield
+  except _READ_ERRORS as e:
+    manager.reload()  # the steps now on disk, not those cached when the manager was opened
+    directory, existing = str(manager.directory), _listing(manager.all_steps())
+    if not (manager.directory / str(step)).exists():
+      raise StepNotFoundError(
+          f"Checkpoint step {step} in {directory} was removed while being read (the run keeps only "
+          f"its newest checkpoints); it has steps {existing}.") from e
+    raise CheckpointError(
+        f"Checkpoint step {step} in {directory} could not be read ({type(e).__name__}: "
+        f"{str(e)[:300]}): its files are damaged or unreadable. Evaluate another step with --step "
+        f"(the run has {existing}), or check the run's storage and training log.") from e
 
 
 def restore_encoder(workdir: str, step: int | None = None, mesh: jax.sharding.Mesh | None = None):
   """(encoder in eval mode, its training config, the step) from a training run's checkpoint.
 
-  Raises FileNotFoundError when the run has no checkpoint, CheckpointError when it cannot be read.
+  Reads the model's arrays only, straight onto `mesh` (all devices by default). Raises
+  FileNotFoundError when the run has no checkpoint (StepNotFoundError: not at `step`),
+  CheckpointError when the step's files cannot be read, ModelMismatchError when they hold another
+  model than this code builds from the checkpoint's config.
   """
-  manager = checkpointing.training_manager(os.path.join(workdir, "checkpoints"))
+  manager = _open_manager(workdir)
   try:
-    step = manager.latest_step() if step is None else step
-    if step is None:
-      raise FileNotFoundError(f"No checkpoint in {workdir}/checkpoints; train first.")
-    try:
-      config, graphdef, state = _restore_state(manager, step, mesh)
-    except Exception as e:  # orbax raises many types for damaged files; all mean "unreadable"
-      raise CheckpointError(
-          f"Checkpoint step {step} in {workdir}/checkpoints could not be read "
-          f"({type(e).__name__}: {str(e)[:300]}). It is corrupt, half-written or was deleted; "
-          "skipping it. Delete that step's directory (or rerun training) to rewrite it.") from e
+    step = _pick_step(manager, step, workdir)
+    with _reading(manager, step):
+      config = ml_collections.ConfigDict(checkpointing.restore_config(manager, step))
+    graphdef, state = _restore_model(manager, step, config,
+                                     mesh or sharding.make_mesh({"data": -1}))
   finally:
     manager.close()
-  encoder = nnx.merge(graphdef, state)[0]
+  encoder = nnx.merge(graphdef, state)
   encoder.eval()
   return encoder, config, step
 
 
-def _restore_state(manager, step: int, mesh):
-  config = ml_collections.ConfigDict(checkpointing.restore_config(manager, step))
-  mesh = mesh or sharding.make_mesh({"data": -1})
-  graphdef, state = nnx.split(
-      sharding.create_sharded(lambda: train.build_train_objects(config), mesh))
+def _restore_model(manager, step: int, config, mesh: jax.sharding.Mesh):
+  """(graphdef, state) of the model saved at `step`; its optimizer moments are not read."""
+  # Abstract: nothing is allocated (nor initialised) before the saved arrays are read.
+  graphdef, state = sharding.abstract_state(lambda: train.build_train_objects(config)[MODEL], mesh)
   like = nnx.to_pure_dict(state)
-  saved = checkpointing.restore_state_only(
-      manager, step, train.abstract_tree(train.to_savable(like)))
+  target = _savable_abstract(like)
+  with _reading(manager, step):
+    saved_metadata = checkpointing.state_subtree_metadata(manager, step, MODEL)
+  _check_same_model(saved_metadata, target, step)
+  with _reading(manager, step):
+    saved = checkpointing.restore_state_subtree(manager, step, MODEL, target)
   nnx.replace_by_pure_dict(state, train.from_savable(saved, like))
-  return config, graphdef, state
+  return graphdef, state
+
+
+def _savable_abstract(like):
+  """train.to_savable of abstract arrays (typed PRNG keys -> their uint32 data), shardings kept."""
+  def leaf(x):
+    if not jnp.issubdtype(x.dtype, jax.dtypes.prng_key):
+      return x
+    raw = jax.eval_shape(jax.random.key_data, x)
+    return jax.ShapeDtypeStruct(raw.shape, raw.dtype, sharding=x.sharding)
+  return jax.tree.map(leaf, like)
+
+
+def _check_same_model(saved_metadata: dict, target: Any, step: int) -> None:
+  """ModelMismatchError listing differences between the saved model and the one this code builds
+  (a partial restore would otherwise leave missing arrays unread)."""
+  saved, wanted = _shapes(saved_metadata), _shapes(target)
+  differences = [f"{k}: missing from the checkpoint" for k in sorted(set(wanted) - set(saved))]
+  differences += [f"{k}: not in this code's model" for k in sorted(set(saved) - set(wanted))]
+  differences += [f"{k}: saved {saved[k]}, built {wanted[k]}"
+                  for k in sorted(set(saved) & set(wanted)) if saved[k] != wanted[k]]
+  if differences:
+    raise ModelMismatchError(
+        f"Checkpoint step {step} holds another model than this code builds from its config "
+        f"({len(differences)} differences: {'; '.join(differences[:5])}). Evaluate it with the "
+        "version of lejepa_jax that trained it.")
+
+
+def _shapes(tree) -> dict[str, tuple]:
+  """{'a/b/c': (shape, dtype name)} of a nested dict of arrays or array metadata."""
+  flat = jax.tree_util.tree_flatten_with_path(tree)[0]
+  return {"/".join(str(k.key) for k in path): (tuple(x.shape), np.dtype(x.dtype).name)
+          for path, x in flat}
 
 
 def random_init_encoder(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh | None = None):
   """The encoder of `config` as training initialises it (step 0), in eval mode: a baseline."""
   mesh = mesh or sharding.make_mesh({"data": -1})
-  encoder = sharding.create_sharded(lambda: train.build_train_objects(config), mesh)[0]
+  # Only the model leaves the jit: the optimizer state built alongside it is never materialised.
+  encoder = sharding.create_sharded(lambda: train.build_train_objects(config)[MODEL], mesh)
   encoder.eval()
   return encoder
 
@@ -340,11 +441,7 @@ def evaluate_baselines(workdir: str, probe: ml_collections.ConfigDict, writer: R
   todo = [b for b in wanted if b not in record.data["baselines"]]
   if not todo:
     return {}
-  manager = checkpointing.training_manager(os.path.join(workdir, "checkpoints"))
-  try:
-    config = ml_collections.ConfigDict(checkpointing.restore_config(manager, manager.latest_step()))
-  finally:
-    manager.close()
+  config = _latest_config(workdir)
   names = [n for n in evaluator_names(probe) if n != "pictures"]
   out = {}
   for baseline in todo:
@@ -357,6 +454,17 @@ def evaluate_baselines(workdir: str, probe: ml_collections.ConfigDict, writer: R
     writer.write(0, baseline, out[baseline])
     record.mark_baseline(baseline)
   return out
+
+
+def _latest_config(workdir: str) -> ml_collections.ConfigDict:
+  """The training config of the run's latest checkpoint (the baselines' data and model)."""
+  manager = _open_manager(workdir)
+  try:
+    step = _pick_step(manager, None, workdir)
+    with _reading(manager, step):
+      return ml_collections.ConfigDict(checkpointing.restore_config(manager, step))
+  finally:
+    manager.close()
 
 
 def _pixel_feature_set(config, probe) -> evaluators.FeatureSet:
@@ -375,6 +483,7 @@ def evaluate(workdir: str, step: int | None = None, train_examples: int | None =
   probe = ml_collections.ConfigDict(probe or _default_probe())
   if train_examples:
     probe.train_examples = train_examples
+  require_checkpoints(workdir, step)  # before the writer creates eval/ in a mistyped workdir
   writer = ResultsWriter(workdir, probe.name)
   try:
     return evaluate_checkpoint(workdir, probe, step, writer, EvalRecord(workdir, probe.name))
@@ -390,13 +499,40 @@ def _default_probe() -> ml_collections.ConfigDict:
 def checkpoint_steps(workdir: str) -> list[int]:
   """Finalised checkpoint steps of a run (orbax ignores the temporary directories of unfinished
   saves, so a half-written checkpoint is not listed until it is complete)."""
-  if not os.path.isdir(os.path.join(workdir, "checkpoints")):
+  if not os.path.isdir(checkpoint_dir(workdir)):
     return []
-  manager = checkpointing.training_manager(os.path.join(workdir, "checkpoints"))
+  manager = _open_manager(workdir)
   try:
-    return list(manager.all_steps())
+    return sorted(manager.all_steps())
   finally:
     manager.close()
+
+
+def require_checkpoints(workdir: str, step: int | None = None) -> None:
+  """FileNotFoundError naming the directory when the run has no finished checkpoint (at `step`)."""
+  manager = _open_manager(workdir)
+  try:
+    _pick_step(manager, step, workdir)
+  finally:
+    manager.close()
+
+
+def wait_for_checkpoints(workdir: str, probe: ml_collections.ConfigDict) -> list[int]:
+  """The run's checkpoint steps once there is one: a --follow job may start before training has
+  saved. FileNotFoundError after `probe.idle_timeout` seconds without one."""
+  start, last_message = time.monotonic(), None
+  while not (found := checkpoint_steps(workdir)):
+    now = time.monotonic()
+    if now - start > probe.idle_timeout:
+      raise FileNotFoundError(
+          f"No checkpoint appeared in {checkpoint_dir(workdir)} within {now - start:.0f} s (the "
+          f"probe config's idle_timeout). Is training running with --workdir={workdir}?")
+    if last_message is None or now - last_message > 600:  # a sign of life every 10 minutes
+      last_message = now
+      log.info("waiting for the first checkpoint in %s (looking every %.0f s, for up to %.0f s)",
+               checkpoint_dir(workdir), probe.poll_seconds, probe.idle_timeout)
+    time.sleep(probe.poll_seconds)
+  return found
 
 
 def follow(workdir: str, probe: ml_collections.ConfigDict, writer: ResultsWriter,
@@ -410,8 +546,11 @@ def follow(workdir: str, probe: ml_collections.ConfigDict, writer: ResultsWriter
       last_activity = time.monotonic()
       try:
         evaluate_checkpoint(workdir, probe, step, writer, record, mesh)
+      except StepNotFoundError:
+        # Listed a moment ago, deleted since by the run's rotation: nothing to evaluate or record.
+        log.info("checkpoint step %d was removed by the training run before its turn", step)
       except CheckpointError as e:
-        log.warning("%s", e)
+        log.warning("%s Skipping it.", e)
         record.mark_skipped(step, str(e))
     if record.finished():
       break
@@ -426,6 +565,11 @@ def run(workdir: str, probe: ml_collections.ConfigDict, step: int | None = None,
         follow_run: bool = False) -> list[dict]:
   """The job: baselines (once), then the latest / given checkpoint, or every checkpoint with
   `follow_run`. Returns the result rows (also printed as a table)."""
+  # Before anything is written: a mistyped workdir stays as it was (non-existent).
+  if follow_run:
+    wait_for_checkpoints(workdir, probe)
+  else:
+    require_checkpoints(workdir, step)
   writer = ResultsWriter(workdir, probe.name)
   record = EvalRecord(workdir, probe.name)
   try:
@@ -441,9 +585,12 @@ def run(workdir: str, probe: ml_collections.ConfigDict, step: int | None = None,
 
 def main(argv: list[str]) -> None:
   del argv
+  distributed.initialize_if_multi_process()  # joins the cluster as training does
   from absl import logging as absl_logging  # pylint: disable=import-outside-toplevel
   logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
   absl_logging.set_verbosity(absl_logging.WARNING)
+  # Progress lines from process 0 only; the other processes report warnings and errors.
+  log.setLevel(logging.INFO if jax.process_index() == 0 else logging.WARNING)
   probe = _CONFIG.value if _CONFIG.value is not None else _default_probe()
   try:
     rows = run(_WORKDIR.value, probe, _STEP.value, _FOLLOW.value)

@@ -148,8 +148,9 @@ def rankme(x: np.ndarray, eps: float = 1e-7) -> float:
 def label_free(fs: FeatureSet, *, num_slices: int = 1024, max_examples: int = 10000, seed: int = 0
                ) -> dict[str, float]:
   """Metrics that need no labels, on the evaluation split: RankMe of the features (and of the
-  projector outputs) and the SIGReg statistic of the projector outputs (about 1 / N-ish small for
-  isotropic Gaussian embeddings, large when they collapse).
+  projector outputs) and the SIGReg statistic of the projector outputs over the N examples (scaled
+  by N as in training: about 1 for isotropic Gaussian embeddings, about 0.4 N when they collapse to a
+  point).
   """
   result = {"rankme_features": rankme(fs.test_x[:max_examples])}
   if fs.test_z is not None:

@@ -8,10 +8,11 @@ Only flags live here; the work is done by `lejepa_jax.train.run`, importable and
 from __future__ import annotations
 
 import logging
-import os
 
 from absl import app, flags
 from ml_collections import config_flags
+
+from lejepa_jax import distributed
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Experiment config file (configs/*.py), optionally with ':args'.",
@@ -26,36 +27,9 @@ _ALLOW_CONFIG_CHANGE = flags.DEFINE_bool(
 flags.mark_flags_as_required(["config", "workdir"])
 
 
-def _multi_process() -> bool:
-  """True when launched as one of several processes (SLURM, TPU pod, or explicit coordinator)."""
-  if os.environ.get("JAX_COORDINATOR_ADDRESS") or os.environ.get("LEJEPA_DISTRIBUTED") == "1":
-    return True
-  if int(os.environ.get("SLURM_NTASKS", "1")) > 1:
-    return True
-  return len(os.environ.get("TPU_WORKER_HOSTNAMES", "").split(",")) > 1
-
-
-def _initialize_distributed() -> None:
-  """`jax.distributed.initialize`, with JAX_NUM_PROCESSES / JAX_PROCESS_ID when set (launch/local.sh).
-
-  JAX reads JAX_COORDINATOR_ADDRESS itself; whatever is unset is detected from the cluster (TPU VM
-  metadata, SLURM, Open MPI). LEJEPA_DISTRIBUTED=1 asks for detection where no variable says
-  multi-process (TPU VM pod workers).
-  """
-  import jax  # pylint: disable=import-outside-toplevel
-  kwargs = {key: int(os.environ[var]) for key, var in (("num_processes", "JAX_NUM_PROCESSES"),
-                                                       ("process_id", "JAX_PROCESS_ID"))
-            if os.environ.get(var)}
-  if os.environ.get("JAX_PLATFORMS", "").split(",")[0] == "cpu":
-    # Without a collectives backend, CPU devices of different processes cannot reduce together.
-    jax.config.update("jax_cpu_collectives_implementation", "gloo")
-  jax.distributed.initialize(**kwargs)
-
-
 def main(argv: list[str]) -> None:
   del argv
-  if _multi_process():
-    _initialize_distributed()
+  distributed.initialize_if_multi_process()
   logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
   # Libraries (orbax, grain, TFDS) log every detail through absl; keep the console to progress lines.
   from absl import logging as absl_logging  # pylint: disable=import-outside-toplevel

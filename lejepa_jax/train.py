@@ -228,10 +228,12 @@ def _flat(tree: dict, prefix: str = "") -> dict[str, Any]:
 
 def config_changes(saved: dict, config: ml_collections.ConfigDict) -> list[str]:
   """'key: saved -> now' for each key that differs from the checkpoint's config and would change
-  what is trained (RESUMABLE_CHANGES are allowed to differ)."""
+  what is trained (RESUMABLE_CHANGES are allowed to differ). Keys only one side has (a checkpoint
+  written before a key was added to the config tree, which then holds its default) are not changes.
+  """
   before, now = _flat(saved), _flat(json.loads(config.to_json()))
-  return [f"{key}: {before.get(key)!r} -> {now.get(key)!r}" for key in sorted(set(before) | set(now))
-          if before.get(key) != now.get(key) and not key.startswith(RESUMABLE_CHANGES)]
+  return [f"{key}: {before[key]!r} -> {now[key]!r}" for key in sorted(set(before) & set(now))
+          if before[key] != now[key] and not key.startswith(RESUMABLE_CHANGES)]
 
 
 def _check_same_experiment(manager, start: int, config, workdir: str, allow_change: bool) -> None:

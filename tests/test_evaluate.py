@@ -2,7 +2,12 @@
 
 import json
 import os
+import re
 import shutil
+import subprocess
+import sys
+import threading
+import time
 import warnings
 
 import cv2
@@ -10,7 +15,9 @@ import jax
 import numpy as np
 import pytest
 
-from lejepa_jax import config_lib, evaluate, evaluators, sharding, steps, train
+from flax import nnx
+
+from lejepa_jax import checkpointing, config_lib, evaluate, evaluators, sharding, steps, train
 from lejepa_jax.data import prepare
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -204,10 +211,17 @@ def _rows(workdir, name="linear"):
 
 
 def test_follow_evaluates_each_checkpoint_once_and_skips_unreadable_ones(devices, trained_run,
-                                                                          tmp_path, caplog):
+                                                                          tmp_path, caplog,
+                                                                          monkeypatch):
   workdir = _copy_run(trained_run, tmp_path)  # checkpoints at steps 3 and 6 (the last)
-  evaluate.run(workdir, _fast_probe(), follow_run=True)
+  # Step 4 is listed, then gone before its turn (the run's checkpoint rotation deleted it).
+  listed = evaluate.checkpoint_steps
+  with monkeypatch.context() as m, caplog.at_level("INFO", logger="lejepa_jax"):
+    m.setattr(evaluate, "checkpoint_steps", lambda w: sorted(listed(w) + [4]))
+    evaluate.run(workdir, _fast_probe(), follow_run=True)
+  assert "checkpoint step 4 was removed" in caplog.text
   assert [r["step"] for r in _rows(workdir)] == [3, 6]
+  assert evaluate.EvalRecord(workdir, "default").data["skipped"] == {}  # not recorded as damaged
   evaluate.run(workdir, _fast_probe(), follow_run=True)  # a restarted job: nothing twice
   assert [r["step"] for r in _rows(workdir)] == [3, 6]
 
@@ -219,11 +233,13 @@ def test_follow_evaluates_each_checkpoint_once_and_skips_unreadable_ones(devices
   os.makedirs(os.path.join(workdir, "checkpoints", "9.orbax-checkpoint-tmp-1", "state"))
   with caplog.at_level("WARNING", logger="lejepa_jax"):
     evaluate.run(workdir, _fast_probe(name="second"), follow_run=True)
-  assert "Checkpoint step 3" in caplog.text and "skipping it" in caplog.text
+  assert "Checkpoint step 3" in caplog.text and "Skipping it" in caplog.text
   second = [r["step"] for r in _rows(workdir) if r["probe_config"] == "second"]
   assert second == [6]
   record = evaluate.EvalRecord(workdir, "second").data
   assert record["done"] == [6] and list(record["skipped"]) == ["3"]
+  assert "could not be read" in record["skipped"]["3"]
+  assert "delete" not in record["skipped"]["3"].lower()  # advice that never risks saved work
 
 
 def test_baselines_and_pictures_are_written(devices, trained_run, tmp_path):
@@ -243,3 +259,85 @@ def test_baselines_and_pictures_are_written(devices, trained_run, tmp_path):
   assert "random_init" in evaluate.format_table(rows)
   evaluate.run(workdir, probe)  # baselines are evaluated once per workdir
   assert [r["encoder"] for r in _rows(workdir)].count("pixels") == 1
+
+
+def _snapshot(directory):
+  """{path: (size, mtime)} of every file and directory under `directory`."""
+  out = {}
+  for root, dirs, files in os.walk(directory):
+    for name in dirs + files:
+      path = os.path.join(root, name)
+      out[os.path.relpath(path, directory)] = (os.path.getsize(path), os.stat(path).st_mtime_ns)
+  return out
+
+
+def test_a_missing_step_lists_the_steps_there_are_and_changes_nothing(trained_run, tmp_path):
+  workdir = _copy_run(trained_run, tmp_path)
+  before = _snapshot(workdir)
+  message = "has no checkpoint step 4; it has steps 3, 6"
+  with pytest.raises(evaluate.StepNotFoundError, match=message):
+    evaluate.run(workdir, _fast_probe(), step=4)
+  # The command line: the same message, an error exit, and still nothing written.
+  done = subprocess.run([sys.executable, "-m", "lejepa_jax.evaluate", f"--workdir={workdir}",
+                         "--step=4"], cwd=ROOT, capture_output=True, text=True, timeout=120)
+  assert done.returncode == 1 and message in done.stderr
+  assert _snapshot(workdir) == before
+  assert "<training workdir> \\\n        [--step=N" in evaluate.__doc__  # --help keeps the usage
+
+
+def test_no_checkpoints_is_a_clear_error_and_creates_nothing(trained_run, tmp_path, caplog):
+  typo = tmp_path / "typo"
+  with pytest.raises(FileNotFoundError, match=re.escape(f"{typo}/checkpoints does not exist")):
+    evaluate.run(str(typo), _fast_probe())
+  assert not typo.exists()
+  fresh = tmp_path / "fresh"  # a run that has not saved yet
+  fresh.mkdir()
+  with pytest.raises(FileNotFoundError, match="does not exist"):
+    evaluate.restore_encoder(str(fresh))
+  with pytest.raises(FileNotFoundError, match="No checkpoint appeared"):
+    evaluate.wait_for_checkpoints(str(fresh), _fast_probe(idle_timeout=0.1))
+  assert os.listdir(fresh) == []
+
+  def first_save():  # as orbax finalises a save: a rename
+    time.sleep(0.3)
+    shutil.copytree(os.path.join(trained_run, "checkpoints"), tmp_path / "staging")
+    os.rename(tmp_path / "staging", fresh / "checkpoints")
+  saver = threading.Thread(target=first_save)
+  saver.start()
+  with caplog.at_level("INFO", logger="lejepa_jax"):
+    assert evaluate.wait_for_checkpoints(str(fresh), _fast_probe(idle_timeout=60)) == [3, 6]
+  saver.join()
+  assert "waiting for the first checkpoint" in caplog.text
+
+
+def _flat(tree):
+  return {"/".join(str(k.key) for k in path): np.asarray(x)
+          for path, x in jax.tree_util.tree_flatten_with_path(tree)[0]}
+
+
+def test_restore_reads_the_model_and_no_optimizer_state(devices, trained_run, monkeypatch):
+  reads = []
+  real = checkpointing.training_manager
+
+  def spying_manager(*args, **kwargs):  # a real manager that keeps what its restores return
+    manager = real(*args, **kwargs)
+    restore = manager.restore
+    manager.restore = lambda *a, **k: reads.append(restore(*a, **k)) or reads[-1]
+    return manager
+  monkeypatch.setattr(checkpointing, "training_manager", spying_manager)
+  mesh = sharding.make_mesh({"data": 2}, devices=jax.devices()[:2])
+  encoder, _, step = evaluate.restore_encoder(trained_run, mesh=mesh)
+  monkeypatch.undo()
+
+  read = [_flat(r["state"]) for r in reads if "state" in r.keys()]
+  manager = real(os.path.join(trained_run, "checkpoints"))
+  saved = _flat(checkpointing.restore_state_only(manager, step))  # everything the step holds
+  manager.close()
+  assert any("opt_state/0/mu" in k for k in saved)  # on disk: AdamW moments next to the model
+  model = {k[2:]: v for k, v in saved.items() if k.startswith("0/")}
+  assert len(read) == 1 and set(read[0]) == {"0/" + k for k in model}
+  assert sum(v.nbytes for v in read[0].values()) < sum(v.nbytes for v in saved.values()) / 2
+  restored = _flat(nnx.to_pure_dict(nnx.state(encoder)))
+  assert restored.keys() == model.keys()
+  for key, value in model.items():
+    np.testing.assert_array_equal(restored[key], value)

@@ -10,5 +10,5 @@ from lejepa_jax import config_lib
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  del arg
+  config_lib.parse_arg(arg)  # takes no arguments: anything after ':' is an error, not ignored
   return config_lib.probe_config()

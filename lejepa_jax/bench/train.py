@@ -114,6 +114,11 @@ def main(argv: list[str] | None = None) -> None:
   ceilings = {name: matmul_ceiling(jnp.dtype(name)) for name in ("float32", "bfloat16")}
   for name, flops in ceilings.items():
     print(f"  {name} matmul ceiling (float32 accumulation): {flops / 1e9:.0f} GFLOP/s", flush=True)
+  if not args.no_torch and _torch_available():
+    from lejepa_jax.bench import torch_reference  # pylint: disable=import-outside-toplevel
+    for name in ceilings:
+      flops = torch_reference.matmul_ceiling(bfloat16=name == "bfloat16")
+      print(f"  PyTorch's {name} matmul: {flops / 1e9:.0f} GFLOP/s", flush=True)
   rows, model_flops = [], {}
   for name in args.cases:
     label, make, dtype, flops_case = CASES[name]
@@ -139,10 +144,16 @@ def main(argv: list[str] | None = None) -> None:
   print(common.markdown_table(["case", "s/step", "views/s", "model GFLOP/step", "MFU"], rows))
 
 
-def _torch_seconds(repeats: int, bfloat16: bool) -> float | None:
+def _torch_available() -> bool:
   try:
     import torch  # noqa: F401  pylint: disable=import-outside-toplevel,unused-import
   except ImportError:
+    return False
+  return True
+
+
+def _torch_seconds(repeats: int, bfloat16: bool) -> float | None:
+  if not _torch_available():
     return None
   from lejepa_jax.bench import torch_reference  # pylint: disable=import-outside-toplevel
   return torch_reference.vit_s16_step_seconds(repeats=repeats, bfloat16=bfloat16)

@@ -1,11 +1,14 @@
 #!/usr/bin/env bash
-# Runs the trainer as several processes on this machine, each with its own simulated CPU devices,
-# joined by jax.distributed through a coordinator on 127.0.0.1: multi-host code paths (per-process
-# data, cross-process collectives, collective checkpoints) debugged on one laptop.
+# Runs the trainer (or another job) as several processes on this machine, each with its own
+# simulated CPU devices, joined by jax.distributed through a coordinator on 127.0.0.1: multi-host
+# code paths (per-process data, cross-process collectives, collective checkpoints) debugged on one
+# laptop.
 #
 #   launch/local.sh --config=tests/tiny_config.py:DATA_DIR --workdir=/tmp/run [--config.x=y ...]
+#   MODULE=lejepa_jax.evaluate launch/local.sh --workdir=/tmp/run --follow
 #
 # Knobs (environment variables):
+#   MODULE=lejepa_jax.main   the job each process runs (python -m MODULE "$@")
 #   NUM_PROCESSES=2          processes to start
 #   DEVICES_PER_PROCESS=4    simulated CPU devices in each (the mesh sees the product)
 #   COORDINATOR_PORT=        free localhost port for the coordinator (default: one picked at random)
@@ -14,6 +17,7 @@
 #   --dry-run (first arg)    print the commands instead of running them
 set -euo pipefail
 repo_root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+module="${MODULE:-lejepa_jax.main}"
 num_processes="${NUM_PROCESSES:-2}"
 devices="${DEVICES_PER_PROCESS:-4}"
 default_python=python
@@ -37,7 +41,7 @@ for ((i = 0; i < num_processes; i++)); do
   env_vars=(JAX_PLATFORMS=cpu "XLA_FLAGS=--xla_force_host_platform_device_count=$devices"
             "JAX_COORDINATOR_ADDRESS=127.0.0.1:$port" "JAX_NUM_PROCESSES=$num_processes"
             "JAX_PROCESS_ID=$i")
-  cmd=(env "${env_vars[@]}" "$python_bin" -m lejepa_jax.main "$@")
+  cmd=(env "${env_vars[@]}" "$python_bin" -m "$module" "$@")
   if [ "$dry_run" = 1 ]; then
     printf '%q ' "${cmd[@]}"
     echo

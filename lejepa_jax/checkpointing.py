@@ -44,13 +44,18 @@ def restore_tree(directory: str | os.PathLike, target: Any) -> Any:
 STATE, DATA, CONFIG = "state", "data", "config"
 
 
-def training_manager(directory: str | os.PathLike, max_to_keep: int = 3) -> ocp.CheckpointManager:
-  """Manager of the training run's checkpoints: the train state, the data iterator, the config."""
+def training_manager(directory: str | os.PathLike, max_to_keep: int = 3, *, create: bool = True
+                     ) -> ocp.CheckpointManager:
+  """Manager of the training run's checkpoints: the train state, the data iterator, the config.
+
+  `create=False` opens an existing directory for reading (evaluation): orbax then neither creates
+  it nor holds every process at a barrier, so processes may open it any number of times.
+  """
   import grain  # pylint: disable=import-outside-toplevel
   registry = ocp.handlers.DefaultCheckpointHandlerRegistry()
   registry.add(DATA, grain.checkpoint.CheckpointSave, grain.checkpoint.CheckpointHandler)
   registry.add(DATA, grain.checkpoint.CheckpointRestore, grain.checkpoint.CheckpointHandler)
-  options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True)
+  options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=create)
   return ocp.CheckpointManager(os.path.abspath(directory), options=options,
                                handler_registry=registry)
 
@@ -102,6 +107,9 @@ def state_subtree_metadata(manager: ocp.CheckpointManager, step: int, key: str |
     tree = handler.metadata(manager.directory / str(step) / STATE).tree
   finally:
     handler.close()
+  if str(key) not in tree:
+    raise ValueError(f"the saved train state of step {step} has no item {key!r} (it has "
+                     f"{sorted(tree)}): it was not written by this trainer")
   return tree[str(key)]
 
 

@@ -63,7 +63,7 @@ def _open_manager(workdir: str):
   if not os.path.isdir(directory):
     raise FileNotFoundError(f"No checkpoints: {directory} does not exist. Is --workdir={workdir} "
                             "the training run's workdir?")
-  return checkpointing.training_manager(directory)
+  return checkpointing.training_manager(directory, create=False)
 
 
 def _pick_step(manager, step: int | None, workdir: str) -> int:
@@ -366,6 +366,8 @@ class EvalRecord:
     self._save()
 
   def _save(self) -> None:
+    if jax.process_index() != 0:  # one writer on shared storage
+      return
     os.makedirs(os.path.dirname(self.path), exist_ok=True)
     with open(self.path + ".tmp", "w") as f:
       json.dump(self.data, f, indent=1)
@@ -521,9 +523,12 @@ def wait_for_checkpoints(workdir: str, probe: ml_collections.ConfigDict) -> list
   """The run's checkpoint steps once there is one: a --follow job may start before training has
   saved. FileNotFoundError after `probe.idle_timeout` seconds without one."""
   start, last_message = time.monotonic(), None
-  while not (found := checkpoint_steps(workdir)):
+  while True:
     now = time.monotonic()
-    if now - start > probe.idle_timeout:
+    found, timed_out = agreed(checkpoint_steps(workdir), now - start > probe.idle_timeout)
+    if found:
+      return found
+    if timed_out:
       raise FileNotFoundError(
           f"No checkpoint appeared in {checkpoint_dir(workdir)} within {now - start:.0f} s (the "
           f"probe config's idle_timeout). Is training running with --workdir={workdir}?")
@@ -532,7 +537,27 @@ def wait_for_checkpoints(workdir: str, probe: ml_collections.ConfigDict) -> list
       log.info("waiting for the first checkpoint in %s (looking every %.0f s, for up to %.0f s)",
                checkpoint_dir(workdir), probe.poll_seconds, probe.idle_timeout)
     time.sleep(probe.poll_seconds)
-  return found
+
+
+MAX_AGREED_STEPS = 4096
+
+
+def agreed(steps_: list[int], stop: bool) -> tuple[list[int], bool]:
+  """Process 0's (checkpoint steps, stop decision) on every process.
+
+  The processes of a multi-process job evaluate together (restores and features are collective),
+  so they must take the same steps in the same order and stop together, though each lists the
+  directory at its own moment (rotation may delete a step in between) and keeps its own clock.
+  """
+  if jax.process_count() == 1:
+    return steps_, stop
+  from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel
+  message = np.full(MAX_AGREED_STEPS + 1, -1, np.int64)
+  message[0] = int(stop)
+  kept = sorted(steps_)[-MAX_AGREED_STEPS:]
+  message[1:1 + len(kept)] = kept
+  message = np.asarray(multihost_utils.broadcast_one_to_all(message))
+  return [int(s) for s in message[1:] if s >= 0], bool(message[0])
 
 
 def follow(workdir: str, probe: ml_collections.ConfigDict, writer: ResultsWriter,
@@ -542,7 +567,12 @@ def follow(workdir: str, probe: ml_collections.ConfigDict, writer: ResultsWriter
   record = EvalRecord(workdir, probe.name)
   last_activity = time.monotonic()
   while not record.finished():
-    for step in [s for s in checkpoint_steps(workdir) if not record.handled(s)]:
+    listed, idle = agreed([s for s in checkpoint_steps(workdir) if not record.handled(s)],
+                          time.monotonic() - last_activity > probe.idle_timeout)
+    if idle and not listed:
+      log.warning("no new checkpoint in %s for %.0f s; stopping", workdir, probe.idle_timeout)
+      break
+    for step in listed:
       last_activity = time.monotonic()
       try:
         evaluate_checkpoint(workdir, probe, step, writer, record, mesh)
@@ -554,10 +584,8 @@ def follow(workdir: str, probe: ml_collections.ConfigDict, writer: ResultsWriter
         record.mark_skipped(step, str(e))
     if record.finished():
       break
-    if time.monotonic() - last_activity > probe.idle_timeout:
-      log.warning("no new checkpoint in %s for %.0f s; stopping", workdir, probe.idle_timeout)
-      break
-    time.sleep(probe.poll_seconds)
+    if not listed:
+      time.sleep(probe.poll_seconds)
   return record
 
 

@@ -1,4 +1,9 @@
-"""Export a trained encoder as a plain Flax variables tree (+ JSON config), and load it back in one call.
+r"""Export a trained encoder as a plain Flax variables tree (+ JSON config), and load it back in one call.
+
+From a training run's checkpoint (the latest, or --step):
+
+    python -m lejepa_jax.export --workdir=<training workdir> --out=exported/vit_s16 [--step=N] \
+        [--with_projector] [--safetensors]
 
 On-disk format of an exported encoder directory:
 
@@ -78,6 +83,9 @@ def save_encoder(encoder: models.Encoder, model_config: Mapping[str, Any], direc
   tree = variables_tree(encoder)
   if not with_projector:
     tree = {name: {k: v for k, v in sub.items() if k != "projector"} for name, sub in tree.items()}
+    # A collection only the projector had (a ViT's batch_stats) is left out, as variables_tree
+    # leaves out empty ones: the saved tree must match the backbone-only encoder on loading.
+    tree = {name: sub for name, sub in tree.items() if sub}
   os.makedirs(directory, exist_ok=True)
   checkpointing.save_tree(os.path.join(directory, "variables"), tree)
   meta = {"format": FORMAT, "version": VERSION,
@@ -131,3 +139,40 @@ def export_safetensors(encoder: nnx.Module, path: str) -> str:
   arrays = {k: np.asarray(jax.device_get(v)) for k, v in flat_arrays(variables_tree(encoder)).items()}
   save_file(arrays, path, metadata={"format": FORMAT, "layout": "flax"})
   return path
+
+
+def export_run(workdir: str, out: str, step: int | None = None, *, with_projector: bool = False,
+               safetensors: bool = False) -> str:
+  """Exports the encoder of a training run's checkpoint (the latest when `step` is None) to `out`
+  (+ `out/model.safetensors`); returns the export's absolute path. Reads the model only."""
+  from lejepa_jax import evaluate  # pylint: disable=import-outside-toplevel  (evaluate imports us)
+  encoder, config, step = evaluate.restore_encoder(workdir, step)
+  directory = save_encoder(encoder, config.model, out, with_projector=with_projector)
+  if safetensors:
+    # From the export itself, so the file holds exactly what the directory does (projector or not).
+    export_safetensors(load_encoder(directory), os.path.join(directory, "model.safetensors"))
+  return directory
+
+
+def main(argv: list[str] | None = None) -> None:
+  import argparse  # pylint: disable=import-outside-toplevel
+  parser = argparse.ArgumentParser(prog="python -m lejepa_jax.export", description=__doc__,
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser.add_argument("--workdir", required=True, help="the training run's workdir")
+  parser.add_argument("--out", required=True, help="a new directory for the export")
+  parser.add_argument("--step", type=int, default=None, help="checkpoint step (default: latest)")
+  parser.add_argument("--with_projector", action="store_true",
+                      help="keep the projector (default: the backbone alone, what probes read)")
+  parser.add_argument("--safetensors", action="store_true",
+                      help="also write OUT/model.safetensors")
+  args = parser.parse_args(argv)
+  try:
+    directory = export_run(args.workdir, args.out, args.step, with_projector=args.with_projector,
+                           safetensors=args.safetensors)
+  except (FileNotFoundError, FileExistsError, ValueError, RuntimeError) as e:
+    raise SystemExit(f"error: {e}") from None
+  print(f"exported to {directory}")
+
+
+if __name__ == "__main__":
+  main()

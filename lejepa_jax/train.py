@@ -211,9 +211,10 @@ def restore(manager, start, state, iterator, config, source):
   return iterator
 
 
-# Keys a resumed run may change: where and how it runs, not what it trains.
+# Keys a resumed run may change: where and how it runs, not what it trains. (Not
+# data.num_workers: the saved data-iterator state is laid out per worker.)
 RESUMABLE_CHANGES = ("log_every", "checkpoint_every", "keep_checkpoints", "data.data_dir",
-                     "data.num_workers", "mesh.")
+                     "mesh.", "model.remat")
 
 
 def _flat(tree: dict, prefix: str = "") -> dict[str, Any]:
@@ -228,12 +229,26 @@ def _flat(tree: dict, prefix: str = "") -> dict[str, Any]:
 
 def config_changes(saved: dict, config: ml_collections.ConfigDict) -> list[str]:
   """'key: saved -> now' for each key that differs from the checkpoint's config and would change
-  what is trained (RESUMABLE_CHANGES are allowed to differ). Keys only one side has (a checkpoint
-  written before a key was added to the config tree, which then holds its default) are not changes.
+  what is trained (RESUMABLE_CHANGES are allowed to differ). A key the checkpoint lacks (written
+  before the key joined the config tree) counts as its default then.
   """
   before, now = _flat(saved), _flat(json.loads(config.to_json()))
-  return [f"{key}: {before[key]!r} -> {now[key]!r}" for key in sorted(set(before) & set(now))
-          if before[key] != now[key] and not key.startswith(RESUMABLE_CHANGES)]
+  defaults = _defaults(now.get("model.name"))
+  changes = []
+  for key in sorted(now):
+    old = before.get(key, defaults.get(key, now[key]))
+    if old != now[key] and not key.startswith(RESUMABLE_CHANGES):
+      changes.append(f"{key}: {old!r} -> {now[key]!r}")
+  return changes
+
+
+def _defaults(model_name: str | None) -> dict[str, Any]:
+  """Flat defaults of the config tree, with the model options of `model_name`'s family."""
+  from lejepa_jax import config_lib  # pylint: disable=import-outside-toplevel
+  flat = _flat(json.loads(config_lib.base_config().to_json()))
+  for option, value in config_lib.MODEL_OPTIONS.get(model_name, {}).items():
+    flat[f"model.{option}"] = value
+  return flat
 
 
 def _check_same_experiment(manager, start: int, config, workdir: str, allow_change: bool) -> None:
@@ -311,6 +326,8 @@ def run(config: ml_collections.ConfigDict, workdir: str, stop_after: int | None 
   if start >= config.total_steps:
     log.info("the run in %s already finished (step %d of %d); nothing to train", workdir, start,
              config.total_steps)
+    manager.close()
+    return {}
   compiled = compile_train_step(config, mesh, graphdef, state, local_batch)
   schedule = lr_schedule(config)
   writer, guard = MetricsWriter(workdir), PreemptionGuard()

@@ -26,3 +26,15 @@ def test_breakdown_attributes_time_to_each_kind_of_op():
   totals = profile.op_time_breakdown(compiled, lambda: jax.block_until_ready(compiled(*args)))
   assert all(totals[kind] > 0 for kind in profile.KINDS), totals
   assert "convolution" in profile.shares_text(totals)
+
+
+def test_a_loop_is_not_counted_twice_and_its_body_ops_are():
+  def looped(m):
+    return jax.lax.fori_loop(0, 3, lambda i, x: jnp.tanh(x @ m), m)
+
+  m = np.random.default_rng(1).standard_normal((128, 128), np.float32)
+  compiled = jax.jit(looped).lower(m).compile()
+  kinds = profile.hlo_op_kinds(compiled.as_text())
+  loops = [name for name, kind in kinds.items() if kind == "container"]
+  assert loops and all(name.startswith("while") for name in loops), kinds
+  assert "product" in kinds.values()  # the product inside the body is still classified

@@ -341,3 +341,22 @@ def test_restore_reads_the_model_and_no_optimizer_state(devices, trained_run, mo
   assert restored.keys() == model.keys()
   for key, value in model.items():
     np.testing.assert_array_equal(restored[key], value)
+
+
+def test_export_command_writes_the_checkpoints_backbone(devices, trained_run, tmp_path, capsys):
+  from safetensors.numpy import load_file
+
+  from lejepa_jax import export
+  out = str(tmp_path / "exported")
+  export.main([f"--workdir={trained_run}", f"--out={out}", "--step=3", "--safetensors"])
+  assert out in capsys.readouterr().out
+  loaded = export.load_encoder(out)
+  assert loaded.projector is None  # the backbone alone by default
+  trained, _, _ = evaluate.restore_encoder(trained_run, step=3)
+  for path, want in nnx.to_flat_state(nnx.state(trained.backbone, nnx.Param)):
+    got = dict(nnx.to_flat_state(nnx.state(loaded.backbone, nnx.Param)))[path]
+    np.testing.assert_array_equal(np.asarray(got[...]), np.asarray(want[...]))
+  tensors = load_file(os.path.join(out, "model.safetensors"))
+  assert tensors and not any("projector" in key for key in tensors)
+  with pytest.raises(SystemExit, match="already holds an exported encoder"):
+    export.main([f"--workdir={trained_run}", f"--out={out}"])

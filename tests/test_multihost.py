@@ -11,19 +11,20 @@ import jax
 import numpy as np
 import pytest
 
-from lejepa_jax import checkpointing, sharding, train
+from lejepa_jax import checkpointing, config_lib, evaluate, sharding, train
 from test_train import ROOT, _metrics, data_dir, tiny_config  # noqa: F401
 
 STEPS = ("--config.total_steps=4", "--config.checkpoint_every=2")
 
 
-def _local_processes(data_dir, workdir, log_dir, *flags):
+def _local_processes(data_dir, workdir, log_dir, *flags, module="lejepa_jax.main"):
   """launch/local.sh: 2 processes of 4 devices each form one 8-device mesh (data 4 x fsdp 2)."""
-  env = dict(os.environ, NUM_PROCESSES="2", DEVICES_PER_PROCESS="4", LOG_DIR=log_dir)
+  env = dict(os.environ, NUM_PROCESSES="2", DEVICES_PER_PROCESS="4", LOG_DIR=log_dir, MODULE=module)
   env.pop("XLA_FLAGS", None)
+  config = [f"--config=tests/tiny_config.py:{data_dir}"] if module == "lejepa_jax.main" else []
   result = subprocess.run(
-      [os.path.join(ROOT, "launch", "local.sh"), f"--config=tests/tiny_config.py:{data_dir}",
-       f"--workdir={workdir}", *flags], cwd=ROOT, env=env, timeout=600, check=False)
+      [os.path.join(ROOT, "launch", "local.sh"), *config, f"--workdir={workdir}", *flags],
+      cwd=ROOT, env=env, timeout=600, check=False)
   logs = "".join(open(os.path.join(log_dir, f"process_{i}.log")).read() for i in range(2))
   assert result.returncode == 0, logs
 
@@ -93,6 +94,20 @@ def test_two_processes_equal_one_and_the_checkpoint_resumes_on_one(devices, data
       # Equal up to float32 rounding: gloo and the in-process all-reduce sum in different orders.
       np.testing.assert_allclose(b[step][key], a[step][key], rtol=1e-5, err_msg=f"{step} {key}")
   _assert_states_close(single, multi, 4)
+  # The evaluation job joins the processes too: both take the same checkpoints, process 0 writes.
+  _local_processes(data_dir, multi, str(tmp_path / "eval_logs"), "--follow",
+                   "--config=configs/probe/default.py",
+                   "--config.evaluators=knn", "--config.poll_seconds=1", module="lejepa_jax.evaluate")
+  rows = [json.loads(line) for line in open(os.path.join(multi, "eval", "knn.jsonl"))]
+  assert [row["step"] for row in rows] == [2, 4]
+  alone = evaluate.evaluate(single, step=4, probe=_knn_probe())  # one process, same weights
+  assert abs(rows[-1]["top1"] - alone["knn"]["top1"]) < 0.05, (rows[-1], alone)
+
+
+def _knn_probe():
+  probe = config_lib.probe_config()
+  probe.evaluators = "knn"
+  return probe
 
 
 @dataclasses.dataclass(frozen=True)

@@ -79,6 +79,8 @@ def test_resumed_run_equals_uninterrupted_run(devices, data_dir, tmp_path):
     np.testing.assert_array_equal(x, y)
   summary = json.load(open(os.path.join(straight, "summary.json")))
   assert summary["final"]["loss"] == a[6]["loss"]
+  assert train.run(tiny_config(data_dir, 6), straight) == {}  # finished: nothing to train
+  assert _metrics(straight) == a
   assert os.path.getsize(os.path.join(straight, "curves.png")) > 0
 
 
@@ -124,6 +126,14 @@ def test_resume_accepts_changes_to_where_it_runs_not_to_what_it_trains(data_dir)
   moved.data.global_views = dict(moved.data.global_views, count=3)
   changes = train.config_changes(saved, moved)
   assert [c.split(":")[0] for c in changes] == ["data.global_views.count", "optim.lr"], changes
+  # A key the checkpoint predates counts as the model's default (ViT: no register tokens).
+  newer = tiny_config(data_dir, 6)
+  newer.model.num_registers = 0
+  assert train.config_changes(saved, newer) == []
+  newer.model.num_registers = 4
+  assert train.config_changes(saved, newer) == ["model.num_registers: 0 -> 4"]
+  newer.model.num_registers, newer.data.num_workers = 0, 2  # the iterator state is per worker
+  assert [c.split(":")[0] for c in train.config_changes(saved, newer)] == ["data.num_workers"]
 
 
 def test_a_bucket_url_workdir_is_refused_with_the_mounted_alternative(data_dir):

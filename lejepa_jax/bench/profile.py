@@ -28,6 +28,17 @@ KINDS = ("convolution", "product", "other")
 _INSTRUCTION = re.compile(r"^\s*(?:ROOT )?%?([\w.\-]+) = .*?\s([a-z][\w\-]*)\(")
 _COMPUTATION = re.compile(r"^(?:ENTRY )?%?([\w.\-]+) ")
 _CALLS = re.compile(r"(?:calls|to_apply|body|condition)=%?([\w.\-]+)")
+_CALLED_LISTS = re.compile(r"(?:branch_computations|called_computations)=\{([^}]*)\}")
+# Ops whose trace event spans the ops they run, which have events of their own: not counted.
+CONTAINERS = ("while", "conditional", "call")
+
+
+def _called(line: str) -> list[str]:
+  """The computations an instruction line calls (fusions, loops, branches, custom calls)."""
+  names = _CALLS.findall(line)
+  for listed in _CALLED_LISTS.findall(line):
+    names += [name.strip().lstrip("%") for name in listed.split(",") if name.strip()]
+  return names
 
 
 def _parse_hlo(hlo_text: str) -> tuple[dict[str, list[str]], dict[str, str]]:
@@ -49,7 +60,8 @@ def _parse_hlo(hlo_text: str) -> tuple[dict[str, list[str]], dict[str, str]]:
 
 def hlo_op_kinds(hlo_text: str) -> dict[str, str]:
   """Instruction name -> "convolution", "product" or "other", for every instruction of an HLO
-  module's text; a fusion or call takes the kind of what it calls (convolution first)."""
+  module's text; a fusion or custom call takes the kind of what it calls (convolution first).
+  Control flow (CONTAINERS) is "container": its body's ops are timed on their own."""
   bodies, _ = _parse_hlo(hlo_text)
   memo: dict[str, set[str]] = {}
 
@@ -59,7 +71,7 @@ def hlo_op_kinds(hlo_text: str) -> dict[str, str]:
       for line in bodies.get(computation, []):
         found.add(_INSTRUCTION.match(line).group(2))
         if depth < 8:
-          for called in _CALLS.findall(line):
+          for called in _called(line):
             found |= opcodes(called, depth + 1)
       memo[computation] = found
     return memo[computation]
@@ -68,8 +80,11 @@ def hlo_op_kinds(hlo_text: str) -> dict[str, str]:
   for lines in bodies.values():
     for line in lines:
       name, opcode = _INSTRUCTION.match(line).groups()
+      if opcode in CONTAINERS:
+        kinds[name] = "container"
+        continue
       found = {opcode}
-      for called in _CALLS.findall(line):
+      for called in _called(line):
         found |= opcodes(called)
       kinds[name] = ("convolution" if "convolution" in found
                      else "product" if "dot" in found else "other")
@@ -100,7 +115,7 @@ def op_time_breakdown(compiled, run: Callable[[], object]) -> dict[str, float]:
   kinds = hlo_op_kinds(compiled.as_text())
   totals = dict.fromkeys(KINDS, 0.0)
   for name, seconds in traced_op_seconds(run).items():
-    if name in kinds:
+    if kinds.get(name) in totals:
       totals[kinds[name]] += seconds
   return totals
 

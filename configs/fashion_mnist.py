@@ -44,6 +44,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
                         solarize=0.2, grayscale=0.0)
   c.data.mean = (0.286,)  # Fashion-MNIST training-set statistics
   c.data.std = (0.353,)
+  c.data.eval_crop_fraction = 1.0  # 28 px objects fill the frame: evaluate on the whole image
 
   c.model = config_lib.model_config(
       "resnet", "18", projector=dict(hidden_dim=512, out_dim=64, num_layers=3), small_stem=True,

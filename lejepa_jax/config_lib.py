@@ -115,6 +115,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.data.augment_on_device = False
   c.data.mean = (0.485, 0.456, 0.406)  # ImageNet statistics
   c.data.std = (0.229, 0.224, 0.225)
+  # Evaluation views: the short side resized to size / fraction, then a central crop of `size`
+  # (0.875: the usual ImageNet protocol, 224 px out of 256). Only evaluation reads it.
+  c.data.eval_crop_fraction = 0.875
 
   # The model section holds every option of its family (MODEL_OPTIONS): a config of another family
   # replaces it with `model_config(name, ...)`.

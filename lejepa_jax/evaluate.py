@@ -201,8 +201,9 @@ def eval_batches(config, split: str, limit: int | None = None, batch_size: int =
   source = data.open_source(config.data.name, split, config.data.data_dir)
   if limit and limit < len(source):
     source = _Prefix(source, limit)
+  # Checkpoints written before the key existed were evaluated on whole images.
   crop = data.CenterCrop(config.data.global_views["size"], int(config.data.channels),
-                         crop_fraction=1.0)
+                         crop_fraction=float(config.data.get("eval_crop_fraction", 1.0)))
   return iter(data.eval_dataset(source, crop, global_batch_size=batch_size))
 
 

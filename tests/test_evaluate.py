@@ -360,3 +360,19 @@ def test_export_command_writes_the_checkpoints_backbone(devices, trained_run, tm
   assert tensors and not any("projector" in key for key in tensors)
   with pytest.raises(SystemExit, match="already holds an exported encoder"):
     export.main([f"--workdir={trained_run}", f"--out={out}"])
+
+
+def test_evaluation_crops_follow_the_configs_eval_crop_fraction(structured_data):
+  from lejepa_jax import data
+  from lejepa_jax.data import augment
+  config = _tiny_config(structured_data)
+  source = data.open_source(config.data.name, "train", config.data.data_dir)
+  size, crops = config.data.global_views["size"], []
+  for fraction in (1.0, 0.5):
+    config.data.eval_crop_fraction = fraction
+    got = next(evaluate.eval_batches(config, "train", limit=4))["image"][:4]
+    want = np.stack([augment.CenterCrop(size, 3, crop_fraction=fraction).map(source[i])["image"]
+                     for i in range(4)])
+    np.testing.assert_array_equal(got, want)
+    crops.append(got)
+  assert not np.array_equal(*crops)  # the whole image vs its central half

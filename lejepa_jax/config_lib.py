@@ -137,6 +137,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.optim.weight_decay = 5e-2
   c.optim.warmup_steps = 10 * 2502  # 10 epochs of ImageNet-1k at batch 512
   c.optim.final_lr_fraction = 1e-3
+  c.optim.clip_grad_norm = 0.0  # > 0: clip the encoder's gradients to this global norm first
   c.optim.probe_lr = 1e-3
   c.optim.probe_weight_decay = 1e-6
 

@@ -46,10 +46,13 @@ def make_optimizer(config, lr: float | jax.Array | None = None,
                    weight_decay: float | jax.Array | None = None) -> optax.GradientTransformation:
   """AdamW on `lr_schedule`; `lr` / `weight_decay` (floats or traced scalars) replace the config's.
 
-  The optimizer state's structure does not depend on either value.
+  With `optim.clip_grad_norm` > 0 the gradients are first clipped to that global norm (off in the
+  paper's recipe). The optimizer state's structure does not depend on `lr` or `weight_decay`.
   """
   weight_decay = config.optim.weight_decay if weight_decay is None else weight_decay
-  return optax.adamw(lr_schedule(config, lr), weight_decay=weight_decay)
+  adamw = optax.adamw(lr_schedule(config, lr), weight_decay=weight_decay)
+  clip = float(config.optim.get("clip_grad_norm", 0.0))
+  return optax.chain(optax.clip_by_global_norm(clip), adamw) if clip > 0 else adamw
 
 
 def build_train_objects(config: ml_collections.ConfigDict, seed: int | jax.Array | None = None):

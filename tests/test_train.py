@@ -11,6 +11,7 @@ import cv2
 import jax
 import ml_collections
 import numpy as np
+import optax
 import pytest
 
 from lejepa_jax import checkpointing, config_lib, train
@@ -134,6 +135,32 @@ def test_resume_accepts_changes_to_where_it_runs_not_to_what_it_trains(data_dir)
   assert train.config_changes(saved, newer) == ["model.num_registers: 0 -> 4"]
   newer.model.num_registers, newer.data.num_workers = 0, 2  # the iterator state is per worker
   assert [c.split(":")[0] for c in train.config_changes(saved, newer)] == ["data.num_workers"]
+
+
+@pytest.mark.parametrize("clip", [0.0, 0.5, 100.0])
+def test_gradient_clipping_scales_the_gradient_before_adamw(data_dir, clip):
+  config = tiny_config(data_dir, 6)
+  config.optim.clip_grad_norm = clip
+  base = {"w": np.arange(1.0, 7.0, dtype=np.float32).reshape(2, 3), "b": np.ones(3, np.float32)}
+  params = jax.tree.map(np.zeros_like, base)
+  plain = optax.adamw(train.lr_schedule(config), weight_decay=config.optim.weight_decay)
+  tx = train.make_optimizer(config)
+  state, reference_state, unclipped_state = tx.init(params), plain.init(params), plain.init(params)
+  differs_from_unclipped = False
+  for step in range(3):
+    # Growing gradients: Adam is invariant to one common scale, not to a scale changing per step.
+    grads = jax.tree.map(lambda g: g * 10.0**step, base)  # noqa: B023
+    norm = np.sqrt(sum(float(np.sum(np.square(g, dtype=np.float64))) for g in grads.values()))
+    # Reference: the gradient scaled by hand to the clip norm (when above it), then plain AdamW.
+    factor = min(1.0, clip / norm) if clip > 0 else 1.0
+    updates, state = tx.update(grads, state, params)
+    want, reference_state = plain.update(jax.tree.map(lambda g: g * factor, grads),  # noqa: B023
+                                         reference_state, params)
+    unclipped, unclipped_state = plain.update(grads, unclipped_state, params)
+    for key in base:
+      np.testing.assert_allclose(updates[key], want[key], rtol=1e-5, atol=1e-9)
+      differs_from_unclipped |= not np.allclose(updates[key], unclipped[key], rtol=1e-3)
+  assert differs_from_unclipped == (clip > 0)  # norms 9.6, 96, 960: each clip bites somewhere
 
 
 def test_a_bucket_url_workdir_is_refused_with_the_mounted_alternative(data_dir):

@@ -7,6 +7,12 @@ venv="${LEJEPA_VENV:-$repo_root/.venv}"
 extras="${1:-}"
 python_bin="${PYTHON:-python3}"
 if [ ! -x "$venv/bin/python" ]; then
+  # jax, flax and grain need Python 3.11+: say so here rather than as pip's "no matching distribution".
+  if ! "$python_bin" -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null; then
+    echo "[lejepa_jax] $python_bin is not Python 3.11 or newer, which lejepa_jax needs (jax, flax and" \
+         "grain do); run with PYTHON=/path/to/python3.11 (or newer)" >&2
+    exit 1
+  fi
   echo "[lejepa_jax] creating virtual environment in $venv"
   "$python_bin" -m venv "$venv"
 fi

@@ -53,6 +53,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 
 from lejepa_jax import (checkpointing, data, distributed, evaluate, evaluators, reports, sharding,
                         steps, train)
+from lejepa_jax.losses import lejepa as lejepa_loss
 from lejepa_jax.models import members as members_lib
 
 log = logging.getLogger("lejepa_jax")
@@ -156,6 +157,9 @@ def plan(config: ml_collections.ConfigDict, sweeps: Sequence[tuple[str, Sequence
     overrides = tuple(zip(keys, values))
     member = Member(_member_name(overrides, varying), overrides,
                     with_overrides(config, overrides))
+    # Lambda is traced in the members' step, where the loss cannot check it: check it here.
+    lejepa_loss.check_sigreg_weight(float(member.config.loss.sigreg_weight),
+                                    member.config.loss.combine)
     static = tuple((k, v) for k, v in overrides if k not in TRACED)
     groups.setdefault(static, []).append(member)
   names = [m.name for ms in groups.values() for m in ms]
@@ -466,9 +470,15 @@ def _check_spec(workdir: str, config, groups: Sequence[Group], member_shards: in
   if os.path.exists(path):
     with open(path) as f:
       saved = json.load(f)
-    if saved != json.loads(json.dumps(spec)):
-      raise ValueError(f"{workdir} holds another ablation ({path} differs from this command's "
-                       "config, sweeps, seeds or member_shards); use a new --workdir.")
+    # As for a single run, where and how it runs may change (data_dir, mesh, logging, ...).
+    changes = train.config_changes(saved["config"], config)
+    if saved["groups"] != spec["groups"]:
+      changes.append("the sweeps or seeds (members)")
+    if saved["member_shards"] != member_shards:
+      changes.append(f"member_shards: {saved['member_shards']} -> {member_shards}")
+    if changes:
+      raise ValueError(f"{workdir} holds another ablation ({path}; changed: {'; '.join(changes)}). "
+                       "Use a new --workdir for a new ablation; nothing was changed in this one.")
     return
   if jax.process_index() == 0:
     with open(path, "w") as f:

@@ -136,11 +136,15 @@ def fewshot(fs: FeatureSet, *, shots: Sequence[int] = (1, 5, 10), seeds: int = 5
 
 
 def rankme(x: np.ndarray, eps: float = 1e-7) -> float:
-  """RankMe: exp(entropy) of the normalised singular values of x [n, F] (between 1 and min(n, F)).
+  """RankMe: exp(entropy) of the normalised singular values of x [n, F] (between 1 and min(n, F));
+  NaN when x holds non-finite values.
 
   Garrido et al., "RankMe", ICML 2023: p_k = s_k / sum(s) + eps, rank = exp(-sum p_k log p_k).
   """
-  singular = np.linalg.svd(np.asarray(x, np.float64), compute_uv=False)
+  x = np.asarray(x, np.float64)
+  if not np.all(np.isfinite(x)):  # a diverged encoder: no rank to speak of (and the SVD would raise)
+    return float("nan")
+  singular = np.linalg.svd(x, compute_uv=False)
   p = singular / max(singular.sum(), 1e-30) + eps
   return float(np.exp(-np.sum(p * np.log(p))))
 

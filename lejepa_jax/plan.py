@@ -251,6 +251,9 @@ def main(argv: list[str]) -> None:
   del argv
   jax.config.update("jax_platforms", "cpu")  # compile-only TPU devices need no accelerator
   config, axes = _CONFIG.value, parse_mesh(_MESH.value)
+  if _REMAT.value and config.model.name != "vit":
+    raise SystemExit(f"error: --remat applies to ViTs only (rematerialisation per block); "
+                     f"{config.model.name} has no remat option. Leave --remat out.")
   chips = math.prod(axes.values())
   depths = None if _DEPTHS.value == "full" else tuple(int(d) for d in _DEPTHS.value.split(","))
   try:

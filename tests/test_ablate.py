@@ -94,6 +94,9 @@ def test_plan_groups_shape_changing_values_into_separate_programs(data_dir):
   assert len(seeded) == 1 and [m.name for m in seeded[0].members] == ["seed=0", "seed=1", "seed=2"]
   with pytest.raises(ValueError, match="does not have"):
     ablate.plan(tiny_config(data_dir), [("loss.no_such_key", ["1"])])
+  # Lambda is traced in the members' step: out of [0, 1] (convex combination) it fails here.
+  with pytest.raises(ValueError, match="sigreg_weight.*1.5"):
+    ablate.plan(tiny_config(data_dir), [("loss.sigreg_weight", ["0.1", "1.5"])])
 
 
 def test_members_equal_separately_trained_runs_step_for_step(ablation, data_dir, tmp_path):
@@ -145,6 +148,7 @@ def test_report_has_every_member_and_rerunning_picks_up_the_linear_probe(ablatio
   assert "online_eval_acc" in report["spearman"]
   config = tiny_config(data_dir)
   config.mesh.axes = dict(data=-1, fsdp=2)
+  config.log_every = 5  # how a run logs may change on a rerun, as for a single run
   # Finished: a rerun only rewrites the report, now with the linear probe of the member evaluated
   # by the previous test when it ran (the others have none, so that accuracy is not correlated).
   again = ablate.run(config, workdir, SWEEPS, member_shards=2)
@@ -154,8 +158,11 @@ def test_report_has_every_member_and_rerunning_picks_up_the_linear_probe(ablatio
     want = json.loads(open(linear).readlines()[-1])["top1"] if os.path.exists(linear) else None
     assert row["linear_top1"] == want
   assert "linear_top1" not in again["spearman"]  # not every member has one
-  with pytest.raises(ValueError, match="another ablation"):
+  with pytest.raises(ValueError, match="another ablation.*members"):
     ablate.run(config, workdir, SWEEPS[:2], member_shards=2)
+  config.loss.t_max = 2.5
+  with pytest.raises(ValueError, match=r"another ablation.*loss\.t_max"):
+    ablate.run(config, workdir, SWEEPS, member_shards=2)
 
 
 def test_spearman_matches_scipy_with_ties():

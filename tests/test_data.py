@@ -5,6 +5,7 @@ import os
 
 import cv2
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 import tensorflow_datasets as tfds
@@ -257,3 +258,26 @@ def test_paper_views_are_the_default():
   assert data.device_augment_from_config({}) is None
   on_device = data.multicrop_from_config({"augment_on_device": True}).aug
   assert on_device.color_jitter == on_device.blur == on_device.solarize == 0 and on_device.flip == 0.5
+
+
+def test_image_folder_splits_accept_val_and_skip_hidden_folders(tmp_path, capsys):
+  for folder in ("train/cat", "train/.ipynb_checkpoints", "val/cat", "extra"):
+    (tmp_path / folder).mkdir(parents=True)
+  splits = prepare._folder_splits(str(tmp_path))
+  assert splits == {"train": str(tmp_path / "train"), "validation": str(tmp_path / "val")}
+  assert "extra" in capsys.readouterr().err  # reported, not silently dropped
+  assert prepare._class_dirs(str(tmp_path / "train")) == ["cat"]
+  (tmp_path / "validation").mkdir()
+  with pytest.raises(ValueError, match="both validation/ and val/"):
+    prepare._folder_splits(str(tmp_path))
+
+
+def test_on_device_blur_of_a_small_view_matches_opencvs_host_blur():
+  import cv2
+  image = np.random.default_rng(3).integers(0, 256, (28, 28, 3)).astype(np.uint8)
+  aug = augment.Augment(blur_sigma=(2.0, 2.0))  # one sigma: the draw does not matter
+  got = np.asarray(device_augment._blur(jnp.asarray(image, jnp.float32) / 255, jax.random.key(0),
+                                        aug)) * 255
+  want = cv2.GaussianBlur(image.astype(np.float32), (0, 0), 2.0)  # 13 taps at sigma 2
+  inner = slice(6, -6)  # the borders are padded differently
+  np.testing.assert_allclose(got[inner, inner], want[inner, inner], atol=0.5)  # of 255

@@ -125,6 +125,10 @@ def test_label_free_tells_collapse_from_gaussian_embeddings():
              for name, z in (("gaussian", gaussian), ("collapsed", collapsed))}
   assert metrics["gaussian"]["rankme_projections"] > 15 > 1.1 > metrics["collapsed"]["rankme_projections"]
   assert metrics["collapsed"]["sigreg"] > 20 * metrics["gaussian"]["sigreg"]
+  # A diverged encoder's features: reported as NaN, not an exception that blocks a report.
+  nan = np.full((50, 16), np.nan, np.float32)
+  diverged = evaluators.label_free(evaluators.FeatureSet(nan, None, nan, None, 2, test_z=nan))
+  assert all(np.isnan(v) for v in diverged.values()), diverged
 
 
 @pytest.fixture(scope="module")

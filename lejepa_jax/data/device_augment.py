@@ -35,8 +35,12 @@ def _color_jitter(image: jax.Array, key: jax.Array, aug: Augment) -> jax.Array:
 
 def _blur(image: jax.Array, key: jax.Array, aug: Augment) -> jax.Array:
   sigma = jax.random.uniform(key, (), minval=aug.blur_sigma[0], maxval=aug.blur_sigma[1])
-  # A kernel of about 10% of the side, odd, as is usual for this recipe (23 px at 224 px).
-  size = max(3, int(0.1 * image.shape[0]) | 1)
+  # A kernel of about 10% of the side, odd, as is usual for this recipe (23 px at 224 px), and at
+  # least the 6 sigma + 1 taps OpenCV's host blur uses for the largest sigma, so small views are
+  # blurred as much as on the host (13 taps at sigma 2); at most the side (the kernel is static).
+  side = image.shape[0]
+  size = max(3, int(0.1 * side) | 1, int(6 * aug.blur_sigma[1] + 1) | 1)
+  size = min(size, side if side % 2 else side - 1)
   return pix.gaussian_blur(image, sigma, size)
 
 

@@ -10,6 +10,8 @@ continues with exactly the batches the uninterrupted run would have produced.
 
 from __future__ import annotations
 
+import os
+
 import math
 from typing import Any, Mapping
 
@@ -34,10 +36,12 @@ def open_source(name: str, split: str, data_dir: str | None):
         name, split=split, data_dir=data_dir, builder_kwargs={"file_format": "array_record"},
         decoders={"image": tfds.decode.SkipDecoding()}, download=False)
   except Exception as error:  # TFDS raises several types (not found, bad split, missing files)
-    hint = (f"python -m lejepa_jax.data.prepare fashion_mnist --out={data_dir}"
+    # Without a data_dir TFDS reads its default directory: prepare into that one.
+    out = data_dir or os.path.expanduser(os.environ.get("TFDS_DATA_DIR", "~/tensorflow_datasets"))
+    hint = (f"python -m lejepa_jax.data.prepare fashion_mnist --out={out}"
             if name == "fashion_mnist" else
             f"python -m lejepa_jax.data.prepare folder --name={name} --source=<image folder> "
-            f"--out={data_dir}")
+            f"--out={out}")
     raise DataError(
         f"Cannot open dataset {name!r} split {split!r} in data_dir={data_dir!r} ({error}). "
         f"Prepare it first, e.g. `{hint}`, or set data.name / data.split / data.data_dir.") from error

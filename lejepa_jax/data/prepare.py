@@ -127,15 +127,31 @@ def _builders():
 
 
 def _class_dirs(folder: str) -> list[str]:
-  return sorted(d for d in os.listdir(folder) if os.path.isdir(os.path.join(folder, d)))
+  """Class sub-folders; hidden ones (.ipynb_checkpoints, .DS_Store folders, ...) are not classes."""
+  return sorted(d for d in os.listdir(folder)
+                if os.path.isdir(os.path.join(folder, d)) and not d.startswith("."))
+
+
+# Split folder names as datasets ship them -> the TFDS split names the configs read.
+SPLIT_FOLDERS = {"train": "train", "validation": "validation", "val": "validation", "test": "test"}
 
 
 def _folder_splits(source: str) -> dict[str, str]:
-  """{split: folder}: `train/`, `test/`, `validation/` sub-folders if present, else all is train."""
+  """{split: folder}: `train/`, `validation/` (or `val/`), `test/` sub-folders if present, else all
+  of `source` is the train split. Other sub-folders next to split folders are reported, not read."""
   if not os.path.isdir(source):
     raise FileNotFoundError(f"Image folder {source} does not exist.")
-  named = {s: os.path.join(source, s) for s in ("train", "validation", "test")
-           if os.path.isdir(os.path.join(source, s))}
+  named = {}
+  for folder, split in SPLIT_FOLDERS.items():
+    if os.path.isdir(os.path.join(source, folder)):
+      if split in named:
+        raise ValueError(f"{source} has both validation/ and val/: keep one.")
+      named[split] = os.path.join(source, folder)
+  if named:
+    ignored = sorted(set(_class_dirs(source)) - set(SPLIT_FOLDERS))
+    if ignored:
+      print(f"[prepare] {source}: not split folders, skipped: {ignored} (splits are "
+            f"{sorted(SPLIT_FOLDERS)})", file=sys.stderr)
   return named or {"train": source}
 
 

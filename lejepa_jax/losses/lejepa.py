@@ -23,11 +23,16 @@ def _check_options(sigreg_weight, combine: str, sigreg_views: str, test: str) ->
     raise ValueError(f"`combine` must be 'convex' or 'sum', got {combine!r}.")
   if sigreg_views not in ("per_view", "pooled"):
     raise ValueError(f"`sigreg_views` must be 'per_view' or 'pooled', got {sigreg_views!r}.")
-  if isinstance(sigreg_weight, numbers.Real):  # traced weights (e.g. under vmap) are not checked
-    upper = 1.0 if combine == "convex" else float("inf")
-    if not 0.0 <= sigreg_weight <= upper:
-      raise ValueError(
-          f"`sigreg_weight` must be in [0, {upper}] for combine={combine!r}, got {sigreg_weight!r}.")
+  if isinstance(sigreg_weight, numbers.Real):  # traced weights (e.g. under vmap) are checked by
+    check_sigreg_weight(sigreg_weight, combine)  # whoever makes them (lejepa_jax.ablate.plan)
+
+
+def check_sigreg_weight(sigreg_weight: float, combine: str) -> None:
+  """ValueError unless lambda is in [0, 1] (combine="convex") or [0, inf) (combine="sum")."""
+  upper = 1.0 if combine == "convex" else float("inf")
+  if not 0.0 <= sigreg_weight <= upper:
+    raise ValueError(
+        f"`sigreg_weight` must be in [0, {upper}] for combine={combine!r}, got {sigreg_weight!r}.")
 
 
 def lejepa_loss(

@@ -16,7 +16,8 @@
 #   ZONE=us-central2-b
 #   ACCELERATOR_TYPE=v4-64        e.g. v4-64 (32 chips, 8 hosts), v5p-256, v5litepod-64
 #   RUNTIME_VERSION=tpu-ubuntu2204-base
-#   NUM_SLICES=1      > 1: a multislice queued resource; slices talk over the data-centre network,
+#   NUM_SLICES=1      > 1: a multislice queued resource (`up` waits until it is ACTIVE, at most
+#                     QUEUE_TIMEOUT_S=21600 s); slices talk over the data-centre network,
 #                     so put an axis across them in the config: --config.mesh.dcn_axes.data=N
 #   SPOT=0            1: spot capacity (can be preempted; `train` again resumes from the checkpoint)
 #   PROJECT           gcloud project (default: gcloud's configured project)
@@ -82,6 +83,30 @@ on_all_workers() {
   fi
 }
 
+# A multislice request returns while still queued: the workers exist (and take ssh) once ACTIVE.
+wait_until_active() {
+  local describe=(gcloud compute tpus queued-resources describe "$tpu_name" --zone="$zone"
+                  "${project_flag[@]}" --format="value(state.state)")
+  if [ "$dry_run" = 1 ]; then
+    run "${describe[@]}"
+    return
+  fi
+  local state="" waited=0 limit="${QUEUE_TIMEOUT_S:-21600}"
+  while state="$("${describe[@]}")" && [ "$state" != "ACTIVE" ]; do
+    case "$state" in
+      FAILED|SUSPENDED) echo "[tpu_pod] queued resource $tpu_name is $state" >&2; return 1 ;;
+    esac
+    if [ "$waited" -ge "$limit" ]; then
+      echo "[tpu_pod] $tpu_name still $state after ${limit}s (QUEUE_TIMEOUT_S); rerun \`up\`" \
+        "later or \`delete\` it" >&2
+      return 1
+    fi
+    echo "[tpu_pod] $tpu_name is ${state:-unknown}; waiting for ACTIVE (${waited}s)"
+    sleep 60
+    waited=$((waited + 60))
+  done
+}
+
 create() {
   local spot=()
   [ "${SPOT:-0}" = 1 ] && spot=(--spot)
@@ -89,8 +114,7 @@ create() {
     run gcloud compute tpus queued-resources create "$tpu_name" --zone="$zone" "${project_flag[@]}" \
       --accelerator-type="$accelerator" --runtime-version="$runtime" \
       --node-count="$num_slices" --node-prefix="$tpu_name" "${spot[@]}"
-    echo "[tpu_pod] queued; \`gcloud compute tpus queued-resources describe $tpu_name --zone=$zone\`" \
-      "shows when it is ACTIVE"
+    wait_until_active
   else
     run gcloud compute tpus tpu-vm create "$tpu_name" --zone="$zone" "${project_flag[@]}" \
       --accelerator-type="$accelerator" --version="$runtime" "${spot[@]}"

@@ -172,8 +172,13 @@ def plan(config: ml_collections.ConfigDict, sweeps: Sequence[tuple[str, Sequence
 # The stacked state and the vmapped step --------------------------------------------------------
 
 def make_mesh(config: ml_collections.ConfigDict, member_shards: int) -> jax.sharding.Mesh:
-  """The config's mesh with a leading "member" axis of size `member_shards`."""
-  axes = {MEMBER_AXIS: member_shards, **dict(config.mesh.axes)}
+  """The config's mesh with a trailing "member" axis of size `member_shards`.
+
+  Trailing: devices are laid out in process order, so the leading axes are the ones that cross
+  processes. The data axis must be among them (each process feeds its own block of the batch, as
+  in training); members are sharded over each process's own devices.
+  """
+  axes = {**dict(config.mesh.axes), MEMBER_AXIS: member_shards}
   return sharding.make_mesh(axes, config.mesh.axis_type,
                             dcn_axes=dict(config.mesh.get("dcn_axes", {})))
 

@@ -21,7 +21,7 @@ def _local_processes(data_dir, workdir, log_dir, *flags, module="lejepa_jax.main
   """launch/local.sh: 2 processes of 4 devices each form one 8-device mesh (data 4 x fsdp 2)."""
   env = dict(os.environ, NUM_PROCESSES="2", DEVICES_PER_PROCESS="4", LOG_DIR=log_dir, MODULE=module)
   env.pop("XLA_FLAGS", None)
-  config = [f"--config=tests/tiny_config.py:{data_dir}"] if module == "lejepa_jax.main" else []
+  config = [] if module == "lejepa_jax.evaluate" else [f"--config=tests/tiny_config.py:{data_dir}"]
   result = subprocess.run(
       [os.path.join(ROOT, "launch", "local.sh"), *config, f"--workdir={workdir}", *flags],
       cwd=ROOT, env=env, timeout=600, check=False)
@@ -102,6 +102,23 @@ def test_two_processes_equal_one_and_the_checkpoint_resumes_on_one(devices, data
   assert [row["step"] for row in rows] == [2, 4]
   alone = evaluate.evaluate(single, step=4, probe=_knn_probe())  # one process, same weights
   assert abs(rows[-1]["top1"] - alone["knn"]["top1"]) < 0.05, (rows[-1], alone)
+
+
+def test_a_member_sharded_ablation_on_two_processes_equals_one_process(devices, data_dir, tmp_path):
+  from lejepa_jax import ablate
+  flags = ("--sweep=loss.sigreg_weight=0.1,0.2", "--member_shards=2", "--config.total_steps=2",
+           "--config.log_every=1", "--config.mesh.axes.data=4", "--config.mesh.axes.fsdp=1")
+  multi = str(tmp_path / "multi")
+  _local_processes(data_dir, multi, str(tmp_path / "logs"), *flags, module="lejepa_jax.ablate")
+  config = tiny_config(data_dir, 2)
+  config.log_every, config.mesh.axes = 1, dict(data=4, fsdp=1)
+  single = str(tmp_path / "single")
+  ablate.run(config, single, [("loss.sigreg_weight", ["0.1", "0.2"])], member_shards=2)
+  for member in ("sigreg_weight=0.1", "sigreg_weight=0.2"):
+    a, b = (_metrics(os.path.join(run, "members", member)) for run in (single, multi))
+    assert sorted(a) == sorted(b) == [1, 2]
+    for step in a:
+      np.testing.assert_allclose(b[step]["loss"], a[step]["loss"], rtol=1e-5, err_msg=member)
 
 
 def _knn_probe():

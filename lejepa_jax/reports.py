@@ -20,7 +20,10 @@ def read_metrics(workdir: str) -> list[dict]:
   if os.path.exists(path):
     with open(path) as f:
       for line in f:
-        row = json.loads(line)
+        try:
+          row = json.loads(line)
+        except json.JSONDecodeError:  # a line cut short by a kill mid-write
+          continue
         rows[row["step"]] = row
   return [rows[k] for k in sorted(rows)]
 

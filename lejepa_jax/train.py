@@ -158,16 +158,28 @@ class MetricsWriter:
 
 
 def _check_finite(pending: list[tuple[int, Any]]) -> None:
-  for step, loss in pending:
-    value = float(jax.device_get(loss))
-    if not math.isfinite(value):
+  """FloatingPointError at the first step whose loss or updated parameters are not finite.
+
+  `pending`: (step, loss, norm of the parameters after the step's update). The loss is computed
+  before the update, so a finite loss alone would let a non-finite update reach a checkpoint.
+  """
+  for step, loss, param_norm in pending:
+    value, norm = (float(x) for x in jax.device_get((loss, param_norm)))
+    if not (math.isfinite(value) and math.isfinite(norm)):
       raise FloatingPointError(
-          f"Non-finite loss ({value}) at step {step}. The last good checkpoint is kept; lower "
-          "optim.lr or check the data, then rerun the same command to resume from it.")
+          f"Non-finite loss ({value}) or parameters (norm {norm}) at step {step}. The last good "
+          "checkpoint is kept; lower optim.lr or check the data, then rerun the same command to "
+          "resume from it.")
 
 
 class PreemptionGuard:
-  """Turns SIGTERM / SIGINT into a flag the loop checks, so it can checkpoint and exit cleanly."""
+  """Turns SIGTERM / SIGINT into a flag the loop checks, so it can checkpoint and exit cleanly.
+
+  The loop asks `stop_requested()` once per step and acts on that one answer (save, then leave).
+  In a multi-process run every process must receive the signal, as schedulers deliver it (SLURM,
+  TPU maintenance events signal every worker): a checkpoint is saved by all processes together.
+  After the first signal the previous handlers are back, so a second Ctrl-C interrupts at once.
+  """
 
   def __init__(self):
     self.requested = False
@@ -178,8 +190,14 @@ class PreemptionGuard:
 
   def _handle(self, signum, frame):
     del frame
-    log.warning("received signal %d: checkpointing and exiting after this step", signum)
+    log.warning("received signal %d: checkpointing and exiting after this step (again to "
+                "interrupt at once)", signum)
     self.requested = True
+    self.restore()
+
+  def stop_requested(self) -> bool:
+    """Whether this process was asked to stop."""
+    return self.requested
 
   def restore(self) -> None:
     for sig, handler in self._previous.items():
@@ -344,8 +362,8 @@ def run(config: ml_collections.ConfigDict, workdir: str, stop_after: int | None 
       batch = data.to_global_batch(next(iterator), mesh)
       with jax.set_mesh(mesh):
         state, metrics = compiled(state, batch, jax.random.fold_in(seed_key, step))
-      pending.append((step, metrics["loss"]))
-      stopping = step == last_step or guard.requested
+      pending.append((step, metrics["loss"], metrics["param_norm"]))
+      stopping = guard.stop_requested() or step == last_step
       if step % config.log_every == 0 or stopping:
         _check_finite(pending)
         pending.clear()
@@ -361,7 +379,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, stop_after: int | None 
         _check_finite(pending)
         pending.clear()
         save(step)
-      if guard.requested:
+      if stopping:
         break
   finally:
     manager.wait_until_finished()

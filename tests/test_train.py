@@ -221,3 +221,18 @@ def test_bfloat16_compute_trains_like_float32_on_a_sharded_mesh(devices, data_di
     # autodiff of bfloat16 products: test_models checks the gradients themselves).
     for key, rtol in (("loss", 0.005), ("grad_norm", 0.15)):
       np.testing.assert_allclose(row[key], logged["float32"][step][key], rtol=rtol)
+
+
+def test_a_finite_loss_with_non_finite_updated_parameters_stops_the_run():
+  # The loss is computed before the update: the updated parameters must be checked too.
+  finite = [(1, np.float32(0.5), np.float32(3.0))]
+  train._check_finite(finite)
+  with pytest.raises(FloatingPointError, match="at step 2"):
+    train._check_finite(finite + [(2, np.float32(0.4), np.float32(np.nan))])
+
+
+def test_metrics_reader_skips_a_line_cut_short_by_a_kill(tmp_path):
+  from lejepa_jax import reports
+  with open(tmp_path / "metrics.jsonl", "w") as f:
+    f.write('{"step": 1, "loss": 0.5}\n{"step": 2, "loss": 0.4}\n{"step": 3, "lo')
+  assert [row["step"] for row in reports.read_metrics(str(tmp_path))] == [1, 2]

@@ -31,7 +31,8 @@ import ml_collections
 import numpy as np
 from flax import nnx
 
-from lejepa_jax import checkpointing, data, distributed, evaluators, reports, sharding, steps, train
+from lejepa_jax import (checkpointing, data, distributed, evaluators, export, reports, sharding,
+                        steps, train)
 
 log = logging.getLogger("lejepa_jax")
 FEATURE_KINDS = ("embed", "feature_map")
@@ -168,9 +169,8 @@ def _check_same_model(saved_metadata: dict, target: Any, step: int) -> None:
 
 def _shapes(tree) -> dict[str, tuple]:
   """{'a/b/c': (shape, dtype name)} of a nested dict of arrays or array metadata."""
-  flat = jax.tree_util.tree_flatten_with_path(tree)[0]
-  return {"/".join(str(k.key) for k in path): (tuple(x.shape), np.dtype(x.dtype).name)
-          for path, x in flat}
+  return {path: (tuple(x.shape), np.dtype(x.dtype).name)
+          for path, x in export.flat_arrays(tree, separator="/").items()}
 
 
 def random_init_encoder(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh | None = None):

@@ -163,8 +163,9 @@ def _check_finite(pending: list[tuple[int, Any]]) -> None:
   `pending`: (step, loss, norm of the parameters after the step's update). The loss is computed
   before the update, so a finite loss alone would let a non-finite update reach a checkpoint.
   """
-  for step, loss, param_norm in pending:
-    value, norm = (float(x) for x in jax.device_get((loss, param_norm)))
+  values = jax.device_get([(loss, param_norm) for _, loss, param_norm in pending])  # one transfer
+  for (step, _, _), (value, norm) in zip(pending, values):
+    value, norm = float(value), float(norm)
     if not (math.isfinite(value) and math.isfinite(norm)):
       raise FloatingPointError(
           f"Non-finite loss ({value}) or parameters (norm {norm}) at step {step}. The last good "
@@ -175,7 +176,7 @@ def _check_finite(pending: list[tuple[int, Any]]) -> None:
 class PreemptionGuard:
   """Turns SIGTERM / SIGINT into a flag the loop checks, so it can checkpoint and exit cleanly.
 
-  The loop asks `stop_requested()` once per step and acts on that one answer (save, then leave).
+  The loop reads `requested` once per step and acts on that one reading (save, then leave).
   In a multi-process run every process must receive the signal, as schedulers deliver it (SLURM,
   TPU maintenance events signal every worker): a checkpoint is saved by all processes together.
   After the first signal the previous handlers are back, so a second Ctrl-C interrupts at once.
@@ -194,10 +195,6 @@ class PreemptionGuard:
                 "interrupt at once)", signum)
     self.requested = True
     self.restore()
-
-  def stop_requested(self) -> bool:
-    """Whether this process was asked to stop."""
-    return self.requested
 
   def restore(self) -> None:
     for sig, handler in self._previous.items():
@@ -363,7 +360,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, stop_after: int | None 
       with jax.set_mesh(mesh):
         state, metrics = compiled(state, batch, jax.random.fold_in(seed_key, step))
       pending.append((step, metrics["loss"], metrics["param_norm"]))
-      stopping = guard.stop_requested() or step == last_step
+      stopping = guard.requested or step == last_step
       if step % config.log_every == 0 or stopping:
         _check_finite(pending)
         pending.clear()

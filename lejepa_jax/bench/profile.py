@@ -41,10 +41,9 @@ def _called(line: str) -> list[str]:
   return names
 
 
-def _parse_hlo(hlo_text: str) -> tuple[dict[str, list[str]], dict[str, str]]:
-  """(computation -> its instruction lines, instruction name -> the computation holding it)."""
+def _parse_hlo(hlo_text: str) -> dict[str, list[str]]:
+  """Computation name -> its instruction lines."""
   bodies: dict[str, list[str]] = {}
-  owner: dict[str, str] = {}
   current = None
   for line in hlo_text.splitlines():
     if line and not line[0].isspace() and line.rstrip().endswith("{"):
@@ -52,17 +51,16 @@ def _parse_hlo(hlo_text: str) -> tuple[dict[str, list[str]], dict[str, str]]:
       current = match.group(1) if match else None
       if current is not None:
         bodies[current] = []
-    elif current is not None and (match := _INSTRUCTION.match(line)):
+    elif current is not None and _INSTRUCTION.match(line):
       bodies[current].append(line)
-      owner[match.group(1)] = current
-  return bodies, owner
+  return bodies
 
 
 def hlo_op_kinds(hlo_text: str) -> dict[str, str]:
   """Instruction name -> "convolution", "product" or "other", for every instruction of an HLO
   module's text; a fusion or custom call takes the kind of what it calls (convolution first).
   Control flow (CONTAINERS) is "container": its body's ops are timed on their own."""
-  bodies, _ = _parse_hlo(hlo_text)
+  bodies = _parse_hlo(hlo_text)
   memo: dict[str, set[str]] = {}
 
   def opcodes(computation: str, depth: int = 0) -> set[str]:

@@ -17,14 +17,9 @@ def matmul_ceiling(bfloat16: bool = False, size: int = 2048, repeats: int = 10) 
   """PyTorch's matmul FLOP/s on this machine (the fastest of `repeats` square products), to set
   beside XLA's: the products are most of the step on both sides."""
   import torch  # pylint: disable=import-outside-toplevel
+  from lejepa_jax.bench import common  # pylint: disable=import-outside-toplevel
   a = torch.randn(size, size, dtype=torch.bfloat16 if bfloat16 else torch.float32)
-  torch.matmul(a, a)
-  seconds = []
-  for _ in range(repeats):
-    start = time.perf_counter()
-    torch.matmul(a, a)
-    seconds.append(time.perf_counter() - start)
-  return 2 * size**3 / min(seconds)
+  return 2 * size**3 / min(common.wall_times(lambda: torch.matmul(a, a), repeats))
 
 
 def vit_s16_step_seconds(images: int = 16, views: int = 2, repeats: int = 3,

@@ -51,7 +51,7 @@ import numpy as np
 from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from lejepa_jax import (checkpointing, data, distributed, evaluate, evaluators, reports, sharding,
+from lejepa_jax import (checkpointing, compiler, data, distributed, evaluate, evaluators, reports, sharding,
                         steps, train)
 from lejepa_jax.losses import lejepa as lejepa_loss
 from lejepa_jax.models import members as members_lib
@@ -251,7 +251,8 @@ def compile_members_step(config: ml_collections.ConfigDict, mesh: jax.sharding.M
   with jax.set_mesh(mesh), members_lib.per_member_convolutions():
     compiled = jitted.lower(train.abstract_tree(stacked), train.abstract_tree(hparams),
                             train.abstract_batch(config, mesh, local_batch),
-                            jax.ShapeDtypeStruct((), jnp.int32)).compile()
+                            jax.ShapeDtypeStruct((), jnp.int32)).compile(
+                                compiler_options=compiler.options(config))
   memory = compiled.memory_analysis()
   if memory is not None:
     log.info("members step compiled: %.1f MiB arguments, %.1f MiB temporaries per device",

@@ -99,6 +99,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.checkpoint_every = 1000
   c.keep_checkpoints = 3
   c.grad_accum_steps = 1
+  # XLA options per backend (lejepa_jax/compiler.py): 'auto', 'none' or 'auto;name=value;...'.
+  c.compiler_options = "auto"
 
   c.data = ml_collections.ConfigDict()
   c.data.name = "imagenet2012"

@@ -31,7 +31,8 @@ import ml_collections
 import numpy as np
 from flax import nnx
 
-from lejepa_jax import (checkpointing, data, distributed, evaluators, export, reports, sharding,
+from lejepa_jax import (checkpointing, compiler, data, distributed, evaluators, export, progress,
+                        reports, sharding,
                         steps, train)
 
 log = logging.getLogger("lejepa_jax")
@@ -207,6 +208,12 @@ def eval_batches(config, split: str, limit: int | None = None, batch_size: int =
   return iter(data.eval_dataset(source, crop, global_batch_size=batch_size))
 
 
+def split_size(config, split: str, limit: int | None = None) -> int:
+  """Examples `eval_batches` yields of a split (at most `limit`)."""
+  size = len(data.open_source(config.data.name, split, config.data.data_dir))
+  return min(size, limit) if limit else size
+
+
 def _forward(encoder, images, kind: str, stages: int):
   """(probe features [n, F], projections [n, K] or None) of normalised images."""
   if kind == "embed":
@@ -224,13 +231,18 @@ def _forward(encoder, images, kind: str, stages: int):
 
 
 @functools.lru_cache(maxsize=None)
-def _compiled_forward(mean: tuple, std: tuple, kind: str, stages: int):
-  """nnx.jit of `_forward` on uint8 images; cached so every split and checkpoint shares its compile."""
-  return nnx.jit(lambda m, x: _forward(m, steps.normalize(x, mean, std), kind, stages))
+def _compiled_forward(mean: tuple, std: tuple, kind: str, stages: int, compiler_setting: str):
+  """`_forward` on uint8 images, jitted with the backend's compiler options; cached so every split
+  and checkpoint shares its compile. Call as `forward(encoder, images)`."""
+  jitted = jax.jit(
+      lambda graphdef, state, x: _forward(nnx.merge(graphdef, state),
+                                          steps.normalize(x, mean, std), kind, stages),
+      static_argnums=0, compiler_options=compiler.options(compiler_setting))
+  return lambda encoder, images: jitted(*nnx.split(encoder), images)
 
 
 def extract_features(encoder, config, split: str, limit: int | None = None, batch_size: int = 256,
-                     kind: str = "embed", stages: int = 1
+                     kind: str = "embed", stages: int = 1, label: str = ""
                      ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
   """Frozen features [n, F], labels [n] and projector outputs [n, K] (or None) of a split.
 
@@ -242,10 +254,15 @@ def extract_features(encoder, config, split: str, limit: int | None = None, batc
   if kind == "embed" and stages != 1:
     raise ValueError(f"probe config `feature_stages` is {stages}, but it applies to "
                      "features='feature_map' only; set features=feature_map or feature_stages=1.")
-  forward = _compiled_forward(tuple(config.data.mean), tuple(config.data.std), kind, stages)
+  forward = _compiled_forward(tuple(config.data.mean), tuple(config.data.std), kind, stages,
+                              str(config.get("compiler_options", "auto")))
   features, projections, labels = [], [], []
-  for batch in eval_batches(config, split, limit, batch_size):
+  batches = eval_batches(config, split, limit, batch_size)
+  meter = progress.Progress(f"{label or 'encoder'}: {split} features",
+                            split_size(config, split, limit), "images")
+  for batch in batches:
     valid = batch["valid"]
+    meter.update(int(valid.sum()))
     f, z = forward(encoder, batch["image"])
     features.append(np.asarray(f, np.float32)[valid])
     if z is not None:
@@ -284,14 +301,16 @@ def _limit(n: int) -> int | None:
   return n if n and n > 0 else None
 
 
-def feature_set(encoder, config, probe: ml_collections.ConfigDict) -> evaluators.FeatureSet:
+def feature_set(encoder, config, probe: ml_collections.ConfigDict, label: str = ""
+                ) -> evaluators.FeatureSet:
   """Features of the training split (probe fitting) and the evaluation split, extracted once."""
   kind, stages = probe.features, int(probe.feature_stages)
   train_x, train_y, _ = extract_features(encoder, config, config.data.split,
-                                         _limit(probe.train_examples), probe.batch_size, kind, stages)
+                                         _limit(probe.train_examples), probe.batch_size, kind, stages,
+                                         label)
   test_x, test_y, test_z = extract_features(encoder, config, config.data.eval_split,
                                             _limit(probe.eval_examples), probe.batch_size, kind,
-                                            stages)
+                                            stages, label)
   return evaluators.FeatureSet(train_x, train_y, test_x, test_y, int(config.probe.num_classes),
                                test_z)
 
@@ -304,15 +323,18 @@ def evaluator_names(probe: ml_collections.ConfigDict) -> list[str]:
   return names
 
 
-def run_evaluators(fs: evaluators.FeatureSet, probe: ml_collections.ConfigDict, names: list[str]
-                   ) -> dict[str, dict[str, float]]:
+def run_evaluators(fs: evaluators.FeatureSet, probe: ml_collections.ConfigDict, names: list[str],
+                   label: str = "") -> dict[str, dict[str, float]]:
   """{evaluator: {metric: value}} for the named evaluators (pictures are drawn separately)."""
   results = {}
   for name in names:
     if name == "pictures":
       continue
     options = dict(probe[name]) if name in probe else {}
+    start = time.perf_counter()
     results[name] = evaluators.get(name)(fs, **options)
+    log.info("%s: %s in %.1f s: %s", label or "features", name, time.perf_counter() - start,
+             format_metrics(results[name]))
   return results
 
 
@@ -411,10 +433,15 @@ def format_table(rows: list[dict]) -> str:
   for row in rows:
     metrics = {k: v for k, v in row.items()
                if k not in ("evaluator", "step", "encoder", "probe_config")}
-    text = ", ".join(f"{k} {v:.2f}" if "rankme" in k or k == "sigreg" else f"{k} {100 * v:.2f}%"
-                     for k, v in metrics.items())
-    lines.append(f"{row['encoder']:<12} {row['step']:>6}  {row['evaluator']:<10}  {text}")
+    lines.append(f"{row['encoder']:<12} {row['step']:>6}  {row['evaluator']:<10}  "
+                 f"{format_metrics(metrics)}")
   return "\n".join(lines)
+
+
+def format_metrics(metrics: dict[str, float]) -> str:
+  """'top1 91.20%, top5 99.80%': accuracies as percentages, label-free metrics as numbers."""
+  return ", ".join(f"{k} {v:.2f}" if "rankme" in k or k == "sigreg" else f"{k} {100 * v:.2f}%"
+                   for k, v in metrics.items())
 
 
 def evaluate_checkpoint(workdir: str, probe: ml_collections.ConfigDict, step: int | None,
@@ -423,8 +450,10 @@ def evaluate_checkpoint(workdir: str, probe: ml_collections.ConfigDict, step: in
   """Restores one checkpoint, extracts features once, runs the evaluators, records the step."""
   names = evaluator_names(probe)
   encoder, config, step = restore_encoder(workdir, step, mesh)
-  fs = feature_set(encoder, config, probe)
-  results = run_evaluators(fs, probe, names)
+  label = f"checkpoint step {step}"
+  log.info("%s: evaluating (%s)", label, ", ".join(names))
+  fs = feature_set(encoder, config, probe, label)
+  results = run_evaluators(fs, probe, names, label)
   if "pictures" in names and jax.process_index() == 0:
     draw_pictures(encoder, config, fs, probe,
                   os.path.join(workdir, "eval", "pictures", f"{probe.name}_step{step}"))
@@ -448,12 +477,14 @@ def evaluate_baselines(workdir: str, probe: ml_collections.ConfigDict, writer: R
   names = [n for n in evaluator_names(probe) if n != "pictures"]
   out = {}
   for baseline in todo:
+    log.info("baseline %s: evaluating (%s)", baseline, ", ".join(names))
     if baseline == "pixels":
       fs = _pixel_feature_set(config, probe)
       names_here = [n for n in names if n != "label_free"]
     else:
-      fs, names_here = feature_set(random_init_encoder(config, mesh), config, probe), names
-    out[baseline] = run_evaluators(fs, probe, names_here)
+      fs = feature_set(random_init_encoder(config, mesh), config, probe, f"baseline {baseline}")
+      names_here = names
+    out[baseline] = run_evaluators(fs, probe, names_here, f"baseline {baseline}")
     writer.write(0, baseline, out[baseline])
     record.mark_baseline(baseline)
   return out
@@ -609,6 +640,9 @@ def run(workdir: str, probe: ml_collections.ConfigDict, step: int | None = None,
       evaluate_checkpoint(workdir, probe, step, writer, record)
   finally:
     writer.close()
+  picture = os.path.join(workdir, "eval", f"time_to_accuracy_{probe.name}.png")
+  if jax.process_index() == 0 and reports.plot_time_to_accuracy(workdir, probe.name, picture):
+    log.info("accuracy against minutes of training: %s", picture)
   return writer.rows
 
 

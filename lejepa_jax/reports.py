@@ -15,17 +15,15 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 def read_metrics(workdir: str) -> list[dict]:
   """Rows of metrics.jsonl, the last row per step (a resumed run may repeat steps)."""
-  rows: dict[int, dict] = {}
-  path = os.path.join(workdir, "metrics.jsonl")
-  if os.path.exists(path):
-    with open(path) as f:
-      for line in f:
-        try:
-          row = json.loads(line)
-        except json.JSONDecodeError:  # a line cut short by a kill mid-write
-          continue
-        rows[row["step"]] = row
+  rows = {row["step"]: row for row in read_jsonl(os.path.join(workdir, "metrics.jsonl"))}
   return [rows[k] for k in sorted(rows)]
+
+
+def train_seconds_at(workdir: str, step: int) -> float:
+  """Training seconds recorded by the last metrics line at or before `step` (0 if none): where a
+  resumed run's clock continues."""
+  seconds = [r.get("train_seconds", 0.0) for r in read_metrics(workdir) if r["step"] <= step]
+  return float(seconds[-1]) if seconds else 0.0
 
 
 def plot_curves(rows: list[dict], path: str) -> None:
@@ -45,6 +43,61 @@ def plot_curves(rows: list[dict], path: str) -> None:
   fig.tight_layout()
   fig.savefig(path, dpi=100)
   plt.close(fig)
+
+
+def read_jsonl(path: str) -> list[dict]:
+  """Rows of a JSON-lines file ([] if it does not exist); a line cut short by a kill is skipped."""
+  rows = []
+  if os.path.exists(path):
+    with open(path) as f:
+      for line in f:
+        try:
+          rows.append(json.loads(line))
+        except json.JSONDecodeError:
+          continue
+  return rows
+
+
+_EVALUATOR_STYLES = {"linear": ("o-", "linear probe"), "knn": ("s-", "kNN")}
+
+
+def plot_time_to_accuracy(workdir: str, probe_name: str, path: str) -> bool:
+  """Accuracy against minutes of training: the online probe (training batches, from
+  metrics.jsonl), and the evaluation job's linear and kNN test accuracy of each evaluated checkpoint
+  (eval/<evaluator>.jsonl rows of probe config `probe_name`), next to the pixel and random-init
+  levels. Returns False (and draws nothing) before there is anything to draw."""
+  train = [r for r in read_metrics(workdir) if "train_seconds" in r]
+  if not train:
+    return False
+  steps = np.array([r["step"] for r in train], float)
+  minutes = np.array([r["train_seconds"] for r in train]) / 60
+  fig, ax = plt.subplots(figsize=(7, 4.5))
+  ax.plot(minutes, [100 * r["probe_accuracy"] for r in train], color="0.7", lw=1,
+          label="online probe (augmented training batches)")
+  for evaluator, (style, name) in _EVALUATOR_STYLES.items():
+    rows = [r for r in read_jsonl(os.path.join(workdir, "eval", f"{evaluator}.jsonl"))
+            if r.get("probe_config") == probe_name]
+    points = sorted((r["step"], r["top1"]) for r in rows if r["encoder"] == "checkpoint")
+    if points:
+      at = np.interp([p[0] for p in points], np.concatenate([[0], steps]),
+                     np.concatenate([[0], minutes]))
+      line, = ax.plot(at, [100 * p[1] for p in points], style, label=f"{name}, test set")
+      for r in rows:
+        if r["encoder"] in ("pixels", "random_init"):
+          ax.axhline(100 * r["top1"], color=line.get_color(),
+                     ls="--" if r["encoder"] == "pixels" else ":", lw=1,
+                     label=f"{name}, {r['encoder'].replace('_', ' ')}")
+  ax.set_xlabel("minutes of training")
+  ax.set_ylabel("top-1 accuracy (%)")
+  ax.set_title(f"time to accuracy ({os.path.basename(os.path.normpath(workdir))}, "
+               f"probe config {probe_name})")
+  ax.legend(fontsize=7, loc="lower right")
+  ax.grid(alpha=0.3)
+  fig.tight_layout()
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  fig.savefig(path, dpi=100)
+  plt.close(fig)
+  return True
 
 
 def write_summary(workdir: str, last: dict) -> None:

@@ -21,7 +21,7 @@ import ml_collections
 import optax
 from flax import nnx
 
-from lejepa_jax import checkpointing, data, models, reports, sharding, steps
+from lejepa_jax import checkpointing, compiler, data, models, reports, sharding, steps
 
 log = logging.getLogger("lejepa_jax")
 
@@ -125,7 +125,7 @@ def compile_train_step(config: ml_collections.ConfigDict, mesh: jax.sharding.Mes
   key = jax.eval_shape(lambda: jax.random.key(0))  # abstract too: no device is touched
   with jax.set_mesh(mesh):
     compiled = jitted.lower(abstract_tree(state), abstract_batch(config, mesh, local_batch),
-                            key).compile()
+                            key).compile(compiler_options=compiler.options(config))
   memory = compiled.memory_analysis()
   if memory is not None:
     log.info("train step compiled: %.1f MiB arguments, %.1f MiB temporaries per device",
@@ -232,7 +232,7 @@ def restore(manager, start, state, iterator, config, source):
 # Keys a resumed run may change: where and how it runs, not what it trains. (Not
 # data.num_workers: the saved data-iterator state is laid out per worker.)
 RESUMABLE_CHANGES = ("log_every", "checkpoint_every", "keep_checkpoints", "data.data_dir",
-                     "data.eval_crop_fraction", "mesh.", "model.remat")
+                     "data.eval_crop_fraction", "mesh.", "model.remat", "compiler_options")
 
 
 def _flat(tree: dict, prefix: str = "") -> dict[str, Any]:
@@ -352,6 +352,9 @@ def run(config: ml_collections.ConfigDict, workdir: str, stop_after: int | None 
   seed_key = jax.random.key(config.seed)
   last_step = config.total_steps if stop_after is None else min(stop_after, config.total_steps)
   pending, last, window = [], {}, (start, time.perf_counter())
+  # Wall-clock seconds of training (the loop, data included; not start-up or compile), continued
+  # across resumes from the last metrics line at or before the restored step.
+  seconds_before, loop_start = reports.train_seconds_at(workdir, start), window[1]
   save = lambda step: checkpointing.save_training(  # noqa: E731
       manager, step, to_savable(nnx.to_pure_dict(state)), iterator, json.loads(config.to_json()))
   try:
@@ -369,6 +372,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, stop_after: int | None 
         last["lr"] = float(schedule(step - 1))
         last["step_time_s"] = (now - window[1]) / (step - window[0])
         last["images_per_s"] = config.data.global_batch_size / last["step_time_s"]
+        last["train_seconds"] = seconds_before + now - loop_start
         window = (step, now)
         writer.write(step, last)
         _log_line(step, config.total_steps, last)

@@ -133,14 +133,15 @@ def main(argv: list[str] | None = None) -> None:
     print(f"  done {name}", flush=True)
     if args.breakdown:
       print(f"  {name} op time: {profile.shares_text(result['breakdown'])}", flush=True)
-    if name.startswith("vit_s16") and not args.no_torch:
-      torch_seconds = _torch_seconds(args.repeats, bfloat16=dtype == "bfloat16")
+    if not args.no_torch:
+      torch_seconds = _torch_seconds(make(), args.repeats, bfloat16=dtype == "bfloat16")
       if torch_seconds is not None:
-        views = result["views"]
         which = "bfloat16 autocast" if dtype == "bfloat16" else "float32"
         rows.append([f"  PyTorch eager, same step, {which}", f"{torch_seconds:.2f}",
-                     f"{views / torch_seconds:.1f}", "",
+                     f"{result['views'] / torch_seconds:.1f}", "",
                      f"(JAX {torch_seconds / result['seconds']:.2f}x)"])
+        print(f"  {name}: JAX {torch_seconds / result['seconds']:.2f}x PyTorch eager's views/s",
+              flush=True)
   print(common.markdown_table(["case", "s/step", "views/s", "model GFLOP/step", "MFU"], rows))
 
 
@@ -152,8 +153,11 @@ def _torch_available() -> bool:
   return True
 
 
-def _torch_seconds(repeats: int, bfloat16: bool) -> float | None:
+def _torch_seconds(config, repeats: int, bfloat16: bool) -> float | None:
+  """Seconds per step of the PyTorch eager reference of `config`'s step (None without torch)."""
   if not _torch_available():
     return None
   from lejepa_jax.bench import torch_reference  # pylint: disable=import-outside-toplevel
-  return torch_reference.vit_s16_step_seconds(repeats=repeats, bfloat16=bfloat16)
+  if config.model.name == "vit":
+    return torch_reference.vit_step_seconds(config, repeats=repeats, bfloat16=bfloat16)
+  return torch_reference.resnet_step_seconds(config, repeats=repeats)

@@ -23,6 +23,7 @@ class ViTSize:
 # The standard definitions (Dosovitskiy et al. 2021; Touvron et al. 2021; Zhai et al. 2022 for g).
 VIT_SIZES = {
     "Mi": ViTSize(64, 2, 128, 2),  # micro: not a standard size; for tests and CPU smoke runs
+    "Ti6": ViTSize(192, 6, 768, 3),  # ViT-Ti at half depth: not a standard size; for small CPUs
     "Ti": ViTSize(192, 12, 768, 3),
     "S": ViTSize(384, 12, 1536, 6),
     "B": ViTSize(768, 12, 3072, 12),
@@ -30,7 +31,8 @@ VIT_SIZES = {
     "H": ViTSize(1280, 32, 5120, 16),
     "g": ViTSize(1408, 40, 6144, 16),
 }
-PATCH_SIZES = (8, 14, 16)
+# 8, 14, 16: the published models' patches; 4 and 7 for 28-32 px images (Fashion-MNIST, CIFAR).
+PATCH_SIZES = (4, 7, 8, 14, 16)
 # Activation rematerialisation of each block: what the forward pass keeps for the backward pass.
 # "none" keeps every activation; "full" keeps only each block's input and recomputes the rest;
 # "dots_with_no_batch_dims_saveable" also keeps the outputs of the weight matmuls (recomputing

@@ -17,7 +17,8 @@ import pytest
 
 from flax import nnx
 
-from lejepa_jax import checkpointing, config_lib, evaluate, evaluators, sharding, steps, train
+from lejepa_jax import (checkpointing, config_lib, evaluate, evaluators, reports, sharding, steps,
+                        train)
 from lejepa_jax.data import prepare
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -261,8 +262,39 @@ def test_baselines_and_pictures_are_written(devices, trained_run, tmp_path):
   assert any(name.startswith("events.out.tfevents")
              for name in os.listdir(os.path.join(workdir, "eval", "tensorboard")))
   assert "random_init" in evaluate.format_table(rows)
+  # Accuracy against minutes of training, with the run's clock from metrics.jsonl.
+  assert cv2.imread(os.path.join(workdir, "eval", "time_to_accuracy_default.png")) is not None
   evaluate.run(workdir, probe)  # baselines are evaluated once per workdir
   assert [r["encoder"] for r in _rows(workdir)].count("pixels") == 1
+
+
+def test_time_to_accuracy_places_checkpoints_at_their_training_minutes(tmp_path, monkeypatch):
+  workdir = str(tmp_path)
+  assert not reports.plot_time_to_accuracy(workdir, "default", str(tmp_path / "none.png"))
+  with open(tmp_path / "metrics.jsonl", "w") as f:
+    for step in (10, 20, 30):
+      f.write(json.dumps({"step": step, "probe_accuracy": 0.5, "train_seconds": 6.0 * step}) + "\n")
+  os.makedirs(tmp_path / "eval")
+  with open(tmp_path / "eval" / "linear.jsonl", "w") as f:
+    for encoder, step, top1 in (("random_init", 0, 0.6), ("checkpoint", 15, 0.7),
+                                ("checkpoint", 30, 0.8)):
+      f.write(json.dumps({"step": step, "encoder": encoder, "probe_config": "default",
+                          "top1": top1}) + "\n")
+  drawn = {}
+  original = reports.plt.Axes.plot
+
+  def record(ax, x, y, *args, **kwargs):
+    drawn[kwargs.get("label")] = (list(x), list(y))
+    return original(ax, x, y, *args, **kwargs)
+
+  monkeypatch.setattr(reports.plt.Axes, "plot", record)
+  path = str(tmp_path / "tta.png")
+  assert reports.plot_time_to_accuracy(workdir, "default", path)
+  # Step 15 lies halfway between the logged steps 10 (1 min) and 20 (2 min); step 30 at 3 min.
+  x, y = drawn["linear probe, test set"]
+  np.testing.assert_allclose(x, [1.5, 3.0])
+  np.testing.assert_allclose(y, [70.0, 80.0])
+  assert cv2.imread(path) is not None
 
 
 def _snapshot(directory):

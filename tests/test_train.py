@@ -78,6 +78,12 @@ def test_resumed_run_equals_uninterrupted_run(devices, data_dir, tmp_path):
       assert a[step][key] == b[step][key], (step, key)
   for x, y in zip(_final_params(straight, 6), _final_params(resumed, 6)):
     np.testing.assert_array_equal(x, y)
+  # The training clock runs forward in every line, and the resumed run's clock continues from the
+  # restored step's instead of starting again at zero.
+  for run in (a, b):
+    seconds = [run[step]["train_seconds"] for step in range(1, 7)]
+    assert all(0 < s < t for s, t in zip(seconds, seconds[1:])), seconds
+  assert b[4]["train_seconds"] > b[3]["train_seconds"]
   summary = json.load(open(os.path.join(straight, "summary.json")))
   assert summary["final"]["loss"] == a[6]["loss"]
   assert train.run(tiny_config(data_dir, 6), straight) == {}  # finished: nothing to train

@@ -6,9 +6,12 @@
 #   BUCKET=my-bucket launch/tpu_pod.sh train -- --config.optim.lr=3e-4
 #   launch/tpu_pod.sh logs | stop | delete
 #   launch/tpu_pod.sh --dry-run up                        # print the gcloud commands only
+#   BUCKET=my-bucket launch/tpu_pod.sh up --dry-run -- --config.optim.lr=3e-4   # also a dry run
 #
 # Commands: create, install, train, up (the three in order), logs (tail worker 0), stop (the
-# trainer, which checkpoints on SIGTERM), delete (the TPU VMs). Flags after `--` go to the trainer.
+# trainer, which checkpoints on SIGTERM), delete (the TPU VMs). Options, anywhere before `--`:
+# --dry-run (print the commands, run none), -h/--help. Everything after `--` goes to the trainer
+# untouched (train and up only). Any other argument is refused (usage, exit 2) and nothing runs.
 #
 # Knobs (environment variables):
 #   BUCKET            GCS bucket (no gs://) holding the data, the runs and the code archive (required)
@@ -46,15 +49,37 @@ gcsfuse_flags="${GCSFUSE_FLAGS:---implicit-dirs --rename-dir-limit=100000}"
 project_flag=()
 [ -n "${PROJECT:-}" ] && project_flag=(--project="$PROJECT")
 
+usage() {
+  sed -n '2,14p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
+}
+
+# Prints why, then the usage, to stderr, and exits before anything has run.
+refuse() {
+  echo "[tpu_pod] $1" >&2
+  usage >&2
+  exit 2
+}
+
+# Every argument is read before anything runs: --dry-run counts wherever it stands before `--`.
 dry_run=0
-if [ "${1:-}" = "--dry-run" ]; then
-  dry_run=1
+command=""
+trainer_flags=()
+while [ "$#" -gt 0 ]; do
+  case "$1" in
+    --) shift; trainer_flags=("$@"); break ;;
+    --dry-run) dry_run=1 ;;
+    -h|--help) usage; exit 0 ;;
+    create|install|train|up|logs|stop|delete)
+      [ -z "$command" ] || refuse "one command at a time (got '$command' and '$1')"
+      command="$1" ;;
+    *) refuse "unknown argument '$1' (flags for the trainer go after \`--\`)" ;;
+  esac
   shift
+done
+[ -n "$command" ] || refuse "no command given"
+if [ "${#trainer_flags[@]}" -gt 0 ] && [ "$command" != train ] && [ "$command" != up ]; then
+  refuse "'$command' starts no trainer: flags after \`--\` are for train and up only"
 fi
-command="${1:-}"
-shift || true
-[ "${1:-}" = "--" ] && shift
-trainer_flags=("$@")
 
 run() {
   if [ "$dry_run" = 1 ]; then
@@ -190,8 +215,4 @@ case "$command" in
   logs) logs ;;
   stop) stop ;;
   delete) delete ;;
-  *)
-    sed -n '2,12p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
-    exit 2
-    ;;
 esac

@@ -132,7 +132,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.loss.num_knots = 17
   c.loss.combine = "convex"
   c.loss.sigreg_views = "per_view"
-  c.loss.test = "epps_pulley"  # SIGReg's univariate test; ablations: see losses.stats.TESTS
+  c.loss.test = "epps_pulley"  # SIGReg's univariate test: losses.stats.TESTS, "<name>@official" at the authors' scales
 
   c.optim = ml_collections.ConfigDict()
   c.optim.lr = 5e-4

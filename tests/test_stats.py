@@ -8,6 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from jax.sharding import AxisType, NamedSharding, PartitionSpec as P
+from scipy import special as scipy_special
 from scipy import stats as scipy_stats
 
 from lejepa_jax import config_lib
@@ -348,3 +349,270 @@ def test_bhep_loses_its_gradient_in_high_dimension():
 def test_bad_input_is_rejected(call, match):
   with pytest.raises(ValueError, match=match):
     call()
+
+
+# ------------------------------------------------------------------------------------------------
+# Conventions: the authors' PyTorch code's definitions (convention="official"), against float64
+# NumPy transcriptions of their formulas written here, and the mappings to this package's scales.
+
+
+def _official_cramer_von_mises(x):
+  """mean_i ((2i - 1) / (2N) - Phi(x_(i)))^2 per column."""
+  u = scipy_stats.norm.cdf(np.sort(np.asarray(x, np.float64), axis=0))
+  n = u.shape[0]
+  positions = (2 * np.arange(1, n + 1)[:, None] - 1) / (2 * n)
+  return np.mean((positions - u)**2, axis=0)
+
+
+def _official_watson(x):
+  """The official Cramer-von Mises minus (mean Phi(x) - 1/2)^2."""
+  shift = np.mean(scipy_stats.norm.cdf(np.asarray(x, np.float64)), axis=0) - 0.5
+  return _official_cramer_von_mises(x) - shift**2
+
+
+def _official_jarque_bera(x):
+  """VCReg + N/6 (skew^2 + (kurt - 3)^2 / 4), skewness and kurtosis over the unbiased std."""
+  x = np.asarray(x, np.float64)
+  n = x.shape[0]
+  mean, var = x.mean(0), x.var(0, ddof=1)
+  standard = (x - mean) / np.sqrt(var)
+  skew, kurt = np.mean(standard**3, 0), np.mean(standard**4, 0)
+  return (n * mean**2 / var + (n - 1) * (var - 1)**2 / 2
+          + n / 6 * (skew**2 + (kurt - 3)**2 / 4))
+
+
+def _official_shapiro_wilk(x):
+  """1 - |cos(m, x sorted)|, m = Phi^-1((i - pi/8) / (N + 1/4)), on the uncentred samples."""
+  x = np.sort(np.asarray(x, np.float64), axis=0)
+  n = x.shape[0]
+  m = scipy_stats.norm.ppf((np.arange(1, n + 1) - np.pi / 8) / (n + 0.25))
+  cosine = m @ x / (np.linalg.norm(m) * np.maximum(np.linalg.norm(x, axis=0), 1e-5))
+  return 1 - np.abs(cosine)
+
+
+def _log_phi_asymptotic(x):
+  """log Phi as the authors' code computes it: exact for |x| <= 3, an asymptotic form beyond."""
+  x = np.asarray(x, np.float64)
+  denominator = np.sqrt(0.656 * np.abs(x) + 0.344 * x**2 + 5.334)
+  left = -(x**2 + np.log(2 * np.pi)) / 2 - np.log(denominator)
+  right = np.log1p(-np.exp(-x**2 / 2) / np.sqrt(2 * np.pi) / denominator)
+  return np.where(x < -3, left, np.where(x > 3, right, scipy_special.log_ndtr(x)))
+
+
+def _official_anderson_darling(x, log_phi=scipy_special.log_ndtr):
+  """-N - (1/N) sum_i (2i - 1) (log Phi(x_(i)) + log Phi(-x_(N+1-i))), with the given log Phi."""
+  x = np.sort(np.asarray(x, np.float64), axis=0)
+  n = x.shape[0]
+  weights = 2 * np.arange(1, n + 1)[:, None] - 1
+  return -n - np.sum(weights * (log_phi(x) + log_phi(-x[::-1])), axis=0) / n
+
+
+def _official_bhep(z, beta=0.1):
+  """mean_jk e^(-b^2 |z_j - z_k|^2 / 2) - 2 (1 + b^2)^(-D/2) mean_j e^(-b^2 |z_j|^2 / (2 + 2b^2))
+  + (1 + 2b^2)^(-D/2): the weighted ECF distance without the factor N."""
+  z = np.asarray(z, np.float64)
+  d, b2 = z.shape[1], beta**2
+  pairs = np.mean(np.exp(-b2 / 2 * np.sum((z[:, None] - z[None])**2, axis=-1)))
+  to_target = np.mean(np.exp(-b2 / (2 + 2 * b2) * np.sum(z**2, axis=-1)))
+  return pairs - 2 * (1 + b2)**(-d / 2) * to_target + (1 + 2 * b2)**(-d / 2)
+
+
+def _official_henze_zirkler(z):
+  """The official BHEP of z, not whitened, at beta = ((2D + 1) N / 4)^(1/(D+4)) / sqrt 2."""
+  n, d = z.shape
+  return _official_bhep(z, ((2 * d + 1) * n / 4)**(1 / (d + 4)) / np.sqrt(2))
+
+
+OFFICIAL_REFERENCES = {
+    "cramer_von_mises": _official_cramer_von_mises,
+    "watson": _official_watson,
+    "jarque_bera": _official_jarque_bera,
+    "shapiro_wilk": _official_shapiro_wilk,
+    "anderson_darling": _official_anderson_darling,  # the exact log Phi
+    "vcreg": lambda x: ref.extended_jarque_bera(x)[0],
+    "epps_pulley": ref.epps_pulley,
+}
+
+
+def _mixed_columns(num_samples, seed):
+  """[N, 4] float64: shifted, scaled Gaussian; Student t(2) (|x| > 3 likely); uniform; bimodal."""
+  g = np.random.default_rng(seed)
+  draws = [1.3 * g.standard_normal(num_samples) + 0.2, g.standard_t(2, num_samples),
+           np.sqrt(12) * (g.random(num_samples) - 0.5),
+           np.where(g.random(num_samples) < 0.5, -1.0, 1.0) + 0.4 * g.standard_normal(num_samples)]
+  return np.stack(draws, axis=1)
+
+
+# Every official statistic in one compiled function, selected by name as a config would.
+_ALL_OFFICIAL = jax.jit(lambda x: {name: stats.get_test(f"{name}@official")(x)
+                                   for name in OFFICIAL_REFERENCES})
+
+
+@pytest.mark.parametrize("num_samples", [5, 200])
+def test_official_convention_matches_float64_transcription_of_the_authors_formula(num_samples):
+  x = _mixed_columns(num_samples, seed=num_samples)
+  with jax.enable_x64(True):
+    values = _ALL_OFFICIAL(x)
+  for name, got in values.items():
+    assert got.dtype == jnp.float64 and got.shape == (4,), name
+    np.testing.assert_allclose(got, OFFICIAL_REFERENCES[name](x), rtol=1e-10, atol=1e-13,
+                               err_msg=name)
+
+
+def test_official_anderson_darling_takes_the_exact_log_phi_not_the_asymptotic_one():
+  # The authors' tail formula is off by 0.018 at -3, 0.35 at -8, and tends to -log(0.344) / 2.
+  tails = np.array([-3.0001, -8.0, -100.0])
+  np.testing.assert_allclose(_log_phi_asymptotic(tails) - scipy_special.log_ndtr(tails),
+                             [0.018, 0.352, 0.523], atol=1e-3)
+  g = np.random.default_rng(23)
+  x = np.stack([g.standard_t(2, 200), g.standard_t(1, 200), np.clip(g.standard_normal(200), -3, 3),
+                3 * g.standard_normal(200)], axis=1)
+  with jax.enable_x64(True):
+    got = np.asarray(jax.jit(functools.partial(stats.anderson_darling, convention="official"))(x))
+  exact = _official_anderson_darling(x)
+  asymptotic = _official_anderson_darling(x, _log_phi_asymptotic)
+  np.testing.assert_allclose(got, exact, rtol=1e-12)
+  # Within [-3, 3] both forms are the same; with tails beyond, A^2 moves by 0.1 to 1.2 here.
+  np.testing.assert_allclose(asymptotic[2], exact[2], rtol=1e-12)
+  assert np.all(np.abs(asymptotic - exact)[[0, 1, 3]] > 0.05), asymptotic - exact
+
+
+_MIXING = np.array([[2.0, 0.5, 0.0], [0.0, 1.0, 0.0], [0.3, 0.0, 0.7]])
+
+
+@jax.jit
+def _both_conventions(x):
+  """The statistics whose definitions differ, in both conventions, on x [N, 4] and z = x[:, :3]."""
+  def official(test, *args, **kwargs):
+    return test(*args, convention="official", **kwargs)
+
+  z = x[:, :3]
+  return {
+      "cramer_von_mises": (official(stats.cramer_von_mises, x), stats.cramer_von_mises(x)),
+      "watson": (official(stats.watson, x), stats.watson(x)),
+      "classic_jarque_bera": official(stats.jarque_bera, x, extended=False),
+      "jarque_bera": official(stats.jarque_bera, x),
+      "vcreg": stats.vcreg(x),
+      "shapiro_wilk": official(stats.shapiro_wilk, x),
+      "shapiro_wilk_scaled": official(stats.shapiro_wilk, 3 * x),
+      "shapiro_wilk_shifted": official(stats.shapiro_wilk, x + 0.5),
+      "bhep": (official(stats.bhep, z), stats.bhep(z, beta=0.1)),
+      "bhep_beta_2": official(stats.bhep, z, beta=2.0),
+      "henze_zirkler": (official(stats.henze_zirkler, z),
+                        stats.bhep(z, beta=stats.henze_zirkler_beta(*z.shape))),
+      "henze_zirkler_mixed": official(stats.henze_zirkler, z @ _MIXING),
+  }
+
+
+def test_official_convention_mappings():
+  x, n, r = _mixed_columns(50, 24), 50, 49 / 50
+  with jax.enable_x64(True):
+    values = jax.tree.map(np.asarray, _both_conventions(x))
+  for name in ("cramer_von_mises", "watson"):  # official = (ours - 1 / (12 N)) / N
+    official, ours = values[name]
+    np.testing.assert_allclose(official, (ours - 1 / (12 * n)) / n, rtol=1e-12, err_msg=name)
+  # Jarque-Bera: skewness and kurtosis over the unbiased std, i.e. scaled by r^1.5 and r^2.
+  skew, kurt = scipy_stats.skew(x), scipy_stats.kurtosis(x, fisher=False)  # over the biased std
+  np.testing.assert_allclose(values["classic_jarque_bera"],
+                             n / 6 * (r**3 * skew**2 + (r**2 * kurt - 3)**2 / 4), rtol=1e-12)
+  np.testing.assert_allclose(values["jarque_bera"] - values["classic_jarque_bera"], values["vcreg"],
+                             rtol=1e-12)
+  # Shapiro-Wilk: the cosine with unit-norm Elfving-Blom scores, scale- but not shift-invariant.
+  m = scipy_stats.norm.ppf((np.arange(1, n + 1) - np.pi / 8) / (n + 0.25))
+  np.testing.assert_allclose(stats.official_shapiro_wilk_weights(n), m / np.linalg.norm(m),
+                             rtol=1e-12)
+  np.testing.assert_allclose(values["shapiro_wilk_scaled"], values["shapiro_wilk"], rtol=1e-12)
+  assert np.all(np.abs(values["shapiro_wilk_shifted"] - values["shapiro_wilk"]) > 1e-4)
+  # BHEP: beta 0.1 by default and no factor N; Henze-Zirkler: that at its bandwidth, not whitened.
+  z = x[:, :3]
+  official, ours = values["bhep"]
+  np.testing.assert_allclose(official, ours / n, rtol=1e-12)
+  np.testing.assert_allclose(official, _official_bhep(z), rtol=1e-9)  # a cancelling sum at beta 0.1
+  np.testing.assert_allclose(values["bhep_beta_2"], _official_bhep(z, 2.0), rtol=1e-10)
+  official, ours = values["henze_zirkler"]
+  np.testing.assert_allclose(official, ours / n, rtol=1e-12)
+  np.testing.assert_allclose(official, _official_henze_zirkler(z), rtol=1e-10)
+  assert abs(values["henze_zirkler_mixed"] - official) > 1e-3  # not affine-invariant
+  # The same function in both conventions: Epps-Pulley, VCReg, Anderson-Darling (exact log Phi).
+  for name in ("epps_pulley", "vcreg", "anderson_darling"):
+    assert stats.get_test(name, "official") is stats.TESTS[name]
+
+
+def test_official_gradients_match_finite_differences_of_the_transcriptions():
+  x = np.random.default_rng(25).standard_normal((12, 3)) * [[1.0, 2.0, 0.6]] + 0.2
+  cot = np.array([1.0, -0.5, 2.0])
+  names = ["cramer_von_mises", "watson", "jarque_bera", "shapiro_wilk"]
+  grads = jax.jit(lambda v: {name: jax.grad(lambda u, n=name: jnp.sum(
+      stats.get_test(n, convention="official")(u) * cot))(v) for name in names})(
+          x.astype(np.float32))
+  for name in names:
+    want = ref.numerical_gradient(lambda v, n=name: np.sum(OFFICIAL_REFERENCES[n](v) * cot), x)
+    np.testing.assert_allclose(grads[name], want, rtol=2e-4, atol=1e-5 * np.abs(want).max(),
+                               err_msg=name)
+
+
+def test_official_values_and_gradients_are_finite_on_degenerate_columns():
+  x = np.zeros((16, 3), np.float32)
+  x[:, 1] = 2.5  # constant
+  x[:, 2] = np.linspace(-1e-3, 1e-3, 16)  # tiny spread
+
+  def values_and_grads(v):  # the tests whose official definition differs, and BHEP / HZ
+    tests = {name: functools.partial(stats.TESTS[name], convention="official")
+             for name in ("cramer_von_mises", "watson", "jarque_bera", "shapiro_wilk")}
+    tests |= {name: lambda u, t=test: t(u, convention="official")
+              for name, test in (("bhep", stats.bhep), ("henze_zirkler", stats.henze_zirkler))}
+    return {name: jax.value_and_grad(lambda u, t=test: jnp.sum(t(u)))(v)
+            for name, test in tests.items()}
+
+  for name, (value, grad) in jax.jit(values_and_grads)(x).items():
+    assert np.isfinite(float(value)) and np.all(np.isfinite(np.asarray(grad))), name
+
+
+def test_convention_is_chosen_by_name_in_get_test_and_sliced():
+  x = _columns((40, 5), seed=26)
+  official = stats.get_test("watson@official")
+  assert official.__name__ == "watson_official"
+  np.testing.assert_array_equal(official(x), stats.watson(x, convention="official"))
+  np.testing.assert_array_equal(stats.get_test("watson", convention="official")(x), official(x))
+  assert stats.get_test("watson") is stats.get_test("watson@lejepa_jax") is stats.watson
+  by_name = stats.sliced("cramer_von_mises", convention="official")
+  assert by_name.__name__ == "sliced_cramer_von_mises_official"
+
+  def slice_all(z, key):
+    return {"ours": stats.sliced(stats.cramer_von_mises)(z, key, 16),
+            "by_name": by_name(z, key, 16),
+            "qualified": stats.sliced("cramer_von_mises@official")(z, key, 16),
+            "bound": stats.sliced(stats.cramer_von_mises, convention="official")(z, key, 16)}
+
+  values = jax.jit(slice_all)(_columns((2, 64, 8), seed=27), jax.random.key(7))
+  np.testing.assert_allclose(values["by_name"], (values["ours"] - 1 / (12 * 64)) / 64, rtol=1e-5)
+  np.testing.assert_array_equal(values["qualified"], values["by_name"])
+  np.testing.assert_array_equal(values["bound"], values["by_name"])
+  # Epps-Pulley takes a convention by name (the same statistic in both): the plain function.
+  assert stats.sliced("epps_pulley", convention="official").__name__ == "sliced_epps_pulley"
+
+
+@pytest.mark.parametrize("call,match", [
+    (lambda: stats.get_test("watson@torch"), "`convention` must be one of"),
+    (lambda: stats.get_test("watson", convention="paper"), "`convention` must be one of"),
+    (lambda: stats.get_test("watson@official", convention="lejepa_jax"), "contradicts"),
+    (lambda: stats.get_test("kolmogorov@official"), "Unknown normality test.*@<convention>"),
+    (lambda: stats.cramer_von_mises(np.ones((4, 2), np.float32), convention="torch"), "one of"),
+    (lambda: stats.bhep(np.ones((4, 2), np.float32), convention="Official"), "one of"),
+])
+def test_bad_convention_is_rejected(call, match):
+  with pytest.raises(ValueError, match=match):
+    call()
+
+
+def test_official_test_chosen_in_the_config_reaches_the_loss():
+  name, config = "shapiro_wilk", config_lib.base_config()
+  config.loss.test, config.loss.num_slices = f"{name}@official", 16
+  z, key = _columns((40, 3, 8), seed=28), jax.random.key(8)
+  # As the train step calls it: the loss config as keyword arguments, nothing else to set.
+  _, parts = jax.jit(functools.partial(losses.lejepa_loss, num_global=2, **dict(config.loss)))(
+      z, key)
+  directions = np.asarray(losses.random_directions(key, 8, 16), np.float64)
+  want = np.mean([OFFICIAL_REFERENCES[name](z[:, v].astype(np.float64) @ directions)
+                  for v in range(3)])
+  np.testing.assert_allclose(parts["sigreg"], want, rtol=1e-4)

@@ -65,7 +65,8 @@ def lejepa_loss(
       "sum": pred + lambda * sigreg, as some other codebases write it.
     sigreg_views: "per_view" (default, the paper's): SIGReg of each view over N, averaged over views;
       "pooled": one SIGReg over all N * V embeddings, as some other codebases do.
-    test: the univariate normality test SIGReg slices, a name from `stats.TESTS`: "epps_pulley"
+    test: the univariate normality test SIGReg slices, a name from `stats.TESTS` ("<name>@official": the
+      authors' code's conventions, docs/normality_tests.md): "epps_pulley"
       (default, the paper's) or one of the alternatives it compares, for ablations (`t_max` and
       `num_knots` only apply to Epps-Pulley). The "sigreg" part reports that sliced statistic.
 

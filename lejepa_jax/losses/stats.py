@@ -15,6 +15,17 @@ Multivariate ECF tests take z [N, D]: :func:`bhep`, :func:`henze_zirkler` (O(N^2
 :func:`sliced` turns a univariate test into SIGReg with that test (the mean over random 1-D projections),
 and :data:`TESTS` / :func:`get_test` choose a univariate test by name (the trainer's `config.loss.test`).
 
+Conventions: every statistic defined here takes `convention=`, one of :data:`CONVENTIONS` (and
+:func:`get_test` / :func:`sliced` take it for Epps-Pulley too). "lejepa_jax" (the default) is the
+textbook scale documented on each function; "official" gives the definitions and scales of the
+authors' PyTorch code (github.com/rbalestr-lab/lejepa). They differ for Cramer-von Mises and Watson
+(a mean over samples, without 1 / (12 N)), Jarque-Bera (skewness and kurtosis standardised by the
+unbiased variance), Shapiro-Wilk (a Shapiro-Francia cosine on uncentred samples) and BHEP /
+Henze-Zirkler (beta 0.1, no factor N, no whitening). Epps-Pulley, VCReg and Anderson-Darling are the
+same in both; Anderson-Darling takes the exact log Phi in both (the authors' asymptotic tail formula
+is off by up to 0.53). A name such as "cramer_von_mises@official" selects the official definition,
+so `config.loss.test` alone can choose it. docs/normality_tests.md lists the exact mappings.
+
 Sharding: Epps-Pulley and the moment tests only reduce over N, so under a batch-sharded `jax.jit` they
 cross devices with [..., M]-sized all-reduces. The sorting tests need each column whole on one device.
 Under Explicit sharding they move the N-sharding onto the columns: an all-to-all that sends and
@@ -33,7 +44,7 @@ from __future__ import annotations
 import functools
 import math
 import statistics
-from typing import Callable
+from typing import Callable, Literal
 
 import jax
 import jax.numpy as jnp
@@ -47,6 +58,22 @@ from lejepa_jax.losses import characteristic
 epps_pulley = characteristic.epps_pulley
 
 UnivariateTest = Callable[..., jax.Array]
+Convention = Literal["lejepa_jax", "official"]
+
+# "lejepa_jax": this package's (textbook) definitions; "official": the authors' PyTorch code's.
+CONVENTIONS: tuple[str, ...] = ("lejepa_jax", "official")
+DEFAULT_CONVENTION = "lejepa_jax"
+OFFICIAL_BHEP_BETA = 0.1  # the authors' BHEP default bandwidth
+# torch.nn.functional.cosine_similarity's default eps, the floor of the norm in the official
+# Shapiro-Wilk: it only matters for columns with a norm below 1e-5.
+_OFFICIAL_COSINE_EPS = 1e-5
+
+
+def _is_official(convention: str) -> bool:
+  """True for "official", False for "lejepa_jax"; ValueError for anything else."""
+  if convention not in CONVENTIONS:
+    raise ValueError(f"`convention` must be one of {CONVENTIONS}, got {convention!r}.")
+  return convention == "official"
 
 
 def _samples(x: jax.typing.ArrayLike, min_samples: int = 2) -> jax.Array:
@@ -118,7 +145,7 @@ def _sort_samples(x: jax.Array) -> jax.Array:
 # Moment tests.
 
 
-def vcreg(x: jax.typing.ArrayLike) -> jax.Array:
+def vcreg(x: jax.typing.ArrayLike, *, convention: Convention = DEFAULT_CONVENTION) -> jax.Array:
   """Mean-and-variance test against N(0, 1): the first two terms of the extended Jarque-Bera test.
 
   VC_m = N mu^2 / s^2 + (N - 1) (s^2 - 1)^2 / 2, with mu the sample mean and s^2 the unbiased sample
@@ -129,6 +156,7 @@ def vcreg(x: jax.typing.ArrayLike) -> jax.Array:
 
   Args:
     x: [..., N, M] samples, tested column by column over N.
+    convention: "lejepa_jax" or "official": the same statistic (the authors' VCReg is this formula).
 
   Returns:
     [..., M] statistic (>= 0; larger = further from N(0, 1)). Unbounded, and so are its gradients.
@@ -136,6 +164,7 @@ def vcreg(x: jax.typing.ArrayLike) -> jax.Array:
   References:
     Balestriero & LeCun, LeJEPA, arXiv 2511.08544, 2025, section 4.2.1 (Extended Jarque-Bera).
   """
+  _is_official(convention)  # validates only: nothing to map
   x = _samples(x)
   n = x.shape[-2]
   mean = jnp.mean(x, axis=-2)
@@ -143,7 +172,8 @@ def vcreg(x: jax.typing.ArrayLike) -> jax.Array:
   return n * mean**2 / jnp.maximum(var, _variance_floor(x.dtype)) + (n - 1) * (var - 1)**2 / 2
 
 
-def jarque_bera(x: jax.typing.ArrayLike, *, extended: bool = True) -> jax.Array:
+def jarque_bera(x: jax.typing.ArrayLike, *, extended: bool = True,
+                convention: Convention = DEFAULT_CONVENTION) -> jax.Array:
   """Jarque-Bera moment test; by default the paper's extended form, which tests against N(0, 1).
 
   JB_m = N / 6 * (skew^2 + (kurt - 3)^2 / 4), with the biased sample skewness m3 / m2^1.5 and kurtosis
@@ -154,6 +184,9 @@ def jarque_bera(x: jax.typing.ArrayLike, *, extended: bool = True) -> jax.Array:
   Args:
     x: [..., N, M] samples, tested column by column over N.
     extended: add the mean and variance terms (default); False gives the classic statistic.
+    convention: "lejepa_jax" (default; SciPy's JB) or "official": the authors' code standardises
+      skewness and kurtosis by the unbiased variance s^2 = N m2 / (N - 1), i.e. multiplies skew^2 by
+      ((N - 1) / N)^3 and kurt by ((N - 1) / N)^2. The VCReg terms are the same in both.
 
   Returns:
     [..., M] statistic (>= 0; larger = less Gaussian). Unbounded, and so are its gradients.
@@ -161,12 +194,17 @@ def jarque_bera(x: jax.typing.ArrayLike, *, extended: bool = True) -> jax.Array:
   References:
     Jarque & Bera, Economics Letters 6(3), 1980. LeJEPA, arXiv 2511.08544, section 4.2.1.
   """
+  official = _is_official(convention)
   x = _samples(x)
   n = x.shape[-2]
   centred = x - jnp.mean(x, axis=-2, keepdims=True)
-  m2 = jnp.maximum(jnp.mean(centred**2, axis=-2, keepdims=True), _variance_floor(x.dtype))
+  if official:  # the authors' code divides by the unbiased standard deviation
+    variance = jnp.sum(centred**2, axis=-2, keepdims=True) / (n - 1)
+  else:
+    variance = jnp.mean(centred**2, axis=-2, keepdims=True)
+  variance = jnp.maximum(variance, _variance_floor(x.dtype))
   # Standardised before the powers: m4 / m2^2 would put m2^3 (underflowing) in the gradient.
-  standard = centred / jnp.sqrt(m2)
+  standard = centred / jnp.sqrt(variance)
   skew = jnp.mean(standard**3, axis=-2)
   kurt = jnp.mean(standard**4, axis=-2)
   statistic = n / 6 * (skew**2 + (kurt - 3)**2 / 4)
@@ -187,12 +225,17 @@ def _plotting_positions(n: int, dtype) -> jax.Array:
   return jnp.asarray((2 * np.arange(1, n + 1) - 1) / (2 * n), dtype)[:, None]
 
 
-def _cramer_von_mises_of_cdf(cdf: jax.Array) -> jax.Array:
+def _cramer_von_mises_of_cdf(cdf: jax.Array, official: bool = False) -> jax.Array:
+  """W^2 from the sorted Phi(x_(i)) [..., N, M] -> [..., M]; `official`: the authors' scale."""
   n = cdf.shape[-2]
-  return 1 / (12 * n) + jnp.sum((cdf - _plotting_positions(n, cdf.dtype))**2, axis=-2)
+  squares = (cdf - _plotting_positions(n, cdf.dtype))**2
+  if official:  # the authors' code: the mean, without the 1 / (12 N) of the exact integral
+    return jnp.mean(squares, axis=-2)
+  return 1 / (12 * n) + jnp.sum(squares, axis=-2)
 
 
-def cramer_von_mises(x: jax.typing.ArrayLike) -> jax.Array:
+def cramer_von_mises(x: jax.typing.ArrayLike, *,
+                     convention: Convention = DEFAULT_CONVENTION) -> jax.Array:
   """Cramer-von Mises W^2 of each column against the fully specified N(0, 1).
 
   W^2 = N * integral (F_N - Phi)^2 dPhi = 1 / (12 N) + sum_i ((2i - 1) / (2N) - Phi(x_(i)))^2, with
@@ -201,17 +244,21 @@ def cramer_von_mises(x: jax.typing.ArrayLike) -> jax.Array:
 
   Args:
     x: [..., N, M] samples, tested column by column over N.
+    convention: "lejepa_jax" (default; W^2 as above) or "official", the authors' code's
+      mean_i ((2i - 1) / (2N) - Phi(x_(i)))^2 = (W^2 - 1 / (12 N)) / N (E = 1 / (6N) - 1 / (12N^2)).
 
   Returns:
-    [..., M] statistic (>= 1 / (12 N); larger = further from N(0, 1)). Bounded by N / 3.
+    [..., M] statistic (larger = further from N(0, 1)): W^2 in [1 / (12 N), N / 3]; official in
+    [0, 1/3).
 
   References:
     Cramer (1928), von Mises (1931); scipy.stats.cramervonmises(x, "norm") is the same statistic.
   """
-  return _cramer_von_mises_of_cdf(_sorted_cdf(_samples(x)))
+  official = _is_official(convention)
+  return _cramer_von_mises_of_cdf(_sorted_cdf(_samples(x)), official)
 
 
-def watson(x: jax.typing.ArrayLike) -> jax.Array:
+def watson(x: jax.typing.ArrayLike, *, convention: Convention = DEFAULT_CONVENTION) -> jax.Array:
   """Watson U^2 of each column against the fully specified N(0, 1).
 
   U^2 = W^2 - N (mean_n Phi(x_n) - 1/2)^2, with W^2 the Cramer-von Mises statistic: the part of W^2
@@ -221,6 +268,8 @@ def watson(x: jax.typing.ArrayLike) -> jax.Array:
 
   Args:
     x: [..., N, M] samples, tested column by column over N.
+    convention: "lejepa_jax" (default; U^2 as above) or "official", the authors' code's
+      official CvM - (mean_n Phi(x_n) - 1/2)^2 = (U^2 - 1 / (12 N)) / N.
 
   Returns:
     [..., M] statistic (larger = further from N(0, 1)).
@@ -228,12 +277,17 @@ def watson(x: jax.typing.ArrayLike) -> jax.Array:
   References:
     Watson, "Goodness-of-fit tests on a circle", Biometrika 48, 1961.
   """
+  official = _is_official(convention)
   cdf = _sorted_cdf(_samples(x))
   n = cdf.shape[-2]
-  return _cramer_von_mises_of_cdf(cdf) - n * (jnp.mean(cdf, axis=-2) - 0.5)**2
+  shift = (jnp.mean(cdf, axis=-2) - 0.5)**2
+  if official:  # both terms on the per-sample scale of the official Cramer-von Mises
+    return _cramer_von_mises_of_cdf(cdf, official=True) - shift
+  return _cramer_von_mises_of_cdf(cdf) - n * shift
 
 
-def anderson_darling(x: jax.typing.ArrayLike) -> jax.Array:
+def anderson_darling(x: jax.typing.ArrayLike, *,
+                     convention: Convention = DEFAULT_CONVENTION) -> jax.Array:
   """Anderson-Darling A^2 of each column against the fully specified N(0, 1).
 
   A^2 = -N - (1/N) sum_i (2i - 1) [log Phi(x_(i)) + log(1 - Phi(x_(N+1-i)))]: Cramer-von Mises with the
@@ -244,8 +298,16 @@ def anderson_darling(x: jax.typing.ArrayLike) -> jax.Array:
   scipy.stats.anderson(x, "norm"), which estimates the mean and scale. Sorts whole columns (the cost
   under sharding: see the module docstring).
 
+  The authors' code has this formula and scale, but computes log Phi beyond |x| > 3 with an
+  asymptotic tail formula that is off by 0.018 at x = -3, 0.35 at x = -8 and up to 0.53 as
+  x -> -inf; the i-th most extreme sample's error enters A^2 with the weight (2i - 1) / N, so
+  columns with many samples beyond 3 move by 0.1 to 1.2 (Student t or N(0, 9) columns of 200).
+  Here both conventions use the exact `log_ndtr`: "official" is the authors' statistic with the
+  exact log Phi, the same function as the default.
+
   Args:
     x: [..., N, M] samples, tested column by column over N.
+    convention: "lejepa_jax" or "official": the same statistic (see above).
 
   Returns:
     [..., M] statistic (larger = further from N(0, 1)). Unbounded: it grows like x^2 for outliers.
@@ -253,6 +315,7 @@ def anderson_darling(x: jax.typing.ArrayLike) -> jax.Array:
   References:
     Anderson & Darling, JASA 49, 1954.
   """
+  _is_official(convention)  # validates only: the exact log Phi in both conventions
   x = _samples(x)
   n = x.shape[-2]
   ordered = _sort_samples(x)
@@ -290,7 +353,30 @@ def shapiro_wilk_coefficients(n: int) -> np.ndarray:
   return a
 
 
-def shapiro_wilk(x: jax.typing.ArrayLike) -> jax.Array:
+@functools.lru_cache(maxsize=64)
+def official_shapiro_wilk_weights(n: int) -> np.ndarray:
+  """The authors' code's Shapiro-Wilk weights [n] (float64): Phi^-1((i - pi/8) / (n + 1/4)) / norm.
+
+  Their "Elfving" positions put Elfving's pi/8 over Blom's denominator n + 1/4 (Elfving's own is
+  n + 1/2 - pi/4), so they are not symmetric about 1/2 and the weights not exactly antisymmetric.
+  The authors compute them in float32; float64 here.
+  """
+  normal = statistics.NormalDist()
+  m = np.array([normal.inv_cdf((i - math.pi / 8) / (n + 0.25)) for i in range(1, n + 1)])
+  return m / np.linalg.norm(m)
+
+
+def _official_shapiro_wilk(x: jax.Array) -> jax.Array:
+  """1 - |cos(weights, x sorted)| per column of x [..., N, M] -> [..., M], on the raw samples."""
+  weights = jnp.asarray(official_shapiro_wilk_weights(x.shape[-2]), x.dtype)[:, None]
+  ordered = _sort_samples(x)
+  # Not centred (the authors' code is not): a shift of the column changes the statistic.
+  norm = jnp.sqrt(jnp.maximum(jnp.sum(ordered**2, axis=-2), _OFFICIAL_COSINE_EPS**2))
+  return 1 - jnp.abs(jnp.sum(weights * ordered, axis=-2)) / norm
+
+
+def shapiro_wilk(x: jax.typing.ArrayLike, *,
+                 convention: Convention = DEFAULT_CONVENTION) -> jax.Array:
   """Shapiro-Wilk test of each column as the loss 1 - W (Royston's approximation of the coefficients).
 
   W = (sum_i a_i x_(i))^2 / sum_n (x_n - mean)^2 lies in (0, 1] and is 1 for perfectly Gaussian-shaped
@@ -303,15 +389,23 @@ def shapiro_wilk(x: jax.typing.ArrayLike) -> jax.Array:
 
   Args:
     x: [..., N, M] samples (N >= 3), tested column by column over N.
+    convention: "lejepa_jax" (default; Royston's 1 - W, as SciPy) or "official", the authors' code's
+      Shapiro-Francia form 1 - |cos(m, x_sorted)|: the cosine between the sorted raw (uncentred)
+      samples and :func:`official_shapiro_wilk_weights`, the norm floored at 1e-5 (Shapiro-Francia's
+      W' is the squared correlation of the sorted samples with such scores). Scale-invariant but,
+      uncentred, not location-invariant.
 
   Returns:
-    [..., M] 1 - W in [0, 1) (larger = less Gaussian; 1 for constant columns).
+    [..., M] 1 - W in [0, 1) (larger = less Gaussian; 1 for constant columns). Official: in [0, 1].
 
   References:
     Shapiro & Wilk, Biometrika 52, 1965. Royston, Statistics and Computing 2, 1992 and Applied
     Statistics 44, 1995 (algorithm AS R94).
   """
+  official = _is_official(convention)
   x = _samples(x, min_samples=3)
+  if official:
+    return _official_shapiro_wilk(x)
   coefficients = jnp.asarray(shapiro_wilk_coefficients(x.shape[-2]), x.dtype)[:, None]
   # Centred first, so a constant column gives 0 / floor (loss 1) and not rounding noise / floor.
   centred = x - jnp.mean(x, axis=-2, keepdims=True)
@@ -337,7 +431,8 @@ def _squared_distances(z: jax.Array) -> jax.Array:
   return jnp.where(jnp.eye(z.shape[0], dtype=bool), 0.0, distances)
 
 
-def bhep(z: jax.typing.ArrayLike, *, beta: float = 1.0) -> jax.Array:
+def bhep(z: jax.typing.ArrayLike, *, beta: float | None = None,
+         convention: Convention = DEFAULT_CONVENTION) -> jax.Array:
   """BHEP statistic of z against the fully specified N(0, I_D), in closed form.
 
   T = N * integral |ecf(t) - exp(-|t|^2/2)|^2 phi_beta(t) dt with the Gaussian weight phi_beta of
@@ -351,7 +446,10 @@ def bhep(z: jax.typing.ArrayLike, *, beta: float = 1.0) -> jax.Array:
 
   Args:
     z: [N, D] samples.
-    beta: bandwidth of the weight (> 0).
+    beta: bandwidth of the weight (> 0); by default 1.0 ("lejepa_jax") or :data:`OFFICIAL_BHEP_BETA`
+      = 0.1 ("official").
+    convention: "lejepa_jax" (default; T as above) or "official", the authors' code's T / N (the
+      integral without the factor N) at their default beta 0.1.
 
   Returns:
     Scalar statistic (>= 0; larger = further from N(0, I)).
@@ -359,6 +457,9 @@ def bhep(z: jax.typing.ArrayLike, *, beta: float = 1.0) -> jax.Array:
   References:
     Baringhaus & Henze, Metrika 35, 1988; Epps & Pulley, Biometrika 70, 1983.
   """
+  official = _is_official(convention)
+  if beta is None:
+    beta = OFFICIAL_BHEP_BETA if official else 1.0
   z = _checks.as_float32_or_wider("z", z)
   _checks.check_rank("z", z, 2, "[N, D]")
   _checks.check_num_samples("z", z.shape[0])
@@ -369,7 +470,9 @@ def bhep(z: jax.typing.ArrayLike, *, beta: float = 1.0) -> jax.Array:
   b2 = beta**2
   pairs = jnp.sum(jnp.exp(-b2 / 2 * _squared_distances(z))) / n
   to_target = jnp.sum(jnp.exp(-b2 / (2 * (1 + b2)) * jnp.sum(z**2, axis=-1)))
-  return pairs - 2 * (1 + b2)**(-d / 2) * to_target + n * (1 + 2 * b2)**(-d / 2)
+  statistic = pairs - 2 * (1 + b2)**(-d / 2) * to_target + n * (1 + 2 * b2)**(-d / 2)
+  # The authors' code keeps the weighted L2 distance itself, without the N that makes it O(1).
+  return statistic / n if official else statistic
 
 
 def henze_zirkler_beta(num_samples: int, dim: int) -> float:
@@ -377,7 +480,8 @@ def henze_zirkler_beta(num_samples: int, dim: int) -> float:
   return ((2 * dim + 1) * num_samples / 4)**(1 / (dim + 4)) / math.sqrt(2)
 
 
-def henze_zirkler(z: jax.typing.ArrayLike) -> jax.Array:
+def henze_zirkler(z: jax.typing.ArrayLike, *,
+                  convention: Convention = DEFAULT_CONVENTION) -> jax.Array:
   """Henze-Zirkler statistic: BHEP of the Mahalanobis-standardised samples, at the HZ bandwidth.
 
   The samples are whitened with the biased sample covariance S (divisor N) through its Cholesky factor,
@@ -386,16 +490,22 @@ def henze_zirkler(z: jax.typing.ArrayLike) -> jax.Array:
 
   Args:
     z: [N, D] samples, N > D.
+    convention: "lejepa_jax" (default; as above) or "official", the authors' code's BHEP of z as it
+      is (not whitened: it tests for N(0, I), like :func:`bhep`) at the HZ bandwidth, without the
+      factor N: bhep(z, beta=henze_zirkler_beta(N, D)) / N. Any N >= 1 then.
 
   Returns:
-    Scalar statistic (larger = less Gaussian).
+    Scalar statistic (larger = less Gaussian; official: larger = further from N(0, I)).
 
   References:
     Henze & Zirkler, Communications in Statistics - Theory and Methods 19(10), 1990.
   """
+  official = _is_official(convention)
   z = _checks.as_float32_or_wider("z", z)
   _checks.check_rank("z", z, 2, "[N, D]")
   n, d = z.shape
+  if official:  # no covariance to estimate, so no N > D requirement
+    return bhep(z, beta=henze_zirkler_beta(n, d), convention="official")
   if n <= d:
     raise ValueError(
         f"`z` needs more samples than dimensions to estimate its covariance, got shape {z.shape}.")
@@ -410,7 +520,7 @@ def henze_zirkler(z: jax.typing.ArrayLike) -> jax.Array:
 # Slicing and the registry.
 
 
-def sliced(test: UnivariateTest, **test_kwargs) -> Callable[..., jax.Array]:
+def sliced(test: UnivariateTest | str, **test_kwargs) -> Callable[..., jax.Array]:
   """Turns a univariate test into its sliced multivariate version (SIGReg with that test).
 
   sliced(test)(z, key, num_slices) = mean over M random unit directions a_m of test(z @ a_m); with
@@ -418,8 +528,10 @@ def sliced(test: UnivariateTest, **test_kwargs) -> Callable[..., jax.Array]:
   directions and are averaged too.
 
   Args:
-    test: a univariate statistic [..., N, M] -> [..., M], e.g. one of :data:`TESTS`.
-    **test_kwargs: keyword arguments bound to every call of `test`.
+    test: a univariate statistic [..., N, M] -> [..., M], e.g. one of :data:`TESTS`, or a name for
+      :func:`get_test` (e.g. "watson" or "watson@official").
+    **test_kwargs: keyword arguments bound to every call of `test`, e.g. `convention="official"`
+      (with a name, `convention` goes to :func:`get_test`, so it works for Epps-Pulley too).
 
   Returns:
     `fn(z [..., N, D], key, num_slices=1024) -> scalar`.
@@ -428,7 +540,11 @@ def sliced(test: UnivariateTest, **test_kwargs) -> Callable[..., jax.Array]:
     >>> import jax
     >>> z = jax.random.normal(jax.random.key(0), (256, 64))
     >>> loss = sliced(cramer_von_mises)(z, jax.random.key(1), num_slices=128)  # about 1/6
+    >>> official = sliced("cramer_von_mises", convention="official")  # (loss - 1/3072) / 256
   """
+  if isinstance(test, str):
+    test = get_test(test, test_kwargs.pop("convention", None))
+
   def sliced_test(z: jax.typing.ArrayLike, key: jax.Array,
                   num_slices: int = characteristic.DEFAULT_NUM_SLICES) -> jax.Array:
     z = _checks.as_float32_or_wider("z", z)
@@ -451,8 +567,38 @@ TESTS: dict[str, UnivariateTest] = {
 }
 
 
-def get_test(name: str) -> UnivariateTest:
-  """The univariate statistic registered under `name` in :data:`TESTS`; ValueError if unknown."""
-  if name not in TESTS:
-    raise ValueError(f"Unknown normality test {name!r}; choose one of: {', '.join(TESTS)}.")
-  return TESTS[name]
+# The tests whose official definition differs; the others are the same function in both conventions.
+_CONVENTION_DEPENDENT = ("jarque_bera", "cramer_von_mises", "watson", "shapiro_wilk")
+
+
+def get_test(name: str, convention: Convention | None = None) -> UnivariateTest:
+  """The univariate statistic registered under `name` in :data:`TESTS`, in a convention.
+
+  Args:
+    name: a key of :data:`TESTS`, optionally qualified by a convention as "<test>@<convention>"
+      (e.g. "shapiro_wilk@official"), so that a config string alone can choose it.
+    convention: one of :data:`CONVENTIONS`; None: the one in `name`, else "lejepa_jax".
+
+  Returns:
+    The statistic x [..., N, M] -> [..., M]. For "lejepa_jax", and for the tests that are the same
+    in both conventions (Epps-Pulley, VCReg, Anderson-Darling), the function in :data:`TESTS`
+    itself; otherwise that function with `convention` bound, named "<test>_official".
+
+  Raises:
+    ValueError: an unknown test or convention, or a `convention` contradicting the one in `name`.
+  """
+  base, separator, qualifier = name.partition("@")
+  if base not in TESTS:
+    raise ValueError(f"Unknown normality test {name!r}; choose one of: {', '.join(TESTS)}, each "
+                     f"optionally as <test>@<convention> with a convention from {CONVENTIONS}.")
+  if separator:
+    _is_official(qualifier)
+    if convention is not None and convention != qualifier:
+      raise ValueError(f"Test {name!r} contradicts convention={convention!r}.")
+    convention = qualifier
+  convention = DEFAULT_CONVENTION if convention is None else convention
+  if not _is_official(convention) or base not in _CONVENTION_DEPENDENT:
+    return TESTS[base]
+  test = functools.partial(TESTS[base], convention=convention)
+  test.__name__ = f"{base}_{convention}"
+  return test

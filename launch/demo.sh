@@ -38,5 +38,6 @@ if [ "${LEJEPA_DEMO_SHORT:-0}" = 1 ]; then
 fi
 python -m lejepa_jax.main --config="$config" --workdir="$workdir" \
   --config.data.data_dir="$data_dir" "$@"
-echo "[demo] frozen-feature probes on the test set, next to raw pixels and the untrained encoder"
-python -m lejepa_jax.evaluate --config="$probe" --workdir="$workdir"
+echo "[demo] frozen-feature probes on the test set for every kept checkpoint, next to raw pixels"\
+     "and the untrained encoder"
+python -m lejepa_jax.evaluate --config="$probe" --workdir="$workdir" --follow

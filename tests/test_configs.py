@@ -155,3 +155,16 @@ def test_resnet50_knows_its_datasets():
   examples = [c.total_steps * c.data.global_batch_size / 100 for c in (nette, reference)]
   assert examples[0] == pytest.approx(examples[1], rel=0.01)
   assert nette.probe.num_classes == reference.probe.num_classes
+
+
+def test_fashion_mnist_recipes_are_rows_of_the_sweep_over_the_default():
+  module = load(config_path("fashion_mnist.py"))
+  default = module.get_config().to_dict()
+  for name in module.RECIPES:
+    config = module.get_config(f"recipe={name}")
+    assert config.data.name == "fashion_mnist"
+    changed = {k for k in default if config.to_dict()[k] != default[k]}
+    assert (name == "default") == (not changed), (name, changed)
+  assert module.get_config("recipe=vit").model.name == "vit"
+  with pytest.raises(ValueError, match="Unknown recipe 'w64'.*multicrop"):
+    module.get_config("recipe=w64")

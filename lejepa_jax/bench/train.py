@@ -1,8 +1,9 @@
 """Train-step throughput: step time, views/s and MFU against the matmul ceiling measured in the same run.
 
 Cases: ViT-S/16 at 224 px with 16 images x 2 global views (MLP-BN projector, LeJEPA loss, AdamW) in
-float32 and in bfloat16 compute, each next to a PyTorch eager step (float32 / bfloat16 autocast), and
-the default CPU config (configs/fashion_mnist.py). The step is the real one (`lejepa_jax.steps`),
+float32 and in bfloat16 compute, the default CPU config (configs/fashion_mnist.py) and the previous
+one (ResNet-18 width 32 with multi-crop views), each next to a PyTorch eager step of the same config
+(`bench.torch_reference`: float32, or bfloat16 autocast). The step is the real one (`lejepa_jax.steps`),
 compiled ahead of time on synthetic uint8 batches; data loading is not included. MFU is the model's
 FLOPs (XLA's count of the float32 program) over the matmul ceiling of the step's compute dtype.
 """
@@ -44,8 +45,9 @@ def vit_s16_config(dtype: str = "float32") -> ml_collections.ConfigDict:
   return c
 
 
-def default_cpu_config() -> ml_collections.ConfigDict:
-  return config_lib.load_config_file(os.path.join(ROOT, "configs", "fashion_mnist.py"))
+def default_cpu_config(recipe: str = "default") -> ml_collections.ConfigDict:
+  return config_lib.load_config_file(os.path.join(ROOT, "configs", "fashion_mnist.py"),
+                                     f"recipe={recipe}")
 
 
 def _compile(config):
@@ -96,8 +98,11 @@ CASES = {
     # gradients (layers.accumulating_matmul) are not model FLOPs.
     "vit_s16_bf16": ("ViT-S/16, same, bfloat16 compute", lambda: vit_s16_config("bfloat16"),
                      "bfloat16", "vit_s16"),
-    "default_cpu": ("configs/fashion_mnist.py (ResNet-18, 128 x (2x28 + 2x14))", default_cpu_config,
-                    "float32", "default_cpu"),
+    "default_cpu": ("configs/fashion_mnist.py (ResNet-18 width 16, 128 x 2 x 28 px)",
+                    default_cpu_config, "float32", "default_cpu"),
+    # The previous default, the path ConvNet users run: width 32 and multi-crop views.
+    "resnet18_w32": ("ResNet-18 width 32, 128 x (2 x 28 + 2 x 14 px) (:recipe=multicrop_w32)",
+                     lambda: default_cpu_config("multicrop_w32"), "float32", "resnet18_w32"),
 }
 
 

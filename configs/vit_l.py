@@ -5,7 +5,7 @@ r"""ViT-L/14 on ImageNet-1k with the paper's recipe (2 x 224 + 6 x 98 views, lam
 
 (On a TPU pod, launch/tpu_pod.sh mounts gs://BUCKET at ~/gcs with Cloud Storage FUSE.)
 
-Recipe (PAPER_NOTES.md section 4): AdamW lr 5e-4, wd 5e-2, warmup then cosine to lr/1000, bfloat16
+Recipe (docs/method.md, Recipes): AdamW lr 5e-4, wd 5e-2, warmup then cosine to lr/1000, bfloat16
 compute, batch 512, 100 epochs, drop-path 0.1, projector 2048-2048-512; parameters FSDP-sharded over
 4 device(s). Arguments after ':': variant=L/8 (any ViT size/patch), epochs=N, runlocal.
 """

@@ -91,7 +91,7 @@ def model_config(name: str, variant: str, projector: dict | None = None,
 
 
 def base_config() -> ml_collections.ConfigDict:
-  """Every key a config can set, with the paper's ImageNet recipe as defaults (PAPER_NOTES.md 4)."""
+  """Every key a config can set, with the paper's ImageNet recipe as defaults (docs/method.md, Recipes)."""
   c = ml_collections.ConfigDict()
   c.seed = 0
   c.total_steps = 100_000

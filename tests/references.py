@@ -1,4 +1,4 @@
-"""Independent float64 NumPy transcriptions of the paper's formulas (PAPER_NOTES.md), for the tests.
+"""Independent float64 NumPy transcriptions of the paper's formulas (docs/method.md), for the tests.
 
 Nothing here imports lejepa_jax: these are written from the formulas, not from the code under test.
 """

@@ -9,7 +9,7 @@ from lejepa_jax.data.pipeline import (DataError, eval_dataset, open_source, to_g
                                       train_dataset)
 
 
-# The paper's ImageNet views (PAPER_NOTES.md section 4), used where a config gives none.
+# The paper's ImageNet views (docs/method.md, Recipes), used where a config gives none.
 DEFAULT_GLOBAL_VIEWS = {"count": 2, "size": 224, "scale": (0.3, 1.0)}
 DEFAULT_LOCAL_VIEWS = {"count": 6, "size": 96, "scale": (0.05, 0.3)}
 

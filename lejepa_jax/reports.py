@@ -78,15 +78,17 @@ def plot_time_to_accuracy(workdir: str, probe_name: str, path: str) -> bool:
     rows = [r for r in read_jsonl(os.path.join(workdir, "eval", f"{evaluator}.jsonl"))
             if r.get("probe_config") == probe_name]
     points = sorted((r["step"], r["top1"]) for r in rows if r["encoder"] == "checkpoint")
+    # The encoder at random initialisation is the run at minute 0.
+    points = [(0, r["top1"]) for r in rows if r["encoder"] == "random_init"][-1:] + points
     if points:
       at = np.interp([p[0] for p in points], np.concatenate([[0], steps]),
                      np.concatenate([[0], minutes]))
-      line, = ax.plot(at, [100 * p[1] for p in points], style, label=f"{name}, test set")
+      line, = ax.plot(at, [100 * p[1] for p in points], style,
+                      label=f"{name}, test set (minute 0: random init)")
       for r in rows:
-        if r["encoder"] in ("pixels", "random_init"):
-          ax.axhline(100 * r["top1"], color=line.get_color(),
-                     ls="--" if r["encoder"] == "pixels" else ":", lw=1,
-                     label=f"{name}, {r['encoder'].replace('_', ' ')}")
+        if r["encoder"] == "pixels":
+          ax.axhline(100 * r["top1"], color=line.get_color(), ls="--", lw=1,
+                     label=f"{name}, raw pixels")
   ax.set_xlabel("minutes of training")
   ax.set_ylabel("top-1 accuracy (%)")
   ax.set_title(f"time to accuracy ({os.path.basename(os.path.normpath(workdir))}, "

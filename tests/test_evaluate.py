@@ -290,10 +290,11 @@ def test_time_to_accuracy_places_checkpoints_at_their_training_minutes(tmp_path,
   monkeypatch.setattr(reports.plt.Axes, "plot", record)
   path = str(tmp_path / "tta.png")
   assert reports.plot_time_to_accuracy(workdir, "default", path)
-  # Step 15 lies halfway between the logged steps 10 (1 min) and 20 (2 min); step 30 at 3 min.
-  x, y = drawn["linear probe, test set"]
-  np.testing.assert_allclose(x, [1.5, 3.0])
-  np.testing.assert_allclose(y, [70.0, 80.0])
+  # The random-init encoder is minute 0; step 15 lies halfway between the logged steps 10 (1 min)
+  # and 20 (2 min); step 30 at 3 min.
+  x, y = drawn["linear probe, test set (minute 0: random init)"]
+  np.testing.assert_allclose(x, [0.0, 1.5, 3.0])
+  np.testing.assert_allclose(y, [60.0, 70.0, 80.0])
   assert cv2.imread(path) is not None
 
 

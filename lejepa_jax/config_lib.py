@@ -120,6 +120,9 @@ def base_config() -> ml_collections.ConfigDict:
   # Evaluation views: the short side resized to size / fraction, then a central crop of `size`
   # (0.875: the usual ImageNet protocol, 224 px out of 256). Only evaluation reads it.
   c.data.eval_crop_fraction = 0.875
+  # A record that cannot be read or decoded stops training and evaluation with an error naming its
+  # file and index; True logs, counts and leaves such records out instead.
+  c.data.skip_bad_records = False
 
   # The model section holds every option of its family (MODEL_OPTIONS): a config of another family
   # replaces it with `model_config(name, ...)`.

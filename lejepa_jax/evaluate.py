@@ -208,18 +208,20 @@ def eval_batches(config, split: str, limit: int | None = None, batch_size: int =
   # Checkpoints written before the key existed were evaluated on whole images.
   key = (config.data.name, split, config.data.data_dir, int(config.data.global_views["size"]),
          int(config.data.channels), float(config.data.get("eval_crop_fraction", 1.0)), limit,
-         batch_size)
+         batch_size, bool(config.data.get("skip_bad_records", False)))
   size = split_size(config, split, limit)
   if size * key[3] ** 2 * key[4] <= EVAL_CACHE_BYTES:
     return iter(_cached_batches(*key))
   return _read_batches(*key)
 
 
-def _read_batches(name, split, data_dir, size, channels, crop_fraction, limit, batch_size):
+def _read_batches(name, split, data_dir, size, channels, crop_fraction, limit, batch_size,
+                  skip_bad_records=False):
   source = data.open_source(name, split, data_dir)
   if limit and limit < len(source):
     source = _Prefix(source, limit)
-  crop = data.CenterCrop(size, channels, crop_fraction=crop_fraction)
+  crop = data.CenterCrop(size, channels, crop_fraction=crop_fraction,
+                         skip_bad_records=skip_bad_records)
   return iter(data.eval_dataset(source, crop, global_batch_size=batch_size))
 
 

@@ -232,7 +232,8 @@ def restore(manager, start, state, iterator, config, source):
 # Keys a resumed run may change: where and how it runs, not what it trains. (Not
 # data.num_workers: the saved data-iterator state is laid out per worker.)
 RESUMABLE_CHANGES = ("log_every", "checkpoint_every", "keep_checkpoints", "data.data_dir",
-                     "data.eval_crop_fraction", "mesh.", "model.remat", "compiler_options")
+                     "data.eval_crop_fraction", "mesh.", "model.remat", "compiler_options",
+                     "data.skip_bad_records")
 
 
 def _flat(tree: dict, prefix: str = "") -> dict[str, Any]:

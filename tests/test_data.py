@@ -29,12 +29,12 @@ def folder_dataset(tmp_path_factory):
   return out
 
 
-def _identity_multicrop(channels=3):
+def _identity_multicrop(channels=3, skip_bad_records=False):
   """Views that are the image itself: the test can tell which example each view came from."""
   full = augment.Views(count=1, size=8, scale=(1.0, 1.0), ratio=(1.0, 1.0))
   none = augment.Views(count=0, size=4, scale=(0.5, 1.0))
   off = augment.Augment(flip=0, color_jitter=0, grayscale=0, blur=0, solarize=0)
-  return augment.MultiCrop(full, none, off, channels=channels)
+  return augment.MultiCrop(full, none, off, channels=channels, skip_bad_records=skip_bad_records)
 
 
 def _ids(batch):
@@ -174,13 +174,18 @@ class _CorruptOne:
     return element
 
 
-def test_undecodable_record_is_skipped_and_counted(folder_dataset):
+def test_undecodable_record_stops_training_unless_skipped(folder_dataset):
+  """By default an error naming the record; with skip_bad_records it is counted and left out.
+  (tests/test_bad_records.py damages the ArrayRecord files themselves.)"""
   source = _CorruptOne(data.open_source("unit_images", "train", folder_dataset), bad_index=5)
-  multicrop = _identity_multicrop()
+  ds = data.train_dataset(source, _identity_multicrop(), global_batch_size=1, seed=0, num_epochs=1)
+  with pytest.raises(data.BadRecordError, match=r"record 5 of dataset 'unit_images'.*index 5 in"):
+    list(ds)
+  multicrop = _identity_multicrop(skip_bad_records=True)
   ds = data.train_dataset(source, multicrop, global_batch_size=1, seed=0, num_epochs=1)
   ids = [i for batch in ds for i in _ids(batch)]
   assert len(ids) == NUM_IMAGES - 1 and len(set(ids)) == NUM_IMAGES - 1
-  assert multicrop.skipped == 1
+  assert len(multicrop.skipped) == 1 and "record 5 of dataset" in multicrop.skipped[0]
 
 
 @pytest.mark.parametrize("process_count", [1, 2])

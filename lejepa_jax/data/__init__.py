@@ -5,8 +5,8 @@ from __future__ import annotations
 from typing import Any, Mapping
 
 from lejepa_jax.data.augment import Augment, CenterCrop, MultiCrop, Views
-from lejepa_jax.data.pipeline import (DataError, eval_dataset, open_source, to_global_batch,
-                                      train_dataset)
+from lejepa_jax.data.pipeline import (BadRecordError, DataError, eval_dataset, open_source,
+                                      to_global_batch, train_dataset)
 
 
 # The paper's ImageNet views (docs/method.md, Recipes), used where a config gives none.
@@ -25,16 +25,20 @@ def augment_from_config(config: Mapping[str, Any]) -> Augment:
 
 
 def multicrop_from_config(config: Mapping[str, Any]) -> MultiCrop:
-  """MultiCrop from a data config: {channels, global_views, local_views, augment, augment_on_device}.
+  """MultiCrop from a data config: {channels, global_views, local_views, augment, augment_on_device,
+  skip_bad_records}.
 
   With `augment_on_device` the host keeps only crops and flips; see `device_augment_from_config`.
+  With `skip_bad_records` (default False: a bad record stops training with an error naming it) the
+  pipeline logs, counts and leaves out records it cannot read or decode.
   """
   aug = augment_from_config(config)
   if config.get("augment_on_device", False):
     aug = aug.geometric_only()
   return MultiCrop(_views(config.get("global_views", DEFAULT_GLOBAL_VIEWS)),
                    _views(config.get("local_views", DEFAULT_LOCAL_VIEWS)), aug,
-                   channels=int(config.get("channels", 3)))
+                   channels=int(config.get("channels", 3)),
+                   skip_bad_records=bool(config.get("skip_bad_records", False)))
 
 
 def device_augment_from_config(config: Mapping[str, Any]) -> Augment | None:
@@ -42,5 +46,6 @@ def device_augment_from_config(config: Mapping[str, Any]) -> Augment | None:
   return augment_from_config(config) if config.get("augment_on_device", False) else None
 
 
-__all__ = ["Augment", "CenterCrop", "DataError", "MultiCrop", "Views", "device_augment_from_config",
-           "eval_dataset", "multicrop_from_config", "open_source", "to_global_batch", "train_dataset"]
+__all__ = ["Augment", "BadRecordError", "CenterCrop", "DataError", "MultiCrop", "Views",
+           "device_augment_from_config", "eval_dataset", "multicrop_from_config", "open_source",
+           "to_global_batch", "train_dataset"]

@@ -9,7 +9,6 @@ passes per (seed, example index), so a resumed run sees exactly the same views.
 from __future__ import annotations
 
 import dataclasses
-import logging
 import math
 
 import cv2
@@ -50,13 +49,18 @@ class Augment:
 
 
 def decode(data: bytes | np.ndarray, channels: int) -> np.ndarray | None:
-  """PNG/JPEG bytes (or an already decoded array) -> uint8 [H, W, channels]; None if undecodable."""
+  """PNG/JPEG bytes (or an already decoded array) -> uint8 [H, W, channels]; None if undecodable.
+
+  A JPEG cut short also counts as undecodable: OpenCV would return it with its missing part grey.
+  """
   if isinstance(data, np.ndarray) and data.dtype == np.uint8 and data.ndim == 3:
     image = data
   else:
     buffer = np.frombuffer(data, np.uint8)
+    if not buffer.size or _truncated_jpeg(buffer):
+      return None
     flag = cv2.IMREAD_GRAYSCALE if channels == 1 else cv2.IMREAD_COLOR_RGB
-    image = cv2.imdecode(buffer, flag) if buffer.size else None
+    image = cv2.imdecode(buffer, flag)
     if image is None:
       return None
   image = image if image.ndim == 3 else image[..., None]
@@ -65,6 +69,44 @@ def decode(data: bytes | np.ndarray, channels: int) -> np.ndarray | None:
   if channels == 1:
     return cv2.cvtColor(image, cv2.COLOR_RGB2GRAY)[..., None]
   return np.repeat(image, 3, axis=-1)
+
+
+def _truncated_jpeg(buffer: np.ndarray) -> bool:
+  """A JPEG whose last scan has no end-of-image marker after it. (Entropy-coded data escapes 0xFF,
+  so the marker cannot occur inside a scan; bytes appended after a complete image are fine.)"""
+  if buffer[:2].tobytes() != b"\xff\xd8":
+    return False
+  data = buffer.tobytes()
+  return b"\xff\xd9" not in data[max(data.rfind(b"\xff\xda"), 0):]
+
+
+def undecodable_reason(data) -> str:
+  """Why `decode` gave None for `data`, for error messages."""
+  try:
+    buffer = np.frombuffer(data, np.uint8)
+  except (TypeError, ValueError):
+    return f"the image is a {type(data).__name__}, not encoded image bytes"
+  raw = buffer.tobytes()
+  if not raw:
+    return "the image is empty (0 bytes)"
+  if _truncated_jpeg(buffer):
+    return f"the JPEG image is truncated ({len(raw)} bytes, no end-of-image marker)"
+  if raw.startswith(b"\x89PNG\r\n\x1a\n") and b"IEND" not in raw[-12:]:
+    return f"the PNG image is truncated ({len(raw)} bytes, no IEND chunk at the end)"
+  return (f"the image cannot be decoded ({len(raw)} bytes starting {raw[:8]!r}; a PNG or JPEG "
+          "OpenCV can read was expected)")
+
+
+class UndecodableImage(ValueError):
+  """Image bytes that cannot be decoded (the pipelines name the record before this can happen)."""
+
+
+def decode_or_raise(data, channels: int) -> np.ndarray:
+  """`decode`, raising UndecodableImage with the reason instead of returning None."""
+  image = decode(data, channels)
+  if image is None:
+    raise UndecodableImage(undecodable_reason(data))
+  return image
 
 
 def _resize(image: np.ndarray, height: int, width: int) -> np.ndarray:
@@ -146,22 +188,21 @@ def augment_view(image: np.ndarray, aug: Augment, rng: np.random.Generator) -> n
 class MultiCrop(grain.transforms.RandomMap):
   """{"image": bytes, "label": int} -> {"global": [Vg, H, W, C], "local": [Vl, h, w, C], "label"}.
 
-  An image that cannot be decoded becomes None (filtered out downstream) and is logged and counted.
+  An image that cannot be decoded raises. `pipeline.train_dataset` decodes each record before this
+  map, where it can name it: it raises an error naming the record, or with `skip_bad_records` logs
+  it, leaves it out and appends its description to `skipped` (in the process that read it: each
+  grain worker keeps its own list).
   """
 
   def __init__(self, global_views: Views, local_views: Views, aug: Augment, channels: int,
-               image_key: str = "image", label_key: str = "label"):
+               image_key: str = "image", label_key: str = "label", skip_bad_records: bool = False):
     self.global_views, self.local_views, self.aug = global_views, local_views, aug
     self.channels, self.image_key, self.label_key = channels, image_key, label_key
-    self.skipped = 0
+    self.skip_bad_records = skip_bad_records
+    self.skipped: list[str] = []
 
-  def random_map(self, element: dict, rng: np.random.Generator) -> dict | None:
-    image = decode(element[self.image_key], self.channels)
-    if image is None:
-      self.skipped += 1
-      logging.warning("lejepa_jax.data: skipped an undecodable record (%d skipped in this worker).",
-                      self.skipped)
-      return None
+  def random_map(self, element: dict, rng: np.random.Generator) -> dict:
+    image = decode_or_raise(element[self.image_key], self.channels)
     out = {"label": np.int32(element.get(self.label_key, -1))}
     for name, views in (("global", self.global_views), ("local", self.local_views)):
       crops = [augment_view(random_resized_crop(image, views, rng), self.aug, rng)
@@ -172,18 +213,27 @@ class MultiCrop(grain.transforms.RandomMap):
 
 
 class CenterCrop(grain.transforms.Map):
-  """Evaluation view: resize the short side to size / crop_fraction, then a central size x size crop."""
+  """Evaluation view: resize the short side to size / crop_fraction, then a central size x size crop.
+
+  An image that cannot be decoded raises; `pipeline.eval_dataset` names the record first, or with
+  `skip_bad_records` logs it and yields `invalid()` in its place (counted in `skipped`), so the
+  example count stays exact and the metrics leave it out.
+  """
 
   def __init__(self, size: int, channels: int, crop_fraction: float = 0.875,
-               image_key: str = "image", label_key: str = "label"):
+               image_key: str = "image", label_key: str = "label", skip_bad_records: bool = False):
     self.size, self.channels, self.crop_fraction = size, channels, crop_fraction
     self.image_key, self.label_key = image_key, label_key
+    self.skip_bad_records = skip_bad_records
+    self.skipped: list[str] = []
+
+  def invalid(self) -> dict:
+    """The flagged (valid = False) stand-in for a bad record skipped in evaluation."""
+    return {"image": np.zeros((self.size, self.size, self.channels), np.uint8),
+            "label": np.int32(-1), "valid": np.bool_(False)}
 
   def map(self, element: dict) -> dict:
-    image = decode(element[self.image_key], self.channels)
-    if image is None:  # keep the example count exact for evaluation: a black image, flagged
-      return {"image": np.zeros((self.size, self.size, self.channels), np.uint8),
-              "label": np.int32(element.get(self.label_key, -1)), "valid": np.bool_(False)}
+    image = decode_or_raise(element[self.image_key], self.channels)
     height, width = image.shape[:2]
     short = max(self.size, round(self.size / self.crop_fraction))
     scale = short / min(height, width)

@@ -2,17 +2,25 @@
 
 Training: seeded global shuffle (a new order every epoch) -> repeat -> multi-crop `random_map`
 (deterministic per (seed, position in the global stream)) -> this host's block of every global batch
--> drop undecodable records -> batch of global_batch / process_count -> optional multiprocess
-prefetch. The global batches are the same examples with the same crops whatever the process count.
+-> batch of global_batch / process_count -> optional multiprocess prefetch. The global batches are
+the same examples with the same crops whatever the process count.
 The iterator's state (`get_state` / `set_state`) goes into the training checkpoint, so a resumed run
 continues with exactly the batches the uninterrupted run would have produced.
+
+Bad records: each record is read and its image decoded where its index is known
+(`_CheckedRecords`). One that cannot be read, parsed or decoded raises BadRecordError naming the
+split's file, the record's index in it and what to do, before any batch holding it is returned (from
+a grain worker too: grain re-raises a worker's exception in the main process). With the transform's
+`skip_bad_records` (config `data.skip_bad_records`) it is logged, counted in the transform's `skipped`
+list and left out instead: training goes on with the next records, evaluation gets a flagged
+(valid = False) row.
 """
 
 from __future__ import annotations
 
-import os
-
+import logging
 import math
+import os
 from typing import Any, Mapping
 
 import grain
@@ -23,9 +31,26 @@ from jax.sharding import NamedSharding
 from lejepa_jax import sharding as sharding_lib
 from lejepa_jax.data import augment
 
+log = logging.getLogger("lejepa_jax")
+
 
 class DataError(ValueError):
   """A dataset that cannot be opened; the message says what to run."""
+
+
+class BadRecordError(DataError):
+  """A record that cannot be read or decoded; the message names its file and index, and what to do.
+
+  Only a message argument, so that it pickles: grain sends a worker's exception to the main process.
+  """
+
+
+def prepare_command(name: str, out: str) -> str:
+  """The command that writes dataset `name` into TFDS data_dir `out`."""
+  if name == "fashion_mnist":
+    return f"python -m lejepa_jax.data.prepare fashion_mnist --out={out}"
+  return (f"python -m lejepa_jax.data.prepare folder --name={name} --source=<image folder> "
+          f"--out={out}")
 
 
 def open_source(name: str, split: str, data_dir: str | None):
@@ -38,13 +63,141 @@ def open_source(name: str, split: str, data_dir: str | None):
   except Exception as error:  # TFDS raises several types (not found, bad split, missing files)
     # Without a data_dir TFDS reads its default directory: prepare into that one.
     out = data_dir or os.path.expanduser(os.environ.get("TFDS_DATA_DIR", "~/tensorflow_datasets"))
-    hint = (f"python -m lejepa_jax.data.prepare fashion_mnist --out={out}"
-            if name == "fashion_mnist" else
-            f"python -m lejepa_jax.data.prepare folder --name={name} --source=<image folder> "
-            f"--out={out}")
     raise DataError(
         f"Cannot open dataset {name!r} split {split!r} in data_dir={data_dir!r} ({error}). "
-        f"Prepare it first, e.g. `{hint}`, or set data.name / data.split / data.data_dir.") from error
+        f"Prepare it first, e.g. `{prepare_command(name, out)}`, or set data.name / data.split / "
+        "data.data_dir.") from error
+
+
+def _tfds_source(source):
+  """The TFDS data source under wrappers that keep its indices (evaluation's prefix), or None."""
+  for _ in range(8):
+    if hasattr(source, "dataset_info"):
+      return source
+    source = getattr(source, "source", None)
+  return None
+
+
+def _record_file(tfds_source, index: int) -> tuple[str, int] | None:
+  """(file, index in that file) of record `index` of the split, from TFDS's file instructions."""
+  try:
+    instructions = tfds_source.dataset_info.splits[tfds_source.split].file_instructions
+  except Exception:  # pylint: disable=broad-except  (a split spec TFDS cannot resolve: no file)
+    return None
+  for instruction in instructions:
+    take = instruction.take
+    if take < 0:  # to the end of the shard
+      take = instruction.examples_in_shard - instruction.skip
+    if index < take:
+      return os.fspath(instruction.filename), instruction.skip + index
+    index -= take
+  return None
+
+
+# Features that name an example in TFDS datasets (imagenet2012: file_name; tfds ImageFolder:
+# image/filename), quoted in the error so the bad image can be found at its origin.
+KEY_FEATURES = ("file_name", "filename", "image/filename", "id", "key")
+
+
+def _example_key(element: Any) -> str | None:
+  for name in KEY_FEATURES if isinstance(element, Mapping) else ():
+    value = element.get(name)
+    if value is not None:
+      value = value.item() if isinstance(value, np.ndarray) and value.size == 1 else value
+      return value.decode(errors="replace") if isinstance(value, bytes) else str(value)
+  return None
+
+
+def describe_record(source, index: int, element: Any = None) -> str:
+  """Where a bad record is: "record 5 of dataset 'x' split 'train' (file
+  .../x-train.array_record-00000-of-00001, index 5 in that file), key 'a/5.png'" (the key if the
+  example has one)."""
+  tfds_source = _tfds_source(source)
+  if tfds_source is None:
+    where = f"record {index} of {source!r}"
+  else:
+    where = (f"record {index} of dataset {tfds_source.dataset_info.name!r} split "
+             f"{str(tfds_source.split)!r}")
+    located = _record_file(tfds_source, index)
+    if located:
+      where += f" (file {located[0]}, index {located[1]} in that file)"
+  key = _example_key(element)
+  return where + (f", key {key!r}" if key else "")
+
+
+def _advice(source) -> str:
+  tfds_source = _tfds_source(source)
+  if tfds_source is None:
+    redo = "Fix or re-create the data"
+  else:
+    info = tfds_source.dataset_info
+    version_dir = os.fspath(info.data_dir)
+    data_dir = os.path.dirname(os.path.dirname(version_dir))
+    redo = (f"Re-create the dataset: delete {version_dir} and run "
+            f"`{prepare_command(info.name, data_dir)}` (it stops at an image it cannot decode and "
+            "names it)")
+  return (f"{redo}; or set data.skip_bad_records=True to leave out bad records (each is logged "
+          "with its file and index, and counted).")
+
+
+# Skipping stops being an option when most records are bad: the data, not a few records, is broken
+# (and a pipeline that repeats forever would skip forever).
+MIN_BAD_TO_JUDGE = 10
+MAX_BAD_SHARE = 0.5
+
+
+class _CheckedRecords:
+  """`source` whose records are read and their images decoded here, where the record index is known.
+
+  A record that cannot be read (a corrupted ArrayRecord chunk), parsed (not a TF example) or decoded
+  raises BadRecordError naming it; with `transform.skip_bad_records` it is logged, appended to
+  `transform.skipped` and returned as None (grain leaves Nones out of the batches).
+  """
+
+  def __init__(self, source, transform):
+    self.source, self.transform = source, transform
+    self.reads = self.bad = 0  # this process's, for the guard against skipping everything
+
+  def __len__(self) -> int:
+    return len(self.source)
+
+  def __repr__(self) -> str:
+    return f"_CheckedRecords({self.source!r})"
+
+  def __getitem__(self, index) -> dict | None:
+    index = int(index)
+    self.reads += 1
+    try:
+      element = dict(self.source[index])
+    except Exception as error:  # pylint: disable=broad-except  (array_record, protobuf, TFDS)
+      return self._bad(index, None, f"it cannot be read ({type(error).__name__}: {error})", error)
+    data = element.get(self.transform.image_key)
+    if data is None:
+      return self._bad(index, element, f"it has no {self.transform.image_key!r} feature "
+                       f"(it has {sorted(element)})")
+    try:
+      image = augment.decode(data, self.transform.channels)
+    except Exception as error:  # pylint: disable=broad-except  (bytes of the wrong type, OpenCV)
+      return self._bad(index, element, f"the image cannot be decoded ({error})", error)
+    if image is None:
+      return self._bad(index, element, augment.undecodable_reason(data))
+    element[self.transform.image_key] = image  # decoded once: the transform passes arrays through
+    return element
+
+  def _bad(self, index: int, element, problem: str, error: Exception | None = None) -> None:
+    where = describe_record(self.source, index, element)
+    if not self.transform.skip_bad_records:
+      raise BadRecordError(f"Bad {where}: {problem}. {_advice(self.source)}") from error
+    self.bad += 1
+    if self.bad >= MIN_BAD_TO_JUDGE and self.bad > MAX_BAD_SHARE * self.reads:
+      # No log line: grain's read-ahead threads may still bring many more of them.
+      raise BadRecordError(
+          f"{self.bad} of the {self.reads} records read were bad (the last: {where}: {problem}): "
+          f"the dataset itself is broken, skipping cannot help. {_advice(self.source)}")
+    self.transform.skipped.append(f"{where}: {problem}")
+    log.warning("skipped bad %s: %s (%d skipped in this process; data.skip_bad_records is on)",
+                where, problem, len(self.transform.skipped))
+    return None
 
 
 def local_batch_size(global_batch_size: int, process_count: int) -> int:
@@ -92,11 +245,13 @@ def train_dataset(source, multicrop: augment.MultiCrop, *, global_batch_size: in
 
   n = global_batch_size / process_count; hosts read disjoint blocks of each global batch.
   `start_batch` skips that many global batches (a resume whose iterator state cannot be used).
+  A bad record raises BadRecordError, or is left out with `multicrop.skip_bad_records` (module doc).
   """
   batch = local_batch_size(global_batch_size, process_count)
   # Crops are drawn before the per-host selection, so each example's rng follows its position in the
   # global stream, not in a host's share: the same global batch for any process count.
-  ds = grain.MapDataset.source(source).seed(seed).shuffle().repeat(num_epochs).random_map(multicrop)
+  ds = grain.MapDataset.source(_CheckedRecords(source, multicrop)).seed(seed).shuffle()
+  ds = ds.repeat(num_epochs).random_map(multicrop)
   ds = _HostBlocks(ds, global_batch_size, process_index, process_count)[start_batch * batch:]
   it = ds.to_iter_dataset().filter(lambda x: x is not None).batch(batch, drop_remainder=True)
   if num_workers > 0:
@@ -105,15 +260,17 @@ def train_dataset(source, multicrop: augment.MultiCrop, *, global_batch_size: in
 
 
 class _PaddedSlice(grain.transforms.Map):
-  """Index k of this host's slice -> the k-th example, or a flagged copy of example 0 past the end."""
+  """Index k of this host's slice -> the k-th example, or a flagged copy of the last one past the
+  end (a flagged blank for a bad record skipped with `crop.skip_bad_records`)."""
 
   def __init__(self, source, crop: augment.CenterCrop, process_index: int, process_count: int):
-    self.source, self.crop = source, crop
+    self.source, self.crop = _CheckedRecords(source, crop), crop
     self.process_index, self.process_count = process_index, process_count
 
   def map(self, k: int) -> dict:
     index = int(k) * self.process_count + self.process_index
-    element = self.crop.map(self.source[min(index, len(self.source) - 1)])
+    record = self.source[min(index, len(self.source) - 1)]
+    element = self.crop.map(record) if record is not None else self.crop.invalid()
     element["valid"] = np.bool_(element["valid"] and index < len(self.source))
     return element
 
@@ -123,6 +280,7 @@ def eval_dataset(source, crop: augment.CenterCrop, *, global_batch_size: int,
   """Every example exactly once, in order: {"image": [n, S, S, C], "label": [n], "valid": [n]}.
 
   The last batch is padded (valid = False) so every host yields the same number of full batches.
+  A bad record raises BadRecordError, or becomes a valid = False row with `crop.skip_bad_records`.
   """
   batch = local_batch_size(global_batch_size, process_count)
   per_host = math.ceil(len(source) / process_count)

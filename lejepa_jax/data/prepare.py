@@ -2,10 +2,13 @@
 
     python -m lejepa_jax.data.prepare fashion_mnist --out=DATA_DIR [--source=/usr/share/datasets/fashion-mnist]
     python -m lejepa_jax.data.prepare folder --name=my_images --source=PATH --out=DATA_DIR
+        [--skip_bad_images]
 
 The result is read back like any TFDS dataset: `tfds.data_source(name, split, data_dir=DATA_DIR)`.
 Preparing a dataset that is already there does nothing. Images are stored PNG-encoded (TFDS then
-needs no TensorFlow to write them).
+needs no TensorFlow to write them). An image that cannot be decoded (or a JPEG cut short) stops
+the preparation with its path, and nothing is written; with --skip_bad_images each is listed and
+left out.
 """
 
 from __future__ import annotations
@@ -56,6 +59,10 @@ def _idx_path(source: str, stem: str) -> str:
       "`apt-get install dataset-fashion-mnist` or pass --source=<folder with the IDX files>.")
 
 
+class BadImageError(ValueError):
+  """An image in an image folder that cannot be decoded; the message names it and what to do."""
+
+
 def _builders():
   """Builder classes, defined lazily so importing this module does not import TFDS."""
   import tensorflow_datasets as tfds  # pylint: disable=import-outside-toplevel
@@ -91,8 +98,9 @@ def _builders():
     """Images arranged one sub-folder per class (optionally under train/, test/, ... split folders)."""
     VERSION = tfds.core.Version("1.0.0")
 
-    def __init__(self, *, source: str, **kwargs):
-      self._source = source
+    def __init__(self, *, source: str, skip_bad_images: bool = False, **kwargs):
+      self._source, self._skip_bad_images = source, skip_bad_images
+      self.skipped: list[str] = []  # the images left out with skip_bad_images
       self._splits = _folder_splits(source)
       self._classes = sorted({c for split in self._splits.values() for c in _class_dirs(split)})
       super().__init__(**kwargs)
@@ -110,18 +118,33 @@ def _builders():
       return {split: self._generate_examples(path) for split, path in self._splits.items()}
 
     def _generate_examples(self, folder: str):
-      import cv2  # pylint: disable=import-outside-toplevel
       for label in _class_dirs(folder):
         class_dir = os.path.join(folder, label)
         for filename in sorted(os.listdir(class_dir)):
           if not filename.lower().endswith(IMAGE_SUFFIXES):
             continue
-          path = os.path.join(class_dir, filename)
-          image = cv2.imread(path, cv2.IMREAD_COLOR_RGB)
-          if image is None:
-            print(f"[prepare] skipping unreadable image {path}", file=sys.stderr)
-            continue
-          yield f"{label}/{filename}", {"image": encode_png(image), "label": label}
+          image = self._read(os.path.join(class_dir, filename))
+          if image is not None:
+            yield f"{label}/{filename}", {"image": encode_png(image), "label": label}
+
+    def _read(self, path: str) -> np.ndarray | None:
+      """The RGB image at `path`; a bad one raises, or with skip_bad_images is listed -> None."""
+      from lejepa_jax.data import augment  # pylint: disable=import-outside-toplevel
+      with open(path, "rb") as f:
+        data = f.read()
+      # The training pipeline's decoder, so that what is written is what training can read.
+      image = augment.decode(data, 3)
+      if image is not None:
+        return image
+      reason = augment.undecodable_reason(data)
+      if not self._skip_bad_images:
+        raise BadImageError(
+            f"Bad image {path}: {reason}. Replace or delete it and run the command again (nothing "
+            "was written), or pass --skip_bad_images to leave out such images (each is listed).")
+      self.skipped.append(path)
+      print(f"[prepare] skipped bad image {path}: {reason} ({len(self.skipped)} skipped)",
+            file=sys.stderr)
+      return None
 
   return FashionMnistLocal, ImageFolder
 
@@ -163,13 +186,22 @@ def prepare_fashion_mnist(out: str, source: str = FASHION_MNIST_DIR) -> str:
   return builder.data_dir
 
 
-def prepare_image_folder(name: str, source: str, out: str) -> str:
-  """Writes the images under `source` (one sub-folder per class) as TFDS dataset `name` under `out`."""
+def prepare_image_folder(name: str, source: str, out: str,
+                         skip_bad_images: bool = False) -> str:
+  """Writes the images under `source` (one sub-folder per class) as TFDS dataset `name` under `out`.
+
+  An image that cannot be decoded raises BadImageError naming it (TFDS then removes the partial
+  output); with `skip_bad_images` each is listed on stderr, left out and counted.
+  """
   _, image_folder = _builders()
   # TFDS takes a dataset's name from its builder class.
   named = type(f"ImageFolder_{name}", (image_folder,), {"name": name}, skip_registration=True)
-  builder = named(source=source, data_dir=out, file_format="array_record")
+  builder = named(source=source, data_dir=out, file_format="array_record",
+                  skip_bad_images=skip_bad_images)
   builder.download_and_prepare()
+  if builder.skipped:
+    print(f"[prepare] left out {len(builder.skipped)} bad image(s) (--skip_bad_images), listed "
+          "above", file=sys.stderr)
   return builder.data_dir
 
 
@@ -180,13 +212,16 @@ def main(argv: list[str] | None = None) -> None:
   parser.add_argument("--out", required=True, help="TFDS data_dir to write into")
   parser.add_argument("--source", help="IDX folder (fashion_mnist) or image folder (folder)")
   parser.add_argument("--name", help="dataset name for `folder`")
+  parser.add_argument("--skip_bad_images", action="store_true",
+                      help="`folder`: leave out images that cannot be decoded (each is listed) "
+                      "instead of stopping at the first")
   args = parser.parse_args(argv)
   if args.dataset == "fashion_mnist":
     path = prepare_fashion_mnist(args.out, args.source or FASHION_MNIST_DIR)
   else:
     if not args.name or not args.source:
       parser.error("`folder` needs --name and --source")
-    path = prepare_image_folder(args.name, args.source, args.out)
+    path = prepare_image_folder(args.name, args.source, args.out, args.skip_bad_images)
   print(f"[prepare] dataset ready at {path}")
 
 

@@ -195,6 +195,9 @@ class _Prefix:
   def __getitem__(self, index):
     return self.source[index]
 
+  def __getitems__(self, indices):
+    return self.source.__getitems__(indices)
+
 
 # Decoded evaluation splits up to this size stay in memory for the job: every encoder it evaluates
 # (baselines, each checkpoint) reads the same crops, and decoding them took about 40% of an

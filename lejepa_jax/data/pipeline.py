@@ -171,6 +171,24 @@ class _CheckedRecords:
       element = dict(self.source[index])
     except Exception as error:  # pylint: disable=broad-except  (array_record, protobuf, TFDS)
       return self._bad(index, None, f"it cannot be read ({type(error).__name__}: {error})", error)
+    return self._decoded(index, element)
+
+  def read_many(self, indices: list[int]) -> list[dict | None]:
+    """Records `indices`, read in one call where the source can (a TFDS source reads a batch of
+    records about 6x faster than one by one); a batch that fails is read again record by record,
+    so the error names the bad one."""
+    read_batch = getattr(self.source, "__getitems__", None)
+    if read_batch is None:
+      return [self[index] for index in indices]
+    try:
+      elements = [dict(element) for element in read_batch(indices)]
+    except Exception:  # pylint: disable=broad-except  (array_record, protobuf, TFDS)
+      return [self[index] for index in indices]
+    self.reads += len(indices)
+    return [self._decoded(index, element) for index, element in zip(indices, elements)]
+
+  def _decoded(self, index: int, element: dict) -> dict | None:
+    """The element with its image decoded, or `_bad` for one without a decodable image."""
     data = element.get(self.transform.image_key)
     if data is None:
       return self._bad(index, element, f"it has no {self.transform.image_key!r} feature "
@@ -259,20 +277,27 @@ def train_dataset(source, multicrop: augment.MultiCrop, *, global_batch_size: in
   return it
 
 
-class _PaddedSlice(grain.transforms.Map):
-  """Index k of this host's slice -> the k-th example, or a flagged copy of the last one past the
-  end (a flagged blank for a bad record skipped with `crop.skip_bad_records`)."""
+class _PaddedBatch(grain.transforms.Map):
+  """Batch b of this host's slice: examples b * size ... (b + 1) * size - 1 of the slice, read
+  together and stacked; past the end, flagged copies of the last example (a flagged blank for a bad
+  record skipped with `crop.skip_bad_records`)."""
 
-  def __init__(self, source, crop: augment.CenterCrop, process_index: int, process_count: int):
-    self.source, self.crop = _CheckedRecords(source, crop), crop
+  def __init__(self, source, crop: augment.CenterCrop, size: int, process_index: int,
+               process_count: int):
+    self.source, self.crop, self.size = _CheckedRecords(source, crop), crop, size
     self.process_index, self.process_count = process_index, process_count
 
-  def map(self, k: int) -> dict:
-    index = int(k) * self.process_count + self.process_index
-    record = self.source[min(index, len(self.source) - 1)]
-    element = self.crop.map(record) if record is not None else self.crop.invalid()
-    element["valid"] = np.bool_(element["valid"] and index < len(self.source))
-    return element
+  def map(self, b: int) -> dict:
+    n = len(self.source)
+    indices = [k * self.process_count + self.process_index
+               for k in range(int(b) * self.size, (int(b) + 1) * self.size)]
+    records = self.source.read_many([min(index, n - 1) for index in indices])
+    elements = []
+    for index, record in zip(indices, records):
+      element = self.crop.map(record) if record is not None else self.crop.invalid()
+      element["valid"] = np.bool_(element["valid"] and index < n)
+      elements.append(element)
+    return {key: np.stack([e[key] for e in elements]) for key in elements[0]}
 
 
 def eval_dataset(source, crop: augment.CenterCrop, *, global_batch_size: int,
@@ -284,9 +309,9 @@ def eval_dataset(source, crop: augment.CenterCrop, *, global_batch_size: int,
   """
   batch = local_batch_size(global_batch_size, process_count)
   per_host = math.ceil(len(source) / process_count)
-  per_host = math.ceil(per_host / batch) * batch
-  ds = grain.MapDataset.range(per_host).map(_PaddedSlice(source, crop, process_index, process_count))
-  return ds.batch(batch, drop_remainder=True)
+  batches = math.ceil(per_host / batch)
+  return grain.MapDataset.range(batches).map(
+      _PaddedBatch(source, crop, batch, process_index, process_count))
 
 
 def to_global_batch(local: Mapping[str, np.ndarray], mesh: jax.sharding.Mesh) -> dict[str, Any]:

@@ -248,7 +248,7 @@ def compile_members_step(config: ml_collections.ConfigDict, mesh: jax.sharding.M
   jitted = jax.jit(vstep, donate_argnums=0,
                    out_shardings=(state_shardings, NamedSharding(mesh, P())))
   local_batch = data.pipeline.local_batch_size(config.data.global_batch_size, jax.process_count())
-  with jax.set_mesh(mesh), members_lib.per_member_convolutions():
+  with jax.set_mesh(mesh), members_lib.member_convolutions(config.member_convolutions):
     compiled = jitted.lower(train.abstract_tree(stacked), train.abstract_tree(hparams),
                             train.abstract_batch(config, mesh, local_batch),
                             jax.ShapeDtypeStruct((), jnp.int32)).compile(
@@ -278,7 +278,7 @@ def evaluate_members(graphdef, stacked, config: ml_collections.ConfigDict,
   # Replicated results: every process runs the program and can read them.
   run = jax.jit(jax.vmap(forward, in_axes=(0, None)), out_shardings=NamedSharding(mesh, P()))
   out: dict[str, list] = {"features": [], "projections": [], "predictions": [], "labels": []}
-  with jax.set_mesh(mesh), members_lib.per_member_convolutions():
+  with jax.set_mesh(mesh), members_lib.member_convolutions(config.member_convolutions):
     for batch in evaluate.eval_batches(config, config.data.eval_split, examples):
       valid = batch["valid"]
       for name, value in zip(("features", "projections", "predictions"),
@@ -493,8 +493,8 @@ def _check_spec(workdir: str, config, groups: Sequence[Group], member_shards: in
 
 def run(config: ml_collections.ConfigDict, workdir: str,
         sweeps: Sequence[tuple[str, Sequence[str]]], seeds: int = 1, member_shards: int = 1,
-        stop_after: int | None = None, eval_examples: int = 2048, alpha: float = 0.4
-        ) -> dict | None:
+        stop_after: int | None = None, eval_examples: int = 2048, alpha: float = 0.4,
+        probe: ml_collections.ConfigDict | None = None) -> dict | None:
   """Trains (or resumes) every member of the sweep; returns the report once all are done.
 
   Args:
@@ -507,6 +507,9 @@ def run(config: ml_collections.ConfigDict, workdir: str,
       job would; a rerun continues (groups already there wait, the next one advances).
     eval_examples: eval-split examples for each member's RankMe and online-probe accuracy.
     alpha: the report's loss rescaling exponent (loss * lambda^-alpha).
+    probe: an evaluation-job probe config (configs/probe/*.py): once every member is trained, the
+      job evaluates each member's final checkpoint with it (once; a rerun skips members it has
+      done), and the report holds their linear and kNN accuracy.
   """
   from lejepa_jax import ablation_report  # pylint: disable=import-outside-toplevel
   groups = plan(config, sweeps, seeds)
@@ -523,9 +526,27 @@ def run(config: ml_collections.ConfigDict, workdir: str,
         break  # preempted, or stopped after advancing this group to stop_after: leave
   finally:
     guard.restore()
-  if finished < len(groups) or jax.process_index() != 0:
+  if finished < len(groups):
     return None
-  return ablation_report.write_report(workdir, [m for g in groups for m in g.members], alpha)
+  members = [m for g in groups for m in g.members]
+  if probe is not None:
+    evaluate_with_probe(workdir, members, probe)
+  if jax.process_index() != 0:
+    return None
+  return ablation_report.write_report(workdir, members, alpha)
+
+
+def evaluate_with_probe(workdir: str, members: Sequence[Member],
+                        probe: ml_collections.ConfigDict) -> None:
+  """The evaluation job (`lejepa_jax.evaluate`) on each member's final checkpoint, skipping members
+  it has already evaluated with this probe config."""
+  for i, member in enumerate(members):
+    member_dir = os.path.join(workdir, "members", member.name)
+    if evaluate.EvalRecord(member_dir, probe.name).handled(member.config.total_steps):
+      continue
+    log.info("member %d/%d (%s): evaluation job, probe config %s", i + 1, len(members),
+             member.name, probe.name)
+    evaluate.evaluate(member_dir, member.config.total_steps, probe=probe)
 
 
 def main(argv: list[str]) -> None:
@@ -537,7 +558,8 @@ def main(argv: list[str]) -> None:
   absl_logging.set_verbosity(absl_logging.WARNING)
   logging.getLogger("lejepa_jax").setLevel(logging.INFO)
   report = run(_CONFIG.value, _WORKDIR.value, [parse_sweep(s) for s in _SWEEP.value], _SEEDS.value,
-               _MEMBER_SHARDS.value, _STOP_AFTER.value, _EVAL_EXAMPLES.value, _ALPHA.value)
+               _MEMBER_SHARDS.value, _STOP_AFTER.value, _EVAL_EXAMPLES.value, _ALPHA.value,
+               _PROBE.value)
   if report is not None:
     print(report["table"])
 
@@ -563,4 +585,7 @@ if __name__ == "__main__":
   _EVAL_EXAMPLES = flags.DEFINE_integer("eval_examples", 2048, "Eval-split examples for RankMe "
                                         "and the online probe's accuracy in the report.")
   _ALPHA = flags.DEFINE_float("alpha", 0.4, "Report: Spearman also of loss * lambda^-alpha.")
+  _PROBE = config_flags.DEFINE_config_file(
+      "probe", None, "Probe config (configs/probe/*.py): evaluate every member with the evaluation "
+      "job once trained (linear and kNN accuracy in the report).")
   app.run(main)

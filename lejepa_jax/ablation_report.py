@@ -34,7 +34,7 @@ import numpy as np
 from lejepa_jax import reports
 
 FINAL_FRACTION = 0.1
-ACCURACIES = ("linear_top1", "online_eval_acc", "online_train_acc")
+ACCURACIES = ("linear_top1", "knn_top1", "online_eval_acc", "online_train_acc")
 
 
 def rankdata(x: Sequence[float]) -> np.ndarray:
@@ -68,14 +68,18 @@ def final_metrics(rows: Sequence[dict]) -> dict[str, float]:
           "online_train_acc": mean("probe_accuracy"), "final_step": int(window[-1]["step"])}
 
 
-def linear_accuracy(member_dir: str) -> float | None:
-  """top1 of the evaluation job's latest linear probe of the member's checkpoints, if it ran."""
-  path = os.path.join(member_dir, "eval", "linear.jsonl")
+def probe_accuracy(member_dir: str, evaluator: str = "linear") -> float | None:
+  """top1 of the evaluation job's `evaluator` ("linear", "knn") on the member's latest evaluated
+  checkpoint (its last evaluation), if the job ran (`python -m lejepa_jax.ablate --probe=...` runs it)."""
+  path = os.path.join(member_dir, "eval", f"{evaluator}.jsonl")
   if not os.path.exists(path):
     return None
   with open(path) as f:
     rows = [r for r in map(json.loads, f) if r.get("encoder", "checkpoint") == "checkpoint"]
-  return float(max(rows, key=lambda r: r["step"])["top1"]) if rows else None
+  if not rows:
+    return None
+  latest = max(r["step"] for r in rows)
+  return float([r for r in rows if r["step"] == latest][-1]["top1"])  # the last written
 
 
 def member_row(workdir: str, member) -> dict:
@@ -85,7 +89,8 @@ def member_row(workdir: str, member) -> dict:
     selection = json.load(f)
   row = {"name": member.name, **member.hparams(), **final_metrics(reports.read_metrics(directory)),
          "online_eval_acc": selection["online_probe_eval_accuracy"],
-         "linear_top1": linear_accuracy(directory),
+         "linear_top1": probe_accuracy(directory, "linear"),
+         "knn_top1": probe_accuracy(directory, "knn"),
          "rankme_features": selection["rankme_features"],
          "rankme_projections": selection["rankme_projections"],
          "sigreg_eval": selection["sigreg"],
@@ -119,13 +124,13 @@ def format_table(rows: Sequence[dict], spearmans: dict[str, dict]) -> str:
   """Markdown: one row per member, then the correlations."""
   percent = lambda v: "" if v is None else f"{100 * v:.1f}"  # noqa: E731
   header = ["member", "lambda", "lr", "wd", "seed", "loss", "pred", "sigreg", "online acc (train)",
-            "online acc (eval)", "linear acc", "RankMe feat.", "RankMe proj.", "SIGReg (eval)"]
+            "online acc (eval)", "linear acc", "kNN acc", "RankMe feat.", "RankMe proj.", "SIGReg (eval)"]
   lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
   for r in rows:
     cells = [r["name"], f"{r['sigreg_weight']:g}", f"{r['lr']:g}", f"{r['weight_decay']:g}",
              r["seed"], f"{r['loss']:.4f}", f"{r['pred']:.4f}", f"{r['sigreg']:.3f}",
              percent(r["online_train_acc"]), percent(r["online_eval_acc"]),
-             percent(r["linear_top1"]), f"{r['rankme_features']:.1f}",
+             percent(r["linear_top1"]), percent(r["knn_top1"]), f"{r['rankme_features']:.1f}",
              f"{r['rankme_projections']:.1f}", f"{r['sigreg_eval']:.1f}"]
     lines.append("| " + " | ".join(map(str, cells)) + " |")
   lines.append("")

@@ -101,6 +101,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.grad_accum_steps = 1
   # XLA options per backend (lejepa_jax/compiler.py): 'auto', 'none' or 'auto;name=value;...'.
   c.compiler_options = "auto"
+  # Ablations: how vmapped members' convolutions run (lejepa_jax/models/members.py): 'auto',
+  # 'per_member' or 'grouped'.
+  c.member_convolutions = "auto"
 
   c.data = ml_collections.ConfigDict()
   c.data.name = "imagenet2012"

@@ -233,7 +233,7 @@ def restore(manager, start, state, iterator, config, source):
 # data.num_workers: the saved data-iterator state is laid out per worker.)
 RESUMABLE_CHANGES = ("log_every", "checkpoint_every", "keep_checkpoints", "data.data_dir",
                      "data.eval_crop_fraction", "mesh.", "model.remat", "compiler_options",
-                     "data.skip_bad_records")
+                     "member_convolutions", "data.skip_bad_records")
 
 
 def _flat(tree: dict, prefix: str = "") -> dict[str, Any]:

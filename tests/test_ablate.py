@@ -193,10 +193,49 @@ def test_per_member_convolutions_equal_vmapped_ones_without_grouping(input_batch
   batched = grads()
   want = batched(x, w)  # jax's batching rule: grouped convolutions (slow on the CPU)
   assert not input_batched or "feature_group_count = 3" in batched.lower(x, w).as_text()
-  with members.per_member_convolutions():
+  with members.member_convolutions("per_member"):
     per_member = grads()
     got = per_member(x, w)
     hlo = per_member.lower(x, w).as_text()
   for a, b in zip(got, want):
     np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
   assert "feature_group_count = 3" not in hlo and "feature_group_count = 1" in hlo
+  with members.member_convolutions("grouped"):
+    grouped_hlo = grads().lower(x, w).as_text()
+  assert not input_batched or "feature_group_count = 3" in grouped_hlo
+
+
+def test_member_convolution_strategy_is_chosen_by_backend_or_setting():
+  from lejepa_jax.models import members  # pylint: disable=import-outside-toplevel
+  assert members.strategy("auto", "cpu") == "per_member"
+  assert members.strategy("auto", "tpu") == members.strategy("auto", "gpu") == "grouped"
+  assert members.strategy("grouped", "cpu") == "grouped"
+  with pytest.raises(ValueError, match="member_convolutions"):
+    members.strategy("separate", "cpu")
+
+
+def test_a_probe_config_evaluates_every_member_once_and_the_report_correlates_its_accuracy(
+    ablation, data_dir):
+  workdir, _ = ablation
+  config = tiny_config(data_dir)
+  config.mesh.axes = dict(data=-1, fsdp=2)
+  probe = config_lib.probe_config()
+  probe.name, probe.evaluators, probe.baselines = "sweep", "linear,knn", ""
+  probe.linear = dict(probe.linear, epochs=2)
+  probe.train_examples = probe.eval_examples = 64
+  report = ablate.run(config, workdir, SWEEPS, member_shards=2, probe=probe)
+  for row in report["members"]:
+    for evaluator in ("linear", "knn"):
+      path = os.path.join(workdir, "members", row["name"], "eval", f"{evaluator}.jsonl")
+      rows = [json.loads(line) for line in open(path)]
+      sweep_rows = [r for r in rows if r["probe_config"] == "sweep"]
+      assert len(sweep_rows) == 1 and sweep_rows[0]["step"] == STEPS
+      assert row[f"{evaluator}_top1"] == rows[-1]["top1"]
+  for accuracy in ("linear_top1", "knn_top1"):
+    loss = [r["loss"] for r in report["members"]]
+    want = scipy.stats.spearmanr(loss, [r[accuracy] for r in report["members"]])[0]
+    got = report["spearman"][accuracy]["loss, all members"]["spearman"]
+    assert got == pytest.approx(want, nan_ok=True)
+  ablate.run(config, workdir, SWEEPS, member_shards=2, probe=probe)  # done: nothing evaluated again
+  knn = os.path.join(workdir, "members", report["members"][0]["name"], "eval", "knn.jsonl")
+  assert sum(json.loads(line)["probe_config"] == "sweep" for line in open(knn)) == 1

@@ -18,7 +18,7 @@ import numpy as np
 from flax import nnx
 
 from lejepa_jax import ablate, sharding, train
-from lejepa_jax.bench import common, profile
+from lejepa_jax.bench import common
 from lejepa_jax.bench.train import default_cpu_config
 
 LAMBDAS = ("0.0", "0.01", "0.02", "0.05", "0.1", "0.2", "0.3", "0.5")
@@ -32,8 +32,11 @@ def synthetic_batch(config, mesh) -> dict[str, jax.Array]:
                             else np.zeros(s.shape, np.int32), s.sharding) for k, s in spec.items()}
 
 
-def time_vmapped(config, lambdas, steps: int) -> dict[str, float]:
-  """Set-up and step seconds of the members as one program (ablate's vmapped step)."""
+def time_vmapped(config, lambdas, steps: int, member_convolutions: str) -> dict[str, float]:
+  """Set-up and step seconds of the members as one program (ablate's vmapped step), with the
+  members' convolutions run as `member_convolutions` says ("per_member" or "grouped")."""
+  config = config.copy_and_resolve_references()
+  config.member_convolutions = member_convolutions
   start = time.perf_counter()
   (group,) = ablate.plan(config, [("loss.sigreg_weight", list(lambdas))])
   mesh = ablate.make_mesh(config, 1)
@@ -52,9 +55,8 @@ def time_vmapped(config, lambdas, steps: int) -> dict[str, float]:
   return {"setup": setup, "step": common.median_seconds(step, steps)}
 
 
-def time_sequential(config, lambdas, steps: int) -> dict:
-  """Set-up and step seconds summed over one separately compiled run per member, and the first
-  member's op time by kind (`bench.profile`) from one more, profiled step."""
+def time_sequential(config, lambdas, steps: int) -> dict[str, float]:
+  """Set-up and step seconds summed over one separately compiled run per member."""
   totals = {"setup": 0.0, "step": 0.0}
   for member in ablate.plan(config, [("loss.sigreg_weight", list(lambdas))])[0].members:
     c = member.config
@@ -72,8 +74,6 @@ def time_sequential(config, lambdas, steps: int) -> dict:
       jax.block_until_ready(metrics)
 
     totals["step"] += common.median_seconds(step, steps)
-    if "breakdown" not in totals:
-      totals["breakdown"] = profile.op_time_breakdown(compiled, step)
     print(f"  sequential: {member.name} done", flush=True)
   return totals
 
@@ -81,47 +81,48 @@ def time_sequential(config, lambdas, steps: int) -> dict:
 def main(argv: list[str] | None = None) -> None:
   parser = argparse.ArgumentParser(prog="python -m lejepa_jax.bench ablate", description=__doc__)
   parser.add_argument("--members", type=int, default=8, help=f"first N of lambda {LAMBDAS}")
+  parser.add_argument("--recipe", default="default",
+                      help="configs/fashion_mnist.py recipe (e.g. vit: a ViT without convolutions)")
   parser.add_argument("--batch", type=int, default=None, help="global batch (default: config's)")
+  parser.add_argument("--width", type=int, default=None,
+                      help="ResNet width (default: config's); small widths show per-op overhead")
   parser.add_argument("--steps", type=int, default=3, help="timed steps per side")
   parser.add_argument("--run_steps", type=int, default=None,
                       help="steps of the end-to-end estimate (default: the config's total_steps)")
+  parser.add_argument("--member_convolutions", default="per_member,grouped",
+                      help="comma-separated strategies of the vmapped side (models/members.py)")
   args = parser.parse_args(argv)
-  config = default_cpu_config()
-  if args.batch:
-    config.data.global_batch_size = args.batch
+  config = default_cpu_config(args.recipe)
+  config.update_from_flattened_dict({k: v for k, v in (
+      ("data.global_batch_size", args.batch), ("model.width", args.width)) if v})
   lambdas = LAMBDAS[:args.members]
   args.run_steps = args.run_steps or config.total_steps
   print(f"# batched ablation ({common.machine_description()})", flush=True)
-  print(f"  {len(lambdas)} members (lambda {', '.join(lambdas)}), configs/fashion_mnist.py, "
-        f"batch {config.data.global_batch_size}", flush=True)
-  vmapped = time_vmapped(config, lambdas, args.steps)
-  print("  vmapped done", flush=True)
+  print(f"  {len(lambdas)} members (lambda {', '.join(lambdas)}), configs/fashion_mnist.py:"
+        f"recipe={args.recipe}, {config.model.name} {config.model.get('variant', '')} width "
+        f"{config.model.get('width', '-')}, batch {config.data.global_batch_size}", flush=True)
+  sides = {}
+  for strategy in args.member_convolutions.split(","):
+    sides[f"one vmapped program, {strategy} convolutions"] = time_vmapped(
+        config, lambdas, args.steps, strategy)
+    print(f"  vmapped ({strategy}) done", flush=True)
   sequential = time_sequential(config, lambdas, args.steps)
+  print(results_table(sides, sequential, len(lambdas), args.steps + 1, args.run_steps))
+
+
+def results_table(sides: dict[str, dict], sequential: dict, members: int, short: int,
+                  long: int) -> str:
+  """Markdown rows per vmapped side and the sequential runs, each vmapped side with its speed-up
+  (sequential / vmapped: set-up, step, `short` and `long` steps end to end)."""
   total = lambda r, n: r["setup"] + n * r["step"]  # noqa: E731
-  rows = []
-  for name, r in ((f"{len(lambdas)} members, one vmapped program", vmapped),
-                  (f"{len(lambdas)} sequential runs", sequential)):
-    rows.append([name, f"{r['setup']:.0f}", f"{r['step']:.2f}",
-                 f"{total(r, args.steps + 1):.0f}", f"{total(r, args.run_steps):.0f}"])
-  rows.append(["sequential / vmapped", f"{sequential['setup'] / vmapped['setup']:.2f}x",
-               f"{sequential['step'] / vmapped['step']:.2f}x",
-               f"{total(sequential, args.steps + 1) / total(vmapped, args.steps + 1):.2f}x",
-               f"{total(sequential, args.run_steps) / total(vmapped, args.run_steps):.2f}x"])
-  print(common.markdown_table(
-      ["", "set-up s (init + compile)", "s/step (all members)",
-       f"s for {args.steps + 1} steps", f"s for {args.run_steps} steps (estimate)"], rows))
-  print(batching_bound_text(sequential["breakdown"]))
-
-
-def batching_bound_text(breakdown: dict[str, float]) -> str:
-  """What batching members can gain at most, from one member's op time by kind.
-
-  A member's convolutions cost the same batched or not (vmap's grouped convolutions are slower
-  on the CPU, so the members step runs each member's own), so one program for all members can at
-  most save the rest of the step: the speed-up over sequential runs is at most
-  total / convolution time (Amdahl's law, generous: the rest scales with the members too).
-  """
-  conv_share = breakdown["convolution"] / sum(breakdown.values())
-  return (f"One member's step: {profile.shares_text(breakdown)}. With each member's convolutions "
-          f"costing what they cost alone, batching members is bounded at "
-          f"{1 / conv_share:.2f}x over sequential runs.")
+  rows = [[f"{members} sequential runs", f"{sequential['setup']:.0f}", f"{sequential['step']:.2f}",
+           f"{total(sequential, short):.0f}", f"{total(sequential, long):.0f}", "1.00x"]]
+  for name, r in sides.items():
+    rows.append([f"{members} members, {name}", f"{r['setup']:.0f}", f"{r['step']:.2f}",
+                 f"{total(r, short):.0f}", f"{total(r, long):.0f}",
+                 f"{sequential['setup'] / r['setup']:.2f}x set-up, "
+                 f"{sequential['step'] / r['step']:.2f}x step, "
+                 f"{total(sequential, long) / total(r, long):.2f}x end to end"])
+  return common.markdown_table(
+      ["", "set-up s (init + compile)", "s/step (all members)", f"s for {short} steps",
+       f"s for {long} steps (estimate)", "speed-up over sequential"], rows)

@@ -366,9 +366,8 @@ def setup_group(group: Group, workdir: str, member_shards: int) -> GroupRun:
   graphdef, state = init_stacked_state(config, [m.config.seed for m in members], mesh)
   manager = checkpointing.training_manager(os.path.join(workdir, "checkpoints", group.name),
                                            config.keep_checkpoints)
-  start = manager.latest_step() or 0
+  start, iterator = train.resume(manager, state, iterator, config, source)
   if start:
-    iterator = train.restore(manager, start, state, iterator, config, source)
     log.info("[%s] resumed from step %d", group.name, start)
   return GroupRun(group, mesh, members, graphdef, state, stacked_hparams(members, mesh), iterator,
                   manager, start)

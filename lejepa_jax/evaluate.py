@@ -83,6 +83,33 @@ def _pick_step(manager, step: int | None, workdir: str) -> int:
   return step
 
 
+def _verify(manager, step: int) -> None:
+  """CheckpointError when `step`'s files differ from what was written (`checkpointing.verify_step`)."""
+  try:
+    if not checkpointing.verify_step(manager.directory, step):
+      log.warning("checkpoint step %d has no digest (written before checkpoints had one): reading "
+                  "it unverified", step)
+  except checkpointing.DamagedCheckpointError as e:
+    raise CheckpointError(
+        f"Checkpoint step {step} in {manager.directory} is damaged: {e.path}: {e.reason}. Evaluate "
+        f"another step with --step (the run has {_listing(manager.all_steps())}), or restore the "
+        "files from a copy.") from e
+
+
+def _newest_intact(manager, workdir: str) -> int:
+  """The newest step that passes `checkpointing.verify_step` (one warning per damaged newer step);
+  the newest step when none does (reading it then raises CheckpointError)."""
+  existing = sorted(manager.all_steps())
+  _pick_step(manager, None, workdir)  # the error when there is none
+  for step in reversed(existing):
+    try:
+      checkpointing.verify_step(manager.directory, step)
+      return step
+    except checkpointing.DamagedCheckpointError as e:
+      log.warning("%s; taking the step before", e)
+  return existing[-1]
+
+
 def _listing(steps_: list[int]) -> str:
   return ", ".join(map(str, sorted(steps_)))
 
@@ -116,7 +143,9 @@ def restore_encoder(workdir: str, step: int | None = None, mesh: jax.sharding.Me
   """
   manager = _open_manager(workdir)
   try:
-    step = _pick_step(manager, step, workdir)
+    step = _pick_step(manager, step, workdir) if step is not None else _newest_intact(manager,
+                                                                                      workdir)
+    _verify(manager, step)
     with _reading(manager, step):
       config = ml_collections.ConfigDict(checkpointing.restore_config(manager, step))
     graphdef, state = _restore_model(manager, step, config,

@@ -13,7 +13,7 @@ import os
 import signal
 import threading
 import time
-from typing import Any
+from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
@@ -229,6 +229,70 @@ def restore(manager, start, state, iterator, config, source):
   return iterator
 
 
+def resume(manager, state, iterator, config, source,
+           check: Callable[[int], None] | None = None) -> tuple[int, Any]:
+  """Restores the newest readable checkpoint of `manager` into `state`; returns (its step, the data
+  iterator to continue with), or (0, `iterator`) when there is no checkpoint.
+
+  Each step is checked against its digest (`checkpointing.verify_step`) before `check(step)` (the
+  config comparison) and the restore; a damaged or unreadable step gets one warning and the step
+  before is tried. Once one restores, the damaged newer steps are moved aside unchanged
+  (`checkpointing.set_aside`) so that they can be trained and saved again. When none restores,
+  UnreadableCheckpointsError lists every step with its reason and nothing is moved.
+  """
+  damaged: list[checkpointing.DamagedCheckpointError] = []
+  for step in sorted(manager.all_steps(), reverse=True):
+    try:
+      if not checkpointing.verify_step(manager.directory, step):
+        log.warning("checkpoint step %d has no digest (written before checkpoints had one): "
+                    "restoring it unverified", step)
+      if check is not None:
+        check(step)
+      iterator = _restore_or_raise(manager, step, state, iterator, config, source)
+    except checkpointing.DamagedCheckpointError as e:
+      log.warning("%s; trying the step before", e)
+      damaged.append(e)
+      continue
+    _set_aside(manager, damaged)
+    return step, iterator
+  if damaged:
+    raise UnreadableCheckpointsError(
+        f"No checkpoint in {manager.directory} can be restored:\n" + "\n".join(
+            f"  step {e.step}: {e.path}: {e.reason}" for e in damaged) +
+        "\nNothing was changed. Restore the files from a copy, or move the checkpoints directory "
+        "aside to train from the start.")
+  return 0, iterator
+
+
+class UnreadableCheckpointsError(RuntimeError):
+  """Every checkpoint step of a run is damaged or unreadable."""
+
+
+def _restore_or_raise(manager, step, state, iterator, config, source):
+  """`restore`, with orbax's and grain's read failures turned into DamagedCheckpointError."""
+  try:
+    return restore(manager, step, state, iterator, config, source)
+  except Exception as e:  # pylint: disable=broad-except  (whatever the readers raise on bad bytes)
+    raise checkpointing.DamagedCheckpointError(
+        step, str(manager.directory / str(step)),
+        f"it could not be restored ({type(e).__name__}: {str(e)[:300]})", "unreadable") from e
+
+
+def _set_aside(manager, damaged: list) -> None:
+  """Moves the damaged steps aside (the primary process; the others wait) and refreshes the
+  manager's list of steps."""
+  if not damaged:
+    return
+  if jax.process_index() == 0:
+    for e in damaged:
+      target = checkpointing.set_aside(manager.directory, e.step, e.kind)
+      log.warning("moved damaged checkpoint step %d to %s (unchanged)", e.step, target)
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel
+    multihost_utils.sync_global_devices("lejepa_jax: damaged checkpoints set aside")
+  manager.reload()
+
+
 # Keys a resumed run may change: where and how it runs, not what it trains. (Not
 # data.num_workers: the saved data-iterator state is laid out per worker.)
 RESUMABLE_CHANGES = ("log_every", "checkpoint_every", "keep_checkpoints", "data.data_dir",
@@ -295,10 +359,10 @@ def _setup(config, workdir, allow_config_change: bool = False):
   graphdef, state = nnx.split(sharding.create_sharded(lambda: build_train_objects(config), mesh))
   manager = checkpointing.training_manager(os.path.join(workdir, "checkpoints"),
                                            config.keep_checkpoints)
-  start = manager.latest_step() or 0
+  start, iterator = resume(
+      manager, state, iterator, config, source,
+      check=lambda step: _check_same_experiment(manager, step, config, workdir, allow_config_change))
   if start:
-    _check_same_experiment(manager, start, config, workdir, allow_config_change)
-    iterator = restore(manager, start, state, iterator, config, source)
     log.info("resumed from step %d in %s", start, workdir)
   return mesh, local_batch, iterator, graphdef, state, manager, start
 

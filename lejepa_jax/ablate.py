@@ -414,7 +414,7 @@ def train_group(run: GroupRun, outputs: Sequence[MemberOutputs], last_step: int,
     batch = data.to_global_batch(next(run.iterator), run.mesh)
     with jax.set_mesh(run.mesh):
       run.state, metrics = compiled(run.state, run.hparams, batch, np.int32(step))
-    stopping = guard.requested or step == last_step
+    stopping = guard.stop_at(step) or step == last_step
     if step % config.log_every == 0 or stopping:
       jax.block_until_ready(metrics)  # the steps run asynchronously: time finished work
       now = time.perf_counter()

@@ -650,29 +650,48 @@ def follow(workdir: str, probe: ml_collections.ConfigDict, writer: ResultsWriter
            mesh: jax.sharding.Mesh | None = None) -> EvalRecord:
   """Evaluates every new checkpoint of a (running) training job once, until its final step is done
   or no checkpoint has appeared for `probe.idle_timeout` seconds. Restart-safe via EvalRecord."""
+  from lejepa_jax import train  # pylint: disable=import-outside-toplevel
   record = EvalRecord(workdir, probe.name)
   last_activity = time.monotonic()
-  while not record.finished():
-    listed, idle = agreed([s for s in checkpoint_steps(workdir) if not record.handled(s)],
-                          time.monotonic() - last_activity > probe.idle_timeout)
-    if idle and not listed:
-      log.warning("no new checkpoint in %s for %.0f s; stopping", workdir, probe.idle_timeout)
-      break
-    for step in listed:
-      last_activity = time.monotonic()
-      try:
-        evaluate_checkpoint(workdir, probe, step, writer, record, mesh)
-      except StepNotFoundError:
-        # Listed a moment ago, deleted since by the run's rotation: nothing to evaluate or record.
-        log.info("checkpoint step %d was removed by the training run before its turn", step)
-      except CheckpointError as e:
-        log.warning("%s Skipping it.", e)
-        record.mark_skipped(step, str(e))
-    if record.finished():
-      break
-    if not listed:
-      time.sleep(probe.poll_seconds)
+  guard = train.PreemptionGuard()  # a preemption notice stops every process before the next step
+  try:
+    while not record.finished():
+      listed, idle = agreed([s for s in checkpoint_steps(workdir) if not record.handled(s)],
+                            time.monotonic() - last_activity > probe.idle_timeout)
+      if idle and not listed:
+        log.warning("no new checkpoint in %s for %.0f s; stopping", workdir, probe.idle_timeout)
+        break
+      if _evaluate_listed(workdir, probe, listed, writer, record, mesh, guard):
+        log.warning("stopped by a preemption notice; rerun the same command to continue")
+        break
+      last_activity = time.monotonic() if listed else last_activity
+      if record.finished():
+        break
+      if not listed:
+        time.sleep(probe.poll_seconds)
+  finally:
+    guard.restore()
   return record
+
+
+def _evaluate_listed(workdir, probe, listed: list[int], writer, record: EvalRecord, mesh, guard
+                     ) -> bool:
+  """Evaluates the listed steps in order; True when a preemption notice stopped it (checked
+  before each step and once per poll, at the same point on every process)."""
+  if guard.stop_at(0):
+    return True
+  for step in listed:
+    if step != listed[0] and guard.stop_at(step):
+      return True
+    try:
+      evaluate_checkpoint(workdir, probe, step, writer, record, mesh)
+    except StepNotFoundError:
+      # Listed a moment ago, deleted since by the run's rotation: nothing to evaluate or record.
+      log.info("checkpoint step %d was removed by the training run before its turn", step)
+    except CheckpointError as e:
+      log.warning("%s Skipping it.", e)
+      record.mark_skipped(step, str(e))
+  return False
 
 
 def run(workdir: str, probe: ml_collections.ConfigDict, step: int | None = None,

@@ -5,11 +5,14 @@ hybrid (ICI x DCN) device meshes."""
 import dataclasses
 import json
 import os
+import signal
 import subprocess
+import time
 
 import jax
 import numpy as np
 import pytest
+from flax import nnx
 
 from lejepa_jax import checkpointing, config_lib, evaluate, sharding, train
 from test_train import ROOT, _metrics, data_dir, tiny_config  # noqa: F401
@@ -17,16 +20,50 @@ from test_train import ROOT, _metrics, data_dir, tiny_config  # noqa: F401
 STEPS = ("--config.total_steps=4", "--config.checkpoint_every=2")
 
 
-def _local_processes(data_dir, workdir, log_dir, *flags, module="lejepa_jax.main"):
-  """launch/local.sh: 2 processes of 4 devices each form one 8-device mesh (data 4 x fsdp 2)."""
+def _start_local_processes(data_dir, workdir, log_dir, *flags, module="lejepa_jax.main"):
+  """launch/local.sh, started: 2 processes of 4 devices each form one 8-device mesh (data 4 x
+  fsdp 2), process i writing to log_dir/process_i.log."""
   env = dict(os.environ, NUM_PROCESSES="2", DEVICES_PER_PROCESS="4", LOG_DIR=log_dir, MODULE=module)
   env.pop("XLA_FLAGS", None)
   config = [] if module == "lejepa_jax.evaluate" else [f"--config=tests/tiny_config.py:{data_dir}"]
-  result = subprocess.run(
-      [os.path.join(ROOT, "launch", "local.sh"), *config, f"--workdir={workdir}", *flags],
-      cwd=ROOT, env=env, timeout=600, check=False)
-  logs = "".join(open(os.path.join(log_dir, f"process_{i}.log")).read() for i in range(2))
-  assert result.returncode == 0, logs
+  return subprocess.Popen(
+      [os.path.join(ROOT, "launch", "local.sh"), *config, f"--workdir={workdir}", *flags], cwd=ROOT,
+      env=env)
+
+
+def _logs(log_dir) -> str:
+  paths = [os.path.join(log_dir, f"process_{i}.log") for i in range(2)]
+  return "".join(open(p).read() for p in paths if os.path.exists(p))
+
+
+def _local_processes(data_dir, workdir, log_dir, *flags, module="lejepa_jax.main"):
+  """launch/local.sh run to the end (see _start_local_processes); fails the test unless all exit 0."""
+  process = _start_local_processes(data_dir, workdir, log_dir, *flags, module=module)
+  assert process.wait(timeout=600) == 0, _logs(log_dir)
+
+
+def _pid(workdir: str, process_id: int) -> int:
+  """The pid of process `process_id` of the job local.sh started for `workdir`."""
+  for pid in filter(str.isdigit, os.listdir("/proc")):
+    try:
+      with open(f"/proc/{pid}/cmdline", "rb") as f:
+        cmdline = f.read()
+      with open(f"/proc/{pid}/environ", "rb") as f:
+        environ = f.read().split(b"\0")
+    except OSError:
+      continue
+    if (f"--workdir={workdir}".encode() in cmdline and b"python" in cmdline
+        and f"JAX_PROCESS_ID={process_id}".encode() in environ):
+      return int(pid)
+  raise AssertionError(f"no process {process_id} for {workdir}")
+
+
+def _wait_for(log_dir: str, text: str, process: subprocess.Popen, timeout: float = 300) -> None:
+  deadline = time.monotonic() + timeout
+  while text not in _logs(log_dir):
+    assert process.poll() is None, f"the job ended before {text!r}:\n{_logs(log_dir)}"
+    assert time.monotonic() < deadline, _logs(log_dir)
+    time.sleep(0.2)
 
 
 def _state(workdir, step, like=None):
@@ -102,6 +139,38 @@ def test_two_processes_equal_one_and_the_checkpoint_resumes_on_one(devices, data
   assert [row["step"] for row in rows] == [2, 4]
   alone = evaluate.evaluate(single, step=4, probe=_knn_probe())  # one process, same weights
   assert abs(rows[-1]["top1"] - alone["knn"]["top1"]) < 0.05, (rows[-1], alone)
+
+
+def test_sigterm_to_one_process_stops_every_process_at_one_step_and_the_rerun_ends_as_if_uninterrupted(
+    devices, data_dir, tmp_path):  # noqa: F811
+  flags = ("--config.total_steps=40", "--config.checkpoint_every=100", "--config.log_every=1")
+  straight, stopped = str(tmp_path / "straight"), str(tmp_path / "stopped")
+  _local_processes(data_dir, straight, str(tmp_path / "straight_logs"), *flags)
+  logs = str(tmp_path / "stopped_logs")
+  job = _start_local_processes(data_dir, stopped, logs, *flags)
+  _wait_for(logs, "step 3/40", job)
+  os.kill(_pid(stopped, 1), signal.SIGTERM)  # a notice to one process only
+  assert job.wait(timeout=300) == 0, _logs(logs)  # every process left with status 0
+  (saved,) = [int(s) for s in os.listdir(os.path.join(stopped, "checkpoints"))]
+  assert 3 <= saved < 40
+  for i in range(2):
+    log = open(os.path.join(logs, f"process_{i}.log")).read()
+    assert f"preemption notice: every process saves step {saved}" in log, log
+  # The evaluation job, following the unfinished run, stops the same way (both processes, status 0).
+  eval_logs = str(tmp_path / "eval_logs")
+  job = _start_local_processes(data_dir, stopped, eval_logs, "--follow",
+                               "--config=configs/probe/default.py", "--config.evaluators=knn",
+                               "--config.poll_seconds=1", module="lejepa_jax.evaluate")
+  _wait_for(eval_logs, f"checkpoint step {saved}: knn", job)
+  os.kill(_pid(stopped, 1), signal.SIGTERM)
+  assert job.wait(timeout=300) == 0, _logs(eval_logs)
+  assert _logs(eval_logs).count("stopped by a preemption notice") == 2, _logs(eval_logs)
+  _local_processes(data_dir, stopped, str(tmp_path / "rerun_logs"), *flags)
+  like = train.to_savable(nnx.to_pure_dict(nnx.state(train.build_train_objects(
+      tiny_config(data_dir, 40)))))
+  a, b = _state(straight, 40, like=like), _state(stopped, 40, like=like)
+  for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+    np.testing.assert_array_equal(x, y)
 
 
 def test_a_member_sharded_ablation_on_two_processes_equals_one_process(devices, data_dir, tmp_path):

@@ -17,7 +17,7 @@ import jax
 import numpy as np
 from flax import nnx
 
-from lejepa_jax import ablate, sharding, train
+from lejepa_jax import ablate, compiler, sharding, train
 from lejepa_jax.bench import common
 from lejepa_jax.bench.train import default_cpu_config
 
@@ -78,6 +78,45 @@ def time_sequential(config, lambdas, steps: int) -> dict[str, float]:
   return totals
 
 
+def member_convolution_table(shapes=((4, 16, 128, 28), (4, 16, 128, 14), (4, 32, 128, 14),
+                                     (4, 64, 128, 7), (8, 16, 128, 28), (4, 4, 32, 28))) -> str:
+  """Forward + backward of one 3x3 convolution per member, four ways, for (members, channels,
+  batch, size) shapes: each member's own convolution, jax.vmap's grouped convolution, one dense
+  convolution with a block-diagonal kernel over members x channels, and one grouped convolution
+  on members x channels (median ms of 5 after a warm-up, the project's compiler options)."""
+  dn = ("NHWC", "HWIO", "NHWC")
+
+  def conv(x, w, groups=1):
+    return jax.lax.conv_general_dilated(x, w, (1, 1), "SAME", dimension_numbers=dn,
+                                        feature_group_count=groups)
+
+  def forward_backward(fn):
+    return jax.grad(lambda x, w: jax.numpy.sum(jax.numpy.sin(fn(x, w))), argnums=(0, 1))
+
+  def ms(fn, *args) -> float:
+    compiled = jax.jit(fn).lower(*args).compile(compiler_options=compiler.options("auto"))
+    return 1e3 * common.median_seconds(lambda: jax.block_until_ready(compiled(*args)), 5)
+
+  rows = []
+  for m, c, n, h in shapes:
+    rng = np.random.default_rng(0)
+    x = jax.numpy.asarray(rng.normal(size=(m, n, h, h, c)), jax.numpy.float32)
+    w = jax.numpy.asarray(rng.normal(size=(m, 3, 3, c, c)), jax.numpy.float32)
+    wide_x = jax.numpy.moveaxis(x, 0, 3).reshape(n, h, h, m * c)
+    dense = np.zeros((3, 3, m * c, m * c), np.float32)
+    for i in range(m):
+      dense[:, :, i * c:(i + 1) * c, i * c:(i + 1) * c] = np.asarray(w[i])
+    stacked = jax.numpy.concatenate(list(w), -1)  # [3, 3, c, m * c]: one group per member
+    per_member = ms(lambda x, w: [forward_backward(conv)(x[i], w[i]) for i in range(m)], x, w)
+    rows.append([f"{m} x ({n}, {h}, {h}, {c})", f"{per_member:.1f}",
+                 f"{ms(jax.vmap(forward_backward(conv)), x, w):.1f}",
+                 f"{ms(forward_backward(conv), wide_x, jax.numpy.asarray(dense)):.1f}",
+                 f"{ms(forward_backward(lambda a, b: conv(a, b, m)), wide_x, stacked):.1f}"])
+  return common.markdown_table(["members x (batch, H, W, channels)", "per member ms",
+                                "vmap (grouped) ms", "block-diagonal dense ms",
+                                "grouped on members x channels ms"], rows)
+
+
 def main(argv: list[str] | None = None) -> None:
   parser = argparse.ArgumentParser(prog="python -m lejepa_jax.bench ablate", description=__doc__)
   parser.add_argument("--members", type=int, default=8, help=f"first N of lambda {LAMBDAS}")
@@ -91,7 +130,13 @@ def main(argv: list[str] | None = None) -> None:
                       help="steps of the end-to-end estimate (default: the config's total_steps)")
   parser.add_argument("--member_convolutions", default="per_member,grouped",
                       help="comma-separated strategies of the vmapped side (models/members.py)")
+  parser.add_argument("--convolutions", action="store_true",
+                      help="only time ways of running members' convolutions (a table)")
   args = parser.parse_args(argv)
+  if args.convolutions:
+    print(f"# members' convolutions ({common.machine_description()})")
+    print(member_convolution_table())
+    return
   config = default_cpu_config(args.recipe)
   config.update_from_flattened_dict({k: v for k, v in (
       ("data.global_batch_size", args.batch), ("model.width", args.width)) if v})

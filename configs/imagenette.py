@@ -1,6 +1,7 @@
 r"""The authors' small-scale recipe: Imagenette, ViT-S/8 at 128 px, 4 same-size views, lambda 0.02.
 
-    python -m lejepa_jax.main --config=configs/imagenette.py --workdir=DIR --config.data.data_dir=TFDS_DIR
+    python -m lejepa_jax.main --config=configs/imagenette.py --workdir=DIR \
+        --config.data.data_dir=TFDS_DIR
 
 4 global views of 128 px, scale (0.08, 1.0); projector output 16; AdamW lr 2e-3, wd 5e-2; batch 256;
 800 epochs (the published online linear probe: 90.7%). `imagenette` is a TFDS dataset; prepare it

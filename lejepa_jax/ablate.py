@@ -42,7 +42,8 @@ import logging
 import math
 import os
 import time
-from typing import Any, Sequence
+from typing import Any
+from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
@@ -51,8 +52,8 @@ import numpy as np
 from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from lejepa_jax import (checkpointing, compiler, data, distributed, evaluate, evaluators, reports, sharding,
-                        steps, train)
+from lejepa_jax import (checkpointing, compiler, data, distributed, evaluate, evaluators, reports,
+                        sharding, steps, train)
 from lejepa_jax.losses import lejepa as lejepa_loss
 from lejepa_jax.models import members as members_lib
 

@@ -27,7 +27,7 @@ from __future__ import annotations
 import json
 import math
 import os
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -70,7 +70,8 @@ def final_metrics(rows: Sequence[dict]) -> dict[str, float]:
 
 def probe_accuracy(member_dir: str, evaluator: str = "linear") -> float | None:
   """top1 of the evaluation job's `evaluator` ("linear", "knn") on the member's latest evaluated
-  checkpoint (its last evaluation), if the job ran (`python -m lejepa_jax.ablate --probe=...` runs it)."""
+  checkpoint (its last evaluation), if the job ran (`python -m lejepa_jax.ablate --probe=...`
+  runs it)."""
   path = os.path.join(member_dir, "eval", f"{evaluator}.jsonl")
   if not os.path.exists(path):
     return None
@@ -124,7 +125,8 @@ def format_table(rows: Sequence[dict], spearmans: dict[str, dict]) -> str:
   """Markdown: one row per member, then the correlations."""
   percent = lambda v: "" if v is None else f"{100 * v:.1f}"  # noqa: E731
   header = ["member", "lambda", "lr", "wd", "seed", "loss", "pred", "sigreg", "online acc (train)",
-            "online acc (eval)", "linear acc", "kNN acc", "RankMe feat.", "RankMe proj.", "SIGReg (eval)"]
+            "online acc (eval)", "linear acc", "kNN acc", "RankMe feat.", "RankMe proj.",
+            "SIGReg (eval)"]
   lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
   for r in rows:
     cells = [r["name"], f"{r['sigreg_weight']:g}", f"{r['lr']:g}", f"{r['weight_decay']:g}",

@@ -25,7 +25,8 @@ import os
 import pathlib
 import re
 import shutil
-from typing import Any, Sequence
+from typing import Any
+from collections.abc import Sequence
 
 import orbax.checkpoint as ocp
 

@@ -1,4 +1,4 @@
-"""Shared pieces of the experiment configs in configs/: the full default tree, argument parsing, runlocal.
+"""Shared pieces of the experiment configs (configs/): the full default tree, argument parsing, runlocal.
 
 Every config file defines `get_config(arg)`; `arg` is the text after ':' in `--config=file.py:arg`, a
 comma-separated list such as `runlocal` or `variant=B/16,runlocal,steps=50`. Each config names the
@@ -91,7 +91,7 @@ def model_config(name: str, variant: str, projector: dict | None = None,
 
 
 def base_config() -> ml_collections.ConfigDict:
-  """Every key a config can set, with the paper's ImageNet recipe as defaults (docs/method.md, Recipes)."""
+  """Every key a config can set, defaulting to the paper's ImageNet recipe (docs/method.md, Recipes)."""
   c = ml_collections.ConfigDict()
   c.seed = 0
   c.total_steps = 100_000
@@ -138,7 +138,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.loss.num_knots = 17
   c.loss.combine = "convex"
   c.loss.sigreg_views = "per_view"
-  c.loss.test = "epps_pulley"  # SIGReg's univariate test: losses.stats.TESTS, "<name>@official" at the authors' scales
+  # SIGReg's univariate test: losses.stats.TESTS, "<name>@official" at the authors' scales.
+  c.loss.test = "epps_pulley"
 
   c.optim = ml_collections.ConfigDict()
   c.optim.lr = 5e-4

@@ -23,7 +23,8 @@ import json
 import logging
 import os
 import time
-from typing import Any, Iterator
+from typing import Any
+from collections.abc import Iterator
 
 import jax
 import jax.numpy as jnp
@@ -284,7 +285,7 @@ def _forward(encoder, images, kind: str, stages: int):
   return features, projections
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _compiled_forward(mean: tuple, std: tuple, kind: str, stages: int, compiler_setting: str):
   """`_forward` on uint8 images, jitted with the backend's compiler options; cached so every split
   and checkpoint shares its compile. Call as `forward(encoder, images)`."""

@@ -1,4 +1,4 @@
-"""Evaluators on frozen features, one API: `evaluator(features: FeatureSet, **options) -> {metric: value}`.
+"""Frozen-feature evaluators, one API: `evaluator(features: FeatureSet, **options) -> {metric: value}`.
 
 The evaluation job (`lejepa_jax.evaluate`) extracts features once per checkpoint and calls the
 evaluators its config names; each is usable on its own with any [n, F] features and labels.
@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import jax
 import jax.numpy as jnp

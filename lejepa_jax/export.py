@@ -1,4 +1,4 @@
-r"""Export a trained encoder as a plain Flax variables tree (+ JSON config), and load it back in one call.
+r"""Export a trained encoder as a plain Flax variables tree (+ JSON config) and load it back in one call.
 
 From a training run's checkpoint (the latest, or --step):
 
@@ -21,7 +21,8 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Any, Mapping
+from typing import Any
+from collections.abc import Mapping
 
 import jax
 import numpy as np

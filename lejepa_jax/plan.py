@@ -28,7 +28,7 @@ import contextlib
 import copy
 import dataclasses
 import math
-from typing import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 
 import jax
 import ml_collections

@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import functools
 import math
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any
+from collections.abc import Callable, Mapping, Sequence
 
 import jax
 import numpy as np
 from flax import nnx
 from jax.experimental import mesh_utils
-from jax.sharding import AxisType, NamedSharding, PartitionSpec as P
+from jax.sharding import AxisType, PartitionSpec as P
 
 LogicalRules = Sequence[tuple[str, Any]]
 

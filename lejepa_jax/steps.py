@@ -6,7 +6,8 @@ The step takes and returns the whole training state (model, optimizer, probe, pr
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from typing import Any
+from collections.abc import Mapping
 
 import jax
 import jax.numpy as jnp
@@ -133,6 +134,6 @@ def train_step(graphdef, state, batch, key, *, loss_config, num_global, mean, st
   metrics = {"loss": loss, "pred": parts["pred"], "sigreg": parts["sigreg"],
              "probe_loss": probe_loss,
              "probe_accuracy": jnp.mean(jnp.argmax(logits, -1) == batch["label"]),
-             "grad_norm": optax.global_norm(grads),
-             "param_norm": optax.global_norm(nnx.state(model, nnx.Param))}
+             "grad_norm": optax.tree.norm(grads),
+             "param_norm": optax.tree.norm(nnx.state(model, nnx.Param))}
   return nnx.state((model, optimizer, probe, probe_optimizer)), metrics

@@ -16,6 +16,22 @@ import pytest  # noqa: E402
 
 
 @pytest.fixture(scope="session")
+def data_dir(tmp_path_factory):
+  """A prepared TFDS dataset "unit_train": 32 random 20 px images in 4 class folders."""
+  import cv2  # pylint: disable=import-outside-toplevel
+  import numpy as np  # pylint: disable=import-outside-toplevel
+  from lejepa_jax.data import prepare  # pylint: disable=import-outside-toplevel
+  root = tmp_path_factory.mktemp("train_images")
+  rng = np.random.default_rng(0)
+  for i in range(32):
+    (root / f"c{i % 4}").mkdir(exist_ok=True)
+    cv2.imwrite(str(root / f"c{i % 4}" / f"{i}.png"), rng.integers(0, 256, (20, 20, 3), np.uint8))
+  out = str(tmp_path_factory.mktemp("tfds"))
+  prepare.prepare_image_folder("unit_train", str(root), out)
+  return out
+
+
+@pytest.fixture(scope="session")
 def devices():
   devs = jax.devices()
   assert len(devs) == 8, "tests/conftest.py must run before anything imports jax"

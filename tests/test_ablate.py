@@ -11,9 +11,10 @@ import numpy as np
 import pytest
 import scipy.stats
 
-import test_train
 from lejepa_jax import ablate, ablation_report, checkpointing, config_lib, evaluate, train
-from test_train import data_dir  # noqa: F401  (pytest fixture: the trainer tests' image folder)
+import helpers
+
+pytestmark = pytest.mark.slow  # end-to-end runs: `-m "not slow"` leaves them out
 
 STEPS = 3
 # 8 members: 2 programs (num_slices changes shapes) of 4 members (lambda x lr, traced).
@@ -22,7 +23,7 @@ SWEEPS = [("loss.num_slices", ["16", "32"]), ("loss.sigreg_weight", ["0.0", "0.5
 
 
 def tiny_config(data_dir: str) -> ml_collections.ConfigDict:
-  config = test_train.tiny_config(data_dir, STEPS)
+  config = helpers.tiny_config(data_dir, STEPS)
   config.checkpoint_every = 2
   return config
 
@@ -40,9 +41,7 @@ def ablation(devices, data_dir, tmp_path_factory):
   return workdir, report
 
 
-def _metrics(workdir):
-  with open(os.path.join(workdir, "metrics.jsonl")) as f:
-    return {row["step"]: row for row in map(json.loads, f)}
+_metrics = helpers.read_metrics
 
 
 def _state(workdir, step):

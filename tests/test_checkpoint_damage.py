@@ -15,12 +15,14 @@ import numpy as np
 import pytest
 
 from lejepa_jax import checkpointing, evaluate, export, train
-from test_train import data_dir, tiny_config  # noqa: F401  (pytest fixture: a prepared image folder)
+from helpers import tiny_config
+
+pytestmark = pytest.mark.slow  # end-to-end runs: `-m "not slow"` leaves them out
 
 TOTAL, SAVED = 12, (4, 8)
 
 
-def _config(data_dir):  # noqa: F811
+def _config(data_dir):
   config = tiny_config(data_dir, TOTAL)
   config.checkpoint_every, config.keep_checkpoints = 4, 5
   config.log_every = 4
@@ -47,7 +49,7 @@ def _snapshot(directory: str) -> dict[str, bytes]:
 
 
 @pytest.fixture(scope="module")
-def runs(devices, data_dir, tmp_path_factory):  # noqa: F811
+def runs(devices, data_dir, tmp_path_factory):
   """(an uninterrupted run's final parameters, a run stopped after step 8 to damage copies of)."""
   root = tmp_path_factory.mktemp("damage")
   straight, stopped = str(root / "straight"), str(root / "stopped")
@@ -110,7 +112,7 @@ def _iterator_state(step_dir):
 @pytest.mark.parametrize("damage", [_truncate, _delete, _overwrite, _uncommit, _iterator_state],
                          ids=lambda f: f.__name__.strip("_"))
 def test_a_damaged_latest_step_resumes_from_the_one_before_and_ends_as_an_uninterrupted_run(
-    runs, data_dir, tmp_path, caplog, damage):  # noqa: F811
+    runs, data_dir, tmp_path, caplog, damage):
   want, stopped = runs
   workdir = _copy(stopped, tmp_path)
   step_dir = os.path.join(workdir, "checkpoints", str(SAVED[-1]))
@@ -133,7 +135,7 @@ def test_a_damaged_latest_step_resumes_from_the_one_before_and_ends_as_an_uninte
 
 
 def test_when_no_step_is_readable_one_error_lists_them_all_and_nothing_changes(
-    runs, data_dir, tmp_path):  # noqa: F811
+    runs, data_dir, tmp_path):
   _, stopped = runs
   workdir = _copy(stopped, tmp_path)
   _truncate(os.path.join(workdir, "checkpoints", "8"))
@@ -162,7 +164,7 @@ def test_retention_keeps_the_newest_intact_step_when_the_newer_ones_are_damaged(
   assert policy.should_preserve(infos, context=None) == [True, True]
 
 
-def test_a_step_written_without_a_digest_restores_unverified(runs, data_dir, tmp_path):  # noqa: F811
+def test_a_step_written_without_a_digest_restores_unverified(runs, data_dir, tmp_path):
   want, stopped = runs
   workdir = _copy(stopped, tmp_path)
   for step in SAVED:  # as checkpoints written before digests existed

@@ -1,4 +1,4 @@
-"""Data: offline preparation into TFDS ArrayRecord, grain multi-crop pipelines, per-host slicing, resume."""
+"""Data: offline TFDS ArrayRecord preparation, grain multi-crop pipelines, per-host slicing, resume."""
 
 import gzip
 import os

@@ -21,6 +21,8 @@ from lejepa_jax import (checkpointing, config_lib, evaluate, evaluators, reports
                         train)
 from lejepa_jax.data import prepare
 
+pytestmark = pytest.mark.slow  # end-to-end runs: `-m "not slow"` leaves them out
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -124,7 +126,8 @@ def test_label_free_tells_collapse_from_gaussian_embeddings():
   metrics = {name: evaluators.label_free(evaluators.FeatureSet(z, None, z, None, 2, test_z=z),
                                          num_slices=256)
              for name, z in (("gaussian", gaussian), ("collapsed", collapsed))}
-  assert metrics["gaussian"]["rankme_projections"] > 15 > 1.1 > metrics["collapsed"]["rankme_projections"]
+  assert (metrics["gaussian"]["rankme_projections"] > 15 > 1.1
+          > metrics["collapsed"]["rankme_projections"])
   assert metrics["collapsed"]["sigreg"] > 20 * metrics["gaussian"]["sigreg"]
   # A diverged encoder's features: reported as NaN, not an exception that blocks a report.
   nan = np.full((50, 16), np.nan, np.float32)

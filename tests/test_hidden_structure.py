@@ -5,8 +5,11 @@ import os
 
 import jax
 import numpy as np
+import pytest
 
 from lejepa_jax.examples import hidden_structure
+
+pytestmark = pytest.mark.slow  # end-to-end runs: `-m "not slow"` leaves them out
 
 
 def test_hidden_structure_writes_its_report_and_epps_pulley_decreases(tmp_path):

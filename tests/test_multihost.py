@@ -15,7 +15,9 @@ import pytest
 from flax import nnx
 
 from lejepa_jax import checkpointing, config_lib, evaluate, sharding, train
-from test_train import ROOT, _metrics, data_dir, tiny_config  # noqa: F401
+from helpers import ROOT, read_metrics as _metrics, tiny_config
+
+pytestmark = pytest.mark.slow  # end-to-end runs: `-m "not slow"` leaves them out
 
 STEPS = ("--config.total_steps=4", "--config.checkpoint_every=2")
 
@@ -142,7 +144,7 @@ def test_two_processes_equal_one_and_the_checkpoint_resumes_on_one(devices, data
 
 
 def test_sigterm_to_one_process_stops_every_process_at_one_step_and_the_rerun_ends_as_if_uninterrupted(
-    devices, data_dir, tmp_path):  # noqa: F811
+    devices, data_dir, tmp_path):
   flags = ("--config.total_steps=40", "--config.checkpoint_every=100", "--config.log_every=1")
   straight, stopped = str(tmp_path / "straight"), str(tmp_path / "stopped")
   _local_processes(data_dir, straight, str(tmp_path / "straight_logs"), *flags)

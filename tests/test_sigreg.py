@@ -53,7 +53,8 @@ def test_wide_quadrature_converges_to_closed_form():
 
 @pytest.mark.parametrize("num_samples", [16, 64, 256, 1024, 4096])
 def test_gaussian_embeddings_score_the_expected_value(num_samples):
-  # E[EP] = sum_k w_k (1 - exp(-t_k^2)) for N(0, 1) samples, whatever N (docs/method.md, Values of SIGReg).
+  # E[EP] = sum_k w_k (1 - exp(-t_k^2)) for N(0, 1) samples, whatever N
+  # (docs/method.md, Values of SIGReg).
   expected = ref.gaussian_expectation()
   assert 1.0 < expected < 1.1
   repeats = max(2, 16384 // num_samples)

@@ -7,35 +7,16 @@ import subprocess
 import sys
 import time
 
-import cv2
 import jax
-import ml_collections
 import numpy as np
 import optax
 import pytest
 
-from lejepa_jax import checkpointing, config_lib, train
-from lejepa_jax.data import prepare
+from lejepa_jax import checkpointing, train
+from helpers import ROOT, read_metrics as _metrics, tiny_config
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+pytestmark = pytest.mark.slow  # end-to-end runs: `-m "not slow"` leaves them out
 
-
-@pytest.fixture(scope="module")
-def data_dir(tmp_path_factory):
-  root = tmp_path_factory.mktemp("train_images")
-  rng = np.random.default_rng(0)
-  for i in range(32):
-    (root / f"c{i % 4}").mkdir(exist_ok=True)
-    cv2.imwrite(str(root / f"c{i % 4}" / f"{i}.png"), rng.integers(0, 256, (20, 20, 3), np.uint8))
-  out = str(tmp_path_factory.mktemp("tfds"))
-  prepare.prepare_image_folder("unit_train", str(root), out)
-  return out
-
-
-def tiny_config(data_dir: str, total_steps: int = 6) -> ml_collections.ConfigDict:
-  config = config_lib.load_config_file(os.path.join(ROOT, "tests", "tiny_config.py"), data_dir)
-  config.total_steps = total_steps
-  return config
 
 
 def _main(data_dir, workdir, *flags, wait=True):
@@ -50,11 +31,6 @@ def _main(data_dir, workdir, *flags, wait=True):
     output, _ = process.communicate(timeout=600)
     assert process.returncode == 0, output
   return process
-
-
-def _metrics(workdir):
-  with open(os.path.join(workdir, "metrics.jsonl")) as f:
-    return {row["step"]: row for row in map(json.loads, f)}
 
 
 def _final_params(workdir, step):

@@ -1,4 +1,4 @@
-"""`python -m lejepa_jax.bench <benchmark> [flags]`; `--help` after a benchmark's name lists its flags."""
+"""`python -m lejepa_jax.bench <benchmark> [flags]`; `--help` after a benchmark name lists its flags."""
 
 import sys
 

@@ -19,7 +19,7 @@ import json
 import os
 import re
 import tempfile
-from typing import Callable
+from collections.abc import Callable
 
 import jax
 

@@ -30,7 +30,7 @@ def vit_step_seconds(config, repeats: int = 3, bfloat16: bool = False) -> float:
   from torch import nn  # pylint: disable=import-outside-toplevel
   from lejepa_jax.models import vit  # pylint: disable=import-outside-toplevel
 
-  m, d = config.model, config.data
+  m = config.model
   size, patch = vit.parse_variant(m.variant)
   width, heads, grid = size.width, size.num_heads, m.img_size // patch
 
@@ -140,7 +140,7 @@ def resnet_step_seconds(config, repeats: int = 3, channels_last: bool = True) ->
   import torch  # pylint: disable=import-outside-toplevel
   from torch import nn  # pylint: disable=import-outside-toplevel
 
-  m, d = config.model, config.data
+  m = config.model
   from lejepa_jax.models import resnet  # pylint: disable=import-outside-toplevel
   kind, depths = resnet.RESNET_DEPTHS[m.variant]
   if kind != "basic":

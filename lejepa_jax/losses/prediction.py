@@ -1,4 +1,7 @@
-"""LeJEPA's prediction (invariance) term: every view is pulled toward the mean of its image's global views."""
+"""LeJEPA's prediction (invariance) term.
+
+Every view is pulled toward the mean of its image's global views.
+"""
 
 from __future__ import annotations
 

@@ -44,7 +44,8 @@ from __future__ import annotations
 import functools
 import math
 import statistics
-from typing import Callable, Literal
+from typing import Literal
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp

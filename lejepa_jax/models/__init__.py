@@ -8,7 +8,8 @@
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, Mapping
+from typing import Any
+from collections.abc import Callable, Mapping
 
 import jax
 import jax.numpy as jnp
@@ -64,7 +65,8 @@ def build_encoder(config: Mapping[str, Any], rngs: nnx.Rngs) -> Encoder:
 
   Args:
     config: {"name": "vit" | "resnet" | "convnextv2", "variant": ..., "dtype": "auto" (bfloat16 on
-      accelerators, float32 on CPU) | "float32" | "bfloat16", backbone options..., "projector": {"hidden_dim", "out_dim", "num_layers"} or None}.
+      accelerators, float32 on CPU) | "float32" | "bfloat16", backbone options..., "projector":
+      {"hidden_dim", "out_dim", "num_layers"} or None}.
     rngs: parameter (and drop-path) random streams.
   """
   config = dict(config)

@@ -8,7 +8,8 @@ config, so one model definition serves data parallel, FSDP and tensor parallel l
 from __future__ import annotations
 
 import functools
-from typing import Any, Sequence
+from typing import Any
+from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
@@ -221,7 +222,7 @@ def _routed_conv(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilat
 def conv(in_features: int, out_features: int, kernel_size: int, *, strides: int = 1,
          padding: str | Sequence[tuple[int, int]] = "SAME", groups: int = 1, use_bias: bool = False,
          dtype: Dtype, rngs: nnx.Rngs, kernel_init=None) -> nnx.Conv:
-  """A 2-D convolution (NHWC) with kernel [kh, kw, in/groups, out] on logical axes (conv_in, conv_out)."""
+  """A 2-D NHWC convolution with kernel [kh, kw, in/groups, out] on logical axes (conv_in, conv_out)."""
   kernel_init = kernel_init or nnx.initializers.variance_scaling(2.0, "fan_out", "normal")
   return nnx.Conv(in_features, out_features, (kernel_size, kernel_size), strides=strides,
                   padding=padding, feature_group_count=groups, use_bias=use_bias, dtype=dtype,
@@ -275,7 +276,7 @@ def drop_path_rates(total_rate: float, num_blocks: int) -> list[float]:
 
 
 def check_images(images: jax.Array, in_channels: int, model: str, multiple_of: int = 1) -> None:
-  """Raises a ValueError unless `images` is [N, H, W, in_channels] with H, W multiples of `multiple_of`."""
+  """Raises ValueError unless `images` is [N, H, W, in_channels] with H, W multiples of `multiple_of`."""
   if images.ndim != 4:
     raise ValueError(f"{model} expects images of shape [N, H, W, C], got shape {images.shape}.")
   if images.shape[-1] != in_channels:

@@ -116,3 +116,12 @@ def test_lejepa_loss_rejects_bad_input_at_trace_time(kwargs, match):
   with pytest.raises(ValueError, match=match):
     jax.jit(lambda v: losses.lejepa_loss(v, jax.random.key(0), **args)).lower(
         jax.ShapeDtypeStruct(shape, dtype))
+
+
+@pytest.mark.parametrize("module", ["characteristic", "lejepa", "prediction", "stats"])
+def test_the_docstring_examples_run_and_show_what_they_say(module):
+  import doctest  # pylint: disable=import-outside-toplevel
+  import importlib  # pylint: disable=import-outside-toplevel
+  result = doctest.testmod(importlib.import_module(f"lejepa_jax.losses.{module}"),
+                           optionflags=doctest.NORMALIZE_WHITESPACE)
+  assert result.attempted > 0 and result.failed == 0, result

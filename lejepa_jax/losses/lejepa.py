@@ -77,6 +77,10 @@ def lejepa_loss(
     >>> import jax
     >>> z = jax.random.normal(jax.random.key(0), (64, 4, 32))
     >>> loss, parts = lejepa_loss(z, jax.random.key(1), num_global=2, sigreg_weight=0.05)
+    >>> sorted(parts)
+    ['pred', 'sigreg']
+    >>> bool(abs(loss - (0.95 * parts["pred"] + 0.05 * parts["sigreg"])) < 1e-6)
+    True
 
   References:
     Balestriero & LeCun, LeJEPA, arXiv 2511.08544, 2025 (the LeJEPA objective, sections 4-5).

@@ -42,6 +42,9 @@ def prediction_loss(z: jax.typing.ArrayLike, num_global: int) -> jax.Array:
     >>> import jax
     >>> z = jax.random.normal(jax.random.key(0), (8, 4, 16))  # 8 images, 2 global + 2 local views
     >>> loss = prediction_loss(z, num_global=2)
+    >>> centre = z[:, :2].mean(axis=1, keepdims=True)  # the mean of each image's global views
+    >>> bool(abs(loss - ((z - centre) ** 2).mean()) < 1e-6)
+    True
 
   References:
     Balestriero & LeCun, LeJEPA, arXiv 2511.08544, 2025, section 5 (the prediction term).

@@ -166,7 +166,7 @@ export PATH=\$HOME/.local/bin:\$PATH
 rm -rf ~/lejepa_jax && mkdir -p ~/lejepa_jax
 gcloud storage cat $archive | tar -xz -C ~/lejepa_jax
 [ -x ~/lejepa_venv/bin/python ] || uv venv --python $python_version ~/lejepa_venv
-uv pip install --quiet --python ~/lejepa_venv/bin/python 'jax[tpu]>=0.10,<0.13' -e ~/lejepa_jax"
+uv pip install --quiet --python ~/lejepa_venv/bin/python -e ~/lejepa_jax'[tpu]'"
   on_all_workers "$setup"
 }
 

@@ -52,8 +52,8 @@ import numpy as np
 from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from lejepa_jax import (checkpointing, compiler, data, distributed, evaluate, evaluators, reports,
-                        sharding, steps, train)
+from lejepa_jax import (checkpointing, compiler, config_lib, data, distributed, evaluate, evaluators,
+                        reports, sharding, steps, train)
 from lejepa_jax.losses import lejepa as lejepa_loss
 from lejepa_jax.models import members as members_lib
 
@@ -100,18 +100,6 @@ def _node_and_leaf(config: ml_collections.ConfigDict, key: str):
   return node, leaf
 
 
-def _parse_value(key: str, text: str, current: Any) -> Any:
-  """A sweep value as the type the config holds at `key` (numbers, booleans and strings)."""
-  if isinstance(current, bool):
-    if text.lower() not in ("true", "false", "1", "0"):
-      raise ValueError(f"--sweep {key}: {text!r} is not a boolean.")
-    return text.lower() in ("true", "1")
-  if isinstance(current, (int, float, str)) or current is None:
-    return text if current is None else type(current)(text)
-  raise ValueError(f"--sweep {key}: only numbers, booleans and strings can be swept, and "
-                   f"{key} holds a {type(current).__name__}.")
-
-
 def with_overrides(config: ml_collections.ConfigDict, overrides: Sequence[tuple[str, str]]
                    ) -> ml_collections.ConfigDict:
   """A copy of `config` with {dotted key: value text} set (values parsed as the key's type)."""
@@ -122,7 +110,10 @@ def with_overrides(config: ml_collections.ConfigDict, overrides: Sequence[tuple[
       current = node[leaf]
     except (KeyError, AttributeError):
       raise ValueError(f"--sweep names {key!r}, which the config does not have.") from None
-    node[leaf] = _parse_value(key, text, current)
+    try:
+      node[leaf] = config_lib.parse_value(text, current)
+    except ValueError as e:
+      raise ValueError(f"--sweep {key}: {e}.") from None
   return config
 
 

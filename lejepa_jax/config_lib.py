@@ -7,6 +7,8 @@ arguments it accepts (`parse_arg`); any other name, or a value of the wrong type
 
 from __future__ import annotations
 
+from typing import Any
+
 import ml_collections
 
 
@@ -48,22 +50,36 @@ def _accepted(defaults: dict) -> str:
   return "accepted, with their defaults: " + ", ".join(f"{k}={v}" for k, v in defaults.items())
 
 
+def parse_value(text: str, like: Any) -> Any:
+  """`text` as a value of `like`'s type: a boolean (true/false, 1/0, yes/no), int, float or str;
+  the text itself when `like` is None. Raises ValueError saying what was expected. Config
+  arguments (`--config=file:key=value`) and ablation sweeps (`--sweep=key=v1,v2`) both read
+  values with it."""
+  if isinstance(like, bool):
+    if text.lower() in _TRUE + _FALSE:
+      return text.lower() in _TRUE
+    raise ValueError(f"{text!r} is not a boolean (true/false, 1/0, yes/no)")
+  if like is None:
+    return text
+  if not isinstance(like, (int, float, str)):
+    raise ValueError(f"only numbers, booleans and strings can be set from text, not a "
+                     f"{type(like).__name__}")
+  try:
+    return type(like)(text)
+  except ValueError:
+    raise ValueError(f"{text!r} is not a {type(like).__name__}") from None
+
+
 def _convert(key: str, value: str | None, default):
-  """`value` (None for a bare name) as the type of `default`."""
-  if isinstance(default, bool):
-    if value is None or value.lower() in _TRUE:
-      return True
-    if value.lower() in _FALSE:
-      return False
-    raise ValueError(f"Config argument {key}={value!r} is not a boolean; use {key}=true or false "
-                     f"(or 1/0, yes/no), or a bare {key}.")
+  """`value` (None for a bare name: True for a boolean) as the type of `default`."""
   if value is None:
+    if isinstance(default, bool):
+      return True
     raise ValueError(f"Config argument {key!r} needs a value: {key}=... (default {default}).")
   try:
-    return type(default)(value)
-  except ValueError:
-    raise ValueError(f"Config argument {key}={value!r}: expected a {type(default).__name__} "
-                     f"(default {default}).") from None
+    return parse_value(value, default)
+  except ValueError as e:
+    raise ValueError(f"Config argument {key}={value!r}: {e} (default {default}).") from None
 
 
 # The options each backbone reads from config.model (lejepa_jax.models.BACKBONES), at the models'

@@ -76,7 +76,7 @@ def config_path(name):
 
 
 def test_boolean_arguments_are_parsed_not_truthy():
-  get_config = load(config_path("fashion_mnist.py")).get_config
+  get_config = load(configconfig_path("fashion_mnist.py")).get_config
   default, small = get_config().to_dict(), get_config("runlocal").to_dict()
   assert default != small
   for off in ("runlocal=false", "runlocal=0", "runlocal=No"):
@@ -158,7 +158,7 @@ def test_resnet50_knows_its_datasets():
 
 
 def test_fashion_mnist_recipes_are_rows_of_the_sweep_over_the_default():
-  module = load(config_path("fashion_mnist.py"))
+  module = load(configconfig_path("fashion_mnist.py"))
   default = module.get_config().to_dict()
   for name in module.RECIPES:
     config = module.get_config(f"recipe={name}")
@@ -168,3 +168,18 @@ def test_fashion_mnist_recipes_are_rows_of_the_sweep_over_the_default():
   assert module.get_config("recipe=vit").model.name == "vit"
   with pytest.raises(ValueError, match="Unknown recipe 'w64'.*multicrop"):
     module.get_config("recipe=w64")
+
+
+def test_config_arguments_and_sweeps_read_text_the_same_way():
+  from lejepa_jax import ablate  # pylint: disable=import-outside-toplevel
+  config = config_lib.load_config_file(config_path("fashion_mnist.py"))
+  for text, want in (("yes", True), ("No", False), ("1", True), ("false", False)):
+    assert config_lib.parse_value(text, False) is want
+    swept = ablate.with_overrides(config, [("data.skip_bad_records", text)])
+    assert swept.data.skip_bad_records is want
+  assert config_lib.parse_value("3", 1.5) == 3.0 and config_lib.parse_value("7", 2) == 7
+  for bad, like in (("maybe", True), ("x", 1.0), ("1.5", 2)):
+    with pytest.raises(ValueError, match="is not a"):
+      config_lib.parse_value(bad, like)
+    with pytest.raises(ValueError, match="is not a"):
+      config_lib.load_config_file(config_path("fashion_mnist.py"), f"runlocal={bad}")

@@ -76,7 +76,7 @@ def config_path(name):
 
 
 def test_boolean_arguments_are_parsed_not_truthy():
-  get_config = load(configconfig_path("fashion_mnist.py")).get_config
+  get_config = load(config_path("fashion_mnist.py")).get_config
   default, small = get_config().to_dict(), get_config("runlocal").to_dict()
   assert default != small
   for off in ("runlocal=false", "runlocal=0", "runlocal=No"):
@@ -158,7 +158,7 @@ def test_resnet50_knows_its_datasets():
 
 
 def test_fashion_mnist_recipes_are_rows_of_the_sweep_over_the_default():
-  module = load(configconfig_path("fashion_mnist.py"))
+  module = load(config_path("fashion_mnist.py"))
   default = module.get_config().to_dict()
   for name in module.RECIPES:
     config = module.get_config(f"recipe={name}")

@@ -31,6 +31,7 @@ from flax import nnx
 from lejepa_jax import checkpointing
 from lejepa_jax import models
 from lejepa_jax import sharding
+from lejepa_jax.restore import restore_encoder
 
 FORMAT = "lejepa_jax.encoder"
 VERSION = 1
@@ -145,9 +146,9 @@ def export_safetensors(encoder: nnx.Module, path: str) -> str:
 def export_run(workdir: str, out: str, step: int | None = None, *, with_projector: bool = False,
                safetensors: bool = False) -> str:
   """Exports the encoder of a training run's checkpoint (the latest when `step` is None) to `out`
-  (+ `out/model.safetensors`); returns the export's absolute path. Reads the model only."""
-  from lejepa_jax import evaluate  # pylint: disable=import-outside-toplevel  (evaluate imports us)
-  encoder, config, step = evaluate.restore_encoder(workdir, step)
+  (+ `out/model.safetensors`); returns the export's absolute path. Reads the model only
+  (`lejepa_jax.restore.restore_encoder`, whose errors it raises)."""
+  encoder, config, step = restore_encoder(workdir, step)
   directory = save_encoder(encoder, config.model, out, with_projector=with_projector)
   if safetensors:
     # From the export itself, so the file holds exactly what the directory does (projector or not).

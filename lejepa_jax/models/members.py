@@ -4,10 +4,11 @@
 stacked parameters. `jax.vmap` turns a convolution whose kernel is batched into one grouped
 convolution (feature_group_count = members), and XLA's CPU backend runs grouped convolutions on a
 slow generic path: for the default Fashion-MNIST ResNet-18, 8 members took about 10x longer per step
-than 8 separate steps. Inside `per_member_convolutions()`, convolutions built by `layers.conv` get a
-vmap rule that, when the kernel is batched, runs each member's convolution on its own (forward and
-backward), which keeps XLA's fast convolution path. Elsewhere (only the input batched) the usual
-batching applies. Results are identical either way.
+than 8 separate steps. Inside `per_member_convolutions()`, convolutions built by `layers.conv`
+(routed by `cpu_kernels.conv_general_dilated`) get a vmap rule that, when the kernel is batched,
+runs each member's convolution on its own (forward and backward), which keeps XLA's fast convolution
+path. Elsewhere (only the input batched) the usual batching applies. Results are identical either
+way.
 
 `config.member_convolutions` chooses the strategy: "per_member", "grouped" (jax.vmap's grouped
 convolutions) or "auto", which is `AUTO[backend]`, measured with `python -m lejepa_jax.bench ablate

@@ -117,14 +117,20 @@ def _forward(encoder, images, kind: str, stages: int):
   return features, projections
 
 
+def feature_function(mean: tuple, std: tuple, kind: str, stages: int):
+  """The pure function of feature extraction: `fn(graphdef, state, uint8 images [n, H, W, C])` ->
+  (probe features [n, F], projections [n, K] or None), what evaluation compiles (and what
+  tests/test_accelerator_lowering.py lowers for GPUs and TPUs)."""
+  return lambda graphdef, state, x: _forward(nnx.merge(graphdef, state),
+                                             steps.normalize(x, mean, std), kind, stages)
+
+
 @functools.cache
 def _compiled_forward(mean: tuple, std: tuple, kind: str, stages: int, compiler_setting: str):
-  """`_forward` on uint8 images, jitted with the backend's compiler options; cached so every split
-  and checkpoint shares its compile. Call as `forward(encoder, images)`."""
-  jitted = jax.jit(
-      lambda graphdef, state, x: _forward(nnx.merge(graphdef, state),
-                                          steps.normalize(x, mean, std), kind, stages),
-      static_argnums=0, compiler_options=compiler.options(compiler_setting))
+  """`feature_function` jitted with the backend's compiler options; cached so every split and
+  checkpoint shares its compile. Call as `forward(encoder, images)`."""
+  jitted = jax.jit(feature_function(mean, std, kind, stages), static_argnums=0,
+                   compiler_options=compiler.options(compiler_setting))
   return lambda encoder, images: jitted(*nnx.split(encoder), images)
 
 

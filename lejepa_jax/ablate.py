@@ -499,8 +499,9 @@ def run(config: ml_collections.ConfigDict, workdir: str,
     eval_examples: eval-split examples for each member's RankMe and online-probe accuracy.
     alpha: the report's loss rescaling exponent (loss * lambda^-alpha).
     probe: an evaluation-job probe config (configs/probe/*.py): once every member is trained, the
-      job evaluates each member's final checkpoint with it (once; a rerun skips members it has
-      done), and the report holds their linear and kNN accuracy.
+      job evaluates each member's kept checkpoints with it (once; a rerun skips what it has done),
+      and the report holds their linear and kNN accuracy (the final step's; ablation_curves.png
+      and the per-step correlations the others).
   """
   from lejepa_jax import ablation_report  # pylint: disable=import-outside-toplevel
   groups = plan(config, sweeps, seeds)
@@ -529,15 +530,18 @@ def run(config: ml_collections.ConfigDict, workdir: str,
 
 def evaluate_with_probe(workdir: str, members: Sequence[Member],
                         probe: ml_collections.ConfigDict) -> None:
-  """The evaluation job (`lejepa_jax.evaluate`) on each member's final checkpoint, skipping members
-  it has already evaluated with this probe config."""
+  """The evaluation job (`lejepa_jax.evaluate`) on every kept checkpoint of each member, skipping
+  those it has already evaluated with this probe config (a rerun continues where it stopped)."""
   for i, member in enumerate(members):
     member_dir = os.path.join(workdir, "members", member.name)
-    if evaluate.EvalRecord(member_dir, probe.name).handled(member.config.total_steps):
-      continue
-    log.info("member %d/%d (%s): evaluation job, probe config %s", i + 1, len(members),
-             member.name, probe.name)
-    evaluate.evaluate(member_dir, member.config.total_steps, probe=probe)
+    record = evaluate.EvalRecord(member_dir, probe.name)
+    for step in evaluate.checkpoint_steps(member_dir):
+      if record.handled(step):
+        continue
+      log.info("member %d/%d (%s), step %d: evaluation job, probe config %s", i + 1,
+               len(members), member.name, step, probe.name)
+      evaluate.evaluate(member_dir, step, probe=probe)
+      record = evaluate.EvalRecord(member_dir, probe.name)
 
 
 def main(argv: list[str]) -> None:

@@ -72,15 +72,8 @@ def probe_accuracy(member_dir: str, evaluator: str = "linear") -> float | None:
   """top1 of the evaluation job's `evaluator` ("linear", "knn") on the member's latest evaluated
   checkpoint (its last evaluation), if the job ran (`python -m lejepa_jax.ablate --probe=...`
   runs it)."""
-  path = os.path.join(member_dir, "eval", f"{evaluator}.jsonl")
-  if not os.path.exists(path):
-    return None
-  with open(path) as f:
-    rows = [r for r in map(json.loads, f) if r.get("encoder", "checkpoint") == "checkpoint"]
-  if not rows:
-    return None
-  latest = max(r["step"] for r in rows)
-  return float([r for r in rows if r["step"] == latest][-1]["top1"])  # the last written
+  rows = _probe_rows(member_dir, evaluator)
+  return float(rows[-1]["top1"]) if rows else None
 
 
 def member_row(workdir: str, member) -> dict:
@@ -118,6 +111,29 @@ def correlations(rows: Sequence[dict], alpha: float) -> dict[str, dict]:
         "loss, lambda > 0": rho(positive, lambda r: r["loss"]),
         f"loss * lambda^-{alpha:g}, lambda > 0": rho(
             positive, lambda r: r["loss"] * r["sigreg_weight"] ** -alpha)}
+  return out
+
+
+def correlations_by_step(workdir: str, rows: Sequence[dict], alpha: float) -> dict[int, dict]:
+  """Spearman(loss, linear accuracy) at every checkpoint step the evaluation job evaluated for all
+  members: the loss averaged over the logged rows before that step (as `final_metrics` does at the
+  end), the linear probe of that step's checkpoint. Shows whether the relation firms up with
+  training."""
+  per_member = {}
+  for row in rows:
+    directory = os.path.join(workdir, "members", row["name"])
+    per_member[row["name"]] = ({r["step"]: r["top1"] for r in _probe_rows(directory, "linear")},
+                               reports.read_metrics(directory))
+  common = set.intersection(*(set(linear) for linear, _ in per_member.values())) if rows else set()
+  out = {}
+  for step in sorted(common):
+    at_step = []
+    for row in rows:
+      linear, metrics = per_member[row["name"]]
+      loss = final_metrics([m for m in metrics if m["step"] <= step])["loss"]
+      at_step.append({**row, "loss": loss, "linear_top1": linear[step],
+                      "diverged": not math.isfinite(loss)})
+    out[step] = correlations(at_step, alpha).get("linear_top1", {})
   return out
 
 
@@ -169,14 +185,62 @@ def plot(rows: Sequence[dict], path: str, alpha: float, accuracy: str) -> None:
   plt.close(fig)
 
 
+def plot_curves(workdir: str, rows: Sequence[dict], path: str, alpha: float) -> None:
+  """Per member over training: the loss, the loss * lambda^-alpha, the online probe's accuracy
+  (from metrics.jsonl), and the evaluation job's linear accuracy of each evaluated checkpoint:
+  where along training the loss does or does not rank the members as their accuracy does."""
+  import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel  (reports sets Agg)
+  fig, axes = plt.subplots(1, 3, figsize=(15, 4))
+  colours = plt.get_cmap("viridis")(np.linspace(0, 1, max(len(rows), 2)))
+  for row, colour in zip(rows, colours):
+    directory = os.path.join(workdir, "members", row["name"])
+    metrics = reports.read_metrics(directory)
+    steps = [m["step"] for m in metrics]
+    lam = row["sigreg_weight"]
+    axes[0].plot(steps, [m["loss"] for m in metrics], color=colour, label=row["name"])
+    if lam > 0:
+      axes[1].plot(steps, [m["loss"] * lam ** -alpha for m in metrics], color=colour)
+    axes[2].plot(steps, [100 * m["probe_accuracy"] for m in metrics], color=colour, alpha=0.5)
+    linear = _probe_rows(directory, "linear")
+    if linear:
+      axes[2].plot([r["step"] for r in linear], [100 * r["top1"] for r in linear], "o-",
+                   color=colour, markersize=6)
+  for ax, label in zip(axes, ("training loss", f"loss * lambda^-{alpha:g} (lambda > 0)",
+                              "online probe (line), linear probe (dots) %")):
+    ax.set_xlabel("step")
+    ax.set_ylabel(label)
+  axes[0].set_yscale("log")
+  axes[1].set_yscale("log")
+  axes[0].legend(fontsize=7)
+  fig.tight_layout()
+  fig.savefig(path, dpi=100)
+  plt.close(fig)
+
+
+def _probe_rows(member_dir: str, evaluator: str) -> list[dict]:
+  """The evaluation job's rows of checkpoints for `evaluator`, one per step (the last written)."""
+  path = os.path.join(member_dir, "eval", f"{evaluator}.jsonl")
+  if not os.path.exists(path):
+    return []
+  with open(path) as f:
+    rows = {r["step"]: r for r in map(json.loads, f) if r.get("encoder", "checkpoint") == "checkpoint"}
+  return [rows[k] for k in sorted(rows)]
+
+
 def write_report(workdir: str, members: Sequence, alpha: float = 0.4) -> dict:
-  """Builds the report of finished members; writes DIR/ablation.json and DIR/ablation.png."""
+  """Builds the report of finished members; writes DIR/ablation.json, DIR/ablation.png and
+  DIR/ablation_curves.png."""
   rows = [member_row(workdir, m) for m in members]
   spearmans = correlations(rows, alpha)
-  table = format_table(rows, spearmans)
-  report = {"alpha": alpha, "members": rows, "spearman": spearmans, "table": table}
+  by_step = correlations_by_step(workdir, rows, alpha)
+  table = format_table(rows, spearmans) + "".join(
+      f"\nat step {step}: Spearman({subset}; linear_top1) = {v['spearman']:+.3f}"
+      for step, values in by_step.items() for subset, v in values.items())
+  report = {"alpha": alpha, "members": rows, "spearman": spearmans,
+            "spearman_by_step": {str(k): v for k, v in by_step.items()}, "table": table}
   with open(os.path.join(workdir, "ablation.json"), "w") as f:
     json.dump(report, f, indent=2)
   accuracy = next((a for a in ACCURACIES if a in spearmans), "online_eval_acc")
   plot(rows, os.path.join(workdir, "ablation.png"), alpha, accuracy)
+  plot_curves(workdir, rows, os.path.join(workdir, "ablation_curves.png"), alpha)
   return report

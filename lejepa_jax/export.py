@@ -26,9 +26,11 @@ from collections.abc import Mapping
 
 import jax
 import numpy as np
+from absl import flags
 from flax import nnx
 
 from lejepa_jax import checkpointing
+from lejepa_jax import cli
 from lejepa_jax import models
 from lejepa_jax import sharding
 from lejepa_jax.restore import restore_encoder
@@ -36,6 +38,17 @@ from lejepa_jax.restore import restore_encoder
 FORMAT = "lejepa_jax.encoder"
 VERSION = 1
 COLLECTIONS = {"params": nnx.Param, "batch_stats": nnx.BatchStat}
+
+_PROG = "python -m lejepa_jax.export"
+_FLAGS = flags.FlagValues()  # this command's own flags (`lejepa_jax.cli`)
+_WORKDIR = flags.DEFINE_string("workdir", None, "the training run's workdir", flag_values=_FLAGS)
+_OUT = flags.DEFINE_string("out", None, "a new directory for the export", flag_values=_FLAGS)
+_STEP = flags.DEFINE_integer("step", None, "checkpoint step (default: latest)", flag_values=_FLAGS)
+_WITH_PROJECTOR = flags.DEFINE_bool(
+    "with_projector", False, "keep the projector (default: the backbone alone, what probes read)",
+    flag_values=_FLAGS)
+_SAFETENSORS = flags.DEFINE_bool("safetensors", False, "also write OUT/model.safetensors",
+                                 flag_values=_FLAGS)
 
 
 def variables_tree(encoder: nnx.Module) -> dict[str, dict]:
@@ -157,20 +170,11 @@ def export_run(workdir: str, out: str, step: int | None = None, *, with_projecto
 
 
 def main(argv: list[str] | None = None) -> None:
-  import argparse  # pylint: disable=import-outside-toplevel
-  parser = argparse.ArgumentParser(prog="python -m lejepa_jax.export", description=__doc__,
-                                   formatter_class=argparse.RawDescriptionHelpFormatter)
-  parser.add_argument("--workdir", required=True, help="the training run's workdir")
-  parser.add_argument("--out", required=True, help="a new directory for the export")
-  parser.add_argument("--step", type=int, default=None, help="checkpoint step (default: latest)")
-  parser.add_argument("--with_projector", action="store_true",
-                      help="keep the projector (default: the backbone alone, what probes read)")
-  parser.add_argument("--safetensors", action="store_true",
-                      help="also write OUT/model.safetensors")
-  args = parser.parse_args(argv)
+  """The command line (module docstring); `argv` without the program name, None: sys.argv[1:]."""
+  cli.parse(_FLAGS, argv, prog=_PROG, doc=__doc__, required=("workdir", "out"))
   try:
-    directory = export_run(args.workdir, args.out, args.step, with_projector=args.with_projector,
-                           safetensors=args.safetensors)
+    directory = export_run(_WORKDIR.value, _OUT.value, _STEP.value,
+                           with_projector=_WITH_PROJECTOR.value, safetensors=_SAFETENSORS.value)
   except (FileNotFoundError, FileExistsError, ValueError, RuntimeError) as e:
     raise SystemExit(f"error: {e}") from None
   print(f"exported to {directory}")

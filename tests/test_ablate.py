@@ -228,13 +228,22 @@ def test_a_probe_config_evaluates_every_member_once_and_the_report_correlates_it
       path = os.path.join(workdir, "members", row["name"], "eval", f"{evaluator}.jsonl")
       rows = [json.loads(line) for line in open(path)]
       sweep_rows = [r for r in rows if r["probe_config"] == "sweep"]
-      assert len(sweep_rows) == 1 and sweep_rows[0]["step"] == STEPS
-      assert row[f"{evaluator}_top1"] == rows[-1]["top1"]
+      assert [r["step"] for r in sweep_rows] == [2, STEPS]  # every kept checkpoint, once
+      assert row[f"{evaluator}_top1"] == sweep_rows[-1]["top1"]
   for accuracy in ("linear_top1", "knn_top1"):
     loss = [r["loss"] for r in report["members"]]
     want = scipy.stats.spearmanr(loss, [r[accuracy] for r in report["members"]])[0]
     got = report["spearman"][accuracy]["loss, all members"]["spearman"]
     assert got == pytest.approx(want, nan_ok=True)
+  # The relation at each evaluated step: the loss up to that step against that step's accuracy.
+  assert sorted(report["spearman_by_step"]) == ["2", "3"]
+  for subset, value in report["spearman"]["linear_top1"].items():  # the final step is the end
+    assert report["spearman_by_step"]["3"][subset]["spearman"] == pytest.approx(
+        value["spearman"], nan_ok=True)
+  at_2 = [json.loads(line) for line in open(os.path.join(
+      workdir, "members", report["members"][0]["name"], "eval", "linear.jsonl"))]
+  assert any(r["step"] == 2 for r in at_2)
+  assert os.path.getsize(os.path.join(workdir, "ablation_curves.png")) > 0
   ablate.run(config, workdir, SWEEPS, member_shards=2, probe=probe)  # done: nothing evaluated again
   knn = os.path.join(workdir, "members", report["members"][0]["name"], "eval", "knn.jsonl")
-  assert sum(json.loads(line)["probe_config"] == "sweep" for line in open(knn)) == 1
+  assert sum(json.loads(line)["probe_config"] == "sweep" for line in open(knn)) == 2

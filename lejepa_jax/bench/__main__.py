@@ -1,6 +1,9 @@
 """`python -m lejepa_jax.bench <benchmark> [flags]`; `--help` after a benchmark name lists its flags."""
 
+import importlib
 import sys
+
+from lejepa_jax import cli
 
 BENCHMARKS = {
     "ablate": "lejepa_jax.bench.ablate",
@@ -8,14 +11,22 @@ BENCHMARKS = {
     "sigreg": "lejepa_jax.bench.sigreg",
     "train": "lejepa_jax.bench.train",
 }
+_USAGE = ("usage: python -m lejepa_jax.bench <benchmark> [flags]; benchmarks: "
+          f"{', '.join(sorted(BENCHMARKS))}")
 
 
-def main() -> None:
-  if len(sys.argv) < 2 or sys.argv[1] not in BENCHMARKS:
-    names = ", ".join(sorted(BENCHMARKS))
-    sys.exit(f"usage: python -m lejepa_jax.bench <benchmark> [flags]; benchmarks: {names}")
-  import importlib  # pylint: disable=import-outside-toplevel
-  importlib.import_module(BENCHMARKS[sys.argv[1]]).main(sys.argv[2:])
+def main(argv: list[str] | None = None) -> None:
+  """Runs the benchmark named by argv[0] (argv without the program name, None: sys.argv[1:]) with
+  the flags after it; each benchmark's `main` parses its own (`lejepa_jax.cli`)."""
+  argv = sys.argv[1:] if argv is None else list(argv)
+  if argv and argv[0] in cli.HELP_ARGS:
+    print(f"{__doc__}\nbenchmarks: {', '.join(sorted(BENCHMARKS))}")
+    return
+  if not argv or argv[0] not in BENCHMARKS:
+    given = f"unknown benchmark {argv[0]!r}" if argv else "no benchmark named"
+    print(f"{_USAGE}\npython -m lejepa_jax.bench: error: {given}", file=sys.stderr)
+    raise SystemExit(2)
+  importlib.import_module(BENCHMARKS[argv[0]]).main(argv[1:])
 
 
 if __name__ == "__main__":

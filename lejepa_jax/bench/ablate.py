@@ -10,18 +10,49 @@ shared by the members in an ablation, is not included).
 
 from __future__ import annotations
 
-import argparse
 import time
 
 import jax
 import numpy as np
+from absl import flags
 from flax import nnx
 
-from lejepa_jax import ablate, compiler, sharding, train
+from lejepa_jax import ablate, cli, compiler, sharding, train
 from lejepa_jax.bench import common
 from lejepa_jax.bench.train import default_cpu_config
+from lejepa_jax.models import members as members_lib
 
 LAMBDAS = ("0.0", "0.01", "0.02", "0.05", "0.1", "0.2", "0.3", "0.5")
+
+
+def _check_strategies(names: list[str]) -> bool:
+  allowed = ("auto", *members_lib.STRATEGIES)
+  if not names or any(name not in allowed for name in names):
+    raise flags.ValidationError(f"the strategies are {', '.join(allowed)}")
+  return True
+
+
+_PROG = "python -m lejepa_jax.bench ablate"
+_FLAGS = flags.FlagValues()  # this benchmark's own flags (`lejepa_jax.cli`)
+_MEMBERS = flags.DEFINE_integer("members", 8, f"first N of lambda {LAMBDAS}", flag_values=_FLAGS)
+_RECIPE = flags.DEFINE_string(
+    "recipe", "default", "configs/fashion_mnist.py recipe (e.g. vit: a ViT without convolutions)",
+    flag_values=_FLAGS)
+_BATCH = flags.DEFINE_integer("batch", None, "global batch (default: config's)", flag_values=_FLAGS)
+_WIDTH = flags.DEFINE_integer(
+    "width", None, "ResNet width (default: config's); small widths show per-op overhead",
+    flag_values=_FLAGS)
+_STEPS = flags.DEFINE_integer("steps", 3, "timed steps per side", flag_values=_FLAGS)
+_RUN_STEPS = flags.DEFINE_integer(
+    "run_steps", None, "steps of the end-to-end estimate (default: the config's total_steps)",
+    flag_values=_FLAGS)
+_MEMBER_CONVOLUTIONS = flags.DEFINE_list(
+    "member_convolutions", ["per_member", "grouped"],
+    "comma-separated strategies of the vmapped side (models/members.py)", flag_values=_FLAGS)
+_CONVOLUTIONS = flags.DEFINE_bool(
+    "convolutions", False, "only time ways of running members' convolutions (a table)",
+    flag_values=_FLAGS)
+flags.register_validator("member_convolutions", _check_strategies, flag_values=_FLAGS)
 
 
 def synthetic_batch(config, mesh) -> dict[str, jax.Array]:
@@ -118,41 +149,28 @@ def member_convolution_table(shapes=((4, 16, 128, 28), (4, 16, 128, 14), (4, 32,
 
 
 def main(argv: list[str] | None = None) -> None:
-  parser = argparse.ArgumentParser(prog="python -m lejepa_jax.bench ablate", description=__doc__)
-  parser.add_argument("--members", type=int, default=8, help=f"first N of lambda {LAMBDAS}")
-  parser.add_argument("--recipe", default="default",
-                      help="configs/fashion_mnist.py recipe (e.g. vit: a ViT without convolutions)")
-  parser.add_argument("--batch", type=int, default=None, help="global batch (default: config's)")
-  parser.add_argument("--width", type=int, default=None,
-                      help="ResNet width (default: config's); small widths show per-op overhead")
-  parser.add_argument("--steps", type=int, default=3, help="timed steps per side")
-  parser.add_argument("--run_steps", type=int, default=None,
-                      help="steps of the end-to-end estimate (default: the config's total_steps)")
-  parser.add_argument("--member_convolutions", default="per_member,grouped",
-                      help="comma-separated strategies of the vmapped side (models/members.py)")
-  parser.add_argument("--convolutions", action="store_true",
-                      help="only time ways of running members' convolutions (a table)")
-  args = parser.parse_args(argv)
-  if args.convolutions:
+  """The command line (module docstring); `argv` without the program name, None: sys.argv[1:]."""
+  cli.parse(_FLAGS, argv, prog=_PROG, doc=__doc__)
+  if _CONVOLUTIONS.value:
     print(f"# members' convolutions ({common.machine_description()})")
     print(member_convolution_table())
     return
-  config = default_cpu_config(args.recipe)
+  config = default_cpu_config(_RECIPE.value)
   config.update_from_flattened_dict({k: v for k, v in (
-      ("data.global_batch_size", args.batch), ("model.width", args.width)) if v})
-  lambdas = LAMBDAS[:args.members]
-  args.run_steps = args.run_steps or config.total_steps
+      ("data.global_batch_size", _BATCH.value), ("model.width", _WIDTH.value)) if v})
+  lambdas = LAMBDAS[:_MEMBERS.value]
+  run_steps = _RUN_STEPS.value or config.total_steps
   print(f"# batched ablation ({common.machine_description()})", flush=True)
   print(f"  {len(lambdas)} members (lambda {', '.join(lambdas)}), configs/fashion_mnist.py:"
-        f"recipe={args.recipe}, {config.model.name} {config.model.get('variant', '')} width "
+        f"recipe={_RECIPE.value}, {config.model.name} {config.model.get('variant', '')} width "
         f"{config.model.get('width', '-')}, batch {config.data.global_batch_size}", flush=True)
   sides = {}
-  for strategy in args.member_convolutions.split(","):
+  for strategy in _MEMBER_CONVOLUTIONS.value:
     sides[f"one vmapped program, {strategy} convolutions"] = time_vmapped(
-        config, lambdas, args.steps, strategy)
+        config, lambdas, _STEPS.value, strategy)
     print(f"  vmapped ({strategy}) done", flush=True)
-  sequential = time_sequential(config, lambdas, args.steps)
-  print(results_table(sides, sequential, len(lambdas), args.steps + 1, args.run_steps))
+  sequential = time_sequential(config, lambdas, _STEPS.value)
+  print(results_table(sides, sequential, len(lambdas), _STEPS.value + 1, run_steps))
 
 
 def results_table(sides: dict[str, dict], sequential: dict, members: int, short: int,

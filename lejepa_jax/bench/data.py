@@ -8,13 +8,13 @@ PNGs. One process, no prefetch workers: the numbers are per worker; the pipeline
 
 from __future__ import annotations
 
-import argparse
 import time
 
 import cv2
 import numpy as np
+from absl import flags
 
-from lejepa_jax import data
+from lejepa_jax import cli, data
 from lejepa_jax.bench import common
 
 IMAGENET_RECIPE = {
@@ -29,6 +29,12 @@ FASHION_MNIST_RECIPE = {
     "local_views": {"count": 4, "size": 14, "scale": (0.05, 0.25)},
     "augment": {},
 }
+
+_PROG = "python -m lejepa_jax.bench data"
+_FLAGS = flags.FlagValues()  # this benchmark's own flags (`lejepa_jax.cli`)
+_SECONDS = flags.DEFINE_float("seconds", 20.0, "time per recipe", flag_values=_FLAGS)
+_NUM_IMAGES = flags.DEFINE_integer("num_images", 256, "distinct images of the ImageNet recipe (8x as "
+                                   "many for Fashion-MNIST)", flag_values=_FLAGS)
 
 
 def synthetic_jpegs(count: int, seed: int = 0) -> list[dict]:
@@ -65,18 +71,16 @@ def throughput(source: list[dict], recipe: dict, batch: int, seconds: float) -> 
 
 
 def main(argv: list[str] | None = None) -> None:
-  parser = argparse.ArgumentParser(prog="python -m lejepa_jax.bench data", description=__doc__)
-  parser.add_argument("--seconds", type=float, default=20.0, help="time per recipe")
-  parser.add_argument("--num_images", type=int, default=256)
-  args = parser.parse_args(argv)
+  """The command line (module docstring); `argv` without the program name, None: sys.argv[1:]."""
+  cli.parse(_FLAGS, argv, prog=_PROG, doc=__doc__)
   print(f"# data pipeline, 1 worker ({common.machine_description()})", flush=True)
   rows = []
   for name, source, recipe, batch in (
-      ("ImageNet 2x224 + 6x96, JPEG 256-400 px", synthetic_jpegs(args.num_images), IMAGENET_RECIPE,
-       16),
-      ("Fashion-MNIST 2x28 + 4x14, PNG 28 px", small_pngs(args.num_images * 8),
+      ("ImageNet 2x224 + 6x96, JPEG 256-400 px", synthetic_jpegs(_NUM_IMAGES.value),
+       IMAGENET_RECIPE, 16),
+      ("Fashion-MNIST 2x28 + 4x14, PNG 28 px", small_pngs(_NUM_IMAGES.value * 8),
        FASHION_MNIST_RECIPE, 256)):
-    images_per_s, views = throughput(source, recipe, batch, args.seconds)
+    images_per_s, views = throughput(source, recipe, batch, _SECONDS.value)
     rows.append([name, f"{images_per_s:.1f}", f"{images_per_s * views:.0f}"])
     print(f"  done {name}", flush=True)
   print(common.markdown_table(["recipe", "images/s per worker", "views/s per worker"], rows))

@@ -7,18 +7,37 @@ same formula is timed too when torch is importable.
 
 from __future__ import annotations
 
-import argparse
 import json
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from absl import flags
 
-from lejepa_jax import losses
+from lejepa_jax import cli, losses
 from lejepa_jax.bench import common
 
 DEFAULT_GRID = ("512,128,1024,17", "4096,128,1024,17", "4096,128,1024,33", "4096,128,1024,65",
                 "2048,512,2048,17")
+
+
+def _check_grid(cases: list[str]) -> bool:
+  for case in cases:
+    values = case.split(",")
+    if len(values) != 4 or not all(v.strip().isdigit() for v in values):
+      raise flags.ValidationError(f"case {case!r} is not N,D,M,num_knots (four integers)")
+  return True
+
+
+_PROG = "python -m lejepa_jax.bench sigreg"
+_FLAGS = flags.FlagValues()  # this benchmark's own flags (`lejepa_jax.cli`)
+_GRID = flags.DEFINE_multi_string(
+    "grid", list(DEFAULT_GRID), "cases as N,D,M,num_knots, one per --grid (e.g. "
+    "--grid=512,128,1024,17)", flag_values=_FLAGS)
+_REPEATS = flags.DEFINE_integer("repeats", 5, "timed calls per case (median)", flag_values=_FLAGS)
+_JSON = flags.DEFINE_string("json", None, "also write the results to this JSON file",
+                            flag_values=_FLAGS)
+flags.register_validator("grid", _check_grid, flag_values=_FLAGS)
 
 
 def straightforward_sigreg(z, key, num_slices, t_max, num_knots):
@@ -97,19 +116,15 @@ def _format_rows(results):
 
 
 def main(argv: list[str] | None = None) -> None:
-  parser = argparse.ArgumentParser(prog="python -m lejepa_jax.bench sigreg", description=__doc__)
-  parser.add_argument("--grid", nargs="+", default=list(DEFAULT_GRID),
-                      help="cases as N,D,M,num_knots (default: %(default)s)")
-  parser.add_argument("--repeats", type=int, default=5)
-  parser.add_argument("--json", help="also write the results to this JSON file")
-  args = parser.parse_args(argv)
+  """The command line (module docstring); `argv` without the program name, None: sys.argv[1:]."""
+  cli.parse(_FLAGS, argv, prog=_PROG, doc=__doc__)
   print(f"# SIGReg forward+backward, float32 ({common.machine_description()})", flush=True)
   results = []
-  for case in args.grid:
+  for case in _GRID.value:
     n, d, m, k = (int(v) for v in case.split(","))
-    results.append(run_case(n, d, m, k, args.repeats))
+    results.append(run_case(n, d, m, k, _REPEATS.value))
     print(f"  done N={n} D={d} M={m} knots={k}", flush=True)
   print(_format_rows(results))
-  if args.json:
-    with open(args.json, "w") as f:
+  if _JSON.value:
+    with open(_JSON.value, "w") as f:
       json.dump({"machine": common.machine_description(), "results": results}, f, indent=1)

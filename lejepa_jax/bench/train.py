@@ -10,16 +10,16 @@ FLOPs (XLA's count of the float32 program) over the matmul ceiling of the step's
 
 from __future__ import annotations
 
-import argparse
 import os
 
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+from absl import flags
 from flax import nnx
 
-from lejepa_jax import config_lib, sharding, train
+from lejepa_jax import cli, config_lib, sharding, train
 from lejepa_jax.bench import common, profile
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -106,28 +106,43 @@ CASES = {
 }
 
 
+def _check_cases(names: list[str]) -> bool:
+  unknown = [name for name in names if name not in CASES]
+  if unknown or not names:
+    raise flags.ValidationError(f"{'unknown case ' + ', '.join(unknown) if unknown else 'no case'}"
+                                f"; choose from {', '.join(CASES)}")
+  return True
+
+
+_PROG = "python -m lejepa_jax.bench train"
+_FLAGS = flags.FlagValues()  # this benchmark's own flags (`lejepa_jax.cli`)
+_REPEATS = flags.DEFINE_integer("repeats", 3, "timed steps per case (median)", flag_values=_FLAGS)
+_CASES = flags.DEFINE_list("cases", list(CASES), f"comma-separated cases, of: {', '.join(CASES)}",
+                           flag_values=_FLAGS)
+_NO_TORCH = flags.DEFINE_bool("no_torch", False, "skip the PyTorch eager reference",
+                              flag_values=_FLAGS)
+_BREAKDOWN = flags.DEFINE_bool(
+    "breakdown", False, "also profile one step per case: op time in convolutions, products, "
+    "other ops", flag_values=_FLAGS)
+flags.register_validator("cases", _check_cases, flag_values=_FLAGS)
+
+
 def main(argv: list[str] | None = None) -> None:
-  parser = argparse.ArgumentParser(prog="python -m lejepa_jax.bench train", description=__doc__)
-  parser.add_argument("--repeats", type=int, default=3)
-  parser.add_argument("--cases", nargs="+", default=list(CASES), choices=list(CASES))
-  parser.add_argument("--no_torch", action="store_true", help="skip the PyTorch eager reference")
-  parser.add_argument("--breakdown", action="store_true",
-                      help="also profile one step per case: op time in convolutions, products, "
-                           "other ops")
-  args = parser.parse_args(argv)
+  """The command line (module docstring); `argv` without the program name, None: sys.argv[1:]."""
+  cli.parse(_FLAGS, argv, prog=_PROG, doc=__doc__)
   print(f"# train step ({common.machine_description()})", flush=True)
   ceilings = {name: matmul_ceiling(jnp.dtype(name)) for name in ("float32", "bfloat16")}
   for name, flops in ceilings.items():
     print(f"  {name} matmul ceiling (float32 accumulation): {flops / 1e9:.0f} GFLOP/s", flush=True)
-  if not args.no_torch and _torch_available():
+  if not _NO_TORCH.value and _torch_available():
     from lejepa_jax.bench import torch_reference  # pylint: disable=import-outside-toplevel
     for name in ceilings:
       flops = torch_reference.matmul_ceiling(bfloat16=name == "bfloat16")
       print(f"  PyTorch's {name} matmul: {flops / 1e9:.0f} GFLOP/s", flush=True)
   rows, model_flops = [], {}
-  for name in args.cases:
+  for name in _CASES.value:
     label, make, dtype, flops_case = CASES[name]
-    result = time_step(make(), args.repeats, args.breakdown)
+    result = time_step(make(), _REPEATS.value, _BREAKDOWN.value)
     if flops_case == name:
       model_flops[name] = result["flops"]
     elif flops_case not in model_flops:  # e.g. the bfloat16 case alone: count the float32 program
@@ -136,10 +151,10 @@ def main(argv: list[str] | None = None) -> None:
     rows.append([label, f"{result['seconds']:.2f}", f"{result['views'] / result['seconds']:.1f}",
                  f"{model_flops[flops_case] / 1e9:.0f}", f"{100 * mfu:.0f}% of {dtype}"])
     print(f"  done {name}", flush=True)
-    if args.breakdown:
+    if _BREAKDOWN.value:
       print(f"  {name} op time: {profile.shares_text(result['breakdown'])}", flush=True)
-    if not args.no_torch:
-      torch_seconds = _torch_seconds(make(), args.repeats, bfloat16=dtype == "bfloat16")
+    if not _NO_TORCH.value:
+      torch_seconds = _torch_seconds(make(), _REPEATS.value, bfloat16=dtype == "bfloat16")
       if torch_seconds is not None:
         which = "bfloat16 autocast" if dtype == "bfloat16" else "float32"
         rows.append([f"  PyTorch eager, same step, {which}", f"{torch_seconds:.2f}",

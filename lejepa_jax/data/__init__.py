@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from typing import Any
+from collections.abc import Mapping
 
 from lejepa_jax.data.augment import Augment, CenterCrop, MultiCrop, Views
 from lejepa_jax.data.pipeline import (BadRecordError, DataError, eval_dataset, open_source,

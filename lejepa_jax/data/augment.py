@@ -43,7 +43,7 @@ class Augment:
   solarize: float = 0.2
   solarize_threshold: int = 128
 
-  def geometric_only(self) -> "Augment":
+  def geometric_only(self) -> Augment:
     """The same flips, with every photometric op off (they then run on the device)."""
     return Augment(flip=self.flip, color_jitter=0.0, grayscale=0.0, blur=0.0, solarize=0.0)
 
@@ -130,7 +130,8 @@ def random_resized_crop(image: np.ndarray, views: Views, rng: np.random.Generato
       break
   else:  # central crop at the nearest allowed aspect ratio
     aspect = min(max(width / height, views.ratio[0]), views.ratio[1])
-    w, h = (width, round(width / aspect)) if width / height < aspect else (round(height * aspect), height)
+    w, h = ((width, round(width / aspect)) if width / height < aspect
+            else (round(height * aspect), height))
     w, h = min(w, width), min(h, height)
     top, left = (height - h) // 2, (width - w) // 2
   return _resize(image[top:top + h, left:left + w], views.size, views.size)

@@ -1,4 +1,4 @@
-"""grain pipelines over TFDS ArrayRecord sources: multi-crop training batches and exact evaluation passes.
+"""grain pipelines over TFDS ArrayRecord sources: multi-crop training batches, exact evaluation passes.
 
 Training: seeded global shuffle (a new order every epoch) -> repeat -> multi-crop `random_map`
 (deterministic per (seed, position in the global stream)) -> this host's block of every global batch
@@ -21,7 +21,8 @@ from __future__ import annotations
 import logging
 import math
 import os
-from typing import Any, Mapping
+from typing import Any
+from collections.abc import Mapping
 
 import grain
 import jax

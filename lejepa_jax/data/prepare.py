@@ -1,6 +1,7 @@
-"""Offline preparation of local data into TFDS ArrayRecord datasets, without network access.
+r"""Offline preparation of local data into TFDS ArrayRecord datasets, without network access.
 
-    python -m lejepa_jax.data.prepare fashion_mnist --out=DATA_DIR [--source=/usr/share/datasets/fashion-mnist]
+    python -m lejepa_jax.data.prepare fashion_mnist --out=DATA_DIR \
+        [--source=/usr/share/datasets/fashion-mnist]
     python -m lejepa_jax.data.prepare folder --name=my_images --source=PATH --out=DATA_DIR
         [--skip_bad_images]
 
@@ -13,18 +14,31 @@ left out.
 
 from __future__ import annotations
 
-import argparse
 import gzip
 import os
 import sys
-from typing import Iterator
+from collections.abc import Iterator
 
 import numpy as np
+from absl import flags
+
+from lejepa_jax import cli
 
 FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"  # Debian's dataset-fashion-mnist package
 FASHION_MNIST_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt",
                          "Sneaker", "Bag", "Ankle boot")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff")
+
+DATASETS = ("fashion_mnist", "folder")  # the command's positional argument
+_PROG = "python -m lejepa_jax.data.prepare"
+_FLAGS = flags.FlagValues()  # this command's own flags (`lejepa_jax.cli`)
+_OUT = flags.DEFINE_string("out", None, "TFDS data_dir to write into", flag_values=_FLAGS)
+_SOURCE = flags.DEFINE_string("source", None, "IDX folder (fashion_mnist) or image folder (folder)",
+                              flag_values=_FLAGS)
+_NAME = flags.DEFINE_string("name", None, "dataset name for `folder`", flag_values=_FLAGS)
+_SKIP_BAD_IMAGES = flags.DEFINE_bool(
+    "skip_bad_images", False, "`folder`: leave out images that cannot be decoded (each is listed) "
+    "instead of stopping at the first", flag_values=_FLAGS)
 
 
 def read_idx(path: str) -> np.ndarray:
@@ -206,22 +220,15 @@ def prepare_image_folder(name: str, source: str, out: str,
 
 
 def main(argv: list[str] | None = None) -> None:
-  parser = argparse.ArgumentParser(prog="python -m lejepa_jax.data.prepare", description=__doc__,
-                                   formatter_class=argparse.RawDescriptionHelpFormatter)
-  parser.add_argument("dataset", choices=["fashion_mnist", "folder"])
-  parser.add_argument("--out", required=True, help="TFDS data_dir to write into")
-  parser.add_argument("--source", help="IDX folder (fashion_mnist) or image folder (folder)")
-  parser.add_argument("--name", help="dataset name for `folder`")
-  parser.add_argument("--skip_bad_images", action="store_true",
-                      help="`folder`: leave out images that cannot be decoded (each is listed) "
-                      "instead of stopping at the first")
-  args = parser.parse_args(argv)
-  if args.dataset == "fashion_mnist":
-    path = prepare_fashion_mnist(args.out, args.source or FASHION_MNIST_DIR)
+  """The command line (module docstring); `argv` without the program name, None: sys.argv[1:]."""
+  (dataset,) = cli.parse(_FLAGS, argv, prog=_PROG, doc=__doc__, required=("out",),
+                         positional=(("dataset", DATASETS),))
+  if dataset == "fashion_mnist":
+    path = prepare_fashion_mnist(_OUT.value, _SOURCE.value or FASHION_MNIST_DIR)
   else:
-    if not args.name or not args.source:
-      parser.error("`folder` needs --name and --source")
-    path = prepare_image_folder(args.name, args.source, args.out, args.skip_bad_images)
+    if not _NAME.value or not _SOURCE.value:
+      cli.usage_error(_FLAGS, _PROG, "`folder` needs --name and --source")
+    path = prepare_image_folder(_NAME.value, _SOURCE.value, _OUT.value, _SKIP_BAD_IMAGES.value)
   print(f"[prepare] dataset ready at {path}")
 
 

@@ -19,7 +19,6 @@ References: Balestriero & LeCun, LeJEPA, arXiv 2511.08544, 2025, section 4.2 (fi
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 from collections.abc import Sequence
@@ -29,7 +28,9 @@ import jax.numpy as jnp
 import matplotlib
 import numpy as np
 import optax
+from absl import flags
 
+from lejepa_jax import cli
 from lejepa_jax.losses import stats
 
 matplotlib.use("Agg")  # files only, no display
@@ -37,6 +38,39 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 HIDDEN = (0, 1)  # the two dimensions holding the X
 EVAL_SLICES = 1024  # directions for the before/after statistics (not the M used to optimise)
+
+
+def _check_dims(dims: list[str]) -> bool:
+  if not dims or not all(d.strip().isdigit() and int(d) > 0 for d in dims):
+    raise flags.ValidationError("the dimensions must be positive integers")
+  return True
+
+
+def _check_tests(names: list[str]) -> bool:
+  for name in names:
+    try:
+      stats.get_test(name)
+    except ValueError as e:
+      raise flags.ValidationError(str(e)) from None
+  return True
+
+
+_PROG = "python -m lejepa_jax.examples.hidden_structure"
+_FLAGS = flags.FlagValues()  # this command's own flags (`lejepa_jax.cli`)
+_OUT_DIR = flags.DEFINE_string("out_dir", "workdirs/hidden_structure",
+                               "where hidden_structure.png and results.json go", flag_values=_FLAGS)
+_STEPS = flags.DEFINE_integer("steps", 1500, "optimisation steps per test", flag_values=_FLAGS)
+_SEED = flags.DEFINE_integer("seed", 0, "seed of the data, directions and evaluation",
+                             flag_values=_FLAGS)
+_DIMS = flags.DEFINE_list("dims", ["8", "512"], "comma-separated dimensions D", flag_values=_FLAGS)
+_NUM_SAMPLES = flags.DEFINE_integer("num_samples", 100, "N", flag_values=_FLAGS)
+_NUM_SLICES = flags.DEFINE_integer("num_slices", 16, "directions per step (M)", flag_values=_FLAGS)
+_LEARNING_RATE = flags.DEFINE_float("learning_rate", 0.01, "Adam's learning rate",
+                                    flag_values=_FLAGS)
+_TESTS = flags.DEFINE_list("tests", list(stats.TESTS),
+                           "comma-separated names from losses.stats.TESTS", flag_values=_FLAGS)
+flags.register_validator("dims", _check_dims, flag_values=_FLAGS)
+flags.register_validator("tests", _check_tests, flag_values=_FLAGS)
 
 
 def hidden_x_data(key: jax.Array, num_samples: int = 100, dim: int = 512) -> jax.Array:
@@ -141,22 +175,11 @@ def run(out_dir: str, *, dims: Sequence[int] = (8, 512), steps: int = 1500, seed
 
 
 def main(argv: list[str] | None = None) -> None:
-  parser = argparse.ArgumentParser(prog="python -m lejepa_jax.examples.hidden_structure",
-                                   description=__doc__,
-                                   formatter_class=argparse.RawDescriptionHelpFormatter)
-  parser.add_argument("--out_dir", default="workdirs/hidden_structure")
-  parser.add_argument("--steps", type=int, default=1500)
-  parser.add_argument("--seed", type=int, default=0)
-  parser.add_argument("--dims", default="8,512", help="comma-separated dimensions D")
-  parser.add_argument("--num_samples", type=int, default=100, help="N")
-  parser.add_argument("--num_slices", type=int, default=16, help="directions per step (M)")
-  parser.add_argument("--learning_rate", type=float, default=0.01)
-  parser.add_argument("--tests", default=",".join(stats.TESTS),
-                      help="comma-separated names from losses.stats.TESTS")
-  args = parser.parse_args(argv)
-  run(args.out_dir, dims=[int(d) for d in args.dims.split(",")], steps=args.steps, seed=args.seed,
-      num_slices=args.num_slices, learning_rate=args.learning_rate, num_samples=args.num_samples,
-      tests=args.tests.split(","))
+  """The command line (module docstring); `argv` without the program name, None: sys.argv[1:]."""
+  cli.parse(_FLAGS, argv, prog=_PROG, doc=__doc__)
+  run(_OUT_DIR.value, dims=[int(d) for d in _DIMS.value], steps=_STEPS.value, seed=_SEED.value,
+      num_slices=_NUM_SLICES.value, learning_rate=_LEARNING_RATE.value,
+      num_samples=_NUM_SAMPLES.value, tests=_TESTS.value)
 
 
 if __name__ == "__main__":

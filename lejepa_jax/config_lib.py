@@ -265,6 +265,9 @@ def probe_config() -> ml_collections.ConfigDict:
   c.fewshot = dict(shots=(1, 5, 10), seeds=5, ridge=1e-2)
   c.label_free = dict(num_slices=1024, max_examples=10000)
   c.pictures = dict(num_images=8, num_points=2000)
+  # "finetune" (not in the default list): the whole encoder + a linear head (lejepa_jax/finetune.py).
+  from lejepa_jax import finetune  # pylint: disable=import-outside-toplevel
+  c.finetune = dict(finetune.OPTIONS)
   c.poll_seconds = 30.0  # --follow: how often to look for new checkpoints
   c.idle_timeout = 7200.0  # --follow: give up after this long without a new checkpoint
   return c

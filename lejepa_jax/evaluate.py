@@ -208,10 +208,14 @@ def feature_set(encoder, config, probe: ml_collections.ConfigDict, label: str = 
                                test_z)
 
 
+# Evaluators that need the encoder and images, not frozen features: run beside run_evaluators.
+ENCODER_EVALUATORS = ("pictures", "finetune")
+
+
 def evaluator_names(probe: ml_collections.ConfigDict) -> list[str]:
   names = [n.strip() for n in probe.evaluators.split(",") if n.strip()]
   for name in names:
-    if name != "pictures":
+    if name not in ENCODER_EVALUATORS:
       evaluators.get(name)  # raises on unknown names before anything is extracted
   return names
 
@@ -221,13 +225,29 @@ def run_evaluators(fs: evaluators.FeatureSet, probe: ml_collections.ConfigDict, 
   """{evaluator: {metric: value}} for the named evaluators (pictures are drawn separately)."""
   results = {}
   for name in names:
-    if name == "pictures":
+    if name in ENCODER_EVALUATORS:
       continue
     options = dict(probe[name]) if name in probe else {}
     start = time.perf_counter()
     results[name] = evaluators.get(name)(fs, **options)
     log.info("%s: %s in %.1f s: %s", label or "features", name, time.perf_counter() - start,
              format_metrics(results[name]))
+  return results
+
+
+def run_finetune(encoder, config, probe: ml_collections.ConfigDict, label: str = ""
+                 ) -> dict[str, float]:
+  """`finetune.finetune` of the encoder's backbone with the probe config's options and splits."""
+  from lejepa_jax import finetune  # pylint: disable=import-outside-toplevel  (only when asked)
+  start = time.perf_counter()
+  options = dict(probe.finetune) if "finetune" in probe else {}
+  eval_limit = _limit(probe.eval_examples)
+  results = finetune.finetune(
+      encoder.backbone, config, eval_batches(config, config.data.eval_split, eval_limit),
+      num_classes=int(config.probe.num_classes), train_examples=_limit(probe.train_examples),
+      **options)
+  log.info("%s: finetune in %.1f s: %s", label or "encoder", time.perf_counter() - start,
+           format_metrics(results))
   return results
 
 
@@ -347,6 +367,8 @@ def evaluate_checkpoint(workdir: str, probe: ml_collections.ConfigDict, step: in
   log.info("%s: evaluating (%s)", label, ", ".join(names))
   fs = feature_set(encoder, config, probe, label)
   results = run_evaluators(fs, probe, names, label)
+  if "finetune" in names:
+    results["finetune"] = run_finetune(encoder, config, probe, label)
   if "pictures" in names and jax.process_index() == 0:
     draw_pictures(encoder, config, fs, probe,
                   os.path.join(workdir, "eval", "pictures", f"{probe.name}_step{step}"))

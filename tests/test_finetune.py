@@ -1,0 +1,57 @@
+"""Fine-tuning evaluation: the whole encoder learns what its frozen features do not show."""
+
+import cv2
+import jax
+import numpy as np
+import pytest
+
+from helpers import tiny_config
+from lejepa_jax import evaluate, evaluators, finetune, train
+from lejepa_jax.data import prepare
+
+pytestmark = pytest.mark.slow  # trains a model
+
+
+@pytest.fixture(scope="module")
+def quadrant_data(tmp_path_factory):
+  """Four classes: which quadrant of a noisy 20 px image holds a faint square. A linear map of the
+  pooled features of a random network barely sees it; a network trained on it does."""
+  root = tmp_path_factory.mktemp("quadrants")
+  rng = np.random.default_rng(0)
+  for i in range(128):
+    label = i % 4
+    (root / f"c{label}").mkdir(exist_ok=True)
+    image = rng.normal(110, 30, (20, 20, 3))
+    top, left = 10 * (label // 2), 10 * (label % 2)
+    image[top + 2:top + 8, left + 2:left + 8] += 70
+    cv2.imwrite(str(root / f"c{label}" / f"{i}.png"), np.clip(image, 0, 255).astype(np.uint8))
+  out = str(tmp_path_factory.mktemp("tfds"))
+  prepare.prepare_image_folder("unit_train", str(root), out)
+  return out
+
+
+def test_finetuning_lowers_the_loss_and_beats_the_frozen_linear_probe(devices, quadrant_data):
+  config = tiny_config(quadrant_data)
+  config.data.global_views = dict(count=2, size=16, scale=(0.9, 1.0))
+  encoder = train.build_train_objects(config)[0]
+  encoder.eval()
+  x, y, _ = evaluate.extract_features(encoder, config, config.data.eval_split)
+  frozen = evaluators.linear(evaluators.FeatureSet(x, y, x, y, 4), epochs=30)["top1"]
+  results = finetune.finetune(
+      encoder.backbone, config, evaluate.eval_batches(config, config.data.eval_split),
+      num_classes=4, epochs=40, batch_size=32, lr=5e-3, crop_scale=(0.9, 1.0), layer_decay=0.9)
+  assert results["loss_end"] < 0.7 * results["loss_start"], results
+  assert results["top1"] > frozen + 0.2, (results, frozen)
+  assert results["steps"] == 40 * 128 // 32
+
+
+def test_layer_wise_decay_scales_each_vit_block_by_its_depth():
+  def path(*names):
+    return tuple(jax.tree_util.DictKey(n) for n in names)
+
+  assert finetune.layer_scale(path("head", "kernel"), 4, 0.5) == 1.0
+  assert finetune.layer_scale(path("backbone", "norm", "scale"), 4, 0.5) == 1.0
+  assert finetune.layer_scale(path("backbone", "blocks", 3, "mlp", "fc1", "kernel"), 4, 0.5) == 0.5
+  assert finetune.layer_scale(path("backbone", "blocks", 0, "attn", "qkv", "kernel"), 4, 0.5) == 0.5**4
+  assert finetune.layer_scale(path("backbone", "pos_embed"), 4, 0.5) == 0.5**5
+  assert finetune.layer_scale(path("backbone", "stem", "kernel"), None, 0.5) == 1.0

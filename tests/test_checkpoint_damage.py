@@ -189,3 +189,20 @@ def test_evaluation_refuses_a_damaged_step_and_export_takes_the_newest_intact_on
   assert jax.tree.structure(latest) == jax.tree.structure(step4)
   for got, expected in zip(jax.tree.leaves(latest), jax.tree.leaves(step4)):
     np.testing.assert_array_equal(got, expected)
+
+
+def test_an_ablation_group_resumes_from_its_newest_intact_step(devices, data_dir, tmp_path):
+  from lejepa_jax import ablate  # pylint: disable=import-outside-toplevel
+  config = _config(data_dir)
+  sweep = [("loss.sigreg_weight", ["0.0", "0.5"])]
+  straight, damaged = str(tmp_path / "straight"), str(tmp_path / "damaged")
+  ablate.run(config, straight, sweep, eval_examples=8)
+  assert ablate.run(config, damaged, sweep, stop_after=SAVED[-1], eval_examples=8) is None
+  group_dir = os.path.join(damaged, "checkpoints", "all")
+  _overwrite(os.path.join(group_dir, str(SAVED[-1])))
+  ablate.run(config, damaged, sweep, eval_examples=8)  # resumes the group from step 4
+  assert os.listdir(os.path.join(damaged, "checkpoints", "all_unreadable")) == ["8_altered"]
+  for member in os.listdir(os.path.join(straight, "members")):
+    got = _params(os.path.join(damaged, "members", member), TOTAL)
+    for x, y in zip(got, _params(os.path.join(straight, "members", member), TOTAL)):
+      np.testing.assert_array_equal(x, y)

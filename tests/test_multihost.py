@@ -167,6 +167,14 @@ def test_sigterm_to_one_process_stops_every_process_at_one_step_and_the_rerun_en
   os.kill(_pid(stopped, 1), signal.SIGTERM)
   assert job.wait(timeout=300) == 0, _logs(eval_logs)
   assert _logs(eval_logs).count("stopped by a preemption notice") == 2, _logs(eval_logs)
+  # An ablation too: both processes save the group's step and leave with status 0.
+  ablation_logs = str(tmp_path / "ablation_logs")
+  job = _start_local_processes(data_dir, str(tmp_path / "ablation"), ablation_logs, *flags,
+                               "--sweep=loss.sigreg_weight=0.0,0.5", module="lejepa_jax.ablate")
+  _wait_for(ablation_logs, "step 3/40", job)
+  os.kill(_pid(str(tmp_path / "ablation"), 1), signal.SIGTERM)
+  assert job.wait(timeout=300) == 0, _logs(ablation_logs)
+  assert _logs(ablation_logs).count("preemption notice: every process saves step") == 2
   _local_processes(data_dir, stopped, str(tmp_path / "rerun_logs"), *flags)
   like = train.to_savable(nnx.to_pure_dict(nnx.state(train.build_train_objects(
       tiny_config(data_dir, 40)))))

@@ -31,8 +31,8 @@ import ml_collections
 import numpy as np
 from flax import nnx
 
-from lejepa_jax import (checkpointing, compiler, data, distributed, evaluators, progress, reports,
-                        steps)
+from lejepa_jax import (checkpointing, compiler, data, distributed, evaluators, event_log, progress,
+                        reports, steps)
 # Reading checkpoints is restore's job; its public names stay attributes of this module for the
 # callers that reach them here (evaluate.restore_encoder, evaluate.CheckpointError, ...).
 from lejepa_jax.restore import (CheckpointError, ModelMismatchError, StepNotFoundError,  # noqa: F401
@@ -310,34 +310,22 @@ class EvalRecord:
     os.replace(self.path + ".tmp", self.path)
 
 
-class ResultsWriter:
-  """`eval/<evaluator>.jsonl` rows and TensorBoard scalars `<encoder>/<evaluator>/<metric>`."""
+class ResultsWriter(event_log.EventLog):
+  """`eval/<evaluator>.jsonl` rows and TensorBoard scalars `<encoder>/<evaluator>/<metric>`; keeps
+  every row written (`rows`, on every process) for the console table."""
 
   def __init__(self, workdir: str, probe_name: str):
-    self.dir, self.probe_name = os.path.join(workdir, "eval"), probe_name
+    directory = os.path.join(workdir, "eval")
+    super().__init__(directory, os.path.join(directory, "tensorboard"))
+    self.probe_name = probe_name
     self.rows: list[dict] = []
-    self.enabled = jax.process_index() == 0
-    if self.enabled:
-      from tensorboardX import SummaryWriter  # pylint: disable=import-outside-toplevel
-      os.makedirs(self.dir, exist_ok=True)
-      self.tb = SummaryWriter(os.path.join(self.dir, "tensorboard"))
 
   def write(self, step: int, encoder: str, results: dict[str, dict[str, float]]) -> None:
     for name, values in results.items():
       row = {"step": step, "encoder": encoder, "probe_config": self.probe_name, **values}
       self.rows.append({"evaluator": name, **row})
-      if not self.enabled:
-        continue
-      with open(os.path.join(self.dir, f"{name}.jsonl"), "a") as f:
-        f.write(json.dumps(row) + "\n")
-      for metric, value in values.items():
-        self.tb.add_scalar(f"{encoder}/{name}/{metric}", value, step)
-    if self.enabled:
-      self.tb.flush()
-
-  def close(self) -> None:
-    if self.enabled:
-      self.tb.close()
+      self.append(name, row)
+      self.scalars(f"{encoder}/{name}", values, step)
 
 
 def format_table(rows: list[dict]) -> str:

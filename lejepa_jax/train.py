@@ -22,7 +22,7 @@ import ml_collections
 import optax
 from flax import nnx
 
-from lejepa_jax import checkpointing, compiler, data, models, reports, sharding, steps
+from lejepa_jax import checkpointing, compiler, data, event_log, models, reports, sharding, steps
 
 log = logging.getLogger("lejepa_jax")
 
@@ -134,28 +134,15 @@ def compile_train_step(config: ml_collections.ConfigDict, mesh: jax.sharding.Mes
   return compiled
 
 
-class MetricsWriter:
-  """JSON lines (always) and TensorBoard event files (tensorboardX) on process 0."""
+class MetricsWriter(event_log.EventLog):
+  """A training run's `metrics.jsonl` and `tensorboard/` scalars `train/<metric>` (process 0)."""
 
   def __init__(self, workdir: str):
-    self.enabled = jax.process_index() == 0
-    if self.enabled:
-      from tensorboardX import SummaryWriter  # pylint: disable=import-outside-toplevel
-      self.jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a")
-      self.tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
+    super().__init__(workdir, os.path.join(workdir, "tensorboard"))
 
   def write(self, step: int, metrics: dict[str, float]) -> None:
-    if not self.enabled:
-      return
-    self.jsonl.write(json.dumps({"step": step, **metrics}) + "\n")
-    self.jsonl.flush()
-    for name, value in metrics.items():
-      self.tb.add_scalar(f"train/{name}", value, step)
-
-  def close(self) -> None:
-    if self.enabled:
-      self.jsonl.close()
-      self.tb.close()
+    self.append("metrics", {"step": step, **metrics})
+    self.scalars("train", metrics, step)
 
 
 def _check_finite(pending: list[tuple[int, Any]]) -> None:

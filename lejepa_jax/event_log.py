@@ -1,0 +1,44 @@
+"""The one writer of a job's numbers: JSON lines and TensorBoard scalars, on process 0 only.
+
+Training writes `metrics.jsonl` and `tensorboard/` (train.MetricsWriter), the evaluation job
+`eval/<evaluator>.jsonl` and `eval/tensorboard/` (evaluate.ResultsWriter), each ablation member its
+own workdir's. Rows are appended and flushed as they come, so a killed job keeps what it wrote (the
+readers skip a last line cut short).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import jax
+
+
+class EventLog:
+  """Appends JSON rows to `<directory>/<name>.jsonl` and scalars to TensorBoard events in
+  `tensorboard_dir`; a no-op on every process but 0 (one writer on shared storage)."""
+
+  def __init__(self, directory: str, tensorboard_dir: str):
+    self.dir = directory
+    self.enabled = jax.process_index() == 0
+    if self.enabled:
+      from tensorboardX import SummaryWriter  # pylint: disable=import-outside-toplevel
+      os.makedirs(directory, exist_ok=True)
+      self.tb = SummaryWriter(tensorboard_dir)
+
+  def append(self, name: str, row: dict) -> None:
+    """One JSON line in `<directory>/<name>.jsonl`, flushed."""
+    if self.enabled:
+      with open(os.path.join(self.dir, f"{name}.jsonl"), "a") as f:
+        f.write(json.dumps(row) + "\n")
+
+  def scalars(self, prefix: str, values: dict[str, float], step: int) -> None:
+    """TensorBoard scalars `<prefix>/<name>` at `step`."""
+    if self.enabled:
+      for name, value in values.items():
+        self.tb.add_scalar(f"{prefix}/{name}", value, step)
+      self.tb.flush()
+
+  def close(self) -> None:
+    if self.enabled:
+      self.tb.close()

@@ -353,8 +353,10 @@ def evaluate_checkpoint(workdir: str, probe: ml_collections.ConfigDict, step: in
   encoder, config, step = restore_encoder(workdir, step, mesh)
   label = f"checkpoint step {step}"
   log.info("%s: evaluating (%s)", label, ", ".join(names))
-  fs = feature_set(encoder, config, probe, label)
-  results = run_evaluators(fs, probe, names, label)
+  # Frozen features only when an evaluator reads them (fine-tuning alone does not).
+  needs_features = any(n != "finetune" for n in names)
+  fs = feature_set(encoder, config, probe, label) if needs_features else None
+  results = run_evaluators(fs, probe, names, label) if needs_features else {}
   if "finetune" in names:
     results["finetune"] = run_finetune(encoder, config, probe, label)
   if "pictures" in names and jax.process_index() == 0:

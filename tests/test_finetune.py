@@ -55,3 +55,19 @@ def test_layer_wise_decay_scales_each_vit_block_by_its_depth():
   assert finetune.layer_scale(path("backbone", "blocks", 0, "attn", "qkv", "kernel"), 4, 0.5) == 0.5**4
   assert finetune.layer_scale(path("backbone", "pos_embed"), 4, 0.5) == 0.5**5
   assert finetune.layer_scale(path("backbone", "stem", "kernel"), None, 0.5) == 1.0
+
+
+def test_the_evaluation_job_fine_tunes_a_checkpoint_beside_the_frozen_probes(devices, quadrant_data,
+                                                                             tmp_path):
+  import json  # pylint: disable=import-outside-toplevel
+  import os  # pylint: disable=import-outside-toplevel
+  from lejepa_jax import config_lib  # pylint: disable=import-outside-toplevel
+  workdir = str(tmp_path / "run")
+  train.run(tiny_config(quadrant_data, 2), workdir)
+  probe = config_lib.probe_config()
+  probe.evaluators = "finetune"
+  probe.finetune = dict(probe.finetune, epochs=1.0, batch_size=32)
+  results = evaluate.evaluate(workdir, probe=probe)
+  assert set(results) == {"finetune"} and results["finetune"]["steps"] == 128 // 32
+  rows = [json.loads(line) for line in open(os.path.join(workdir, "eval", "finetune.jsonl"))]
+  assert rows[-1]["step"] == 2 and rows[-1]["top1"] == results["finetune"]["top1"]

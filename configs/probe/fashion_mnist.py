@@ -9,7 +9,7 @@ The paper's protocol: probes read the pooled embedding (`features=embed`) and ar
 `configs/probe/fashion_mnist_maps.py` probes the unpooled stage maps instead.
 `:fast` fits the probes on the first 2000 training images and tests on the first 2000 test images
 (the short CI demo). `:finetune` fine-tunes the whole encoder with a linear head instead
-(lejepa_jax/finetune.py, 3 epochs; results in DIR/eval/finetune.jsonl). `:sweep` runs the
+(lejepa_jax/finetune.py, 1 epoch; results in DIR/eval/finetune.jsonl). `:sweep` runs the
 linear and kNN probes only, without baselines (the sweeps of configs/sweeps/ evaluate every member
 with it).
 """
@@ -29,7 +29,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.evaluators = "linear,knn,fewshot,label_free,pictures"
   if args["finetune"]:  # the whole encoder + a head, beside the frozen probes of the same run
     c.baselines, c.evaluators = "", "finetune"
-    c.finetune = dict(c.finetune, epochs=3.0, batch_size=128, lr=1e-3)
+    c.finetune = dict(c.finetune, epochs=1.0, batch_size=128, lr=1e-3)
   if args["sweep"]:
     c.baselines, c.evaluators = "", "linear,knn"
   if args["fast"]:

@@ -340,8 +340,10 @@ def format_table(rows: list[dict]) -> str:
 
 
 def format_metrics(metrics: dict[str, float]) -> str:
-  """'top1 91.20%, top5 99.80%': accuracies as percentages, label-free metrics as numbers."""
-  return ", ".join(f"{k} {v:.2f}" if "rankme" in k or k == "sigreg" else f"{k} {100 * v:.2f}%"
+  """'top1 91.20%, top5 99.80%': accuracies as percentages, other metrics (RankMe, SIGReg, losses,
+  steps, seconds) as numbers."""
+  numbers = ("rankme", "sigreg", "loss", "steps", "seconds")
+  return ", ".join(f"{k} {v:.4g}" if k.startswith(numbers) else f"{k} {100 * v:.2f}%"
                    for k, v in metrics.items())
 
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import functools
 import hashlib
 import json
 import logging
@@ -31,6 +32,13 @@ from collections.abc import Sequence
 import orbax.checkpoint as ocp
 
 log = logging.getLogger("lejepa_jax")
+
+
+def flat_arrays(tree: Any, separator: str = ".") -> dict[str, Any]:
+  """Flattens a nested dict of arrays to {"a.b.c": array}: the keys of saved and exported trees."""
+  import jax  # pylint: disable=import-outside-toplevel
+  return {separator.join(str(getattr(k, "key", k)) for k in path): leaf
+          for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]}
 
 
 def save_tree(directory: str | os.PathLike, tree: Any) -> None:
@@ -103,6 +111,15 @@ class DamagedCheckpointError(RuntimeError):
 
 
 def _sha256(path: pathlib.Path) -> str:
+  """SHA-256 of a file, hashed once per (file, size, modification time): retention checks the step
+  the digest writer has just hashed at every save, and a rewrite changes the modification time."""
+  stat = os.stat(path)
+  return _sha256_of(os.path.realpath(path), stat.st_ino, stat.st_size, stat.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=4096)
+def _sha256_of(path: str, inode: int, size: int, mtime_ns: int) -> str:
+  del inode, size, mtime_ns  # the cache key: the same bytes unless one of them changed
   digest = hashlib.sha256()
   with open(path, "rb") as f:
     for block in iter(lambda: f.read(1 << 23), b""):

@@ -45,22 +45,6 @@ log = logging.getLogger("lejepa_jax")
 FEATURE_KINDS = ("embed", "feature_map")
 
 
-class _Prefix:
-  """The first `n` examples of a source (for a quick probe on a subset of a large split)."""
-
-  def __init__(self, source, n: int):
-    self.source, self.n = source, n
-
-  def __len__(self):
-    return self.n
-
-  def __getitem__(self, index):
-    return self.source[index]
-
-  def __getitems__(self, indices):
-    return self.source.__getitems__(indices)
-
-
 # Decoded evaluation splits up to this size stay in memory for the job: every encoder it evaluates
 # (baselines, each checkpoint) reads the same crops, and decoding them took about 40% of an
 # encoder's evaluation on the Fashion-MNIST default (18 of 50 s); larger splits are read each time.
@@ -84,7 +68,7 @@ def _read_batches(name, split, data_dir, size, channels, crop_fraction, limit, b
                   skip_bad_records=False):
   source = data.open_source(name, split, data_dir)
   if limit and limit < len(source):
-    source = _Prefix(source, limit)
+    source = data.FirstRecords(source, limit)
   crop = data.CenterCrop(size, channels, crop_fraction=crop_fraction,
                          skip_bad_records=skip_bad_records)
   return iter(data.eval_dataset(source, crop, global_batch_size=batch_size))
@@ -529,12 +513,12 @@ def follow(workdir: str, probe: ml_collections.ConfigDict, writer: ResultsWriter
 
 def _evaluate_listed(workdir, probe, listed: list[int], writer, record: EvalRecord, mesh, guard
                      ) -> bool:
-  """Evaluates the listed steps in order; True when a preemption notice stopped it (checked
-  before each step and once per poll, at the same point on every process)."""
-  if guard.stop_at(0):
-    return True
+  """Evaluates the listed steps in order; True when a preemption notice stopped it (checked before
+  each step, or once when none is listed, at the same point on every process)."""
+  if not listed:
+    return guard.stop_at(0)
   for step in listed:
-    if step != listed[0] and guard.stop_at(step):
+    if guard.stop_at(step):
       return True
     try:
       evaluate_checkpoint(workdir, probe, step, writer, record, mesh)

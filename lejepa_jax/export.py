@@ -67,14 +67,6 @@ def variables_tree(encoder: nnx.Module) -> dict[str, dict]:
   return tree
 
 
-def flat_arrays(tree: Mapping[str, Any], separator: str = ".") -> dict[str, Any]:
-  """Flattens a nested dict of arrays to {"a.b.c": array}."""
-  flat = {}
-  for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
-    flat[separator.join(str(getattr(k, "key", k)) for k in path)] = leaf
-  return flat
-
-
 def _model_config(config: Mapping[str, Any], with_projector: bool) -> dict:
   config = json.loads(json.dumps(dict(config), default=dict))  # ConfigDicts and tuples -> JSON types
   if not with_projector:
@@ -143,7 +135,7 @@ def load_encoder(directory: str, mesh: jax.sharding.Mesh | None = None,
 def _assign(encoder: nnx.Module, tree: Mapping[str, Any]) -> None:
   for name, kind in COLLECTIONS.items():
     flat = dict(nnx.to_flat_state(nnx.state(encoder, kind)))
-    values = flat_arrays(tree.get(name, {}), separator="/")
+    values = checkpointing.flat_arrays(tree.get(name, {}), separator="/")
     for path, variable in flat.items():
       variable.set_value(values["/".join(map(str, path))])
 
@@ -151,7 +143,8 @@ def _assign(encoder: nnx.Module, tree: Mapping[str, Any]) -> None:
 def export_safetensors(encoder: nnx.Module, path: str) -> str:
   """Writes the encoder's variables as one `.safetensors` file (keys as in the module docstring)."""
   from safetensors.numpy import save_file  # pylint: disable=import-outside-toplevel
-  arrays = {k: np.asarray(jax.device_get(v)) for k, v in flat_arrays(variables_tree(encoder)).items()}
+  flat = checkpointing.flat_arrays(variables_tree(encoder))
+  arrays = {k: np.asarray(jax.device_get(v)) for k, v in flat.items()}
   save_file(arrays, path, metadata={"format": FORMAT, "layout": "flax"})
   return path
 

@@ -141,7 +141,7 @@ def finetune(backbone: nnx.Module, config: ml_collections.ConfigDict, eval_batch
   step = jax.jit(functools.partial(_train_step, graphdef, num_classes=num_classes,
                                    smoothing=options["label_smoothing"], **norm), donate_argnums=0)
   if n < len(source):
-    source = _first(source, n)
+    source = data.FirstRecords(source, n)
   batches = iter(data.train_dataset(
       source, _views(config, options), global_batch_size=batch, seed=options["seed"],
       process_index=jax.process_index(), process_count=jax.process_count()))
@@ -160,21 +160,6 @@ def finetune(backbone: nnx.Module, config: ml_collections.ConfigDict, eval_batch
   return {"top1": top1, "loss_start": float(losses[:tenth].mean()),
           "loss_end": float(losses[-tenth:].mean()), "steps": total,
           "seconds": time.perf_counter() - start}
-
-
-class _first:  # noqa: N801  (a view, read like the source it wraps)
-  """The first `n` records of a random-access source."""
-
-  def __init__(self, source, n: int):
-    self._source, self._n = source, n
-
-  def __len__(self) -> int:
-    return self._n
-
-  def __getitem__(self, index: int):
-    if not 0 <= index < self._n:
-      raise IndexError(index)
-    return self._source[index]
 
 
 def _accuracy(graphdef, state, eval_batches: Iterable[dict], mesh, norm) -> float:

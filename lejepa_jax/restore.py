@@ -187,11 +187,8 @@ def _check_same_model(saved_metadata: dict, target: Any, step: int) -> None:
 
 def _shapes(tree) -> dict[str, tuple]:
   """{'a/b/c': (shape, dtype name)} of a nested dict of arrays or array metadata."""
-  # The keys `export.flat_arrays(tree, separator="/")` gives, spelled out: this module sits below
-  # export (which restores through it), so it does not import it.
-  leaves = jax.tree_util.tree_flatten_with_path(tree)[0]
-  return {"/".join(str(getattr(k, "key", k)) for k in path): (tuple(x.shape), np.dtype(x.dtype).name)
-          for path, x in leaves}
+  return {k: (tuple(x.shape), np.dtype(x.dtype).name)
+          for k, x in checkpointing.flat_arrays(tree, separator="/").items()}
 
 
 def random_init_encoder(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh | None = None):

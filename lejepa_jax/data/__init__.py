@@ -6,8 +6,8 @@ from typing import Any
 from collections.abc import Mapping
 
 from lejepa_jax.data.augment import Augment, CenterCrop, MultiCrop, Views
-from lejepa_jax.data.pipeline import (BadRecordError, DataError, eval_dataset, open_source,
-                                      to_global_batch, train_dataset)
+from lejepa_jax.data.pipeline import (BadRecordError, DataError, FirstRecords, eval_dataset,
+                                      open_source, to_global_batch, train_dataset)
 
 
 # The paper's ImageNet views (docs/method.md, Recipes), used where a config gives none.
@@ -47,6 +47,6 @@ def device_augment_from_config(config: Mapping[str, Any]) -> Augment | None:
   return augment_from_config(config) if config.get("augment_on_device", False) else None
 
 
-__all__ = ["Augment", "BadRecordError", "CenterCrop", "DataError", "MultiCrop", "Views",
+__all__ = ["Augment", "BadRecordError", "CenterCrop", "DataError", "FirstRecords", "MultiCrop", "Views",
            "device_augment_from_config", "eval_dataset", "multicrop_from_config", "open_source",
            "to_global_batch", "train_dataset"]

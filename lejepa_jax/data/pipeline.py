@@ -54,6 +54,23 @@ def prepare_command(name: str, out: str) -> str:
           f"--out={out}")
 
 
+class FirstRecords:
+  """The first `n` records of a random-access source, read like the source (a probe or a
+  fine-tuning run on a subset of a large split)."""
+
+  def __init__(self, source, n: int):
+    self.source, self.n = source, min(n, len(source))
+
+  def __len__(self) -> int:
+    return self.n
+
+  def __getitem__(self, index):
+    return self.source[index]
+
+  def __getitems__(self, indices):
+    return self.source.__getitems__(indices)
+
+
 def open_source(name: str, split: str, data_dir: str | None):
   """A TFDS ArrayRecord data source whose images stay encoded (decoded by the pipeline's workers)."""
   import tensorflow_datasets as tfds  # pylint: disable=import-outside-toplevel

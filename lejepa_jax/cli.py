@@ -1,10 +1,9 @@
-"""Command-line parsing shared by the tools that are called as functions too (absl flags).
+"""The command line of every entry point: absl flags, parsed the same way, and one logging set-up.
 
-The jobs (`lejepa_jax.main`, `evaluate`, `ablate`, `plan`) run under `absl.app` on the global FLAGS.
-The other entry points (`lejepa_jax.export`, `data.prepare`, `examples.hidden_structure`, the
-benchmarks) are also called as `main(argv)` by tests and by one another, so each defines its flags
-on a `flags.FlagValues()` of its own (importing several of them together is fine, and `main` can run
-repeatedly in one process) and its `main(argv=None)` reads them with `parse`:
+Every command (`lejepa_jax.main`, `evaluate`, `ablate`, `plan`, `export`, `data.prepare`,
+`examples.hidden_structure`, `bench`) defines its flags on a `flags.FlagValues()` of its own (so
+importing several of them together is fine, and `main` can run repeatedly in one process, as tests
+do) and its `main(argv=None)` reads them with `parse`:
 
     _PROG = "python -m lejepa_jax.export"
     _FLAGS = flags.FlagValues()
@@ -21,8 +20,10 @@ positional argument prints the flags and a one-line "error: ..." to stderr and e
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import NoReturn
 
 from absl import flags
@@ -72,7 +73,8 @@ def parse(flag_values: flags.FlagValues, argv: Sequence[str] | None, *, prog: st
     raise SystemExit(0)
   flag_values.unparse_flags()
   try:
-    args = flag_values([prog, *argv])[1:]
+    with _as_sys_argv([prog, *argv]):
+      args = flag_values([prog, *argv])[1:]
   except flags.Error as e:
     usage_error(flag_values, prog, str(e))
   if len(args) > len(positional):
@@ -88,3 +90,26 @@ def parse(flag_values: flags.FlagValues, argv: Sequence[str] | None, *, prog: st
   if missing:
     usage_error(flag_values, prog, f"the following flags are required: {', '.join(missing)}")
   return args
+
+
+@contextlib.contextmanager
+def _as_sys_argv(argv: list[str]) -> Iterator[None]:
+  """sys.argv = argv while parsing: ml_collections' config flags read their `--config.key=value`
+  overrides from sys.argv, not from the arguments parsed."""
+  saved, sys.argv = sys.argv, argv
+  try:
+    yield
+  finally:
+    sys.argv = saved
+
+
+def setup_logging(all_processes: bool = False) -> None:
+  """Progress lines ("HH:MM:SS message") on the console from lejepa_jax; libraries (orbax, grain,
+  TFDS log every detail through absl) at warnings only. With several processes (jax.distributed)
+  only process 0 logs progress unless `all_processes`; the others report warnings and errors."""
+  import jax
+  from absl import logging as absl_logging
+  logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
+  absl_logging.set_verbosity(absl_logging.WARNING)
+  verbose = all_processes or jax.process_index() == 0
+  logging.getLogger("lejepa_jax").setLevel(logging.INFO if verbose else logging.WARNING)

@@ -14,8 +14,8 @@ import ml_collections
 
 def load_config_file(path: str, arg: str | None = None) -> ml_collections.ConfigDict:
   """`get_config(arg)` of a config file, as `--config=path:arg` would give it (without locking)."""
-  import importlib.util  # pylint: disable=import-outside-toplevel
-  import os  # pylint: disable=import-outside-toplevel
+  import importlib.util
+  import os
   name = os.path.splitext(os.path.basename(path))[0]
   spec = importlib.util.spec_from_file_location(f"lejepa_config_{name}", path)
   module = importlib.util.module_from_spec(spec)
@@ -115,7 +115,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.checkpoint_every = 1000
   c.keep_checkpoints = 3
   c.grad_accum_steps = 1
-  # XLA options per backend (lejepa_jax/compiler.py): 'auto', 'none' or 'auto;name=value;...'.
+  # XLA options per backend (lejepa_jax/scale/compiler.py): 'auto', 'none' or 'auto;name=value;...'.
   c.compiler_options = "auto"
   # Ablations: how vmapped members' convolutions run (lejepa_jax/models/members.py): 'auto',
   # 'per_member' or 'grouped'.
@@ -154,7 +154,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.loss.num_knots = 17
   c.loss.combine = "convex"
   c.loss.sigreg_views = "per_view"
-  # SIGReg's univariate test: losses.stats.TESTS, "<name>@official" at the authors' scales.
+  # SIGReg's univariate test: losses.normality.TESTS, "<name>@official" at the authors' scales.
   c.loss.test = "epps_pulley"
 
   c.optim = ml_collections.ConfigDict()
@@ -265,8 +265,9 @@ def probe_config() -> ml_collections.ConfigDict:
   c.fewshot = dict(shots=(1, 5, 10), seeds=5, ridge=1e-2)
   c.label_free = dict(num_slices=1024, max_examples=10000)
   c.pictures = dict(num_images=8, num_points=2000)
-  # "finetune" (not in the default list): the whole encoder + a linear head (lejepa_jax/finetune.py).
-  from lejepa_jax import finetune  # pylint: disable=import-outside-toplevel
+  # "finetune" (not in the default list): the whole encoder + a linear head
+  # (lejepa_jax/evaluation/finetune.py).
+  from lejepa_jax.evaluation import finetune
   c.finetune = dict(finetune.OPTIONS)
   c.poll_seconds = 30.0  # --follow: how often to look for new checkpoints
   c.idle_timeout = 7200.0  # --follow: give up after this long without a new checkpoint

@@ -1,277 +1,58 @@
-r"""Memory plan of a training run on a mesh, computed without the hardware.
+r"""Entry point of the memory plan: a training run's memory per device on a mesh, without the hardware.
 
     python -m lejepa_jax.plan --config=configs/vit_h.py --mesh=data:32,fsdp:8 [--remat=none,full]
 
-Prints, per device: the parameters, the optimizer state and the rest of the train state (exact), the
-uint8 batch (exact), the train step's temporaries at their peak (activations kept for the backward
-pass, gradients, FSDP-gathered weights, collective buffers), their sum, and whether it fits each
-accelerator's memory. Nothing is allocated.
-
-How:
-- State and batch: the shardings the trainer gives every variable on a mesh of the requested shape
-  (its logical-axis rules), shard shapes times dtype sizes.
-- Temporaries: XLA's buffer assignment for the train step compiled ahead of time for compile-only TPU
-  devices of a slice with as many chips as the mesh (needs libtpu: `pip install 'jax[tpu]'`; no TPU).
-  The CPU compiler cannot stand in: it undoes rematerialisation. Compiling a full-depth ViT step for
-  hundreds of chips takes tens of minutes on a small CPU, so ViTs are compiled at two reduced depths
-  (`--depths`, identical blocks) and the temporaries extrapolated linearly in depth; `--depths=full`
-  compiles the real model. Check (ViT-L/14, 64 v5p chips, 8 images per chip, no remat): depths 2 and
-  4 extrapolate to 7.51 GiB where the full-depth compile says 7.70 GiB (2.5% low; deeper models
-  drift a little further), so a plan fits an accelerator only with 5% of its memory to spare.
-- GPU rows use the same per-device numbers: XLA:GPU assigns buffers differently, so they are
-  estimates. Attention is XLA's (it keeps [N, heads, T, T] scores); a fused kernel needs less.
+Only flags live here; how the plan is computed (and how far to trust it): the docstring of
+`lejepa_jax.scale.memory_plan`.
 """
 
 from __future__ import annotations
 
-import contextlib
-import copy
-import dataclasses
 import math
-from collections.abc import Iterator, Mapping, Sequence
 
-import jax
-import ml_collections
-import numpy as np
-from absl import app, flags
+from absl import flags
 from ml_collections import config_flags
 
-from lejepa_jax import sharding, train
+from lejepa_jax import cli
 from lejepa_jax.models import vit
+from lejepa_jax.scale import memory_plan
 
-FIT_FRACTION = 0.95  # the depth extrapolation reads a few percent low (module docstring)
-HBM_GIB = {"TPU v4": 32, "TPU v5p": 95, "TPU v5e": 16, "H100": 80, "A100 40GB": 40,
-           "A100 80GB": 80}
-# Generations a plan can compile for: (topology prefix, dimensions, libtpu chip configuration).
-TPU_GENERATIONS = {"v4": ("v4", 3, "megacore"), "v5p": ("v5p", 3, "megacore"),
-                   "v5e": ("v5e", 2, "default")}
-
+_PROG = "python -m lejepa_jax.plan"
+_FLAGS = flags.FlagValues()
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config (configs/*.py).",
-                                          lock_config=True)
-_MESH = flags.DEFINE_string("mesh", None, "Mesh shape, e.g. data:32,fsdp:8.")
+                                          flag_values=_FLAGS, lock_config=True)
+_MESH = flags.DEFINE_string("mesh", None, "Mesh shape, e.g. data:32,fsdp:8.", flag_values=_FLAGS)
 _REMAT = flags.DEFINE_list("remat", None, "Remat policies to plan (default: the config's); any of "
-                           f"{list(vit.REMAT_POLICIES)}.")
+                           f"{list(vit.REMAT_POLICIES)}.", flag_values=_FLAGS)
 _PER_DEVICE_BATCH = flags.DEFINE_integer(
     "per_device_batch", None, "Images per device (default: data.global_batch_size over the mesh's "
-    "batch axes); the global batch becomes this times the batch-axis devices.")
-_TPU = flags.DEFINE_enum("tpu", "v5p", list(TPU_GENERATIONS), "TPU generation compiled for.")
+    "batch axes); the global batch becomes this times the batch-axis devices.", flag_values=_FLAGS)
+_TPU = flags.DEFINE_enum("tpu", "v5p", list(memory_plan.TPU_GENERATIONS), "TPU generation compiled for.",
+                         flag_values=_FLAGS)
 _DEPTHS = flags.DEFINE_string("depths", "2,4", "Two ViT depths to compile and extrapolate from, "
-                              "or 'full'.")
+                              "or 'full'.", flag_values=_FLAGS)
 
 
-def parse_mesh(text: str) -> dict[str, int]:
-  """'data:32,fsdp:8' -> {"data": 32, "fsdp": 8}."""
-  axes = {}
-  for item in text.split(","):
-    name, _, size = item.partition(":")
-    if not size.isdigit() or int(size) < 1:
-      raise ValueError(f"--mesh wants name:size pairs such as data:32,fsdp:8, got {text!r}.")
-    axes[name.strip()] = int(size)
-  return axes
-
-
-def batch_devices(axes: Mapping[str, int]) -> int:
-  """Devices the batch is split over (the mesh's data-parallel axes)."""
-  return math.prod(size for name, size in axes.items() if name in sharding.BATCH_AXES)
-
-
-def images_per_device(config: ml_collections.ConfigDict, axes: Mapping[str, int]) -> int:
-  return config.data.global_batch_size // batch_devices(axes)
-
-
-def plan_config(config: ml_collections.ConfigDict, axes: Mapping[str, int],
-                per_device_batch: int | None, remat: str) -> ml_collections.ConfigDict:
-  """The config as the accelerators run it: bfloat16 compute ("auto"), the mesh, batch and remat."""
-  config = copy.deepcopy(config)
-  with config.unlocked():
-    if per_device_batch is not None:
-      config.data.global_batch_size = per_device_batch * batch_devices(axes)
-    if config.model.get("dtype", "auto") == "auto":
-      config.model.dtype = "bfloat16"  # what "auto" means on TPUs and GPUs
-    if config.model.name == "vit":
-      config.model.remat = remat
-    config.mesh.axes = dict(axes)
-  if config.data.global_batch_size % batch_devices(axes):
-    raise ValueError(f"data.global_batch_size={config.data.global_batch_size} does not split "
-                     f"over the {batch_devices(axes)} batch-axis devices of {dict(axes)}.")
-  return config
-
-
-def state_bytes(config: ml_collections.ConfigDict, axes: Mapping[str, int]) -> dict[str, int]:
-  """Per-device bytes of the train state on a mesh of shape `axes`, by part: "model" (parameters and
-  BatchNorm statistics), "optimizer" (AdamW moments) and "probe" (online probe and its optimizer).
-
-  The shardings come from a one-device mesh with the same axis names (the rules only read names);
-  the shard shapes from an abstract mesh of the requested sizes. Exact, and instant.
-  """
-  one = jax.sharding.Mesh(np.array(jax.devices()[:1]).reshape((1,) * len(axes)), tuple(axes))
-  _, state = sharding.abstract_state(lambda: train.build_train_objects(config), one)
-  target = jax.sharding.AbstractMesh(tuple(axes.values()), tuple(axes))
-
-  def nbytes(leaf) -> int:
-    spec = jax.sharding.NamedSharding(target, leaf.sharding.spec)
-    return math.prod(spec.shard_shape(leaf.shape)) * leaf.dtype.itemsize  # (PRNG keys too)
-
-  parts = {"model": [state[0]], "optimizer": [state[1]], "probe": [state[2], state[3]]}
-  return {name: sum(nbytes(leaf) for leaf in jax.tree.leaves(trees))
-          for name, trees in parts.items()}
-
-
-def batch_bytes(config: ml_collections.ConfigDict, per_device_batch: int) -> int:
-  """Bytes of one device's share of the uint8 multi-crop batch and its int32 labels."""
-  d = config.data
-  views = sum(v["count"] * v["size"] ** 2 * d.channels for v in (d.global_views, d.local_views))
-  return per_device_batch * (views + 4)
-
-
-def tpu_topology(generation: str, chips: int) -> str:
-  """A slice shape with `chips` chips, e.g. ("v5p", 256) -> "v5p:4x8x8", ("v5e", 8) -> "v5e:2x4"."""
-  prefix, rank, _ = TPU_GENERATIONS[generation]
-  if chips < 1 or chips & (chips - 1):
-    raise ValueError(f"TPU slices have a power-of-two number of chips, not {chips}.")
-  dims = [1] * rank
-  while math.prod(dims) < chips:
-    dims[dims.index(min(dims))] *= 2  # grow the shortest side: the squarest slice
-  dims = sorted(dims, reverse=True) if 1 in dims else sorted(dims)
-  return f"{prefix}:{'x'.join(map(str, dims))}"
-
-
-def tpu_devices(generation: str, chips: int) -> list:
-  """Compile-only devices of a TPU slice (libtpu, no TPU needed)."""
-  from jax.experimental import topologies  # pylint: disable=import-outside-toplevel
-  _, _, chip_config = TPU_GENERATIONS[generation]
-  try:
-    return list(topologies.get_topology_desc(tpu_topology(generation, chips), platform="tpu",
-                                             chip_config_name=chip_config).devices)
-  except RuntimeError as error:
-    raise RuntimeError("Compiling for TPU devices needs libtpu (`pip install 'jax[tpu]'`, works "
-                       f"without a TPU): {error}") from error
-
-
-def compiled_temporaries(config: ml_collections.ConfigDict, devices: Sequence) -> int:
-  """Per-device temporary bytes of the train step compiled for `devices` on config.mesh.axes."""
-  from jax.experimental import mesh_utils  # pylint: disable=import-outside-toplevel
-  axes = dict(config.mesh.axes)
-  # Any device order gives the same memory; splitting physical axes lets every shape through.
-  array = mesh_utils.create_device_mesh(tuple(axes.values()), devices,
-                                        allow_split_physical_axes=True)
-  mesh = jax.sharding.Mesh(array, tuple(axes), axis_types=(
-      sharding.AXIS_TYPES[config.mesh.axis_type],) * len(axes))
-  graphdef, state = sharding.abstract_state(lambda: train.build_train_objects(config), mesh)
-  compiled = train.compile_train_step(config, mesh, graphdef, state, config.data.global_batch_size)
-  return compiled.memory_analysis().temp_size_in_bytes
-
-
-@contextlib.contextmanager
-def vit_depth(config: ml_collections.ConfigDict, depth: int) -> Iterator[ml_collections.ConfigDict]:
-  """The config with its ViT cut (or grown) to `depth` blocks, all else equal.
-
-  Registers the size under a temporary name for the duration (the model builds sizes by name).
-  """
-  size, patch = vit.parse_variant(config.model.variant)
-  name = f"PlanDepth{depth}"
-  vit.VIT_SIZES[name] = dataclasses.replace(size, depth=depth)
-  config = copy.deepcopy(config)
-  with config.unlocked():
-    config.model.variant = f"{name}/{patch}"
-  try:
-    yield config
-  finally:
-    del vit.VIT_SIZES[name]
-
-
-def extrapolate(depths: tuple[int, int], values: tuple[int, int], depth: int) -> int:
-  """The line through (depths[i], values[i]) at `depth`: each added block adds the same bytes."""
-  slope = (values[1] - values[0]) / (depths[1] - depths[0])
-  return round(values[1] + slope * (depth - depths[1]))
-
-
-def temporaries(config: ml_collections.ConfigDict, devices: Sequence,
-                depths: tuple[int, int] | None) -> int:
-  """Temporaries of the full model, compiled directly or extrapolated from two reduced depths."""
-  if depths is None or config.model.name != "vit":
-    return compiled_temporaries(config, devices)
-  values = []
-  for depth in depths:
-    with vit_depth(config, depth) as reduced:
-      values.append(compiled_temporaries(reduced, devices))
-  full_depth = vit.parse_variant(config.model.variant)[0].depth
-  return extrapolate(depths, tuple(values), full_depth)
-
-
-@dataclasses.dataclass
-class Plan:
-  """Per-device bytes of one (config, mesh, remat) and the accelerators they fit."""
-  remat: str
-  state: dict[str, int]
-  batch: int
-  temporaries: int | None
-
-  @property
-  def total(self) -> int | None:
-    if self.temporaries is None:
-      return None
-    return sum(self.state.values()) + self.batch + self.temporaries
-
-  def fits(self) -> dict[str, bool]:
-    return {name: self.total <= FIT_FRACTION * gib * 2**30 for name, gib in HBM_GIB.items()}
-
-
-def make_plan(config: ml_collections.ConfigDict, axes: Mapping[str, int], remat: str,
-              per_device_batch: int | None, devices: Sequence | None,
-              depths: tuple[int, int] | None) -> Plan:
-  config = plan_config(config, axes, per_device_batch, remat)
-  temps = None if devices is None else temporaries(config, devices, depths)
-  return Plan(remat, state_bytes(config, axes),
-              batch_bytes(config, images_per_device(config, axes)), temps)
-
-
-def format_plans(plans: Sequence[Plan], header: str) -> str:
-  """A text table: one column per remat policy, GiB per device, and which accelerators fit."""
-  gib = lambda b: "n/a" if b is None else f"{b / 2**30:.2f}"  # noqa: E731
-  rows = [("remat", [p.remat for p in plans]),
-          ("parameters + BN stats", [gib(p.state["model"]) for p in plans]),
-          ("optimizer state", [gib(p.state["optimizer"]) for p in plans]),
-          ("probe + batch", [gib(p.state["probe"] + p.batch) for p in plans]),
-          ("temporaries (peak)", [gib(p.temporaries) for p in plans]),
-          ("total", [gib(p.total) for p in plans])]
-  footer = []
-  if all(p.total is not None for p in plans):
-    rows += [(f"fits {name} ({size} GiB)", ["yes" if p.fits()[name] else "no" for p in plans])
-             for name, size in HBM_GIB.items()]
-    footer = [f"(fits: total at most {FIT_FRACTION:.0%} of the accelerator's memory)"]
-  width = max(len(label) for label, _ in rows) + 2
-  column = max(len(c) for _, cells in rows for c in cells) + 2
-  lines = [header] + [label.ljust(width) + "".join(c.rjust(column) for c in cells)
-                      for label, cells in rows]
-  return "\n".join(lines + footer)
-
-
-def main(argv: list[str]) -> None:
-  del argv
+def main(argv: list[str] | None = None) -> None:
+  cli.parse(_FLAGS, argv, prog=_PROG, doc=__doc__, required=("config", "mesh"))
+  import jax
   jax.config.update("jax_platforms", "cpu")  # compile-only TPU devices need no accelerator
-  config, axes = _CONFIG.value, parse_mesh(_MESH.value)
+  config, axes = _CONFIG.value, memory_plan.parse_mesh(_MESH.value)
   if _REMAT.value and config.model.name != "vit":
     raise SystemExit(f"error: --remat applies to ViTs only (rematerialisation per block); "
                      f"{config.model.name} has no remat option. Leave --remat out.")
   chips = math.prod(axes.values())
   depths = None if _DEPTHS.value == "full" else tuple(int(d) for d in _DEPTHS.value.split(","))
   try:
-    devices = tpu_devices(_TPU.value, chips)
+    devices = memory_plan.tpu_devices(_TPU.value, chips)
   except RuntimeError as error:
     print(f"{error}\nShowing the state and batch only.")
     devices = None
-  plans = [make_plan(config, axes, remat, _PER_DEVICE_BATCH.value, devices, depths)
+  plans = [memory_plan.make_plan(config, axes, remat, _PER_DEVICE_BATCH.value, devices, depths)
            for remat in (_REMAT.value or [config.model.get("remat", "none")])]
-  per_device = images_per_device(plan_config(config, axes, _PER_DEVICE_BATCH.value, "none"), axes)
-  where = "" if devices is None else f", compiled for TPU {tpu_topology(_TPU.value, chips)}"
-  how = "" if depths is None or devices is None else f", depths {depths} extrapolated"
-  header = (f"{config.model.name} {config.model.get('variant', '')}, mesh "
-            f"{' x '.join(f'{k}:{v}' for k, v in axes.items())} ({chips} devices), "
-            f"{per_device} images per device, GiB per device{where}{how}")
-  print(format_plans(plans, header))
+  print(memory_plan.format_plans(plans, memory_plan.header(config, axes, _PER_DEVICE_BATCH.value,
+                                                           devices, depths, _TPU.value)))
 
 
 if __name__ == "__main__":
-  flags.mark_flags_as_required(["config", "mesh"])
-  app.run(main)
+  main()

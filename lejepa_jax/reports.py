@@ -10,7 +10,7 @@ import matplotlib
 import numpy as np
 
 matplotlib.use("Agg")  # files only, no display
-import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.pyplot as plt
 
 
 def read_metrics(workdir: str) -> list[dict]:

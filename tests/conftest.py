@@ -11,16 +11,17 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("JAX_COMPILATION_CACHE_DIR",
                       os.path.join(tempfile.gettempdir(), f"lejepa_jax_tests_{os.getuid()}"))
 
-import jax  # noqa: E402  (must come after XLA_FLAGS)
-import pytest  # noqa: E402
+import jax
+import pytest
 
 
 @pytest.fixture(scope="session")
 def data_dir(tmp_path_factory):
   """A prepared TFDS dataset "unit_train": 32 random 20 px images in 4 class folders."""
-  import cv2  # pylint: disable=import-outside-toplevel
-  import numpy as np  # pylint: disable=import-outside-toplevel
-  from lejepa_jax.data import prepare  # pylint: disable=import-outside-toplevel
+  import cv2
+  import numpy as np
+
+  from lejepa_jax.data import prepare
   root = tmp_path_factory.mktemp("train_images")
   rng = np.random.default_rng(0)
   for i in range(32):

@@ -69,7 +69,7 @@ def sigreg(z: np.ndarray, directions: np.ndarray, t_max=3.0, num_knots=17) -> fl
   return float(np.mean(epps_pulley(np.asarray(z, np.float64) @ directions, t_max, num_knots)))
 
 
-# Normality tests other than Epps-Pulley (lejepa_jax.losses.stats), from their textbook definitions.
+# Normality tests other than Epps-Pulley (lejepa_jax.losses.normality), from their textbook definitions.
 
 
 def cdf_statistic_by_integration(x: np.ndarray, watson: bool = False) -> np.ndarray:

@@ -5,14 +5,19 @@ convolutions equal vmapped ones."""
 import json
 import os
 
+import helpers
 import jax
 import ml_collections
 import numpy as np
 import pytest
 import scipy.stats
 
-from lejepa_jax import ablate, ablation_report, checkpointing, config_lib, evaluate, train
-import helpers
+from lejepa_jax import config_lib
+from lejepa_jax.ablation import group_loop, sweep_plan
+from lejepa_jax.ablation import report as ablation_report
+from lejepa_jax.evaluation import extraction, restore
+from lejepa_jax.evaluation import job as evaluation_job
+from lejepa_jax.training import checkpointing, loop
 
 pytestmark = pytest.mark.slow  # end-to-end runs: `-m "not slow"` leaves them out
 
@@ -36,8 +41,8 @@ def ablation(devices, data_dir, tmp_path_factory):
   workdir = str(tmp_path_factory.mktemp("ablation"))
   config = tiny_config(data_dir)
   config.mesh.axes = dict(data=-1, fsdp=2)
-  assert ablate.run(config, workdir, SWEEPS, member_shards=2, stop_after=2) is None
-  report = ablate.run(config, workdir, SWEEPS, member_shards=2, eval_examples=32)
+  assert group_loop.run(config, workdir, SWEEPS, member_shards=2, stop_after=2) is None
+  report = group_loop.run(config, workdir, SWEEPS, member_shards=2, eval_examples=32)
   return workdir, report
 
 
@@ -80,7 +85,7 @@ def _state_part(flat, prefix):
 
 
 def test_plan_groups_shape_changing_values_into_separate_programs(data_dir):
-  groups = ablate.plan(tiny_config(data_dir), SWEEPS)
+  groups = sweep_plan.plan_sweep(tiny_config(data_dir), SWEEPS)
   assert [g.name for g in groups] == ["num_slices=16", "num_slices=32"]
   assert [len(g.members) for g in groups] == [4, 4]
   for group, slices in zip(groups, (16, 32)):
@@ -89,13 +94,13 @@ def test_plan_groups_shape_changing_values_into_separate_programs(data_dir):
   member = groups[1].members[3]
   assert member.name == "num_slices=32,sigreg_weight=0.5,lr=1e-2"
   assert member.hparams() == {"sigreg_weight": 0.5, "lr": 1e-2, "weight_decay": 0.3, "seed": 0}
-  seeded = ablate.plan(tiny_config(data_dir), [("loss.sigreg_weight", ["0.1"])], seeds=3)
+  seeded = sweep_plan.plan_sweep(tiny_config(data_dir), [("loss.sigreg_weight", ["0.1"])], seeds=3)
   assert len(seeded) == 1 and [m.name for m in seeded[0].members] == ["seed=0", "seed=1", "seed=2"]
   with pytest.raises(ValueError, match="does not have"):
-    ablate.plan(tiny_config(data_dir), [("loss.no_such_key", ["1"])])
+    sweep_plan.plan_sweep(tiny_config(data_dir), [("loss.no_such_key", ["1"])])
   # Lambda is traced in the members' step: out of [0, 1] (convex combination) it fails here.
   with pytest.raises(ValueError, match="sigreg_weight.*1.5"):
-    ablate.plan(tiny_config(data_dir), [("loss.sigreg_weight", ["0.1", "1.5"])])
+    sweep_plan.plan_sweep(tiny_config(data_dir), [("loss.sigreg_weight", ["0.1", "1.5"])])
 
 
 def test_members_equal_separately_trained_runs_step_for_step(ablation, data_dir, tmp_path):
@@ -109,7 +114,7 @@ def test_members_equal_separately_trained_runs_step_for_step(ablation, data_dir,
     config = ml_collections.ConfigDict(checkpointing.restore_config(manager, STEPS))
     manager.close()
     alone = str(tmp_path / name)
-    train.run(config, alone)
+    loop.run(config, alone)
     a, b = _metrics(member_dir), _metrics(alone)
     assert sorted(a) == sorted(b) == list(range(1, STEPS + 1))
     for step in a:
@@ -121,12 +126,12 @@ def test_members_equal_separately_trained_runs_step_for_step(ablation, data_dir,
 def test_a_member_checkpoint_loads_into_the_evaluation_job(ablation):
   workdir, _ = ablation
   member_dir = os.path.join(workdir, "members", "num_slices=32,sigreg_weight=0.5,lr=1e-3")
-  encoder, config, step = evaluate.restore_encoder(member_dir)
+  encoder, config, step = restore.restore_encoder(member_dir)
   assert step == STEPS and config.optim.lr == 1e-3 and config.loss.num_slices == 32
   probe = config_lib.probe_config()
   probe.evaluators, probe.linear = "linear,label_free", dict(probe.linear, epochs=2)
-  results = evaluate.evaluate(member_dir, probe=probe)
-  features, _, _ = evaluate.extract_features(encoder, config, config.data.eval_split)
+  results = evaluation_job.evaluate(member_dir, probe=probe)
+  features, _, _ = extraction.extract_features(encoder, config, config.data.eval_split)
   selection = json.load(open(os.path.join(member_dir, "selection.json")))
   # The ablation's label-free metrics (vmapped forward of the stacked state) match the job's.
   for key in ("rankme_features", "rankme_projections", "sigreg"):
@@ -150,7 +155,7 @@ def test_report_has_every_member_and_rerunning_picks_up_the_linear_probe(ablatio
   config.log_every = 5  # how a run logs may change on a rerun, as for a single run
   # Finished: a rerun only rewrites the report, now with the linear probe of the member evaluated
   # by the previous test when it ran (the others have none, so that accuracy is not correlated).
-  again = ablate.run(config, workdir, SWEEPS, member_shards=2)
+  again = group_loop.run(config, workdir, SWEEPS, member_shards=2)
   assert [r["loss"] for r in again["members"]] == [r["loss"] for r in report["members"]]
   for row in again["members"]:
     linear = os.path.join(workdir, "members", row["name"], "eval", "linear.jsonl")
@@ -158,10 +163,10 @@ def test_report_has_every_member_and_rerunning_picks_up_the_linear_probe(ablatio
     assert row["linear_top1"] == want
   assert "linear_top1" not in again["spearman"]  # not every member has one
   with pytest.raises(ValueError, match="another ablation.*members"):
-    ablate.run(config, workdir, SWEEPS[:2], member_shards=2)
+    group_loop.run(config, workdir, SWEEPS[:2], member_shards=2)
   config.loss.t_max = 2.5
   with pytest.raises(ValueError, match=r"another ablation.*loss\.t_max"):
-    ablate.run(config, workdir, SWEEPS, member_shards=2)
+    group_loop.run(config, workdir, SWEEPS, member_shards=2)
 
 
 def test_spearman_matches_scipy_with_ties():
@@ -176,7 +181,7 @@ def test_spearman_matches_scipy_with_ties():
 
 @pytest.mark.parametrize("input_batched", [True, False])
 def test_per_member_convolutions_equal_vmapped_ones_without_grouping(input_batched):
-  from lejepa_jax.models import layers, members  # pylint: disable=import-outside-toplevel
+  from lejepa_jax.models import layers, members
   rng = np.random.default_rng(0)
   x = rng.normal(size=(3, 2, 6, 6, 5) if input_batched else (2, 6, 6, 5)).astype(np.float32)
   w = rng.normal(size=(3, 3, 3, 5, 7)).astype(np.float32)  # 3 members' kernels
@@ -205,7 +210,7 @@ def test_per_member_convolutions_equal_vmapped_ones_without_grouping(input_batch
 
 
 def test_member_convolution_strategy_is_chosen_by_backend_or_setting():
-  from lejepa_jax.models import members  # pylint: disable=import-outside-toplevel
+  from lejepa_jax.models import members
   assert members.strategy("auto", "cpu") == "per_member"
   assert members.strategy("auto", "tpu") == members.strategy("auto", "gpu") == "grouped"
   assert members.strategy("grouped", "cpu") == "grouped"
@@ -222,7 +227,7 @@ def test_a_probe_config_evaluates_every_member_once_and_the_report_correlates_it
   probe.name, probe.evaluators, probe.baselines = "sweep", "linear,knn", ""
   probe.linear = dict(probe.linear, epochs=2)
   probe.train_examples = probe.eval_examples = 64
-  report = ablate.run(config, workdir, SWEEPS, member_shards=2, probe=probe)
+  report = group_loop.run(config, workdir, SWEEPS, member_shards=2, probe=probe)
   for row in report["members"]:
     for evaluator in ("linear", "knn"):
       path = os.path.join(workdir, "members", row["name"], "eval", f"{evaluator}.jsonl")
@@ -244,6 +249,6 @@ def test_a_probe_config_evaluates_every_member_once_and_the_report_correlates_it
       workdir, "members", report["members"][0]["name"], "eval", "linear.jsonl"))]
   assert any(r["step"] == 2 for r in at_2)
   assert os.path.getsize(os.path.join(workdir, "ablation_curves.png")) > 0
-  ablate.run(config, workdir, SWEEPS, member_shards=2, probe=probe)  # done: nothing evaluated again
+  group_loop.run(config, workdir, SWEEPS, member_shards=2, probe=probe)  # done: nothing evaluated again
   knn = os.path.join(workdir, "members", report["members"][0]["name"], "eval", "knn.jsonl")
   assert sum(json.loads(line)["probe_config"] == "sweep" for line in open(knn)) == 2

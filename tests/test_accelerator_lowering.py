@@ -8,9 +8,12 @@ import jax
 import jax.numpy as jnp
 import pytest
 from flax import nnx
-
 from helpers import tiny_config
-from lejepa_jax import config_lib, evaluate, sharding, steps, train
+
+from lejepa_jax import config_lib
+from lejepa_jax.evaluation import extraction
+from lejepa_jax.scale import sharding
+from lejepa_jax.training import steps, train_state
 
 ACCELERATORS = ("cuda", "tpu")
 
@@ -24,9 +27,9 @@ def _resnet_config(data_dir):
 
 def _exported_train_step(config, platforms):
   mesh = sharding.make_mesh(dict(config.mesh.axes), config.mesh.axis_type)
-  graphdef, state = sharding.abstract_state(lambda: train.build_train_objects(config), mesh)
-  step = functools.partial(steps.train_step, graphdef, **train.step_options(config))
-  batch = train.abstract_batch(config, mesh, config.data.global_batch_size)
+  graphdef, state = sharding.abstract_state(lambda: train_state.build_train_objects(config), mesh)
+  step = functools.partial(steps.train_step, graphdef, **steps.step_options(config))
+  batch = steps.abstract_batch(config, mesh, config.data.global_batch_size)
   key = jax.eval_shape(lambda: jax.random.key(0))
   with jax.set_mesh(mesh):
     return jax.export.export(jax.jit(step), platforms=platforms)(state, batch, key)
@@ -46,8 +49,8 @@ def test_the_train_step_lowers_for_gpus_and_tpus(devices, data_dir, family):
 
 def test_the_feature_function_lowers_for_gpus_and_tpus(data_dir):
   config = tiny_config(data_dir)
-  graphdef, state = nnx.split(train.build_train_objects(config)[0])
-  forward = evaluate.feature_function(tuple(config.data.mean), tuple(config.data.std), "embed", 1)
+  graphdef, state = nnx.split(train_state.build_train_objects(config)[0])
+  forward = extraction.feature_function(tuple(config.data.mean), tuple(config.data.std), "embed", 1)
   images = jax.ShapeDtypeStruct((4, 16, 16, 3), jnp.uint8)
   exported = jax.export.export(jax.jit(functools.partial(forward, graphdef)),
                                platforms=ACCELERATORS)(state, images)

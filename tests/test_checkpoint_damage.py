@@ -13,9 +13,11 @@ import shutil
 import jax
 import numpy as np
 import pytest
-
-from lejepa_jax import checkpointing, evaluate, export, train
 from helpers import tiny_config
+
+from lejepa_jax import export
+from lejepa_jax.evaluation import restore
+from lejepa_jax.training import checkpointing, loop, resume
 
 pytestmark = pytest.mark.slow  # end-to-end runs: `-m "not slow"` leaves them out
 
@@ -53,8 +55,8 @@ def runs(devices, data_dir, tmp_path_factory):
   """(an uninterrupted run's final parameters, a run stopped after step 8 to damage copies of)."""
   root = tmp_path_factory.mktemp("damage")
   straight, stopped = str(root / "straight"), str(root / "stopped")
-  train.run(_config(data_dir), straight)
-  train.run(_config(data_dir), stopped, stop_after=SAVED[-1])
+  loop.run(_config(data_dir), straight)
+  loop.run(_config(data_dir), stopped, stop_after=SAVED[-1])
   assert sorted(int(s) for s in os.listdir(os.path.join(stopped, "checkpoints"))) == list(SAVED)
   return _params(straight, TOTAL), stopped
 
@@ -122,7 +124,7 @@ def test_a_damaged_latest_step_resumes_from_the_one_before_and_ends_as_an_uninte
     checkpointing.verify_step(os.path.join(workdir, "checkpoints"), SAVED[-1])
   assert error.value.kind == kind
   with caplog.at_level(logging.WARNING, logger="lejepa_jax"):
-    train.run(_config(data_dir), workdir)
+    loop.run(_config(data_dir), workdir)
   warnings = [r.getMessage() for r in caplog.records if f"step {SAVED[-1]}" in r.getMessage()
               and "trying the step before" in r.getMessage()]
   assert len(warnings) == 1 and error.value.path in warnings[0], warnings
@@ -141,8 +143,8 @@ def test_when_no_step_is_readable_one_error_lists_them_all_and_nothing_changes(
   _truncate(os.path.join(workdir, "checkpoints", "8"))
   _uncommit(os.path.join(workdir, "checkpoints", "4"))
   before = _snapshot(workdir)
-  with pytest.raises(train.UnreadableCheckpointsError) as error:
-    train.run(_config(data_dir), workdir)
+  with pytest.raises(resume.UnreadableCheckpointsError) as error:
+    loop.run(_config(data_dir), workdir)
   message = str(error.value)
   assert "step 8:" in message and "bytes" in message and "step 4:" in message
   assert "commit marker" in message
@@ -170,7 +172,7 @@ def test_a_step_written_without_a_digest_restores_unverified(runs, data_dir, tmp
   for step in SAVED:  # as checkpoints written before digests existed
     os.remove(os.path.join(workdir, "checkpoints", str(step), checkpointing.DIGEST_FILE))
   assert checkpointing.verify_step(os.path.join(workdir, "checkpoints"), 8) is False
-  train.run(_config(data_dir), workdir)
+  loop.run(_config(data_dir), workdir)
   for got, expected in zip(_params(workdir, TOTAL), want):
     np.testing.assert_array_equal(got, expected)
 
@@ -179,9 +181,9 @@ def test_evaluation_refuses_a_damaged_step_and_export_takes_the_newest_intact_on
   _, stopped = runs
   workdir = _copy(stopped, tmp_path)
   _overwrite(os.path.join(workdir, "checkpoints", "8"))
-  with pytest.raises(evaluate.CheckpointError, match="differ from those written"):
-    evaluate.restore_encoder(workdir, 8)
-  _, _, step = evaluate.restore_encoder(workdir)  # the latest readable
+  with pytest.raises(restore.CheckpointError, match="differ from those written"):
+    restore.restore_encoder(workdir, 8)
+  _, _, step = restore.restore_encoder(workdir)  # the latest readable
   assert step == 4
   latest = export.variables_tree(export.load_encoder(export.export_run(workdir, str(tmp_path / "a"))))
   step4 = export.variables_tree(export.load_encoder(export.export_run(workdir, str(tmp_path / "b"),
@@ -192,15 +194,15 @@ def test_evaluation_refuses_a_damaged_step_and_export_takes_the_newest_intact_on
 
 
 def test_an_ablation_group_resumes_from_its_newest_intact_step(devices, data_dir, tmp_path):
-  from lejepa_jax import ablate  # pylint: disable=import-outside-toplevel
+  from lejepa_jax.ablation import group_loop
   config = _config(data_dir)
   sweep = [("loss.sigreg_weight", ["0.0", "0.5"])]
   straight, damaged = str(tmp_path / "straight"), str(tmp_path / "damaged")
-  ablate.run(config, straight, sweep, eval_examples=8)
-  assert ablate.run(config, damaged, sweep, stop_after=SAVED[-1], eval_examples=8) is None
+  group_loop.run(config, straight, sweep, eval_examples=8)
+  assert group_loop.run(config, damaged, sweep, stop_after=SAVED[-1], eval_examples=8) is None
   group_dir = os.path.join(damaged, "checkpoints", "all")
   _overwrite(os.path.join(group_dir, str(SAVED[-1])))
-  ablate.run(config, damaged, sweep, eval_examples=8)  # resumes the group from step 4
+  group_loop.run(config, damaged, sweep, eval_examples=8)  # resumes the group from step 4
   assert os.listdir(os.path.join(damaged, "checkpoints", "all_unreadable")) == ["8_altered"]
   for member in os.listdir(os.path.join(straight, "members")):
     got = _params(os.path.join(damaged, "members", member), TOTAL)

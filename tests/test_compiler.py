@@ -1,11 +1,11 @@
-"""XLA compiler options per backend (lejepa_jax.compiler): parsing, effect on the program, no effect
-on the values."""
+"""XLA compiler options per backend (lejepa_jax.scale.compiler): parsing, effect on the program, no
+effect on the values."""
 
 import jax
 import numpy as np
 import pytest
 
-from lejepa_jax import compiler
+from lejepa_jax.scale import compiler
 
 
 def test_auto_is_the_backends_choice_and_nothing_on_accelerators():
@@ -61,7 +61,7 @@ def test_cpu_choice_keeps_convolutions_out_of_ynnpack_with_the_same_values():
 
 
 def test_config_setting_is_read_and_a_config_without_the_key_means_auto():
-  import ml_collections  # pylint: disable=import-outside-toplevel
+  import ml_collections
   with_key = ml_collections.ConfigDict({"compiler_options": "none"})
   assert compiler.options(with_key) == {}
   assert compiler.options(ml_collections.ConfigDict({})) == compiler.parse("auto")

@@ -171,11 +171,11 @@ def test_fashion_mnist_recipes_are_rows_of_the_sweep_over_the_default():
 
 
 def test_config_arguments_and_sweeps_read_text_the_same_way():
-  from lejepa_jax import ablate  # pylint: disable=import-outside-toplevel
+  from lejepa_jax.ablation import sweep_plan
   config = config_lib.load_config_file(config_path("fashion_mnist.py"))
   for text, want in (("yes", True), ("No", False), ("1", True), ("false", False)):
     assert config_lib.parse_value(text, False) is want
-    swept = ablate.with_overrides(config, [("data.skip_bad_records", text)])
+    swept = sweep_plan.with_overrides(config, [("data.skip_bad_records", text)])
     assert swept.data.skip_bad_records is want
   assert config_lib.parse_value("3", 1.5) == 3.0 and config_lib.parse_value("7", 2) == 7
   for bad, like in (("maybe", True), ("x", 1.0), ("1.5", 2)):

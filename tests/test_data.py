@@ -10,8 +10,9 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
-from lejepa_jax import data, sharding
+from lejepa_jax import data
 from lejepa_jax.data import augment, device_augment, prepare
+from lejepa_jax.scale import sharding
 
 NUM_IMAGES = 24
 
@@ -110,7 +111,7 @@ RECIPE = {
 
 def test_multicrop_views_shapes_and_determinism(folder_dataset):
   source = data.open_source("unit_images", "train", folder_dataset)
-  make = lambda seed: data.train_dataset(  # noqa: E731
+  make = lambda seed: data.train_dataset(
       source, data.multicrop_from_config(RECIPE), global_batch_size=4, seed=seed)
   batch = next(iter(make(0)))
   assert batch["global"].shape == (4, 2, 16, 16, 3) and batch["global"].dtype == np.uint8
@@ -125,7 +126,7 @@ def test_multicrop_views_shapes_and_determinism(folder_dataset):
 def test_global_batches_do_not_depend_on_the_process_count(folder_dataset, process_count):
   """Hosts' batches concatenated in process order are the 1-process batches: examples and crops."""
   source = data.open_source("unit_images", "train", folder_dataset)
-  make = lambda index, count, start=0: iter(data.train_dataset(  # noqa: E731
+  make = lambda index, count, start=0: iter(data.train_dataset(
       source, data.multicrop_from_config(RECIPE), global_batch_size=8, seed=1,
       process_index=index, process_count=count, start_batch=start))
   single, hosts = make(0, 1), [make(i, process_count) for i in range(process_count)]
@@ -143,7 +144,7 @@ def test_global_batches_do_not_depend_on_the_process_count(folder_dataset, proce
 
 def test_restored_iterator_continues_with_the_same_batches(folder_dataset):
   source = data.open_source("unit_images", "train", folder_dataset)
-  make = lambda: iter(data.train_dataset(  # noqa: E731
+  make = lambda: iter(data.train_dataset(
       source, data.multicrop_from_config(RECIPE), global_batch_size=4, seed=5))
   it = make()
   for _ in range(7):  # crosses an epoch boundary (6 batches per epoch)
@@ -221,7 +222,7 @@ def test_grayscale_images_go_through_every_op():
 def test_photometric_ops_follow_their_definitions():
   rng = np.random.default_rng(0)
   image = rng.integers(0, 256, (6, 6, 3)).astype(np.uint8)
-  always = lambda **kw: augment.Augment(**{**dict(flip=0, color_jitter=0, grayscale=0, blur=0,  # noqa: E731
+  always = lambda **kw: augment.Augment(**{**dict(flip=0, color_jitter=0, grayscale=0, blur=0,
                                                   solarize=0), **kw})
   solarized = augment.augment_view(image, always(solarize=1.0), rng)
   np.testing.assert_array_equal(solarized, np.where(image >= 128, 255 - image, image))

@@ -14,12 +14,15 @@ import cv2
 import jax
 import numpy as np
 import pytest
-
 from flax import nnx
 
-from lejepa_jax import (checkpointing, config_lib, evaluate, evaluators, reports, sharding, steps,
-                        train)
+from lejepa_jax import config_lib, reports
+from lejepa_jax import evaluate as evaluate_entry
 from lejepa_jax.data import prepare
+from lejepa_jax.evaluation import eval_records, evaluators, extraction, restore
+from lejepa_jax.evaluation import job as evaluation_job
+from lejepa_jax.scale import sharding
+from lejepa_jax.training import checkpointing, loop, steps
 
 pytestmark = pytest.mark.slow  # end-to-end runs: `-m "not slow"` leaves them out
 
@@ -28,7 +31,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 def _knn_reference(train_x, train_y, test_x, num_classes, k, temperature):
   """Brute force, one query at a time, in float64."""
-  unit = lambda x: x / np.linalg.norm(x, axis=1, keepdims=True)  # noqa: E731
+  unit = lambda x: x / np.linalg.norm(x, axis=1, keepdims=True)
   bank, queries = unit(train_x.astype(np.float64)), unit(test_x.astype(np.float64))
   predictions = []
   for q in queries:
@@ -70,7 +73,7 @@ def test_evaluators_pass_features_as_arguments_not_constants():
 def test_linear_probe_separates_gaussian_blobs():
   rng = np.random.default_rng(1)
   centers = rng.normal(size=(8, 16)) * 4
-  make = lambda n: (lambda y: (centers[y] + rng.normal(size=(n, 16)), y))(  # noqa: E731
+  make = lambda n: (lambda y: (centers[y] + rng.normal(size=(n, 16)), y))(
       rng.integers(0, 8, n))
   (train_x, train_y), (test_x, test_y) = make(2000), make(500)
   fs = evaluators.FeatureSet(train_x.astype(np.float32), train_y, test_x.astype(np.float32), test_y, 8)
@@ -160,7 +163,7 @@ def _tiny_config(data_dir):
 def trained_run(structured_data, tmp_path_factory):
   """The tiny config trained for 6 steps on 8 devices (data 4 x fsdp 2): checkpoints at 3 and 6."""
   workdir = str(tmp_path_factory.mktemp("trained") / "run")
-  train.run(_tiny_config(structured_data), workdir)
+  loop.run(_tiny_config(structured_data), workdir)
   return workdir
 
 
@@ -173,7 +176,7 @@ def _copy_run(trained_run, tmp_path):
 
 def test_evaluating_a_checkpoint_beats_chance_on_any_mesh(devices, trained_run, tmp_path):
   workdir = _copy_run(trained_run, tmp_path)
-  results = evaluate.evaluate(workdir, step=3)
+  results = evaluation_job.evaluate(workdir, step=3)
   assert results["linear"]["top1"] > 0.6 and results["knn"]["top1"] > 0.6  # chance: 0.25
   rows = [json.loads(line) for line in open(os.path.join(workdir, "eval", "linear.jsonl"))]
   assert rows[-1]["step"] == 3
@@ -181,28 +184,28 @@ def test_evaluating_a_checkpoint_beats_chance_on_any_mesh(devices, trained_run, 
   features = []
   for count in (1, 4):
     mesh = sharding.make_mesh({"data": count}, devices=jax.devices()[:count])
-    encoder, restored_config, _ = evaluate.restore_encoder(workdir, mesh=mesh)
-    features.append(evaluate.extract_features(encoder, restored_config, "train", limit=16)[0])
+    encoder, restored_config, _ = restore.restore_encoder(workdir, mesh=mesh)
+    features.append(extraction.extract_features(encoder, restored_config, "train", limit=16)[0])
   np.testing.assert_allclose(features[0], features[1], rtol=1e-5, atol=1e-5)
 
 
 def test_feature_map_probe_reads_the_last_stages_concatenated(devices, trained_run):
   mesh = sharding.make_mesh({"data": 1}, devices=jax.devices()[:1])
-  encoder, config, _ = evaluate.restore_encoder(trained_run, mesh=mesh)
-  features, labels, _ = evaluate.extract_features(encoder, config, "train", limit=8,
+  encoder, config, _ = restore.restore_encoder(trained_run, mesh=mesh)
+  features, labels, _ = extraction.extract_features(encoder, config, "train", limit=8,
                                                   kind="feature_map", stages=2)
   # Reference: the backbone's last two block maps of the same normalised centre crops, flattened.
-  images = next(evaluate.eval_batches(config, "train", limit=8))["image"][:8]
+  images = next(extraction.eval_batches(config, "train", limit=8))["image"][:8]
   normalised = steps.normalize(images, tuple(config.data.mean), tuple(config.data.std))
   maps = encoder.backbone.stage_maps(normalised)
   want = np.concatenate([np.asarray(m).reshape(8, -1) for m in maps[-2:]], axis=1)
   assert features.shape == (8, 2 * 4 * 64) and len(labels) == 8
   np.testing.assert_allclose(features, want, rtol=1e-5, atol=1e-5)
   with pytest.raises(ValueError, match="feature_stages"):
-    evaluate.extract_features(encoder, config, "train", limit=8, kind="feature_map",
+    extraction.extract_features(encoder, config, "train", limit=8, kind="feature_map",
                               stages=len(maps) + 1)
   with pytest.raises(ValueError, match="applies to features='feature_map' only"):
-    evaluate.extract_features(encoder, config, "train", limit=8, kind="embed", stages=2)
+    extraction.extract_features(encoder, config, "train", limit=8, kind="embed", stages=2)
 
 
 def _fast_probe(**changes):
@@ -223,14 +226,14 @@ def test_follow_evaluates_each_checkpoint_once_and_skips_unreadable_ones(devices
                                                                           monkeypatch):
   workdir = _copy_run(trained_run, tmp_path)  # checkpoints at steps 3 and 6 (the last)
   # Step 4 is listed, then gone before its turn (the run's checkpoint rotation deleted it).
-  listed = evaluate.checkpoint_steps
+  listed = restore.checkpoint_steps
   with monkeypatch.context() as m, caplog.at_level("INFO", logger="lejepa_jax"):
-    m.setattr(evaluate, "checkpoint_steps", lambda w: sorted(listed(w) + [4]))
-    evaluate.run(workdir, _fast_probe(), follow_run=True)
+    m.setattr(restore, "checkpoint_steps", lambda w: sorted(listed(w) + [4]))
+    evaluation_job.run(workdir, _fast_probe(), follow_run=True)
   assert "checkpoint step 4 was removed" in caplog.text
   assert [r["step"] for r in _rows(workdir)] == [3, 6]
-  assert evaluate.EvalRecord(workdir, "default").data["skipped"] == {}  # not recorded as damaged
-  evaluate.run(workdir, _fast_probe(), follow_run=True)  # a restarted job: nothing twice
+  assert eval_records.EvalRecord(workdir, "default").data["skipped"] == {}  # not recorded as damaged
+  evaluation_job.run(workdir, _fast_probe(), follow_run=True)  # a restarted job: nothing twice
   assert [r["step"] for r in _rows(workdir)] == [3, 6]
 
   # Damage step 3 (every file of its state rewritten with garbage) and leave a half-written save.
@@ -240,11 +243,11 @@ def test_follow_evaluates_each_checkpoint_once_and_skips_unreadable_ones(devices
         f.write(b"not a checkpoint")
   os.makedirs(os.path.join(workdir, "checkpoints", "9.orbax-checkpoint-tmp-1", "state"))
   with caplog.at_level("WARNING", logger="lejepa_jax"):
-    evaluate.run(workdir, _fast_probe(name="second"), follow_run=True)
+    evaluation_job.run(workdir, _fast_probe(name="second"), follow_run=True)
   assert "Checkpoint step 3" in caplog.text and "Skipping it" in caplog.text
   second = [r["step"] for r in _rows(workdir) if r["probe_config"] == "second"]
   assert second == [6]
-  record = evaluate.EvalRecord(workdir, "second").data
+  record = eval_records.EvalRecord(workdir, "second").data
   assert record["done"] == [6] and list(record["skipped"]) == ["3"]
   assert "is damaged" in record["skipped"]["3"] and "were written" in record["skipped"]["3"]
   assert "delete" not in record["skipped"]["3"].lower()  # advice that never risks saved work
@@ -254,7 +257,7 @@ def test_baselines_and_pictures_are_written(devices, trained_run, tmp_path):
   workdir = _copy_run(trained_run, tmp_path)
   probe = _fast_probe(evaluators="linear,fewshot,label_free,pictures", baselines="pixels,random_init")
   probe.fewshot = dict(shots=(1, 5), seeds=2, ridge=1e-2)
-  rows = evaluate.run(workdir, probe)
+  rows = evaluation_job.run(workdir, probe)
   by = {(r["encoder"], r["evaluator"]): r for r in rows}
   assert by[("pixels", "linear")]["top1"] > 0.6  # colour/brightness classes: pixels suffice
   assert ("pixels", "label_free") not in by  # no projector for raw pixels
@@ -264,10 +267,10 @@ def test_baselines_and_pictures_are_written(devices, trained_run, tmp_path):
   assert sorted(pictures) == ["default_step6_embedding.png", "default_step6_patch_pca.png"]
   assert any(name.startswith("events.out.tfevents")
              for name in os.listdir(os.path.join(workdir, "eval", "tensorboard")))
-  assert "random_init" in evaluate.format_table(rows)
+  assert "random_init" in eval_records.format_table(rows)
   # Accuracy against minutes of training, with the run's clock from metrics.jsonl.
   assert cv2.imread(os.path.join(workdir, "eval", "time_to_accuracy_default.png")) is not None
-  evaluate.run(workdir, probe)  # baselines are evaluated once per workdir
+  evaluation_job.run(workdir, probe)  # baselines are evaluated once per workdir
   assert [r["encoder"] for r in _rows(workdir)].count("pixels") == 1
 
 
@@ -315,27 +318,27 @@ def test_a_missing_step_lists_the_steps_there_are_and_changes_nothing(trained_ru
   workdir = _copy_run(trained_run, tmp_path)
   before = _snapshot(workdir)
   message = "has no checkpoint step 4; it has steps 3, 6"
-  with pytest.raises(evaluate.StepNotFoundError, match=message):
-    evaluate.run(workdir, _fast_probe(), step=4)
+  with pytest.raises(restore.StepNotFoundError, match=message):
+    evaluation_job.run(workdir, _fast_probe(), step=4)
   # The command line: the same message, an error exit, and still nothing written.
   done = subprocess.run([sys.executable, "-m", "lejepa_jax.evaluate", f"--workdir={workdir}",
                          "--step=4"], cwd=ROOT, capture_output=True, text=True, timeout=120)
   assert done.returncode == 1 and message in done.stderr
   assert _snapshot(workdir) == before
-  assert "<training workdir> \\\n        [--step=N" in evaluate.__doc__  # --help keeps the usage
+  assert "<training workdir> \\\n        [--step=N" in evaluate_entry.__doc__  # --help keeps the usage
 
 
 def test_no_checkpoints_is_a_clear_error_and_creates_nothing(trained_run, tmp_path, caplog):
   typo = tmp_path / "typo"
   with pytest.raises(FileNotFoundError, match=re.escape(f"{typo}/checkpoints does not exist")):
-    evaluate.run(str(typo), _fast_probe())
+    evaluation_job.run(str(typo), _fast_probe())
   assert not typo.exists()
   fresh = tmp_path / "fresh"  # a run that has not saved yet
   fresh.mkdir()
   with pytest.raises(FileNotFoundError, match="does not exist"):
-    evaluate.restore_encoder(str(fresh))
+    restore.restore_encoder(str(fresh))
   with pytest.raises(FileNotFoundError, match="No checkpoint appeared"):
-    evaluate.wait_for_checkpoints(str(fresh), _fast_probe(idle_timeout=0.1))
+    evaluation_job.wait_for_checkpoints(str(fresh), _fast_probe(idle_timeout=0.1))
   assert os.listdir(fresh) == []
 
   def first_save():  # as orbax finalises a save: a rename
@@ -345,7 +348,7 @@ def test_no_checkpoints_is_a_clear_error_and_creates_nothing(trained_run, tmp_pa
   saver = threading.Thread(target=first_save)
   saver.start()
   with caplog.at_level("INFO", logger="lejepa_jax"):
-    assert evaluate.wait_for_checkpoints(str(fresh), _fast_probe(idle_timeout=60)) == [3, 6]
+    assert evaluation_job.wait_for_checkpoints(str(fresh), _fast_probe(idle_timeout=60)) == [3, 6]
   saver.join()
   assert "waiting for the first checkpoint" in caplog.text
 
@@ -366,7 +369,7 @@ def test_restore_reads_the_model_and_no_optimizer_state(devices, trained_run, mo
     return manager
   monkeypatch.setattr(checkpointing, "training_manager", spying_manager)
   mesh = sharding.make_mesh({"data": 2}, devices=jax.devices()[:2])
-  encoder, _, step = evaluate.restore_encoder(trained_run, mesh=mesh)
+  encoder, _, step = restore.restore_encoder(trained_run, mesh=mesh)
   monkeypatch.undo()
 
   read = [_flat(r["state"]) for r in reads if "state" in r.keys()]
@@ -392,7 +395,7 @@ def test_export_command_writes_the_checkpoints_backbone(devices, trained_run, tm
   assert out in capsys.readouterr().out
   loaded = export.load_encoder(out)
   assert loaded.projector is None  # the backbone alone by default
-  trained, _, _ = evaluate.restore_encoder(trained_run, step=3)
+  trained, _, _ = restore.restore_encoder(trained_run, step=3)
   for path, want in nnx.to_flat_state(nnx.state(trained.backbone, nnx.Param)):
     got = dict(nnx.to_flat_state(nnx.state(loaded.backbone, nnx.Param)))[path]
     np.testing.assert_array_equal(np.asarray(got[...]), np.asarray(want[...]))
@@ -410,7 +413,7 @@ def test_evaluation_crops_follow_the_configs_eval_crop_fraction(structured_data)
   size, crops = config.data.global_views["size"], []
   for fraction in (1.0, 0.5):
     config.data.eval_crop_fraction = fraction
-    got = next(evaluate.eval_batches(config, "train", limit=4))["image"][:4]
+    got = next(extraction.eval_batches(config, "train", limit=4))["image"][:4]
     want = np.stack([augment.CenterCrop(size, 3, crop_fraction=fraction).map(source[i])["image"]
                      for i in range(4)])
     np.testing.assert_array_equal(got, want)

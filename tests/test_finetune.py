@@ -4,10 +4,12 @@ import cv2
 import jax
 import numpy as np
 import pytest
-
 from helpers import tiny_config
-from lejepa_jax import evaluate, evaluators, finetune, train
+
 from lejepa_jax.data import prepare
+from lejepa_jax.evaluation import evaluators, extraction, finetune
+from lejepa_jax.evaluation import job as evaluation_job
+from lejepa_jax.training import loop, train_state
 
 pytestmark = pytest.mark.slow  # trains a model
 
@@ -33,12 +35,12 @@ def quadrant_data(tmp_path_factory):
 def test_finetuning_lowers_the_loss_and_beats_the_frozen_linear_probe(devices, quadrant_data):
   config = tiny_config(quadrant_data)
   config.data.global_views = dict(count=2, size=16, scale=(0.9, 1.0))
-  encoder = train.build_train_objects(config)[0]
+  encoder = train_state.build_train_objects(config)[0]
   encoder.eval()
-  x, y, _ = evaluate.extract_features(encoder, config, config.data.eval_split)
+  x, y, _ = extraction.extract_features(encoder, config, config.data.eval_split)
   frozen = evaluators.linear(evaluators.FeatureSet(x, y, x, y, 4), epochs=30)["top1"]
   results = finetune.finetune(
-      encoder.backbone, config, evaluate.eval_batches(config, config.data.eval_split),
+      encoder.backbone, config, extraction.eval_batches(config, config.data.eval_split),
       num_classes=4, epochs=40, batch_size=32, lr=5e-3, crop_scale=(0.9, 1.0), layer_decay=0.9)
   assert results["loss_end"] < 0.7 * results["loss_start"], results
   assert results["top1"] > frozen + 0.2, (results, frozen)
@@ -59,15 +61,16 @@ def test_layer_wise_decay_scales_each_vit_block_by_its_depth():
 
 def test_the_evaluation_job_fine_tunes_a_checkpoint_beside_the_frozen_probes(devices, quadrant_data,
                                                                              tmp_path):
-  import json  # pylint: disable=import-outside-toplevel
-  import os  # pylint: disable=import-outside-toplevel
-  from lejepa_jax import config_lib  # pylint: disable=import-outside-toplevel
+  import json
+  import os
+
+  from lejepa_jax import config_lib
   workdir = str(tmp_path / "run")
-  train.run(tiny_config(quadrant_data, 2), workdir)
+  loop.run(tiny_config(quadrant_data, 2), workdir)
   probe = config_lib.probe_config()
   probe.evaluators = "finetune"
   probe.finetune = dict(probe.finetune, epochs=1.0, batch_size=32)
-  results = evaluate.evaluate(workdir, probe=probe)
+  results = evaluation_job.evaluate(workdir, probe=probe)
   assert set(results) == {"finetune"} and results["finetune"]["steps"] == 128 // 32
   rows = [json.loads(line) for line in open(os.path.join(workdir, "eval", "finetune.jsonl"))]
   assert rows[-1]["step"] == 2 and rows[-1]["top1"] == results["finetune"]["top1"]

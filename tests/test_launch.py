@@ -68,7 +68,7 @@ def _launch(script, env, *args):
 def test_multislice_up_waits_for_the_queued_resource_before_installing():
   lines = _dry_run("tpu_pod.sh", "up", BUCKET="bucket", NUM_SLICES="2",
                    ACCELERATOR_TYPE="v5p-16")
-  position = lambda text: next(i for i, line in enumerate(lines) if text in line)  # noqa: E731
+  position = lambda text: next(i for i, line in enumerate(lines) if text in line)
   create = position("queued-resources create")
   wait = position("queued-resources describe")
   install = position("--command=set -euo pipefail")

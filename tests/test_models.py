@@ -242,7 +242,7 @@ def test_cpu_attention_equals_jax_dot_product_attention():
   np.testing.assert_allclose(vit.attention(q, k, v), np.einsum("nhqk,nkhd->nqhd", weights, vn),
                              rtol=1e-5, atol=1e-6)
   # The spelled-out softmax keeps the gradient: the row maximum's stopped gradient is exactly zero.
-  loss = lambda f: lambda *qkv: jnp.sum(jnp.sin(f(*qkv)))  # noqa: E731
+  loss = lambda f: lambda *qkv: jnp.sum(jnp.sin(f(*qkv)))
   got = jax.grad(loss(vit.attention), argnums=(0, 1, 2))(q, k, v)
   want = jax.grad(loss(jax.nn.dot_product_attention), argnums=(0, 1, 2))(q, k, v)
   for g, w in zip(got, want):
@@ -256,7 +256,7 @@ def test_linear_layers_on_token_inputs_match_the_plain_product_and_its_gradient(
   numbers = (((2,), (0,)), ((), ()))
   want = np.einsum("ntk,km->ntm", np.asarray(x, np.float64), np.asarray(w, np.float64))
   np.testing.assert_allclose(layers.matrix_dot_general(x, w, numbers), want, rtol=1e-5, atol=1e-5)
-  loss = lambda f: lambda x, w: jnp.sum(jnp.sin(f(x, w, numbers)))  # noqa: E731
+  loss = lambda f: lambda x, w: jnp.sum(jnp.sin(f(x, w, numbers)))
   got = jax.grad(loss(layers.matrix_dot_general), argnums=(0, 1))(x, w)
   plain = jax.grad(loss(jax.lax.dot_general), argnums=(0, 1))(x, w)
   for g, p in zip(got, plain):
@@ -273,22 +273,22 @@ def test_bfloat16_products_accumulate_in_float32_and_so_do_their_gradients(k, n)
   """accumulating_matmul against float64 NumPy on the same bfloat16-rounded operands: the only
   error allowed is the final rounding to bfloat16 (2^-8 relative), where a bfloat16 accumulation
   over 300 terms would be far off."""
-  from lejepa_jax.models import layers
+  from lejepa_jax.models import cpu_kernels, layers
   m = 300
   a, b, g = (jax.random.normal(jax.random.key(i), shape).astype(jnp.bfloat16)
              for i, shape in enumerate([(m, k), (k, n), (m, n)]))
   a64, b64, g64 = (np.asarray(x, np.float64) for x in (a, b, g))
-  out, pullback = jax.vjp(layers.accumulating_matmul, a, b)
+  out, pullback = jax.vjp(cpu_kernels.accumulating_matmul, a, b)
   grad_a, grad_b = pullback(g)
   for got, want in [(out, a64 @ b64), (grad_a, g64 @ b64.T), (grad_b, a64.T @ g64)]:
     assert got.dtype == jnp.bfloat16 and got.shape == want.shape
     np.testing.assert_allclose(np.asarray(got, np.float64), want, rtol=2**-8,
                                atol=2**-8 * np.abs(want).max())
   # The identity-product transpose behind the weight gradient is exact.
-  np.testing.assert_array_equal(layers._transposed(a), a.T)  # pylint: disable=protected-access
+  np.testing.assert_array_equal(cpu_kernels._transposed(a), a.T)
   # Linear layers route bfloat16 token inputs through it (as one [300, k] matrix).
   x = a.reshape(3, 100, k)
-  routed = lambda x, b: layers.matrix_dot_general(x, b, (((2,), (0,)), ((), ())))  # noqa: E731
+  routed = lambda x, b: layers.matrix_dot_general(x, b, (((2,), (0,)), ((), ())))
   assert "accumulating_matmul" in str(jax.make_jaxpr(routed)(x, b))
   np.testing.assert_array_equal(routed(x, b).reshape(m, n), out)
   # The bias add: its gradient is the float32-accumulated sum of the output gradient's rows.
@@ -308,7 +308,7 @@ def test_bfloat16_dense_equals_nnx_linear_also_under_vmap(use_bias):
   same parameters: outputs and parameter gradients, for one model and for stacked members under
   jax.vmap (as lejepa_jax.ablate trains them)."""
   from lejepa_jax.models import layers
-  make = lambda cls, **kw: cls(6, 5, use_bias=use_bias, dtype=jnp.bfloat16,  # noqa: E731
+  make = lambda cls, **kw: cls(6, 5, use_bias=use_bias, dtype=jnp.bfloat16,
                                param_dtype=jnp.float32, rngs=nnx.Rngs(0), **kw)
   ours = make(layers.Dense, dot_general=layers.matrix_dot_general)
   plain = make(nnx.Linear)
@@ -323,7 +323,7 @@ def test_bfloat16_dense_equals_nnx_linear_also_under_vmap(use_bias):
   for stacked in (False, True):
     args = (jax.tree.map(lambda p: jnp.stack([p, 2 * p]), params), jnp.stack([x, -x])) \
         if stacked else (params, x)
-    run = lambda f: jax.vmap(f) if stacked else f  # noqa: E731
+    run = lambda f: jax.vmap(f) if stacked else f
     got = run(jax.value_and_grad(lambda p, x: loss(ours, p, x)))(*args)
     want = run(jax.value_and_grad(lambda p, x: loss(plain, p, x)))(*args)
     for g, w in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
@@ -355,7 +355,7 @@ def test_bfloat16_cpu_product_forms_are_as_accurate_as_plain_autodiff(monkeypatc
 
   exact = gradient("float32", True)
   forms, plain = gradient("bfloat16", True), gradient("bfloat16", False)
-  error = lambda g: np.linalg.norm(g - exact) / np.linalg.norm(exact)  # noqa: E731
+  error = lambda g: np.linalg.norm(g - exact) / np.linalg.norm(exact)
   # Measured on the development CPU: 16.6% (plain) and 16.8% (forms) relative error.
   assert error(plain) < 0.5
   assert error(forms) < 1.1 * error(plain)

@@ -8,9 +8,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
-from jax.sharding import NamedSharding, PartitionSpec as P
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
 
-from lejepa_jax import export, models, sharding
+from lejepa_jax import export, models
+from lejepa_jax.scale import sharding
 
 RESNET = dict(name="resnet", variant="18", small_stem=True, in_channels=1,
               projector=dict(hidden_dim=64, out_dim=16))

@@ -13,9 +13,13 @@ import jax
 import numpy as np
 import pytest
 from flax import nnx
+from helpers import ROOT, tiny_config
+from helpers import read_metrics as _metrics
 
-from lejepa_jax import checkpointing, config_lib, evaluate, sharding, train
-from helpers import ROOT, read_metrics as _metrics, tiny_config
+from lejepa_jax import config_lib
+from lejepa_jax.evaluation import job as evaluation_job
+from lejepa_jax.scale import sharding
+from lejepa_jax.training import checkpointing, loop, train_state
 
 pytestmark = pytest.mark.slow  # end-to-end runs: `-m "not slow"` leaves them out
 
@@ -111,7 +115,7 @@ def test_two_processes_equal_one_and_the_checkpoint_resumes_on_one(devices, data
   single, multi = str(tmp_path / "single"), str(tmp_path / "multi")
   config = tiny_config(data_dir, 4)
   config.checkpoint_every = 2
-  train.run(config, single)  # 1 process x 8 devices, this process
+  loop.run(config, single)  # 1 process x 8 devices, this process
   # The processes are the mesh's DCN granules: data = 2 per process x 2 processes, fsdp = 2.
   _local_processes(data_dir, multi, str(tmp_path / "logs"), *STEPS, "--stop_after=2",
                    "--config.mesh.axes.data=2", "--config.mesh.dcn_axes.data=2")
@@ -124,7 +128,7 @@ def test_two_processes_equal_one_and_the_checkpoint_resumes_on_one(devices, data
                  for i in range(2)]
   assert data_states == [{"next_index": 8}] * 2  # each host read 2 batches of 4 of its examples
   _assert_states_close(single, multi, 2)
-  train.run(config, multi)  # 1 process x 8 devices (this one) continues the 2-process run
+  loop.run(config, multi)  # 1 process x 8 devices (this one) continues the 2-process run
   a, b = _metrics(single), _metrics(multi)
   logged = [json.loads(line)["step"] for line in open(os.path.join(multi, "metrics.jsonl"))]
   assert logged == [1, 2, 3, 4] and sorted(a) == logged  # continued from step 2, no step redone
@@ -139,7 +143,7 @@ def test_two_processes_equal_one_and_the_checkpoint_resumes_on_one(devices, data
                    "--config.evaluators=knn", "--config.poll_seconds=1", module="lejepa_jax.evaluate")
   rows = [json.loads(line) for line in open(os.path.join(multi, "eval", "knn.jsonl"))]
   assert [row["step"] for row in rows] == [2, 4]
-  alone = evaluate.evaluate(single, step=4, probe=_knn_probe())  # one process, same weights
+  alone = evaluation_job.evaluate(single, step=4, probe=_knn_probe())  # one process, same weights
   assert abs(rows[-1]["top1"] - alone["knn"]["top1"]) < 0.05, (rows[-1], alone)
 
 
@@ -176,7 +180,7 @@ def test_sigterm_to_one_process_stops_every_process_at_one_step_and_the_rerun_en
   assert job.wait(timeout=300) == 0, _logs(ablation_logs)
   assert _logs(ablation_logs).count("preemption notice: every process saves step") == 2
   _local_processes(data_dir, stopped, str(tmp_path / "rerun_logs"), *flags)
-  like = train.to_savable(nnx.to_pure_dict(nnx.state(train.build_train_objects(
+  like = train_state.to_savable(nnx.to_pure_dict(nnx.state(train_state.build_train_objects(
       tiny_config(data_dir, 40)))))
   a, b = _state(straight, 40, like=like), _state(stopped, 40, like=like)
   for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
@@ -184,7 +188,7 @@ def test_sigterm_to_one_process_stops_every_process_at_one_step_and_the_rerun_en
 
 
 def test_a_member_sharded_ablation_on_two_processes_equals_one_process(devices, data_dir, tmp_path):
-  from lejepa_jax import ablate
+  from lejepa_jax.ablation import group_loop
   flags = ("--sweep=loss.sigreg_weight=0.1,0.2", "--member_shards=2", "--config.total_steps=2",
            "--config.log_every=1", "--config.mesh.axes.data=4", "--config.mesh.axes.fsdp=1")
   multi = str(tmp_path / "multi")
@@ -192,7 +196,7 @@ def test_a_member_sharded_ablation_on_two_processes_equals_one_process(devices, 
   config = tiny_config(data_dir, 2)
   config.log_every, config.mesh.axes = 1, dict(data=4, fsdp=1)
   single = str(tmp_path / "single")
-  ablate.run(config, single, [("loss.sigreg_weight", ["0.1", "0.2"])], member_shards=2)
+  group_loop.run(config, single, [("loss.sigreg_weight", ["0.1", "0.2"])], member_shards=2)
   for member in ("sigreg_weight=0.1", "sigreg_weight=0.2"):
     a, b = (_metrics(os.path.join(run, "members", member)) for run in (single, multi))
     assert sorted(a) == sorted(b) == [1, 2]

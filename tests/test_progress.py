@@ -1,8 +1,9 @@
-"""Progress lines (lejepa_jax.progress): rate and ETA while running, the total time at the end."""
+"""Progress lines (lejepa_jax.evaluation.progress): rate and ETA while running, the total time at the
+end."""
 
 import re
 
-from lejepa_jax import progress
+from lejepa_jax.evaluation import progress
 
 
 def test_progress_reports_rate_eta_and_the_end(caplog, monkeypatch):

@@ -4,13 +4,13 @@ made by the code before the subsystem layout; its README says how)."""
 import os
 import shutil
 
+import helpers
 import jax
 import numpy as np
 
-from lejepa_jax import export, train
-from lejepa_jax.restore import restore_encoder
-
-import helpers
+from lejepa_jax import export
+from lejepa_jax.evaluation import restore
+from lejepa_jax.training import loop
 
 SAVED = os.path.join(helpers.ROOT, "tests", "data", "written_by_043f0af")
 
@@ -33,8 +33,8 @@ def _flat_variables(encoder) -> dict[str, np.ndarray]:
 
 
 def test_saved_checkpoint_and_export_hold_the_same_encoder():
-  from safetensors.numpy import load_file  # pylint: disable=import-outside-toplevel
-  encoder, config, step = restore_encoder(os.path.join(SAVED, "run"))
+  from safetensors.numpy import load_file
+  encoder, config, step = restore.restore_encoder(os.path.join(SAVED, "run"))
   assert step == 3 and config.model.name == "vit" and config.model.variant == "Mi/8"
   exported = export.load_encoder(os.path.join(SAVED, "export"))
   tensors = load_file(os.path.join(SAVED, "export", "model.safetensors"))  # an independent reader
@@ -59,7 +59,7 @@ def test_saved_run_resumes(data_dir, tmp_path):
   shutil.copytree(os.path.join(SAVED, "run"), workdir)
   config = helpers.tiny_config(data_dir, total_steps=4)
   config.keep_checkpoints = 1
-  train.run(config, workdir, allow_config_change=True)
+  loop.run(config, workdir, allow_config_change=True)
   rows = helpers.read_metrics(workdir)
   assert 4 in rows and np.isfinite(rows[4]["loss"])
-  assert restore_encoder(workdir)[2] == 4
+  assert restore.restore_encoder(workdir)[2] == 4

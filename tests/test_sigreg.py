@@ -4,9 +4,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+import references as ref
 
 from lejepa_jax import losses
-import references as ref
 
 
 def _max_rel_err(actual, expected):

@@ -4,18 +4,19 @@ the same way, step after step (FSDP parameters stay split, nothing is gathered o
 import jax
 import numpy as np
 from flax import nnx
+from helpers import tiny_config
 from jax.sharding import PartitionSpec as P
 
-from helpers import tiny_config
-from lejepa_jax import sharding, train
+from lejepa_jax.scale import sharding
+from lejepa_jax.training import steps, train_state
 
 
 def test_the_compiled_step_keeps_the_shardings_of_the_state(devices, data_dir):
   config = tiny_config(data_dir, 2)  # mesh data 4 x fsdp 2 on the 8 simulated devices
   mesh = sharding.make_mesh(dict(config.mesh.axes), config.mesh.axis_type)
-  graphdef, state = nnx.split(sharding.create_sharded(lambda: train.build_train_objects(config),
+  graphdef, state = nnx.split(sharding.create_sharded(lambda: train_state.build_train_objects(config),
                                                       mesh))
-  compiled = train.compile_train_step(config, mesh, graphdef, state, config.data.global_batch_size)
+  compiled = steps.compile_train_step(config, mesh, graphdef, state, config.data.global_batch_size)
   given = jax.tree.map(lambda x: x.sharding, state)
   state_out, metrics_out = compiled.output_shardings
   assert jax.tree.structure(state_out) == jax.tree.structure(given)
@@ -26,7 +27,7 @@ def test_the_compiled_step_keeps_the_shardings_of_the_state(devices, data_dir):
   assert any("fsdp" in jax.tree.leaves(tuple(spec)) for spec in specs), specs
   assert all(s.spec == P() for s in jax.tree.leaves(metrics_out))
   # And a step run for real returns arrays laid out as they went in.
-  spec = train.abstract_batch(config, mesh, config.data.global_batch_size)
+  spec = steps.abstract_batch(config, mesh, config.data.global_batch_size)
   rng = np.random.default_rng(0)
   batch = {k: jax.device_put(rng.integers(0, 255, s.shape).astype(s.dtype), s.sharding)
            for k, s in spec.items()}

@@ -11,9 +11,10 @@ import jax
 import numpy as np
 import optax
 import pytest
+from helpers import ROOT, tiny_config
+from helpers import read_metrics as _metrics
 
-from lejepa_jax import checkpointing, train
-from helpers import ROOT, read_metrics as _metrics, tiny_config
+from lejepa_jax.training import checkpointing, loop, optimizers, resume
 
 pytestmark = pytest.mark.slow  # end-to-end runs: `-m "not slow"` leaves them out
 
@@ -42,7 +43,7 @@ def _final_params(workdir, step):
 
 def test_resumed_run_equals_uninterrupted_run(devices, data_dir, tmp_path):
   straight, resumed = str(tmp_path / "straight"), str(tmp_path / "resumed")
-  train.run(tiny_config(data_dir, 6), straight)
+  loop.run(tiny_config(data_dir, 6), straight)
   _main(data_dir, resumed, "--stop_after=3")  # a fresh process, leaving after step 3
   assert os.path.isdir(os.path.join(resumed, "checkpoints", "3"))
   _main(data_dir, resumed)  # another fresh process resumes and finishes
@@ -62,7 +63,7 @@ def test_resumed_run_equals_uninterrupted_run(devices, data_dir, tmp_path):
   assert b[4]["train_seconds"] > b[3]["train_seconds"]
   summary = json.load(open(os.path.join(straight, "summary.json")))
   assert summary["final"]["loss"] == a[6]["loss"]
-  assert train.run(tiny_config(data_dir, 6), straight) == {}  # finished: nothing to train
+  assert loop.run(tiny_config(data_dir, 6), straight) == {}  # finished: nothing to train
   assert _metrics(straight) == a
   assert os.path.getsize(os.path.join(straight, "curves.png")) > 0
 
@@ -85,14 +86,14 @@ def test_sigterm_checkpoints_and_exits_cleanly(data_dir, tmp_path):
 
 def test_non_finite_loss_stops_with_the_step_and_keeps_the_checkpoint(devices, data_dir, tmp_path):
   workdir = str(tmp_path / "run")
-  train.run(tiny_config(data_dir, 6), workdir, stop_after=3)
+  loop.run(tiny_config(data_dir, 6), workdir, stop_after=3)
   broken = tiny_config(data_dir, 6)
   broken.data.std = (0.0, 0.0, 0.0)  # division by zero: infinite inputs, non-finite loss
   # Another config is another experiment: refused, naming the key, unless asked for.
   with pytest.raises(ValueError, match=r"data\.std.*--allow_config_change"):
-    train.run(broken, workdir)
+    loop.run(broken, workdir)
   with pytest.raises(FloatingPointError, match="at step 4"):
-    train.run(broken, workdir, allow_config_change=True)
+    loop.run(broken, workdir, allow_config_change=True)
   with open(os.path.join(workdir, "config.json")) as f:
     assert json.load(f)["data"]["std"] == [0.0, 0.0, 0.0]  # the config of the latest start
   manager = checkpointing.training_manager(os.path.join(workdir, "checkpoints"))
@@ -104,19 +105,19 @@ def test_resume_accepts_changes_to_where_it_runs_not_to_what_it_trains(data_dir)
   saved = json.loads(tiny_config(data_dir, 6).to_json())
   moved = tiny_config(data_dir, 6)
   moved.log_every, moved.mesh.axes = 7, dict(data=2, fsdp=4)
-  assert train.config_changes(saved, moved) == []
+  assert resume.config_changes(saved, moved) == []
   moved.optim.lr *= 2
   moved.data.global_views = dict(moved.data.global_views, count=3)
-  changes = train.config_changes(saved, moved)
+  changes = resume.config_changes(saved, moved)
   assert [c.split(":")[0] for c in changes] == ["data.global_views.count", "optim.lr"], changes
   # A key the checkpoint predates counts as the model's default (ViT: no register tokens).
   newer = tiny_config(data_dir, 6)
   newer.model.num_registers = 0
-  assert train.config_changes(saved, newer) == []
+  assert resume.config_changes(saved, newer) == []
   newer.model.num_registers = 4
-  assert train.config_changes(saved, newer) == ["model.num_registers: 0 -> 4"]
+  assert resume.config_changes(saved, newer) == ["model.num_registers: 0 -> 4"]
   newer.model.num_registers, newer.data.num_workers = 0, 2  # the iterator state is per worker
-  assert [c.split(":")[0] for c in train.config_changes(saved, newer)] == ["data.num_workers"]
+  assert [c.split(":")[0] for c in resume.config_changes(saved, newer)] == ["data.num_workers"]
 
 
 @pytest.mark.parametrize("clip", [0.0, 0.5, 100.0])
@@ -125,18 +126,18 @@ def test_gradient_clipping_scales_the_gradient_before_adamw(data_dir, clip):
   config.optim.clip_grad_norm = clip
   base = {"w": np.arange(1.0, 7.0, dtype=np.float32).reshape(2, 3), "b": np.ones(3, np.float32)}
   params = jax.tree.map(np.zeros_like, base)
-  plain = optax.adamw(train.lr_schedule(config), weight_decay=config.optim.weight_decay)
-  tx = train.make_optimizer(config)
+  plain = optax.adamw(optimizers.lr_schedule(config), weight_decay=config.optim.weight_decay)
+  tx = optimizers.make_optimizer(config)
   state, reference_state, unclipped_state = tx.init(params), plain.init(params), plain.init(params)
   differs_from_unclipped = False
   for step in range(3):
     # Growing gradients: Adam is invariant to one common scale, not to a scale changing per step.
-    grads = jax.tree.map(lambda g: g * 10.0**step, base)  # noqa: B023
+    grads = jax.tree.map(lambda g: g * 10.0**step, base)
     norm = np.sqrt(sum(float(np.sum(np.square(g, dtype=np.float64))) for g in grads.values()))
     # Reference: the gradient scaled by hand to the clip norm (when above it), then plain AdamW.
     factor = min(1.0, clip / norm) if clip > 0 else 1.0
     updates, state = tx.update(grads, state, params)
-    want, reference_state = plain.update(jax.tree.map(lambda g: g * factor, grads),  # noqa: B023
+    want, reference_state = plain.update(jax.tree.map(lambda g: g * factor, grads),
                                          reference_state, params)
     unclipped, unclipped_state = plain.update(grads, unclipped_state, params)
     for key in base:
@@ -147,19 +148,19 @@ def test_gradient_clipping_scales_the_gradient_before_adamw(data_dir, clip):
 
 def test_a_bucket_url_workdir_is_refused_with_the_mounted_alternative(data_dir):
   with pytest.raises(ValueError, match="Cloud Storage FUSE"):
-    train.run(tiny_config(data_dir, 2), "gs://bucket/run")
+    loop.run(tiny_config(data_dir, 2), "gs://bucket/run")
 
 
 def test_unknown_model_key_fails_before_compiling(devices, data_dir, tmp_path):
   config = tiny_config(data_dir, 2)
   config.model.patch_size = 4
   with pytest.raises(ValueError, match=r"patch_size"):
-    train.run(config, str(tmp_path / "bad"))
+    loop.run(config, str(tmp_path / "bad"))
 
 
 def test_on_device_augmentation_is_applied_in_the_step():
-  from lejepa_jax import steps
   from lejepa_jax.data.augment import Augment
+  from lejepa_jax.training import steps
   views = np.random.default_rng(0).integers(0, 256, (2, 2, 8, 8, 3)).astype(np.uint8)
   solarize_only = Augment(flip=0, color_jitter=0, grayscale=0, blur=0, solarize=1.0)
   got = steps.prepare_views(views, jax.random.key(0), (0.5,) * 3, (0.25,) * 3, solarize_only)
@@ -173,29 +174,29 @@ def test_on_device_augmentation_is_applied_in_the_step():
 def test_training_with_on_device_augmentation_runs(devices, data_dir, tmp_path):
   config = tiny_config(data_dir, 2)
   config.data.augment_on_device = True
-  metrics = train.run(config, str(tmp_path / "device_aug"))
+  metrics = loop.run(config, str(tmp_path / "device_aug"))
   assert np.isfinite(metrics["loss"])
 
 
 def test_gradient_accumulation_runs_and_logs_a_finite_loss(devices, data_dir, tmp_path):
   config = tiny_config(data_dir, 2)
   config.grad_accum_steps = 2
-  metrics = train.run(config, str(tmp_path / "accum"))
+  metrics = loop.run(config, str(tmp_path / "accum"))
   assert np.isfinite(metrics["loss"]) and np.isfinite(metrics["grad_norm"])
   config.grad_accum_steps = 3  # does not divide the batch of 8
   with pytest.raises(ValueError, match="grad_accum_steps=3"):
-    train.run(config, str(tmp_path / "accum_bad"))
+    loop.run(config, str(tmp_path / "accum_bad"))
 
 
 def test_bfloat16_compute_trains_like_float32_on_a_sharded_mesh(devices, data_dir, tmp_path):
   """bfloat16 compute (the accelerator recipes' dtype; on the CPU its products and their gradients go
-  through layers.accumulating_matmul and layers.add_bias) on the data x FSDP mesh: the logged losses
-  and gradient norms follow the float32 run's within bfloat16 precision."""
+  through cpu_kernels.accumulating_matmul and cpu_kernels.add_bias) on the data x FSDP mesh: the
+  logged losses and gradient norms follow the float32 run's within bfloat16 precision."""
   logged = {}
   for dtype in ("float32", "bfloat16"):
     config = tiny_config(data_dir, 3)
     config.model.dtype = dtype
-    train.run(config, str(tmp_path / dtype))
+    loop.run(config, str(tmp_path / dtype))
     logged[dtype] = _metrics(str(tmp_path / dtype))
   assert sorted(logged["float32"]) == sorted(logged["bfloat16"]) and len(logged["float32"]) == 3
   for step, row in logged["bfloat16"].items():
@@ -208,9 +209,9 @@ def test_bfloat16_compute_trains_like_float32_on_a_sharded_mesh(devices, data_di
 def test_a_finite_loss_with_non_finite_updated_parameters_stops_the_run():
   # The loss is computed before the update: the updated parameters must be checked too.
   finite = [(1, np.float32(0.5), np.float32(3.0))]
-  train._check_finite(finite)
+  loop._check_finite(finite)
   with pytest.raises(FloatingPointError, match="at step 2"):
-    train._check_finite(finite + [(2, np.float32(0.4), np.float32(np.nan))])
+    loop._check_finite(finite + [(2, np.float32(0.4), np.float32(np.nan))])
 
 
 def test_metrics_reader_skips_a_line_cut_short_by_a_kill(tmp_path):

@@ -9,7 +9,7 @@ The paper's protocol: probes read the pooled embedding (`features=embed`) and ar
 `configs/probe/fashion_mnist_maps.py` probes the unpooled stage maps instead.
 `:fast` fits the probes on the first 2000 training images and tests on the first 2000 test images
 (the short CI demo). `:finetune` fine-tunes the whole encoder with a linear head instead
-(lejepa_jax/finetune.py, 1 epoch; results in DIR/eval/finetune.jsonl). `:sweep` runs the
+(lejepa_jax/evaluation/finetune.py, 1 epoch; results in DIR/eval/finetune.jsonl). `:sweep` runs the
 linear and kNN probes only, without baselines (the sweeps of configs/sweeps/ evaluate every member
 with it).
 """

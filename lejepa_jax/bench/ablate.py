@@ -2,7 +2,7 @@
 
 Members: a lambda sweep on the default CPU config (configs/fashion_mnist.py, optionally with another
 batch size). Both sides use the real steps, compiled ahead of time: the vmapped members step of
-`lejepa_jax.ablate` and `train.compile_train_step` once per member (a separate run compiles its own
+`lejepa_jax.ablate` and `steps.compile_train_step` once per member (a separate run compiles its own
 program). Each side is timed as set-up (state initialisation + compilation) and per step (median of
 `--steps` steps after one warm-up step, all members), on synthetic uint8 batches (data loading,
 shared by the members in an ablation, is not included).
@@ -17,10 +17,13 @@ import numpy as np
 from absl import flags
 from flax import nnx
 
-from lejepa_jax import ablate, cli, compiler, sharding, train
+from lejepa_jax import cli
+from lejepa_jax.ablation import stacked, sweep_plan
 from lejepa_jax.bench import common
 from lejepa_jax.bench.train import default_cpu_config
 from lejepa_jax.models import members as members_lib
+from lejepa_jax.scale import compiler, sharding
+from lejepa_jax.training import steps, train_state
 
 LAMBDAS = ("0.0", "0.01", "0.02", "0.05", "0.1", "0.2", "0.3", "0.5")
 
@@ -57,7 +60,7 @@ flags.register_validator("member_convolutions", _check_strategies, flag_values=_
 
 def synthetic_batch(config, mesh) -> dict[str, jax.Array]:
   """A global batch of random uint8 views and zero labels, laid out as training lays them out."""
-  spec = train.abstract_batch(config, mesh, config.data.global_batch_size)
+  spec = steps.abstract_batch(config, mesh, config.data.global_batch_size)
   rng = np.random.default_rng(0)
   return {k: jax.device_put(rng.integers(0, 255, s.shape).astype(s.dtype) if k != "label"
                             else np.zeros(s.shape, np.int32), s.sharding) for k, s in spec.items()}
@@ -69,11 +72,11 @@ def time_vmapped(config, lambdas, steps: int, member_convolutions: str) -> dict[
   config = config.copy_and_resolve_references()
   config.member_convolutions = member_convolutions
   start = time.perf_counter()
-  (group,) = ablate.plan(config, [("loss.sigreg_weight", list(lambdas))])
-  mesh = ablate.make_mesh(config, 1)
-  graphdef, state = ablate.init_stacked_state(config, [m.config.seed for m in group.members], mesh)
-  hparams = ablate.stacked_hparams(group.members, mesh)
-  compiled = ablate.compile_members_step(config, mesh, graphdef, state, hparams)
+  (group,) = sweep_plan.plan_sweep(config, [("loss.sigreg_weight", list(lambdas))])
+  mesh = stacked.make_mesh(config, 1)
+  graphdef, state = stacked.init_stacked_state(config, [m.config.seed for m in group.members], mesh)
+  hparams = stacked.stacked_hparams(group.members, mesh)
+  compiled = stacked.compile_members_step(config, mesh, graphdef, state, hparams)
   jax.block_until_ready(state)
   setup = time.perf_counter() - start
   batch, holder = synthetic_batch(config, mesh), {"state": state}
@@ -89,12 +92,13 @@ def time_vmapped(config, lambdas, steps: int, member_convolutions: str) -> dict[
 def time_sequential(config, lambdas, steps: int) -> dict[str, float]:
   """Set-up and step seconds summed over one separately compiled run per member."""
   totals = {"setup": 0.0, "step": 0.0}
-  for member in ablate.plan(config, [("loss.sigreg_weight", list(lambdas))])[0].members:
+  for member in sweep_plan.plan_sweep(config, [("loss.sigreg_weight", list(lambdas))])[0].members:
     c = member.config
     start = time.perf_counter()
     mesh = sharding.make_mesh(dict(c.mesh.axes), c.mesh.axis_type)
-    graphdef, state = nnx.split(sharding.create_sharded(lambda: train.build_train_objects(c), mesh))
-    compiled = train.compile_train_step(c, mesh, graphdef, state, c.data.global_batch_size)
+    graphdef, state = nnx.split(
+        sharding.create_sharded(lambda: train_state.build_train_objects(c), mesh))
+    compiled = steps.compile_train_step(c, mesh, graphdef, state, c.data.global_batch_size)
     jax.block_until_ready(state)
     totals["setup"] += time.perf_counter() - start
     batch, holder = synthetic_batch(c, mesh), {"state": state}
@@ -177,7 +181,7 @@ def results_table(sides: dict[str, dict], sequential: dict, members: int, short:
                   long: int) -> str:
   """Markdown rows per vmapped side and the sequential runs, each vmapped side with its speed-up
   (sequential / vmapped: set-up, step, `short` and `long` steps end to end)."""
-  total = lambda r, n: r["setup"] + n * r["step"]  # noqa: E731
+  total = lambda r, n: r["setup"] + n * r["step"]
   rows = [[f"{members} sequential runs", f"{sequential['setup']:.0f}", f"{sequential['step']:.2f}",
            f"{total(sequential, short):.0f}", f"{total(sequential, long):.0f}", "1.00x"]]
   for name, r in sides.items():

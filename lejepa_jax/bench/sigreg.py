@@ -61,7 +61,7 @@ def _time_jax(compiled, z, key, repeats):
 
 def _time_torch(z_np, directions_np, num_knots, repeats):
   try:
-    import torch  # pylint: disable=import-outside-toplevel
+    import torch
   except ImportError:
     return None
   t, w, phi = (torch.tensor(a, dtype=torch.float32) for a in losses.quadrature(3.0, num_knots))

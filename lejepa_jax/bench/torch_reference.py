@@ -1,10 +1,10 @@
 """PyTorch eager references of the LeJEPA train step, for side-by-side timing (needs torch).
 
-Built from a lejepa_jax config, the same computation as `lejepa_jax.steps.train_step` (without the
-online probe): the backbone (a ViT or a basic-block ResNet), the BN-MLP projector, the LeJEPA loss
-(prediction term + per-view SIGReg, straightforward formulation) and AdamW, in eager mode at
-PyTorch's best on the CPU (its own thread count; channels_last for convolutions): float32, or
-bfloat16 autocast (products in bfloat16, parameters and optimizer in float32).
+Built from a lejepa_jax config, the same computation as `lejepa_jax.training.steps.train_step`
+(without the online probe): the backbone (a ViT or a basic-block ResNet), the BN-MLP projector,
+the LeJEPA loss (prediction term + per-view SIGReg, straightforward formulation) and AdamW, in
+eager mode at PyTorch's best on the CPU (its own thread count; channels_last for convolutions):
+float32, or bfloat16 autocast (products in bfloat16, parameters and optimizer in float32).
 """
 
 from __future__ import annotations
@@ -15,8 +15,9 @@ import numpy as np
 def matmul_ceiling(bfloat16: bool = False, size: int = 2048, repeats: int = 10) -> float:
   """PyTorch's matmul FLOP/s on this machine (the fastest of `repeats` square products), to set
   beside XLA's: the products are most of the step on both sides."""
-  import torch  # pylint: disable=import-outside-toplevel
-  from lejepa_jax.bench import common  # pylint: disable=import-outside-toplevel
+  import torch
+
+  from lejepa_jax.bench import common
   a = torch.randn(size, size, dtype=torch.bfloat16 if bfloat16 else torch.float32)
   return 2 * size**3 / min(common.wall_times(lambda: torch.matmul(a, a), repeats))
 
@@ -26,10 +27,10 @@ def vit_step_seconds(config, repeats: int = 3, bfloat16: bool = False) -> float:
   with a CLS token, position embeddings resized bicubically for other view sizes, PyTorch's fused
   `scaled_dot_product_attention`, the BN-MLP projector over every view, the LeJEPA loss and AdamW;
   float32, or bfloat16 autocast (products in bfloat16, parameters and optimizer in float32)."""
-  import torch  # pylint: disable=import-outside-toplevel
-  from torch import nn  # pylint: disable=import-outside-toplevel
-  from lejepa_jax.models import vit  # pylint: disable=import-outside-toplevel
+  import torch
+  from torch import nn
 
+  from lejepa_jax.models import vit
   m = config.model
   size, patch = vit.parse_variant(m.variant)
   width, heads, grid = size.width, size.num_heads, m.img_size // patch
@@ -85,9 +86,10 @@ def _lejepa_step_seconds(torch, backbone, pooled_dim: int, config, repeats: int,
                          bfloat16: bool = False, memory_format=None) -> float:
   """Median seconds of an eager LeJEPA step of `backbone` ([n, C, H, W] -> pooled [n, pooled_dim])
   with the config's projector, views (global and local groups through the backbone separately, as
-  `lejepa_jax.steps` does), loss and AdamW."""
-  from torch import nn  # pylint: disable=import-outside-toplevel
-  from lejepa_jax.bench import common  # pylint: disable=import-outside-toplevel
+  `lejepa_jax.training.steps` does), loss and AdamW."""
+  from torch import nn
+
+  from lejepa_jax.bench import common
   torch.manual_seed(0)
   m, d, loss_config = config.model, config.data, config.loss
   projector = _projector(nn, pooled_dim, m.projector)
@@ -135,13 +137,12 @@ def _quadrature(torch, t_max: float, num_knots: int):
 def resnet_step_seconds(config, repeats: int = 3, channels_last: bool = True) -> float:
   """Seconds per PyTorch eager LeJEPA step of a ResNet config (`model.name == "resnet"`): the same
   backbone (stem, width, basic blocks), BN-MLP projector, views, loss and AdamW as
-  `lejepa_jax.steps.train_step` on that config, channels_last by default (PyTorch's fastest CPU
+  `lejepa_jax.training.steps.train_step` on that config, channels_last by default (PyTorch's fastest CPU
   convolution layout), with PyTorch's own thread count."""
-  import torch  # pylint: disable=import-outside-toplevel
-  from torch import nn  # pylint: disable=import-outside-toplevel
-
+  import torch
+  from torch import nn
   m = config.model
-  from lejepa_jax.models import resnet  # pylint: disable=import-outside-toplevel
+  from lejepa_jax.models import resnet
   kind, depths = resnet.RESNET_DEPTHS[m.variant]
   if kind != "basic":
     raise ValueError("the PyTorch ResNet reference builds basic-block ResNets (18, 34) only")

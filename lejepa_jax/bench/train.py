@@ -3,9 +3,10 @@
 Cases: ViT-S/16 at 224 px with 16 images x 2 global views (MLP-BN projector, LeJEPA loss, AdamW) in
 float32 and in bfloat16 compute, the default CPU config (configs/fashion_mnist.py) and the previous
 one (ResNet-18 width 32 with multi-crop views), each next to a PyTorch eager step of the same config
-(`bench.torch_reference`: float32, or bfloat16 autocast). The step is the real one (`lejepa_jax.steps`),
-compiled ahead of time on synthetic uint8 batches; data loading is not included. MFU is the model's
-FLOPs (XLA's count of the float32 program) over the matmul ceiling of the step's compute dtype.
+(`bench.torch_reference`: float32, or bfloat16 autocast). The step is the real one
+(`lejepa_jax.training.steps`), compiled ahead of time on synthetic uint8 batches; data loading is
+not included. MFU is the model's FLOPs (XLA's count of the float32 program) over the matmul ceiling
+of the step's compute dtype.
 """
 
 from __future__ import annotations
@@ -19,8 +20,10 @@ import numpy as np
 from absl import flags
 from flax import nnx
 
-from lejepa_jax import cli, config_lib, sharding, train
+from lejepa_jax import cli, config_lib
 from lejepa_jax.bench import common, profile
+from lejepa_jax.scale import sharding
+from lejepa_jax.training import steps, train_state
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -53,9 +56,9 @@ def default_cpu_config(recipe: str = "default") -> ml_collections.ConfigDict:
 def _compile(config):
   """(compiled step, mesh, state) for `config` on synthetic batches."""
   mesh = sharding.make_mesh(dict(config.mesh.axes), config.mesh.axis_type)
-  objects = sharding.create_sharded(lambda: train.build_train_objects(config), mesh)
+  objects = sharding.create_sharded(lambda: train_state.build_train_objects(config), mesh)
   graphdef, state = nnx.split(objects)
-  compiled = train.compile_train_step(config, mesh, graphdef, state,
+  compiled = steps.compile_train_step(config, mesh, graphdef, state,
                                       config.data.global_batch_size)
   return compiled, mesh, state
 
@@ -71,7 +74,7 @@ def time_step(config, repeats: int, breakdown: bool = False) -> dict:
   `breakdown`, also its op time by kind (`bench.profile`) from one more, profiled step."""
   compiled, mesh, state = _compile(config)
   batch_size = config.data.global_batch_size
-  spec = train.abstract_batch(config, mesh, batch_size)
+  spec = steps.abstract_batch(config, mesh, batch_size)
   rng = np.random.default_rng(0)
   batch = {k: jax.device_put(rng.integers(0, 255, s.shape).astype(s.dtype) if k != "label"
                              else np.zeros(s.shape, np.int32), s.sharding) for k, s in spec.items()}
@@ -95,7 +98,7 @@ CASES = {
     "vit_s16": ("ViT-S/16, 224 px, 16 images x 2 views, float32", vit_s16_config, "float32",
                 "vit_s16"),
     # Its own program counts ~10% more: the identity-product transposes of the CPU bfloat16
-    # gradients (layers.accumulating_matmul) are not model FLOPs.
+    # gradients (cpu_kernels.accumulating_matmul) are not model FLOPs.
     "vit_s16_bf16": ("ViT-S/16, same, bfloat16 compute", lambda: vit_s16_config("bfloat16"),
                      "bfloat16", "vit_s16"),
     "default_cpu": ("configs/fashion_mnist.py (ResNet-18 width 16, 128 x 2 x 28 px)",
@@ -135,7 +138,7 @@ def main(argv: list[str] | None = None) -> None:
   for name, flops in ceilings.items():
     print(f"  {name} matmul ceiling (float32 accumulation): {flops / 1e9:.0f} GFLOP/s", flush=True)
   if not _NO_TORCH.value and _torch_available():
-    from lejepa_jax.bench import torch_reference  # pylint: disable=import-outside-toplevel
+    from lejepa_jax.bench import torch_reference
     for name in ceilings:
       flops = torch_reference.matmul_ceiling(bfloat16=name == "bfloat16")
       print(f"  PyTorch's {name} matmul: {flops / 1e9:.0f} GFLOP/s", flush=True)
@@ -167,7 +170,7 @@ def main(argv: list[str] | None = None) -> None:
 
 def _torch_available() -> bool:
   try:
-    import torch  # noqa: F401  pylint: disable=import-outside-toplevel,unused-import
+    import torch  # noqa: F401
   except ImportError:
     return False
   return True
@@ -177,7 +180,7 @@ def _torch_seconds(config, repeats: int, bfloat16: bool) -> float | None:
   """Seconds per step of the PyTorch eager reference of `config`'s step (None without torch)."""
   if not _torch_available():
     return None
-  from lejepa_jax.bench import torch_reference  # pylint: disable=import-outside-toplevel
+  from lejepa_jax.bench import torch_reference
   if config.model.name == "vit":
     return torch_reference.vit_step_seconds(config, repeats=repeats, bfloat16=bfloat16)
   return torch_reference.resnet_step_seconds(config, repeats=repeats)

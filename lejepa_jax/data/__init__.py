@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
-from typing import Any
 from collections.abc import Mapping
+from typing import Any
 
 from lejepa_jax.data.augment import Augment, CenterCrop, MultiCrop, Views
-from lejepa_jax.data.pipeline import (BadRecordError, DataError, FirstRecords, eval_dataset,
-                                      open_source, to_global_batch, train_dataset)
-
+from lejepa_jax.data.pipeline import (
+  BadRecordError,
+  DataError,
+  FirstRecords,
+  eval_dataset,
+  open_source,
+  to_global_batch,
+  train_dataset,
+)
 
 # The paper's ImageNet views (docs/method.md, Recipes), used where a config gives none.
 DEFAULT_GLOBAL_VIEWS = {"count": 2, "size": 224, "scale": (0.3, 1.0)}

@@ -23,7 +23,7 @@ def _maybe(key: jax.Array, probability: float, fn, image: jax.Array) -> jax.Arra
 
 def _color_jitter(image: jax.Array, key: jax.Array, aug: Augment) -> jax.Array:
   keys = jax.random.split(key, 4)
-  factor = lambda k, s: jax.random.uniform(k, (), minval=1 - s, maxval=1 + s)  # noqa: E731
+  factor = lambda k, s: jax.random.uniform(k, (), minval=1 - s, maxval=1 + s)
   image = jnp.clip(image * factor(keys[0], aug.brightness), 0, 1)
   image = jnp.clip(pix.adjust_contrast(image, factor(keys[1], aug.contrast)), 0, 1)
   if image.shape[-1] == 3:

@@ -21,16 +21,16 @@ from __future__ import annotations
 import logging
 import math
 import os
-from typing import Any
 from collections.abc import Mapping
+from typing import Any
 
 import grain
 import jax
 import numpy as np
 from jax.sharding import NamedSharding
 
-from lejepa_jax import sharding as sharding_lib
 from lejepa_jax.data import augment
+from lejepa_jax.scale import sharding as sharding_lib
 
 log = logging.getLogger("lejepa_jax")
 
@@ -73,7 +73,7 @@ class FirstRecords:
 
 def open_source(name: str, split: str, data_dir: str | None):
   """A TFDS ArrayRecord data source whose images stay encoded (decoded by the pipeline's workers)."""
-  import tensorflow_datasets as tfds  # pylint: disable=import-outside-toplevel
+  import tensorflow_datasets as tfds
   try:
     return tfds.data_source(
         name, split=split, data_dir=data_dir, builder_kwargs={"file_format": "array_record"},
@@ -100,7 +100,7 @@ def _record_file(tfds_source, index: int) -> tuple[str, int] | None:
   """(file, index in that file) of record `index` of the split, from TFDS's file instructions."""
   try:
     instructions = tfds_source.dataset_info.splits[tfds_source.split].file_instructions
-  except Exception:  # pylint: disable=broad-except  (a split spec TFDS cannot resolve: no file)
+  except Exception:  # a split spec TFDS cannot resolve: no file
     return None
   for instruction in instructions:
     take = instruction.take
@@ -187,7 +187,7 @@ class _CheckedRecords:
     self.reads += 1
     try:
       element = dict(self.source[index])
-    except Exception as error:  # pylint: disable=broad-except  (array_record, protobuf, TFDS)
+    except Exception as error:  # array_record, protobuf, TFDS
       return self._bad(index, None, f"it cannot be read ({type(error).__name__}: {error})", error)
     return self._decoded(index, element)
 
@@ -200,7 +200,7 @@ class _CheckedRecords:
       return [self[index] for index in indices]
     try:
       elements = [dict(element) for element in read_batch(indices)]
-    except Exception:  # pylint: disable=broad-except  (array_record, protobuf, TFDS)
+    except Exception:  # array_record, protobuf, TFDS
       return [self[index] for index in indices]
     self.reads += len(indices)
     return [self._decoded(index, element) for index, element in zip(indices, elements)]
@@ -213,7 +213,7 @@ class _CheckedRecords:
                        f"(it has {sorted(element)})")
     try:
       image = augment.decode(data, self.transform.channels)
-    except Exception as error:  # pylint: disable=broad-except  (bytes of the wrong type, OpenCV)
+    except Exception as error:  # bytes of the wrong type, OpenCV
       return self._bad(index, element, f"the image cannot be decoded ({error})", error)
     if image is None:
       return self._bad(index, element, augment.undecodable_reason(data))

@@ -54,7 +54,7 @@ def read_idx(path: str) -> np.ndarray:
 
 
 def encode_png(image: np.ndarray) -> bytes:
-  import cv2  # pylint: disable=import-outside-toplevel
+  import cv2
   if image.ndim == 3 and image.shape[-1] == 3:
     image = cv2.cvtColor(image, cv2.COLOR_RGB2BGR)  # OpenCV writes BGR
   ok, buffer = cv2.imencode(".png", image)
@@ -79,8 +79,7 @@ class BadImageError(ValueError):
 
 def _builders():
   """Builder classes, defined lazily so importing this module does not import TFDS."""
-  import tensorflow_datasets as tfds  # pylint: disable=import-outside-toplevel
-
+  import tensorflow_datasets as tfds
   class FashionMnistLocal(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     """Fashion-MNIST from local IDX files, written exactly as TFDS's own `fashion_mnist` 3.0.1."""
     name = "fashion_mnist"
@@ -143,7 +142,7 @@ def _builders():
 
     def _read(self, path: str) -> np.ndarray | None:
       """The RGB image at `path`; a bad one raises, or with skip_bad_images is listed -> None."""
-      from lejepa_jax.data import augment  # pylint: disable=import-outside-toplevel
+      from lejepa_jax.data import augment
       with open(path, "rb") as f:
         data = f.read()
       # The training pipeline's decoder, so that what is written is what training can read.

@@ -5,7 +5,7 @@
 N = 100 samples in D dimensions are isotropic Gaussian except in two dimensions, which hold an "X":
 (t, s t) with t ~ N(0, 1) and a random sign s. Both of its marginals are N(0, 1) and its covariance is
 the identity, so every projection has the mean and variance of N(0, 1): only the shape gives it away.
-For each univariate test in `losses.stats.TESTS`, the embeddings themselves are optimised (Adam) to
+For each univariate test in `losses.normality.TESTS`, the embeddings themselves are optimised (Adam) to
 minimise the sliced test, with M = 16 random directions redrawn every step. Writes
 `hidden_structure.png` (the two hidden dimensions at the start and after each optimisation, one row per
 D) and `results.json` (per D and test: the sliced statistic before and after, over 1024 fresh
@@ -31,10 +31,10 @@ import optax
 from absl import flags
 
 from lejepa_jax import cli
-from lejepa_jax.losses import stats
+from lejepa_jax.losses import normality
 
 matplotlib.use("Agg")  # files only, no display
-import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.pyplot as plt
 
 HIDDEN = (0, 1)  # the two dimensions holding the X
 EVAL_SLICES = 1024  # directions for the before/after statistics (not the M used to optimise)
@@ -49,7 +49,7 @@ def _check_dims(dims: list[str]) -> bool:
 def _check_tests(names: list[str]) -> bool:
   for name in names:
     try:
-      stats.get_test(name)
+      normality.get_test(name)
     except ValueError as e:
       raise flags.ValidationError(str(e)) from None
   return True
@@ -67,8 +67,8 @@ _NUM_SAMPLES = flags.DEFINE_integer("num_samples", 100, "N", flag_values=_FLAGS)
 _NUM_SLICES = flags.DEFINE_integer("num_slices", 16, "directions per step (M)", flag_values=_FLAGS)
 _LEARNING_RATE = flags.DEFINE_float("learning_rate", 0.01, "Adam's learning rate",
                                     flag_values=_FLAGS)
-_TESTS = flags.DEFINE_list("tests", list(stats.TESTS),
-                           "comma-separated names from losses.stats.TESTS", flag_values=_FLAGS)
+_TESTS = flags.DEFINE_list("tests", list(normality.TESTS),
+                           "comma-separated names from losses.normality.TESTS", flag_values=_FLAGS)
 flags.register_validator("dims", _check_dims, flag_values=_FLAGS)
 flags.register_validator("tests", _check_tests, flag_values=_FLAGS)
 
@@ -88,7 +88,7 @@ def optimise(z: jax.Array, key: jax.Array, test_name: str, *, steps: int, num_sl
 
   Returns the final embeddings [N, D] and the loss at every step [steps].
   """
-  loss_fn = stats.sliced(stats.get_test(test_name))
+  loss_fn = normality.sliced(normality.get_test(test_name))
   optimizer = optax.adam(learning_rate)
 
   def step(carry, index):
@@ -110,12 +110,12 @@ def hidden_plane_measures(z: np.ndarray) -> dict[str, float]:
   plane = np.asarray(z[:, HIDDEN], np.float64)
   abs_corr = np.corrcoef(np.abs(plane[:, 0]), np.abs(plane[:, 1]))[0, 1]
   return {"abs_correlation": float(abs(abs_corr)),
-          "henze_zirkler": float(stats.henze_zirkler(plane.astype(np.float32)))}
+          "henze_zirkler": float(normality.henze_zirkler(plane.astype(np.float32)))}
 
 
 def evaluate(z: jax.Array, test_name: str, key: jax.Array) -> float:
   """The sliced test over many fresh directions: the statistic the optimisation minimised."""
-  return float(jax.jit(stats.sliced(stats.get_test(test_name)), static_argnums=2)(
+  return float(jax.jit(normality.sliced(normality.get_test(test_name)), static_argnums=2)(
       z, key, EVAL_SLICES))
 
 
@@ -156,7 +156,7 @@ def run_dim(dim: int, keys: tuple[jax.Array, ...], tests: Sequence[str], *, step
 
 def run(out_dir: str, *, dims: Sequence[int] = (8, 512), steps: int = 1500, seed: int = 0,
         num_slices: int = 16, learning_rate: float = 0.01, num_samples: int = 100,
-        tests: Sequence[str] = tuple(stats.TESTS)) -> dict:
+        tests: Sequence[str] = tuple(normality.TESTS)) -> dict:
   """Runs the experiment for each D and test; writes hidden_structure.png and results.json."""
   os.makedirs(out_dir, exist_ok=True)
   keys = tuple(jax.random.split(jax.random.key(seed), 3))

@@ -1,14 +1,17 @@
-"""Pure-JAX LeJEPA objective: SIGReg (sliced Epps-Pulley) and the prediction term; `stats`: the
-alternative normality tests SIGReg can slice instead, for ablations."""
+"""Pure-JAX LeJEPA objective: SIGReg (`sliced_epps_pulley`) and the prediction term (`prediction`),
+combined in `lejepa`; `normality`: the alternative normality tests SIGReg can slice instead, for
+ablations."""
 
+from lejepa_jax.losses import normality
 from lejepa_jax.losses.lejepa import lejepa_loss
 from lejepa_jax.losses.prediction import prediction_loss
-from lejepa_jax.losses.characteristic import epps_pulley
-from lejepa_jax.losses.characteristic import project
-from lejepa_jax.losses.characteristic import quadrature
-from lejepa_jax.losses.characteristic import random_directions
-from lejepa_jax.losses.characteristic import sigreg
-from lejepa_jax.losses import stats
+from lejepa_jax.losses.sliced_epps_pulley import (
+                                                  epps_pulley,
+                                                  project,
+                                                  quadrature,
+                                                  random_directions,
+                                                  sigreg,
+)
 
 __all__ = [
     "epps_pulley",
@@ -17,6 +20,6 @@ __all__ = [
     "project",
     "quadrature",
     "random_directions",
+    "normality",
     "sigreg",
-    "stats",
 ]

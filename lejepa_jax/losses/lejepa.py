@@ -8,23 +8,22 @@ from typing import Literal
 import jax
 import jax.numpy as jnp
 
-from lejepa_jax.losses import _checks
+from lejepa_jax.losses import _checks, normality
 from lejepa_jax.losses import prediction as prediction_lib
-from lejepa_jax.losses import characteristic as sigreg_lib
-from lejepa_jax.losses import stats as stats_lib
+from lejepa_jax.losses import sliced_epps_pulley as sigreg_lib
 
 Combine = Literal["convex", "sum"]
 SigregViews = Literal["per_view", "pooled"]
 
 
 def _check_options(sigreg_weight, combine: str, sigreg_views: str, test: str) -> None:
-  stats_lib.get_test(test)  # raises a ValueError listing the names
+  normality.get_test(test)  # raises a ValueError listing the names
   if combine not in ("convex", "sum"):
     raise ValueError(f"`combine` must be 'convex' or 'sum', got {combine!r}.")
   if sigreg_views not in ("per_view", "pooled"):
     raise ValueError(f"`sigreg_views` must be 'per_view' or 'pooled', got {sigreg_views!r}.")
   if isinstance(sigreg_weight, numbers.Real):  # traced weights (e.g. under vmap) are checked by
-    check_sigreg_weight(sigreg_weight, combine)  # whoever makes them (lejepa_jax.ablate.plan)
+    check_sigreg_weight(sigreg_weight, combine)  # whoever makes them (ablation.sweep_plan)
 
 
 def check_sigreg_weight(sigreg_weight: float, combine: str) -> None:
@@ -65,8 +64,8 @@ def lejepa_loss(
       "sum": pred + lambda * sigreg, as some other codebases write it.
     sigreg_views: "per_view" (default, the paper's): SIGReg of each view over N, averaged over views;
       "pooled": one SIGReg over all N * V embeddings, as some other codebases do.
-    test: the univariate normality test SIGReg slices, a name from `stats.TESTS` ("<name>@official": the
-      authors' code's conventions, docs/normality_tests.md): "epps_pulley"
+    test: the univariate normality test SIGReg slices, a name from `normality.TESTS`
+      ("<name>@official": the authors' code's conventions, docs/normality_tests.md): "epps_pulley"
       (default, the paper's) or one of the alternatives it compares, for ablations (`t_max` and
       `num_knots` only apply to Epps-Pulley). The "sigreg" part reports that sliced statistic.
 
@@ -96,7 +95,7 @@ def lejepa_loss(
   if test == "epps_pulley":  # the fused, memory-lean path
     reg = sigreg_lib.sigreg(per_view, key, num_slices=num_slices, t_max=t_max, num_knots=num_knots)
   else:
-    reg = stats_lib.sliced(stats_lib.get_test(test))(per_view, key, num_slices)
+    reg = normality.sliced(normality.get_test(test))(per_view, key, num_slices)
   weight = jnp.asarray(sigreg_weight, z.dtype)
   pred_weight = 1.0 - weight if combine == "convex" else jnp.ones((), z.dtype)
   return pred_weight * pred + weight * reg, {"pred": pred, "sigreg": reg}

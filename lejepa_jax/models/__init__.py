@@ -8,8 +8,8 @@
 from __future__ import annotations
 
 import math
-from typing import Any
 from collections.abc import Callable, Mapping
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -89,9 +89,9 @@ def create_encoder(config: Mapping[str, Any], seed: int = 0, mesh: jax.sharding.
     config: model config, as for :func:`build_encoder`.
     seed: parameter initialisation seed.
     mesh: optional mesh; parameters are created already sharded on it.
-    rules: logical-axis rules (default `lejepa_jax.sharding.DEFAULT_RULES`).
+    rules: logical-axis rules (default `lejepa_jax.scale.sharding.DEFAULT_RULES`).
   """
-  from lejepa_jax import sharding  # pylint: disable=import-outside-toplevel
+  from lejepa_jax.scale import sharding
   rules = sharding.DEFAULT_RULES if rules is None else rules
   return sharding.create_sharded(lambda: build_encoder(config, nnx.Rngs(seed)), mesh, rules)
 

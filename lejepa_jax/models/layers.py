@@ -1,8 +1,8 @@
 """Building blocks shared by the encoders: layers annotated with logical axis names, drop-path, checks.
 
 Every parameter carries logical axis names in its `out_sharding` metadata ("embed", "mlp", "heads",
-"conv_in", "conv_out", "norm", ...). `lejepa_jax.sharding` maps them to mesh axes with rules from the
-config, so one model definition serves data parallel, FSDP and tensor parallel layouts.
+"conv_in", "conv_out", "norm", ...). `lejepa_jax.scale.sharding` maps them to mesh axes with rules from
+the config, so one model definition serves data parallel, FSDP and tensor parallel layouts.
 
 XLA CPU kernel workarounds (bfloat16 products with float32 accumulation, im2col for kernels larger
 than their feature map, per-member convolutions under vmap) live in `lejepa_jax.models.cpu_kernels`,
@@ -12,8 +12,8 @@ the CPU-only ones switched on by backend in `cpu_kernels.use_cpu_kernels`; the l
 from __future__ import annotations
 
 import functools
-from typing import Any
 from collections.abc import Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -21,8 +21,6 @@ from flax import nnx
 
 from lejepa_jax.models import cpu_kernels
 from lejepa_jax.models.cpu_kernels import LOW_PRECISION, add_bias, conv_general_dilated
-# Re-exported: importable from here as before they moved to cpu_kernels.
-from lejepa_jax.models.cpu_kernels import _transposed, accumulating_matmul  # noqa: F401
 
 Dtype = Any
 TRUNC_NORMAL = nnx.initializers.truncated_normal(stddev=0.02)
@@ -31,8 +29,8 @@ TRUNC_NORMAL = nnx.initializers.truncated_normal(stddev=0.02)
 def lazily_sharded(init):
   """Decorates a module's __init__ so its variables are created unsharded, wherever it is built.
 
-  The logical axis names stay in each variable's metadata; `lejepa_jax.sharding.create_sharded` lays
-  the variables out on a mesh (inside one jit), so building a model never needs a mesh in scope.
+  The logical axis names stay in each variable's metadata; `lejepa_jax.scale.sharding.create_sharded`
+  lays the variables out on a mesh (inside one jit), so building a model never needs a mesh in scope.
   """
   @functools.wraps(init)
   def wrapper(*args, **kwargs):

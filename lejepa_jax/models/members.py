@@ -19,8 +19,8 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
-from typing import Any
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -29,7 +29,7 @@ _ENABLED = contextvars.ContextVar("per_member_convolutions", default=False)
 
 STRATEGIES = ("per_member", "grouped")
 # The strategy per backend. cpu: measured on a 2-core AMD EPYC (AVX-512, no AMX) with the CPU
-# compiler options of lejepa_jax/compiler.py, 4 members of the default Fashion-MNIST ResNet-18:
+# compiler options of lejepa_jax/scale/compiler.py, 4 members of the default Fashion-MNIST ResNet-18:
 # grouped convolutions took several times as long per step as per-member ones (docs/benchmarks.md).
 # Accelerators batch grouped convolutions well: there vmapped members are the point.
 AUTO = {"cpu": "per_member"}

@@ -33,8 +33,11 @@ import numpy as np
 import optax
 from flax import nnx
 
-from lejepa_jax import data, progress, sharding, steps
+from lejepa_jax import data
+from lejepa_jax.evaluation import progress
 from lejepa_jax.models import vit
+from lejepa_jax.scale import sharding
+from lejepa_jax.training import steps
 
 log = logging.getLogger("lejepa_jax")
 
@@ -80,7 +83,7 @@ def make_optimizer(depth: int | None, total_steps: int, options: dict) -> optax.
   schedule = optax.warmup_cosine_decay_schedule(
       0.0, options["lr"], max(1, int(options["warmup_fraction"] * total_steps)), max(total_steps, 2),
       end_value=options["lr"] * 1e-3)
-  decayed = lambda params: jax.tree.map(lambda p: p.ndim > 1, params)  # noqa: E731
+  decayed = lambda params: jax.tree.map(lambda p: p.ndim > 1, params)
   return optax.chain(optax.scale_by_adam(),
                      optax.add_decayed_weights(options["weight_decay"], mask=decayed),
                      optax.scale_by_learning_rate(schedule),

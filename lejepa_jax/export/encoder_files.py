@@ -21,34 +21,21 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Any
 from collections.abc import Mapping
+from typing import Any
 
 import jax
 import numpy as np
-from absl import flags
 from flax import nnx
 
-from lejepa_jax import checkpointing
-from lejepa_jax import cli
 from lejepa_jax import models
-from lejepa_jax import sharding
-from lejepa_jax.restore import restore_encoder
+from lejepa_jax.evaluation import restore
+from lejepa_jax.scale import sharding
+from lejepa_jax.training import checkpointing
 
 FORMAT = "lejepa_jax.encoder"
 VERSION = 1
 COLLECTIONS = {"params": nnx.Param, "batch_stats": nnx.BatchStat}
-
-_PROG = "python -m lejepa_jax.export"
-_FLAGS = flags.FlagValues()  # this command's own flags (`lejepa_jax.cli`)
-_WORKDIR = flags.DEFINE_string("workdir", None, "the training run's workdir", flag_values=_FLAGS)
-_OUT = flags.DEFINE_string("out", None, "a new directory for the export", flag_values=_FLAGS)
-_STEP = flags.DEFINE_integer("step", None, "checkpoint step (default: latest)", flag_values=_FLAGS)
-_WITH_PROJECTOR = flags.DEFINE_bool(
-    "with_projector", False, "keep the projector (default: the backbone alone, what probes read)",
-    flag_values=_FLAGS)
-_SAFETENSORS = flags.DEFINE_bool("safetensors", False, "also write OUT/model.safetensors",
-                                 flag_values=_FLAGS)
 
 
 def variables_tree(encoder: nnx.Module) -> dict[str, dict]:
@@ -142,7 +129,7 @@ def _assign(encoder: nnx.Module, tree: Mapping[str, Any]) -> None:
 
 def export_safetensors(encoder: nnx.Module, path: str) -> str:
   """Writes the encoder's variables as one `.safetensors` file (keys as in the module docstring)."""
-  from safetensors.numpy import save_file  # pylint: disable=import-outside-toplevel
+  from safetensors.numpy import save_file
   flat = checkpointing.flat_arrays(variables_tree(encoder))
   arrays = {k: np.asarray(jax.device_get(v)) for k, v in flat.items()}
   save_file(arrays, path, metadata={"format": FORMAT, "layout": "flax"})
@@ -154,24 +141,9 @@ def export_run(workdir: str, out: str, step: int | None = None, *, with_projecto
   """Exports the encoder of a training run's checkpoint (the latest when `step` is None) to `out`
   (+ `out/model.safetensors`); returns the export's absolute path. Reads the model only
   (`lejepa_jax.restore.restore_encoder`, whose errors it raises)."""
-  encoder, config, step = restore_encoder(workdir, step)
+  encoder, config, step = restore.restore_encoder(workdir, step)
   directory = save_encoder(encoder, config.model, out, with_projector=with_projector)
   if safetensors:
     # From the export itself, so the file holds exactly what the directory does (projector or not).
     export_safetensors(load_encoder(directory), os.path.join(directory, "model.safetensors"))
   return directory
-
-
-def main(argv: list[str] | None = None) -> None:
-  """The command line (module docstring); `argv` without the program name, None: sys.argv[1:]."""
-  cli.parse(_FLAGS, argv, prog=_PROG, doc=__doc__, required=("workdir", "out"))
-  try:
-    directory = export_run(_WORKDIR.value, _OUT.value, _STEP.value,
-                           with_projector=_WITH_PROJECTOR.value, safetensors=_SAFETENSORS.value)
-  except (FileNotFoundError, FileExistsError, ValueError, RuntimeError) as e:
-    raise SystemExit(f"error: {e}") from None
-  print(f"exported to {directory}")
-
-
-if __name__ == "__main__":
-  main()

@@ -10,14 +10,15 @@ from __future__ import annotations
 
 import functools
 import math
-from typing import Any
 from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 import jax
 import numpy as np
 from flax import nnx
 from jax.experimental import mesh_utils
-from jax.sharding import AxisType, PartitionSpec as P
+from jax.sharding import AxisType
+from jax.sharding import PartitionSpec as P
 
 LogicalRules = Sequence[tuple[str, Any]]
 

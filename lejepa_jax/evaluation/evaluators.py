@@ -21,7 +21,9 @@ import numpy as np
 import optax
 from flax import nnx
 
-from lejepa_jax import losses, progress, steps
+from lejepa_jax import losses
+from lejepa_jax.evaluation import progress
+from lejepa_jax.models import probe as probe_lib
 
 
 @dataclasses.dataclass
@@ -42,7 +44,7 @@ class FeatureSet:
 def linear(fs: FeatureSet, *, epochs: int = 30, batch_size: int = 256, lr: float = 1e-3,
            weight_decay: float = 1e-6, seed: int = 0) -> dict[str, float]:
   """LayerNorm + Linear trained with AdamW (warmup + cosine) on frozen features; top-1 (and top-5)."""
-  probe = steps.LinearProbe(fs.train_x.shape[1], fs.num_classes, rngs=nnx.Rngs(seed))
+  probe = probe_lib.LinearProbe(fs.train_x.shape[1], fs.num_classes, rngs=nnx.Rngs(seed))
   steps_per_epoch = max(1, len(fs.train_x) // batch_size)
   total = max(2, epochs * steps_per_epoch)  # the schedule needs a step of decay after warmup
   schedule = optax.warmup_cosine_decay_schedule(0.0, lr, max(1, total // 20), total)
@@ -57,7 +59,7 @@ def linear(fs: FeatureSet, *, epochs: int = 30, batch_size: int = 256, lr: float
   def epoch(state, x, y, order):
     def update(state, idx):
       probe, optimizer = nnx.merge(graphdef, state)
-      loss_fn = lambda p: optax.softmax_cross_entropy_with_integer_labels(  # noqa: E731
+      loss_fn = lambda p: optax.softmax_cross_entropy_with_integer_labels(
           p(x[idx]), y[idx]).mean()
       optimizer.update(probe, nnx.grad(loss_fn)(probe))
       return nnx.state((probe, optimizer)), None

@@ -26,8 +26,8 @@ import os
 import pathlib
 import re
 import shutil
-from typing import Any
 from collections.abc import Sequence
+from typing import Any
 
 import orbax.checkpoint as ocp
 
@@ -36,7 +36,7 @@ log = logging.getLogger("lejepa_jax")
 
 def flat_arrays(tree: Any, separator: str = ".") -> dict[str, Any]:
   """Flattens a nested dict of arrays to {"a.b.c": array}: the keys of saved and exported trees."""
-  import jax  # pylint: disable=import-outside-toplevel
+  import jax
   return {separator.join(str(getattr(k, "key", k)) for k in path): leaf
           for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]}
 
@@ -81,7 +81,7 @@ def training_manager(directory: str | os.PathLike, max_to_keep: int = 3, *, crea
   (evaluation): orbax then neither creates it nor holds every process at a barrier, so processes may
   open it any number of times.
   """
-  import grain  # pylint: disable=import-outside-toplevel
+  import grain
   directory = os.path.abspath(directory)
   registry = ocp.handlers.DefaultCheckpointHandlerRegistry()
   registry.add(DATA, grain.checkpoint.CheckpointSave, grain.checkpoint.CheckpointHandler)
@@ -169,7 +169,7 @@ class _DigestingManager(ocp.CheckpointManager):
     self._digests = digests
 
   def save(self, step: int, *args, **kwargs) -> bool:
-    import jax  # pylint: disable=import-outside-toplevel
+    import jax
     primary = jax.process_index() == 0
     if primary:
       self._digests.pending.append(step)
@@ -261,7 +261,7 @@ def set_aside(directory: str | os.PathLike, step: int, kind: str) -> str:
 def save_training(manager: ocp.CheckpointManager, step: int, state: Any, data_iterator,
                   config: dict) -> None:
   """Saves asynchronously; call `manager.wait_until_finished()` before exiting."""
-  import grain  # pylint: disable=import-outside-toplevel
+  import grain
   manager.save(step, args=ocp.args.Composite(**{
       STATE: ocp.args.StandardSave(state),
       DATA: grain.checkpoint.CheckpointSave(data_iterator),
@@ -271,7 +271,7 @@ def save_training(manager: ocp.CheckpointManager, step: int, state: Any, data_it
 def restore_training(manager: ocp.CheckpointManager, step: int, abstract_state: Any,
                      data_iterator) -> Any:
   """Restores the train state (onto `abstract_state`'s shardings) and the iterator in place."""
-  import grain  # pylint: disable=import-outside-toplevel
+  import grain
   restored = manager.restore(step, args=ocp.args.Composite(**{
       STATE: ocp.args.StandardRestore(abstract_state),
       DATA: grain.checkpoint.CheckpointRestore(data_iterator)}))
@@ -283,7 +283,7 @@ def has_data_state(manager: ocp.CheckpointManager, step: int) -> bool:
 
   grain writes one state file per process, named by process index and count.
   """
-  import jax  # pylint: disable=import-outside-toplevel
+  import jax
   name = f"process_{jax.process_index()}-of-{jax.process_count()}.json"
   return (manager.directory / str(step) / DATA / name).exists()
 

@@ -5,7 +5,7 @@ tests, less like N(0, I)), and each is jit-able, vmap-able and differentiable.
 
 Univariate tests take x [..., N, M] and test each of the M columns over its N samples, returning
 [..., M] (leading axes are batch axes):
-* characteristic function: :func:`epps_pulley` (the statistic of SIGReg, from `characteristic`);
+* characteristic function: :func:`epps_pulley` (the statistic of SIGReg, from `sliced_epps_pulley`);
 * moments: :func:`jarque_bera` (the paper's extended form by default) and :func:`vcreg` (mean and
   variance only: the sliced form of VICReg-style variance/covariance matching);
 * CDF (need the samples sorted): :func:`cramer_von_mises`, :func:`anderson_darling`, :func:`watson`,
@@ -44,8 +44,8 @@ from __future__ import annotations
 import functools
 import math
 import statistics
-from typing import Literal
 from collections.abc import Callable
+from typing import Literal
 
 import jax
 import jax.numpy as jnp
@@ -53,10 +53,9 @@ import numpy as np
 from jax.scipy import special
 from jax.sharding import PartitionSpec as P
 
-from lejepa_jax.losses import _checks
-from lejepa_jax.losses import characteristic
+from lejepa_jax.losses import _checks, sliced_epps_pulley
 
-epps_pulley = characteristic.epps_pulley
+epps_pulley = sliced_epps_pulley.epps_pulley
 
 UnivariateTest = Callable[..., jax.Array]
 Convention = Literal["lejepa_jax", "official"]
@@ -525,7 +524,7 @@ def sliced(test: UnivariateTest | str, **test_kwargs) -> Callable[..., jax.Array
   """Turns a univariate test into its sliced multivariate version (SIGReg with that test).
 
   sliced(test)(z, key, num_slices) = mean over M random unit directions a_m of test(z @ a_m); with
-  `epps_pulley` it is :func:`characteristic.sigreg` exactly. Leading axes of z (e.g. views) share the
+  `epps_pulley` it is :func:`sliced_epps_pulley.sigreg` exactly. Leading axes of z (e.g. views) share the
   directions and are averaged too.
 
   Args:
@@ -551,11 +550,11 @@ def sliced(test: UnivariateTest | str, **test_kwargs) -> Callable[..., jax.Array
     test = get_test(test, test_kwargs.pop("convention", None))
 
   def sliced_test(z: jax.typing.ArrayLike, key: jax.Array,
-                  num_slices: int = characteristic.DEFAULT_NUM_SLICES) -> jax.Array:
+                  num_slices: int = sliced_epps_pulley.DEFAULT_NUM_SLICES) -> jax.Array:
     z = _checks.as_float32_or_wider("z", z)
     _checks.check_min_rank("z", z, 2, "[..., N, D]")
-    directions = characteristic.random_directions(key, z.shape[-1], num_slices, z.dtype)
-    return jnp.mean(test(characteristic.project(z, directions), **test_kwargs))
+    directions = sliced_epps_pulley.random_directions(key, z.shape[-1], num_slices, z.dtype)
+    return jnp.mean(test(sliced_epps_pulley.project(z, directions), **test_kwargs))
 
   sliced_test.__name__ = f"sliced_{getattr(test, '__name__', 'test')}"
   return sliced_test

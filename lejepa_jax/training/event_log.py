@@ -1,9 +1,9 @@
 """The one writer of a job's numbers: JSON lines and TensorBoard scalars, on process 0 only.
 
-Training writes `metrics.jsonl` and `tensorboard/` (train.MetricsWriter), the evaluation job
-`eval/<evaluator>.jsonl` and `eval/tensorboard/` (evaluate.ResultsWriter), each ablation member its
-own workdir's. Rows are appended and flushed as they come, so a killed job keeps what it wrote (the
-readers skip a last line cut short).
+Training writes `metrics.jsonl` and `tensorboard/` (`MetricsWriter`), the evaluation job
+`eval/<evaluator>.jsonl` and `eval/tensorboard/` (`evaluation.eval_records.ResultsWriter`), each
+ablation member its own workdir's. Rows are appended and flushed as they come, so a killed job
+keeps what it wrote (the readers skip a last line cut short).
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ class EventLog:
     self.dir = directory
     self.enabled = jax.process_index() == 0
     if self.enabled:
-      from tensorboardX import SummaryWriter  # pylint: disable=import-outside-toplevel
+      from tensorboardX import SummaryWriter
       os.makedirs(directory, exist_ok=True)
       self.tb = SummaryWriter(tensorboard_dir)
 
@@ -42,3 +42,14 @@ class EventLog:
   def close(self) -> None:
     if self.enabled:
       self.tb.close()
+
+
+class MetricsWriter(EventLog):
+  """A training run's `metrics.jsonl` and `tensorboard/` scalars `train/<metric>` (process 0)."""
+
+  def __init__(self, workdir: str):
+    super().__init__(workdir, os.path.join(workdir, "tensorboard"))
+
+  def write(self, step: int, metrics: dict[str, float]) -> None:
+    self.append("metrics", {"step": step, **metrics})
+    self.scalars("train", metrics, step)

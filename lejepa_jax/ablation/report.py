@@ -63,7 +63,7 @@ def spearman(x: Sequence[float], y: Sequence[float]) -> float:
 def final_metrics(rows: Sequence[dict]) -> dict[str, float]:
   """Training loss, its parts and online-probe accuracy, averaged over the last logged rows."""
   window = rows[-max(1, round(FINAL_FRACTION * len(rows))):]
-  mean = lambda key: float(np.mean([r[key] for r in window]))  # noqa: E731
+  mean = lambda key: float(np.mean([r[key] for r in window]))
   return {"loss": mean("loss"), "pred": mean("pred"), "sigreg": mean("sigreg"),
           "online_train_acc": mean("probe_accuracy"), "final_step": int(window[-1]["step"])}
 
@@ -77,7 +77,7 @@ def probe_accuracy(member_dir: str, evaluator: str = "linear") -> float | None:
 
 
 def member_row(workdir: str, member) -> dict:
-  """The report's row of one member (`ablate.Member`)."""
+  """The report's row of one member (`sweep_plan.Member`)."""
   directory = os.path.join(workdir, "members", member.name)
   with open(os.path.join(directory, "selection.json")) as f:
     selection = json.load(f)
@@ -139,7 +139,7 @@ def correlations_by_step(workdir: str, rows: Sequence[dict], alpha: float) -> di
 
 def format_table(rows: Sequence[dict], spearmans: dict[str, dict]) -> str:
   """Markdown: one row per member, then the correlations."""
-  percent = lambda v: "" if v is None else f"{100 * v:.1f}"  # noqa: E731
+  percent = lambda v: "" if v is None else f"{100 * v:.1f}"
   header = ["member", "lambda", "lr", "wd", "seed", "loss", "pred", "sigreg", "online acc (train)",
             "online acc (eval)", "linear acc", "kNN acc", "RankMe feat.", "RankMe proj.",
             "SIGReg (eval)"]
@@ -161,7 +161,7 @@ def format_table(rows: Sequence[dict], spearmans: dict[str, dict]) -> str:
 
 def plot(rows: Sequence[dict], path: str, alpha: float, accuracy: str) -> None:
   """Accuracy against the loss (left) and loss * lambda^-alpha (right), coloured by lambda."""
-  import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel  (reports sets Agg)
+  import matplotlib.pyplot as plt  # reports sets Agg
   lambdas = sorted({r["sigreg_weight"] for r in rows})
   colours = plt.get_cmap("viridis")(np.linspace(0, 1, max(len(lambdas), 2)))
   fig, axes = plt.subplots(1, 2, figsize=(10, 4))
@@ -189,7 +189,7 @@ def plot_curves(workdir: str, rows: Sequence[dict], path: str, alpha: float) -> 
   """Per member over training: the loss, the loss * lambda^-alpha, the online probe's accuracy
   (from metrics.jsonl), and the evaluation job's linear accuracy of each evaluated checkpoint:
   where along training the loss does or does not rank the members as their accuracy does."""
-  import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel  (reports sets Agg)
+  import matplotlib.pyplot as plt  # reports sets Agg
   fig, axes = plt.subplots(1, 3, figsize=(15, 4))
   colours = plt.get_cmap("viridis")(np.linspace(0, 1, max(len(rows), 2)))
   for row, colour in zip(rows, colours):

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import os
 
+import numpy as np
+
 
 def multi_process() -> bool:
   """True when launched as one of several processes (SLURM, TPU pod, or explicit coordinator)."""
@@ -22,7 +24,7 @@ def initialize() -> None:
   metadata, SLURM, Open MPI). LEJEPA_DISTRIBUTED=1 asks for detection where no variable says
   multi-process (TPU VM pod workers).
   """
-  import jax  # pylint: disable=import-outside-toplevel
+  import jax
   kwargs = {key: int(os.environ[var]) for key, var in (("num_processes", "JAX_NUM_PROCESSES"),
                                                        ("process_id", "JAX_PROCESS_ID"))
             if os.environ.get(var)}
@@ -36,3 +38,25 @@ def initialize_if_multi_process() -> None:
   """Joins the other processes when there are any; call before anything else touches JAX."""
   if multi_process():
     initialize()
+
+
+MAX_BROADCAST_STEPS = 4096
+
+
+def broadcast_from_process_0(steps_: list[int], stop: bool) -> tuple[list[int], bool]:
+  """Process 0's (checkpoint steps, stop decision) on every process (the evaluation job's agreement).
+
+  The processes of a multi-process job evaluate together (restores and features are collective),
+  so they must take the same steps in the same order and stop together, though each lists the
+  directory at its own moment (rotation may delete a step in between) and keeps its own clock.
+  """
+  import jax
+  if jax.process_count() == 1:
+    return steps_, stop
+  from jax.experimental import multihost_utils
+  message = np.full(MAX_BROADCAST_STEPS + 1, -1, np.int64)
+  message[0] = int(stop)
+  kept = sorted(steps_)[-MAX_BROADCAST_STEPS:]
+  message[1:1 + len(kept)] = kept
+  message = np.asarray(multihost_utils.broadcast_one_to_all(message))
+  return [int(s) for s in message[1:] if s >= 0], bool(message[0])

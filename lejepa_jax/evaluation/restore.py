@@ -22,10 +22,10 @@ import ml_collections
 import numpy as np
 from flax import nnx
 
-from lejepa_jax import checkpointing, sharding, train
+from lejepa_jax.scale import sharding
+from lejepa_jax.training import checkpointing, train_state
 
 log = logging.getLogger("lejepa_jax")
-MODEL = 0  # the model's key in the saved train state, nnx.split(train.build_train_objects(...))
 # How damaged or missing checkpoint files surface (orbax, tensorstore and json raise these);
 # anything else (MemoryError, TypeError, ...) is not about the files and propagates unchanged.
 _READ_ERRORS = (OSError, ValueError)
@@ -148,20 +148,21 @@ def restore_encoder(workdir: str, step: int | None = None, mesh: jax.sharding.Me
 def _restore_model(manager, step: int, config, mesh: jax.sharding.Mesh):
   """(graphdef, state) of the model saved at `step`; its optimizer moments are not read."""
   # Abstract: nothing is allocated (nor initialised) before the saved arrays are read.
-  graphdef, state = sharding.abstract_state(lambda: train.build_train_objects(config)[MODEL], mesh)
+  model = lambda: train_state.build_train_objects(config)[train_state.MODEL]
+  graphdef, state = sharding.abstract_state(model, mesh)
   like = nnx.to_pure_dict(state)
   target = _savable_abstract(like)
   with _reading(manager, step):
-    saved_metadata = checkpointing.state_subtree_metadata(manager, step, MODEL)
+    saved_metadata = checkpointing.state_subtree_metadata(manager, step, train_state.MODEL)
   _check_same_model(saved_metadata, target, step)
   with _reading(manager, step):
-    saved = checkpointing.restore_state_subtree(manager, step, MODEL, target)
-  nnx.replace_by_pure_dict(state, train.from_savable(saved, like))
+    saved = checkpointing.restore_state_subtree(manager, step, train_state.MODEL, target)
+  nnx.replace_by_pure_dict(state, train_state.from_savable(saved, like))
   return graphdef, state
 
 
 def _savable_abstract(like):
-  """train.to_savable of abstract arrays (typed PRNG keys -> their uint32 data), shardings kept."""
+  """train_state.to_savable of abstract arrays (typed PRNG keys -> their uint32 data), shardings kept."""
   def leaf(x):
     if not jnp.issubdtype(x.dtype, jax.dtypes.prng_key):
       return x
@@ -195,6 +196,39 @@ def random_init_encoder(config: ml_collections.ConfigDict, mesh: jax.sharding.Me
   """The encoder of `config` as training initialises it (step 0), in eval mode: a baseline."""
   mesh = mesh or sharding.make_mesh({"data": -1})
   # Only the model leaves the jit: the optimizer state built alongside it is never materialised.
-  encoder = sharding.create_sharded(lambda: train.build_train_objects(config)[MODEL], mesh)
+  model = lambda: train_state.build_train_objects(config)[train_state.MODEL]
+  encoder = sharding.create_sharded(model, mesh)
   encoder.eval()
   return encoder
+
+
+def latest_config(workdir: str) -> ml_collections.ConfigDict:
+  """The training config of the run's latest checkpoint (the baselines' data and model)."""
+  manager = _open_manager(workdir)
+  try:
+    step = _pick_step(manager, None, workdir)
+    with _reading(manager, step):
+      return ml_collections.ConfigDict(checkpointing.restore_config(manager, step))
+  finally:
+    manager.close()
+
+
+def checkpoint_steps(workdir: str) -> list[int]:
+  """Finalised checkpoint steps of a run (orbax ignores the temporary directories of unfinished
+  saves, so a half-written checkpoint is not listed until it is complete)."""
+  if not os.path.isdir(checkpoint_dir(workdir)):
+    return []
+  manager = _open_manager(workdir)
+  try:
+    return sorted(manager.all_steps())
+  finally:
+    manager.close()
+
+
+def require_checkpoints(workdir: str, step: int | None = None) -> None:
+  """FileNotFoundError naming the directory when the run has no finished checkpoint (at `step`)."""
+  manager = _open_manager(workdir)
+  try:
+    _pick_step(manager, step, workdir)
+  finally:
+    manager.close()

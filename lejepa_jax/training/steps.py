@@ -1,35 +1,29 @@
 """Pure train step: LeJEPA loss on the projector outputs, AdamW update, online linear probe.
 
 The step takes and returns the whole training state (model, optimizer, probe, probe optimizer) as an
-`nnx.State`; train.py jits it with the state donated and compiles it ahead of time.
+`nnx.State`; `compile_train_step` jits it with the state donated and compiles it ahead of time.
 """
 
 from __future__ import annotations
 
-from typing import Any
+import functools
+import logging
 from collections.abc import Mapping
+from typing import Any
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import optax
 from flax import nnx
 
-from lejepa_jax import losses
+from lejepa_jax import data, losses
 from lejepa_jax.data import device_augment as device_augment_lib
 from lejepa_jax.data.augment import Augment
-from lejepa_jax.models import layers
+from lejepa_jax.scale import compiler, sharding
+from lejepa_jax.training import train_state
 
-
-class LinearProbe(nnx.Module):
-  """LayerNorm + Linear on stop-gradient backbone features, trained alongside the encoder."""
-
-  @layers.lazily_sharded
-  def __init__(self, in_dim: int, num_classes: int, *, rngs: nnx.Rngs):
-    self.norm = nnx.LayerNorm(in_dim, rngs=rngs)
-    self.linear = nnx.Linear(in_dim, num_classes, rngs=rngs)
-
-  def __call__(self, features: jax.Array) -> jax.Array:
-    return self.linear(self.norm(features.astype(jnp.float32)))
+log = logging.getLogger("lejepa_jax")
 
 
 def normalize(images: jax.Array, mean, std) -> jax.Array:
@@ -64,7 +58,7 @@ def lejepa_objective(model, batch: Mapping[str, jax.Array], key: jax.Array,
 
   `key` draws the SIGReg directions; on-device augmentation (if any) uses keys folded from it.
   """
-  views = lambda name, i: prepare_views(  # noqa: E731
+  views = lambda name, i: prepare_views(
       batch[name], jax.random.fold_in(key, i), mean, std, device_augment)
   pooled_g, features_g = _embed_views(model, views("global", 1))
   pooled = pooled_g
@@ -104,7 +98,7 @@ def train_step(graphdef, state, batch, key, *, loss_config, num_global, mean, st
   """One step: (state, metrics). `key` is this step's key (fold_in(seed key, step)).
 
   `tx` replaces the encoder optimizer's transformation for this step; it must keep the state's
-  structure (e.g. `train.make_optimizer` with traced per-member lr / weight decay under vmap).
+  structure (e.g. `optimizers.make_optimizer` with traced per-member lr / weight decay under vmap).
   """
   model, optimizer, probe, probe_optimizer = nnx.merge(graphdef, state)
   model.train()
@@ -137,3 +131,50 @@ def train_step(graphdef, state, batch, key, *, loss_config, num_global, mean, st
              "grad_norm": optax.tree.norm(grads),
              "param_norm": optax.tree.norm(nnx.state(model, nnx.Param))}
   return nnx.state((model, optimizer, probe, probe_optimizer)), metrics
+
+
+def abstract_batch(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh, local_batch: int
+                   ) -> dict[str, jax.ShapeDtypeStruct]:
+  """Abstract global batch for ahead-of-time compilation: {"global": [n, Vg, H, W, C] uint8,
+  "local": [n, Vl, h, w, C] uint8, "label": [n] int32}, n = local_batch * process_count, sharded
+  over the mesh's batch axes."""
+  d = config.data
+  n = local_batch * jax.process_count()
+  shapes = {"global": (n, d.global_views["count"], d.global_views["size"], d.global_views["size"],
+                       d.channels),
+            "local": (n, d.local_views["count"], d.local_views["size"], d.local_views["size"],
+                      d.channels),
+            "label": (n,)}
+  dtypes = {"global": jnp.uint8, "local": jnp.uint8, "label": jnp.int32}
+  return {k: jax.ShapeDtypeStruct(s, dtypes[k], sharding=jax.sharding.NamedSharding(
+      mesh, sharding.batch_spec(mesh, len(s)))) for k, s in shapes.items()}
+
+
+def step_options(config: ml_collections.ConfigDict) -> dict[str, Any]:
+  """The keyword arguments of `train_step` that the config fixes."""
+  return dict(loss_config=dict(config.loss), num_global=config.data.global_views["count"],
+              mean=tuple(config.data.mean), std=tuple(config.data.std),
+              device_augment=data.device_augment_from_config(config.data),
+              grad_accum_steps=config.grad_accum_steps)
+
+
+def compile_train_step(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh, graphdef,
+                       state, local_batch: int):
+  """The train step jitted with the state donated and layouts kept, compiled ahead of time.
+
+  Logs the compiled per-device memory. Call as `compiled(state, batch, step_key)`.
+  """
+  step = functools.partial(train_step, graphdef, **step_options(config))
+  # The state keeps its layout across steps (XLA would otherwise pick output shardings freely).
+  state_shardings = jax.tree.map(lambda x: x.sharding, state)
+  replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+  jitted = jax.jit(step, donate_argnums=0, out_shardings=(state_shardings, replicated))
+  key = jax.eval_shape(lambda: jax.random.key(0))  # abstract too: no device is touched
+  with jax.set_mesh(mesh):
+    compiled = jitted.lower(train_state.abstract_tree(state), abstract_batch(config, mesh, local_batch),
+                            key).compile(compiler_options=compiler.options(config))
+  memory = compiled.memory_analysis()
+  if memory is not None:
+    log.info("train step compiled: %.1f MiB arguments, %.1f MiB temporaries per device",
+             memory.argument_size_in_bytes / 2**20, memory.temp_size_in_bytes / 2**20)
+  return compiled

@@ -7,14 +7,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from jax.sharding import AxisType, NamedSharding, PartitionSpec as P
+import references as ref
+from jax.sharding import AxisType, NamedSharding
+from jax.sharding import PartitionSpec as P
 from scipy import special as scipy_special
 from scipy import stats as scipy_stats
 
-from lejepa_jax import config_lib
-from lejepa_jax import losses
-from lejepa_jax.losses import stats
-import references as ref
+from lejepa_jax import config_lib, losses
+from lejepa_jax.losses import normality
 
 SORTING_TESTS = ["cramer_von_mises", "anderson_darling", "watson", "shapiro_wilk"]
 MOMENT_TESTS = ["jarque_bera", "vcreg"]
@@ -25,7 +25,7 @@ def _columns(shape, seed=0, scale=1.3, shift=0.2):
 
 
 def _all_tests(x):
-  return {name: test(x) for name, test in stats.TESTS.items()}
+  return {name: test(x) for name, test in normality.TESTS.items()}
 
 
 # Every registered test in one compiled function: compiling once per input shape keeps the file fast.
@@ -43,7 +43,7 @@ def _per_column(scipy_fn, x):
 @pytest.mark.parametrize("num_samples", [5, 500])
 def test_cramer_von_mises_matches_scipy_and_the_integral(num_samples):
   x = _columns((num_samples, 6), seed=num_samples)
-  got = stats.cramer_von_mises(x)
+  got = normality.cramer_von_mises(x)
   assert got.shape == (6,) and got.dtype == jnp.float32
   want = _per_column(lambda c: scipy_stats.cramervonmises(c, "norm").statistic, x)
   np.testing.assert_allclose(got, want, rtol=2e-5)
@@ -53,7 +53,7 @@ def test_cramer_von_mises_matches_scipy_and_the_integral(num_samples):
 @pytest.mark.parametrize("num_samples", [5, 500])
 def test_watson_matches_the_integral(num_samples):
   x = _columns((num_samples, 6), seed=num_samples)
-  np.testing.assert_allclose(stats.watson(x), ref.cdf_statistic_by_integration(x, watson=True),
+  np.testing.assert_allclose(normality.watson(x), ref.cdf_statistic_by_integration(x, watson=True),
                              rtol=5e-5)
 
 
@@ -62,23 +62,24 @@ def test_anderson_darling_matches_formula_and_scipy_after_standardising(num_samp
   x = _columns((num_samples, 6), seed=num_samples)
   # Float32: the sum cancels against -N, leaving an absolute error of about N * 1e-7.
   atol = 2e-7 * num_samples
-  np.testing.assert_allclose(stats.anderson_darling(x), ref.anderson_darling(x), rtol=1e-5, atol=atol)
+  np.testing.assert_allclose(normality.anderson_darling(x), ref.anderson_darling(x), rtol=1e-5,
+                             atol=atol)
   # scipy.stats.anderson estimates the mean and (unbiased) scale: standardise, then they agree.
   standard = (x - x.mean(0)) / x.std(0, ddof=1)
   want = _per_column(lambda c: scipy_stats.anderson(c, "norm", method="interpolate").statistic, x)
-  np.testing.assert_allclose(stats.anderson_darling(standard), want, rtol=1e-5, atol=atol)
+  np.testing.assert_allclose(normality.anderson_darling(standard), want, rtol=1e-5, atol=atol)
 
 
 @pytest.mark.parametrize("num_samples", [3, 4, 6, 1000])  # exact; one, two corrections; large
 def test_shapiro_wilk_matches_scipy(num_samples):
   x = _columns((num_samples, 8), seed=num_samples)
   w = _per_column(lambda c: scipy_stats.shapiro(c).statistic, x)
-  np.testing.assert_allclose(1 - stats.shapiro_wilk(x), w, atol=2e-6)  # float32 rounding
+  np.testing.assert_allclose(1 - normality.shapiro_wilk(x), w, atol=2e-6)  # float32 rounding
 
 
 def test_shapiro_wilk_coefficients_are_antisymmetric_unit_vectors():
   for n in (3, 4, 5, 6, 7, 50, 51):
-    a = stats.shapiro_wilk_coefficients(n)
+    a = normality.shapiro_wilk_coefficients(n)
     np.testing.assert_allclose(a, -a[::-1], atol=1e-15)
     np.testing.assert_allclose(np.sum(a**2), 1.0, rtol=1e-12)
     assert np.all(np.diff(a) >= 0)
@@ -88,11 +89,11 @@ def test_shapiro_wilk_coefficients_are_antisymmetric_unit_vectors():
 def test_moment_tests_match_scipy_and_the_paper_formula(num_samples):
   x = _columns((num_samples, 6), seed=num_samples)
   classic = _per_column(lambda c: scipy_stats.jarque_bera(c).statistic, x)
-  np.testing.assert_allclose(stats.jarque_bera(x, extended=False), classic, rtol=2e-5, atol=1e-6)
+  np.testing.assert_allclose(normality.jarque_bera(x, extended=False), classic, rtol=2e-5, atol=1e-6)
   vc, ejb = ref.extended_jarque_bera(x)
-  np.testing.assert_allclose(stats.vcreg(x), vc, rtol=2e-5)
-  np.testing.assert_allclose(stats.jarque_bera(x), ejb, rtol=2e-5)
-  assert stats.TESTS["jarque_bera"](x).shape == (6,)
+  np.testing.assert_allclose(normality.vcreg(x), vc, rtol=2e-5)
+  np.testing.assert_allclose(normality.jarque_bera(x), ejb, rtol=2e-5)
+  assert normality.TESTS["jarque_bera"](x).shape == (6,)
 
 
 def test_gaussian_columns_score_the_known_expectations():
@@ -147,7 +148,7 @@ REFERENCES = {
 def test_gradient_matches_finite_differences_of_reference(name):
   x = np.random.default_rng(4).standard_normal((12, 3)) * [[1.0, 2.0, 0.6]] + 0.2
   cot = np.array([1.0, -0.5, 2.0])
-  got = jax.jit(jax.grad(lambda v: jnp.sum(stats.get_test(name)(v) * cot)))(x.astype(np.float32))
+  got = jax.jit(jax.grad(lambda v: jnp.sum(normality.get_test(name)(v) * cot)))(x.astype(np.float32))
   want = ref.numerical_gradient(lambda v: np.sum(REFERENCES[name](v) * cot), x)
   np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-6 * np.abs(want).max())
 
@@ -159,7 +160,7 @@ def test_values_and_gradients_are_finite_on_degenerate_columns():
 
   def values_and_grads(v):
     return {name: jax.value_and_grad(lambda u, t=test: jnp.sum(t(u)))(v)
-            for name, test in stats.TESTS.items()}
+            for name, test in normality.TESTS.items()}
 
   for name, (value, grad) in jax.jit(values_and_grads)(x).items():
     assert np.isfinite(float(value)) and np.all(np.isfinite(np.asarray(grad))), name
@@ -169,7 +170,7 @@ def test_leading_axes_are_batch_axes_and_vmap_agrees():
   x = _columns((3, 40, 5), seed=1)
   batched = _ALL_TESTS(x)
   mapped = jax.jit(jax.vmap(_all_tests))(x)
-  for name in stats.TESTS:
+  for name in normality.TESTS:
     assert batched[name].shape == (3, 5)
     np.testing.assert_allclose(mapped[name], batched[name], rtol=1e-5, err_msg=name)
 
@@ -192,7 +193,7 @@ def _mesh(axis_type):
 def _sharded_step(names, x, axis_type):
   """value_and_grad of a weighted sum of the statistics, unsharded and N-sharded, and the HLO."""
   def total(v):
-    values = {name: stats.get_test(name)(v) for name in names}
+    values = {name: normality.get_test(name)(v) for name in names}
     weights = jnp.arange(v.shape[-1]) / v.shape[-1]
     return sum(jnp.sum(value * weights) for value in values.values()), values
 
@@ -258,7 +259,7 @@ def test_lejepa_loss_with_a_sorting_test_is_the_same_sharded(devices):
 
 def test_sliced_epps_pulley_is_sigreg_exactly():
   z, key = _columns((2, 32, 8), seed=7), jax.random.key(3)
-  np.testing.assert_array_equal(stats.sliced(stats.epps_pulley)(z, key, 16),
+  np.testing.assert_array_equal(normality.sliced(normality.epps_pulley)(z, key, 16),
                                 losses.sigreg(z, key, num_slices=16))
 
 
@@ -266,12 +267,12 @@ def test_sliced_test_is_the_mean_over_projections():
   z, key = _columns((128, 24), seed=8), jax.random.key(4)
   directions = np.asarray(losses.random_directions(key, 24, 64), np.float64)
   want = np.mean(ref.cdf_statistic_by_integration(z.astype(np.float64) @ directions))
-  np.testing.assert_allclose(stats.sliced(stats.cramer_von_mises)(z, key, 64), want, rtol=1e-5)
+  np.testing.assert_allclose(normality.sliced(normality.cramer_von_mises)(z, key, 64), want, rtol=1e-5)
 
 
 def test_unknown_test_name_lists_the_names():
   with pytest.raises(ValueError, match="Unknown normality test 'kolmogorov'.*epps_pulley.*watson"):
-    stats.get_test("kolmogorov")
+    normality.get_test("kolmogorov")
   with pytest.raises(ValueError, match="Unknown normality test"):
     losses.lejepa_loss(np.ones((8, 2, 4), np.float32), jax.random.key(0), num_global=1,
                        sigreg_weight=0.1, test="kolmogorov")
@@ -309,42 +310,42 @@ def test_test_chosen_in_the_config_reaches_the_loss():
 def test_bhep_in_one_dimension_is_epps_pulley_over_the_line_divided_by_sqrt_2pi():
   x = _columns((50, 1), seed=11)
   # Float32: terms of size N cancel, leaving an absolute error of about N * 1e-7.
-  np.testing.assert_allclose(stats.bhep(x), ref.epps_pulley_closed_form(x)[0] / np.sqrt(2 * np.pi),
+  np.testing.assert_allclose(normality.bhep(x), ref.epps_pulley_closed_form(x)[0] / np.sqrt(2 * np.pi),
                              rtol=1e-5, atol=1e-6 * 50)
 
 
 @pytest.mark.parametrize("beta", [0.5, 1.0, 2.0])
 def test_bhep_matches_pairwise_reference(beta):
   z = _columns((60, 5), seed=12, scale=0.9)
-  np.testing.assert_allclose(stats.bhep(z, beta=beta), ref.bhep(z, beta), rtol=1e-5, atol=1e-6 * 60)
+  np.testing.assert_allclose(normality.bhep(z, beta=beta), ref.bhep(z, beta), rtol=1e-5, atol=1e-6 * 60)
 
 
 def test_henze_zirkler_matches_reference_and_is_affine_invariant():
   z = _columns((80, 4), seed=13)
   z[:, 1] += 0.5 * z[:, 0]  # correlated
   want = ref.henze_zirkler(z)
-  np.testing.assert_allclose(stats.henze_zirkler(z), want, rtol=1e-4)
+  np.testing.assert_allclose(normality.henze_zirkler(z), want, rtol=1e-4)
   mixing = np.random.default_rng(14).standard_normal((4, 4)) + 3 * np.eye(4)
-  np.testing.assert_allclose(stats.henze_zirkler((z @ mixing + 5.0).astype(np.float32)), want,
+  np.testing.assert_allclose(normality.henze_zirkler((z @ mixing + 5.0).astype(np.float32)), want,
                              rtol=1e-4)
 
 
 def test_bhep_loses_its_gradient_in_high_dimension():
   # Why the paper slices: in D = 512 every kernel term underflows in float32.
   z = jax.random.normal(jax.random.key(0), (16, 512))
-  value, grad = jax.jit(jax.value_and_grad(stats.bhep))(z)
+  value, grad = jax.jit(jax.value_and_grad(normality.bhep))(z)
   assert float(value) == 1.0  # only the diagonal of the pairwise sum is left
   assert float(jnp.max(jnp.abs(grad))) == 0.0
 
 
 @pytest.mark.parametrize("call,match", [
-    (lambda: stats.cramer_von_mises(np.ones((5,), np.float32)), "`x` must have shape"),
-    (lambda: stats.watson(np.ones((1, 3), np.float32)), "at least 2 samples"),
-    (lambda: stats.shapiro_wilk(np.ones((2, 3), np.float32)), "at least 3 samples"),
-    (lambda: stats.vcreg(np.ones((4, 3), np.int32)), "floating-point"),
-    (lambda: stats.bhep(np.ones((4, 3), np.float32), beta=0.0), "`beta`"),
-    (lambda: stats.bhep(np.ones((2, 4, 3), np.float32)), "`z` must have shape"),
-    (lambda: stats.henze_zirkler(np.ones((4, 4), np.float32)), "more samples than dimensions"),
+    (lambda: normality.cramer_von_mises(np.ones((5,), np.float32)), "`x` must have shape"),
+    (lambda: normality.watson(np.ones((1, 3), np.float32)), "at least 2 samples"),
+    (lambda: normality.shapiro_wilk(np.ones((2, 3), np.float32)), "at least 3 samples"),
+    (lambda: normality.vcreg(np.ones((4, 3), np.int32)), "floating-point"),
+    (lambda: normality.bhep(np.ones((4, 3), np.float32), beta=0.0), "`beta`"),
+    (lambda: normality.bhep(np.ones((2, 4, 3), np.float32)), "`z` must have shape"),
+    (lambda: normality.henze_zirkler(np.ones((4, 4), np.float32)), "more samples than dimensions"),
 ])
 def test_bad_input_is_rejected(call, match):
   with pytest.raises(ValueError, match=match):
@@ -444,7 +445,7 @@ def _mixed_columns(num_samples, seed):
 
 
 # Every official statistic in one compiled function, selected by name as a config would.
-_ALL_OFFICIAL = jax.jit(lambda x: {name: stats.get_test(f"{name}@official")(x)
+_ALL_OFFICIAL = jax.jit(lambda x: {name: normality.get_test(f"{name}@official")(x)
                                    for name in OFFICIAL_REFERENCES})
 
 
@@ -468,7 +469,7 @@ def test_official_anderson_darling_takes_the_exact_log_phi_not_the_asymptotic_on
   x = np.stack([g.standard_t(2, 200), g.standard_t(1, 200), np.clip(g.standard_normal(200), -3, 3),
                 3 * g.standard_normal(200)], axis=1)
   with jax.enable_x64(True):
-    got = np.asarray(jax.jit(functools.partial(stats.anderson_darling, convention="official"))(x))
+    got = np.asarray(jax.jit(functools.partial(normality.anderson_darling, convention="official"))(x))
   exact = _official_anderson_darling(x)
   asymptotic = _official_anderson_darling(x, _log_phi_asymptotic)
   np.testing.assert_allclose(got, exact, rtol=1e-12)
@@ -488,19 +489,19 @@ def _both_conventions(x):
 
   z = x[:, :3]
   return {
-      "cramer_von_mises": (official(stats.cramer_von_mises, x), stats.cramer_von_mises(x)),
-      "watson": (official(stats.watson, x), stats.watson(x)),
-      "classic_jarque_bera": official(stats.jarque_bera, x, extended=False),
-      "jarque_bera": official(stats.jarque_bera, x),
-      "vcreg": stats.vcreg(x),
-      "shapiro_wilk": official(stats.shapiro_wilk, x),
-      "shapiro_wilk_scaled": official(stats.shapiro_wilk, 3 * x),
-      "shapiro_wilk_shifted": official(stats.shapiro_wilk, x + 0.5),
-      "bhep": (official(stats.bhep, z), stats.bhep(z, beta=0.1)),
-      "bhep_beta_2": official(stats.bhep, z, beta=2.0),
-      "henze_zirkler": (official(stats.henze_zirkler, z),
-                        stats.bhep(z, beta=stats.henze_zirkler_beta(*z.shape))),
-      "henze_zirkler_mixed": official(stats.henze_zirkler, z @ _MIXING),
+      "cramer_von_mises": (official(normality.cramer_von_mises, x), normality.cramer_von_mises(x)),
+      "watson": (official(normality.watson, x), normality.watson(x)),
+      "classic_jarque_bera": official(normality.jarque_bera, x, extended=False),
+      "jarque_bera": official(normality.jarque_bera, x),
+      "vcreg": normality.vcreg(x),
+      "shapiro_wilk": official(normality.shapiro_wilk, x),
+      "shapiro_wilk_scaled": official(normality.shapiro_wilk, 3 * x),
+      "shapiro_wilk_shifted": official(normality.shapiro_wilk, x + 0.5),
+      "bhep": (official(normality.bhep, z), normality.bhep(z, beta=0.1)),
+      "bhep_beta_2": official(normality.bhep, z, beta=2.0),
+      "henze_zirkler": (official(normality.henze_zirkler, z),
+                        normality.bhep(z, beta=normality.henze_zirkler_beta(*z.shape))),
+      "henze_zirkler_mixed": official(normality.henze_zirkler, z @ _MIXING),
   }
 
 
@@ -519,7 +520,7 @@ def test_official_convention_mappings():
                              rtol=1e-12)
   # Shapiro-Wilk: the cosine with unit-norm Elfving-Blom scores, scale- but not shift-invariant.
   m = scipy_stats.norm.ppf((np.arange(1, n + 1) - np.pi / 8) / (n + 0.25))
-  np.testing.assert_allclose(stats.official_shapiro_wilk_weights(n), m / np.linalg.norm(m),
+  np.testing.assert_allclose(normality.official_shapiro_wilk_weights(n), m / np.linalg.norm(m),
                              rtol=1e-12)
   np.testing.assert_allclose(values["shapiro_wilk_scaled"], values["shapiro_wilk"], rtol=1e-12)
   assert np.all(np.abs(values["shapiro_wilk_shifted"] - values["shapiro_wilk"]) > 1e-4)
@@ -535,7 +536,7 @@ def test_official_convention_mappings():
   assert abs(values["henze_zirkler_mixed"] - official) > 1e-3  # not affine-invariant
   # The same function in both conventions: Epps-Pulley, VCReg, Anderson-Darling (exact log Phi).
   for name in ("epps_pulley", "vcreg", "anderson_darling"):
-    assert stats.get_test(name, "official") is stats.TESTS[name]
+    assert normality.get_test(name, "official") is normality.TESTS[name]
 
 
 def test_official_gradients_match_finite_differences_of_the_transcriptions():
@@ -543,7 +544,7 @@ def test_official_gradients_match_finite_differences_of_the_transcriptions():
   cot = np.array([1.0, -0.5, 2.0])
   names = ["cramer_von_mises", "watson", "jarque_bera", "shapiro_wilk"]
   grads = jax.jit(lambda v: {name: jax.grad(lambda u, n=name: jnp.sum(
-      stats.get_test(n, convention="official")(u) * cot))(v) for name in names})(
+      normality.get_test(n, convention="official")(u) * cot))(v) for name in names})(
           x.astype(np.float32))
   for name in names:
     want = ref.numerical_gradient(lambda v, n=name: np.sum(OFFICIAL_REFERENCES[n](v) * cot), x)
@@ -557,10 +558,10 @@ def test_official_values_and_gradients_are_finite_on_degenerate_columns():
   x[:, 2] = np.linspace(-1e-3, 1e-3, 16)  # tiny spread
 
   def values_and_grads(v):  # the tests whose official definition differs, and BHEP / HZ
-    tests = {name: functools.partial(stats.TESTS[name], convention="official")
+    tests = {name: functools.partial(normality.TESTS[name], convention="official")
              for name in ("cramer_von_mises", "watson", "jarque_bera", "shapiro_wilk")}
     tests |= {name: lambda u, t=test: t(u, convention="official")
-              for name, test in (("bhep", stats.bhep), ("henze_zirkler", stats.henze_zirkler))}
+              for name, test in (("bhep", normality.bhep), ("henze_zirkler", normality.henze_zirkler))}
     return {name: jax.value_and_grad(lambda u, t=test: jnp.sum(t(u)))(v)
             for name, test in tests.items()}
 
@@ -570,35 +571,35 @@ def test_official_values_and_gradients_are_finite_on_degenerate_columns():
 
 def test_convention_is_chosen_by_name_in_get_test_and_sliced():
   x = _columns((40, 5), seed=26)
-  official = stats.get_test("watson@official")
+  official = normality.get_test("watson@official")
   assert official.__name__ == "watson_official"
-  np.testing.assert_array_equal(official(x), stats.watson(x, convention="official"))
-  np.testing.assert_array_equal(stats.get_test("watson", convention="official")(x), official(x))
-  assert stats.get_test("watson") is stats.get_test("watson@lejepa_jax") is stats.watson
-  by_name = stats.sliced("cramer_von_mises", convention="official")
+  np.testing.assert_array_equal(official(x), normality.watson(x, convention="official"))
+  np.testing.assert_array_equal(normality.get_test("watson", convention="official")(x), official(x))
+  assert normality.get_test("watson") is normality.get_test("watson@lejepa_jax") is normality.watson
+  by_name = normality.sliced("cramer_von_mises", convention="official")
   assert by_name.__name__ == "sliced_cramer_von_mises_official"
 
   def slice_all(z, key):
-    return {"ours": stats.sliced(stats.cramer_von_mises)(z, key, 16),
+    return {"ours": normality.sliced(normality.cramer_von_mises)(z, key, 16),
             "by_name": by_name(z, key, 16),
-            "qualified": stats.sliced("cramer_von_mises@official")(z, key, 16),
-            "bound": stats.sliced(stats.cramer_von_mises, convention="official")(z, key, 16)}
+            "qualified": normality.sliced("cramer_von_mises@official")(z, key, 16),
+            "bound": normality.sliced(normality.cramer_von_mises, convention="official")(z, key, 16)}
 
   values = jax.jit(slice_all)(_columns((2, 64, 8), seed=27), jax.random.key(7))
   np.testing.assert_allclose(values["by_name"], (values["ours"] - 1 / (12 * 64)) / 64, rtol=1e-5)
   np.testing.assert_array_equal(values["qualified"], values["by_name"])
   np.testing.assert_array_equal(values["bound"], values["by_name"])
   # Epps-Pulley takes a convention by name (the same statistic in both): the plain function.
-  assert stats.sliced("epps_pulley", convention="official").__name__ == "sliced_epps_pulley"
+  assert normality.sliced("epps_pulley", convention="official").__name__ == "sliced_epps_pulley"
 
 
 @pytest.mark.parametrize("call,match", [
-    (lambda: stats.get_test("watson@torch"), "`convention` must be one of"),
-    (lambda: stats.get_test("watson", convention="paper"), "`convention` must be one of"),
-    (lambda: stats.get_test("watson@official", convention="lejepa_jax"), "contradicts"),
-    (lambda: stats.get_test("kolmogorov@official"), "Unknown normality test.*@<convention>"),
-    (lambda: stats.cramer_von_mises(np.ones((4, 2), np.float32), convention="torch"), "one of"),
-    (lambda: stats.bhep(np.ones((4, 2), np.float32), convention="Official"), "one of"),
+    (lambda: normality.get_test("watson@torch"), "`convention` must be one of"),
+    (lambda: normality.get_test("watson", convention="paper"), "`convention` must be one of"),
+    (lambda: normality.get_test("watson@official", convention="lejepa_jax"), "contradicts"),
+    (lambda: normality.get_test("kolmogorov@official"), "Unknown normality test.*@<convention>"),
+    (lambda: normality.cramer_von_mises(np.ones((4, 2), np.float32), convention="torch"), "one of"),
+    (lambda: normality.bhep(np.ones((4, 2), np.float32), convention="Official"), "one of"),
 ])
 def test_bad_convention_is_rejected(call, match):
   with pytest.raises(ValueError, match=match):

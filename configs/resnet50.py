@@ -20,7 +20,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.data.global_views = dict(count=4, size=224, scale=(0.08, 1.0))
   c.data.local_views = dict(count=0, size=96, scale=(0.05, 0.3))
   c.model = config_lib.model_config(
-      "resnet", "50", projector=dict(hidden_dim=2048, out_dim=128, num_layers=3))
+    "resnet", "50", projector=dict(hidden_dim=2048, out_dim=128, num_layers=3)
+  )
   c.loss.sigreg_weight = 0.02
   c.optim.weight_decay = 5e-4
   train_examples, c.probe.num_classes = dataset_sizes(args["dataset"])
@@ -32,8 +33,9 @@ def dataset_sizes(name: str) -> tuple[int, int]:
   """(training examples, classes): the schedule's epochs and the probe need both; never guessed."""
   if name not in config_lib.DATASETS:
     raise ValueError(
-        f"configs/resnet50.py does not know dataset={name!r} (known: "
-        f"{sorted(config_lib.DATASETS)}). For another dataset, run without dataset= and set "
-        f"--config.data.name={name} --config.total_steps=N --config.optim.warmup_steps=N "
-        "--config.probe.num_classes=N.")
+      f"configs/resnet50.py does not know dataset={name!r} (known: "
+      f"{sorted(config_lib.DATASETS)}). For another dataset, run without dataset= and set "
+      f"--config.data.name={name} --config.total_steps=N --config.optim.warmup_steps=N "
+      "--config.probe.num_classes=N."
+    )
   return config_lib.DATASETS[name]

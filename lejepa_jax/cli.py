@@ -44,14 +44,23 @@ def help_text(flag_values: flags.FlagValues, prog: str, doc: str | None) -> str:
 
 def usage_error(flag_values: flags.FlagValues, prog: str, message: str) -> NoReturn:
   """Prints the flags and `prog: error: message` to stderr and exits with status 2 (as argparse)."""
-  print(f"flags of {prog} (--help for the full usage):\n{flags_help(flag_values)}\n\n"
-        f"{prog}: error: {message}", file=sys.stderr)
+  print(
+    f"flags of {prog} (--help for the full usage):\n{flags_help(flag_values)}\n\n"
+    f"{prog}: error: {message}",
+    file=sys.stderr,
+  )
   raise SystemExit(2)
 
 
-def parse(flag_values: flags.FlagValues, argv: Sequence[str] | None, *, prog: str,
-          doc: str | None, required: Sequence[str] = (),
-          positional: Sequence[tuple[str, Sequence[str] | None]] = ()) -> list[str]:
+def parse(
+  flag_values: flags.FlagValues,
+  argv: Sequence[str] | None,
+  *,
+  prog: str,
+  doc: str | None,
+  required: Sequence[str] = (),
+  positional: Sequence[tuple[str, Sequence[str] | None]] = (),
+) -> list[str]:
   """Parses `argv` (without the program name; None: sys.argv[1:]) into `flag_values` afresh.
 
   Args:
@@ -67,7 +76,7 @@ def parse(flag_values: flags.FlagValues, argv: Sequence[str] | None, *, prog: st
     The positional arguments, as many as `positional` names.
   """
   argv = list(sys.argv[1:] if argv is None else argv)
-  flag_args = argv[:argv.index("--")] if "--" in argv else argv
+  flag_args = argv[: argv.index("--")] if "--" in argv else argv
   if any(arg in HELP_ARGS for arg in flag_args):
     print(help_text(flag_values, prog, doc))
     raise SystemExit(0)
@@ -78,14 +87,17 @@ def parse(flag_values: flags.FlagValues, argv: Sequence[str] | None, *, prog: st
   except flags.Error as e:
     usage_error(flag_values, prog, str(e))
   if len(args) > len(positional):
-    usage_error(flag_values, prog, f"unrecognized arguments: {' '.join(args[len(positional):])}")
+    usage_error(flag_values, prog, f"unrecognized arguments: {' '.join(args[len(positional) :])}")
   if len(args) < len(positional):
-    names = ", ".join(name for name, _ in positional[len(args):])
+    names = ", ".join(name for name, _ in positional[len(args) :])
     usage_error(flag_values, prog, f"the following arguments are required: {names}")
   for (name, choices), value in zip(positional, args):
     if choices is not None and value not in choices:
-      usage_error(flag_values, prog, f"argument {name}: invalid choice: {value!r} (choose from "
-                  f"{', '.join(choices)})")
+      usage_error(
+        flag_values,
+        prog,
+        f"argument {name}: invalid choice: {value!r} (choose from {', '.join(choices)})",
+      )
   missing = [f"--{name}" for name in required if flag_values[name].value is None]
   if missing:
     usage_error(flag_values, prog, f"the following flags are required: {', '.join(missing)}")
@@ -109,6 +121,7 @@ def setup_logging(all_processes: bool = False) -> None:
   only process 0 logs progress unless `all_processes`; the others report warnings and errors."""
   import jax
   from absl import logging as absl_logging
+
   logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
   absl_logging.set_verbosity(absl_logging.WARNING)
   verbose = all_processes or jax.process_index() == 0

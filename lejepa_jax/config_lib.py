@@ -16,6 +16,7 @@ def load_config_file(path: str, arg: str | None = None) -> ml_collections.Config
   """`get_config(arg)` of a config file, as `--config=path:arg` would give it (without locking)."""
   import importlib.util
   import os
+
   name = os.path.splitext(os.path.basename(path))[0]
   spec = importlib.util.spec_from_file_location(f"lejepa_config_{name}", path)
   module = importlib.util.module_from_spec(spec)
@@ -62,8 +63,9 @@ def parse_value(text: str, like: Any) -> Any:
   if like is None:
     return text
   if not isinstance(like, (int, float, str)):
-    raise ValueError(f"only numbers, booleans and strings can be set from text, not a "
-                     f"{type(like).__name__}")
+    raise ValueError(
+      f"only numbers, booleans and strings can be set from text, not a {type(like).__name__}"
+    )
   try:
     return type(like)(text)
   except ValueError:
@@ -85,25 +87,29 @@ def _convert(key: str, value: str | None, default):
 # The options each backbone reads from config.model (lejepa_jax.models.BACKBONES), at the models'
 # own defaults. A config holds all of its family's, so `--config.model.<option>=...` reaches each.
 MODEL_OPTIONS = {
-    # remat: activation rematerialisation per block (models.vit.REMAT_POLICIES); `lejepa_jax.plan`
-    # tells which one fits a given accelerator and mesh.
-    "vit": dict(img_size=224, in_channels=3, class_token=True, num_registers=0, drop_path=0.0,
-                remat="none"),
-    "resnet": dict(in_channels=3, small_stem=False, width=64),
-    "convnextv2": dict(in_channels=3, drop_path=0.0),
+  # remat: activation rematerialisation per block (models.vit.REMAT_POLICIES); `lejepa_jax.plan`
+  # tells which one fits a given accelerator and mesh.
+  "vit": dict(
+    img_size=224, in_channels=3, class_token=True, num_registers=0, drop_path=0.0, remat="none"
+  ),
+  "resnet": dict(in_channels=3, small_stem=False, width=64),
+  "convnextv2": dict(in_channels=3, drop_path=0.0),
 }
 
 
-def model_config(name: str, variant: str, projector: dict | None = None,
-                 **options) -> ml_collections.ConfigDict:
+def model_config(
+  name: str, variant: str, projector: dict | None = None, **options
+) -> ml_collections.ConfigDict:
   """config.model of a `name` backbone: all its options (MODEL_OPTIONS), `options` over defaults."""
   unknown = sorted(set(options) - set(MODEL_OPTIONS[name]))
   if unknown:
-    raise ValueError(f"{name} has no option(s) {unknown}; its options: "
-                     f"{sorted(MODEL_OPTIONS[name])}.")
+    raise ValueError(f"{name} has no option(s) {unknown}; its options: {sorted(MODEL_OPTIONS[name])}.")
   projector = projector or dict(hidden_dim=2048, out_dim=512, num_layers=3)
-  return ml_collections.ConfigDict(dict(name=name, variant=variant, dtype="auto",
-                                        **{**MODEL_OPTIONS[name], **options}, projector=projector))
+  return ml_collections.ConfigDict(
+    dict(
+      name=name, variant=variant, dtype="auto", **{**MODEL_OPTIONS[name], **options}, projector=projector
+    )
+  )
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -131,8 +137,17 @@ def base_config() -> ml_collections.ConfigDict:
   c.data.num_workers = 8
   c.data.global_views = dict(count=2, size=224, scale=(0.3, 1.0))
   c.data.local_views = dict(count=6, size=96, scale=(0.05, 0.3))
-  c.data.augment = dict(flip=0.5, color_jitter=0.8, brightness=0.4, contrast=0.4, saturation=0.2,
-                        hue=0.1, grayscale=0.2, blur=0.5, solarize=0.2)
+  c.data.augment = dict(
+    flip=0.5,
+    color_jitter=0.8,
+    brightness=0.4,
+    contrast=0.4,
+    saturation=0.2,
+    hue=0.1,
+    grayscale=0.2,
+    blur=0.5,
+    solarize=0.2,
+  )
   c.data.augment_on_device = False
   c.data.mean = (0.485, 0.456, 0.406)  # ImageNet statistics
   c.data.std = (0.229, 0.224, 0.225)
@@ -195,8 +210,9 @@ def imagenet_vit_config(arg: str | None, variant: str, fsdp: int) -> ml_collecti
   return finish(c, args)
 
 
-def set_schedule(c: ml_collections.ConfigDict, epochs: float, num_examples: int,
-                 warmup_epochs: float = 10) -> None:
+def set_schedule(
+  c: ml_collections.ConfigDict, epochs: float, num_examples: int, warmup_epochs: float = 10
+) -> None:
   """total_steps and warmup_steps from epochs over a training set of `num_examples`."""
   c.total_steps = epochs_to_steps(epochs, num_examples, c.data.global_batch_size)
   c.optim.warmup_steps = epochs_to_steps(warmup_epochs, num_examples, c.data.global_batch_size)
@@ -207,8 +223,10 @@ def finish(c: ml_collections.ConfigDict, args: dict) -> ml_collections.ConfigDic
   if args["steps"] < 0 or (args["steps"] and not args["runlocal"]):
     # steps= sets runlocal's length only: a full run's length follows from its epochs (or
     # --config.total_steps, which leaves the warmup and checkpoint cadence as the recipe has them).
-    raise ValueError(f"Config argument steps={args['steps']} needs runlocal (runlocal,steps=N with "
-                     "N >= 1); for a full-size run use epochs= or --config.total_steps=N.")
+    raise ValueError(
+      f"Config argument steps={args['steps']} needs runlocal (runlocal,steps=N with "
+      "N >= 1); for a full-size run use epochs= or --config.total_steps=N."
+    )
   if args["runlocal"]:
     apply_runlocal(c, args["steps"] or RUNLOCAL_STEPS)
   return c
@@ -218,8 +236,9 @@ def epochs_to_steps(epochs: float, num_examples: int, batch_size: int) -> int:
   return max(1, round(epochs * num_examples / batch_size))
 
 
-def apply_runlocal(c: ml_collections.ConfigDict,
-                   steps: int = RUNLOCAL_STEPS) -> ml_collections.ConfigDict:
+def apply_runlocal(
+  c: ml_collections.ConfigDict, steps: int = RUNLOCAL_STEPS
+) -> ml_collections.ConfigDict:
   """Shrinks any config to a CPU run of about a minute: tiny model of the same family, small crops,
   small batch, few steps. The dataset stays the one the config names."""
   c.total_steps = steps
@@ -229,17 +248,22 @@ def apply_runlocal(c: ml_collections.ConfigDict,
   c.data.global_batch_size = 32
   c.data.num_workers = 0
   c.mesh.axes = dict(data=-1)
-  small = {"vit": dict(variant="Mi/8", img_size=32), "resnet": dict(variant="18", small_stem=True),
-           "convnextv2": dict(variant="atto")}[c.model.name]
+  small = {
+    "vit": dict(variant="Mi/8", img_size=32),
+    "resnet": dict(variant="18", small_stem=True),
+    "convnextv2": dict(variant="atto"),
+  }[c.model.name]
   for key, value in small.items():
     c.model[key] = value
   if c.model.name == "vit":
     c.model.drop_path = 0.0
-  sizes = (32, 16) if c.data.global_views["size"] > 32 else (
-      c.data.global_views["size"], c.data.local_views["size"])
+  sizes = (
+    (32, 16)
+    if c.data.global_views["size"] > 32
+    else (c.data.global_views["size"], c.data.local_views["size"])
+  )
   c.data.global_views = dict(c.data.global_views, size=sizes[0])
-  c.data.local_views = dict(c.data.local_views, size=sizes[1], count=min(
-      2, c.data.local_views["count"]))
+  c.data.local_views = dict(c.data.local_views, size=sizes[1], count=min(2, c.data.local_views["count"]))
   c.model.projector = dict(hidden_dim=64, out_dim=16, num_layers=3)
   c.loss.num_slices = 128
   return c
@@ -268,6 +292,7 @@ def probe_config() -> ml_collections.ConfigDict:
   # "finetune" (not in the default list): the whole encoder + a linear head
   # (lejepa_jax/evaluation/finetune.py).
   from lejepa_jax.evaluation import finetune
+
   c.finetune = dict(finetune.OPTIONS)
   c.poll_seconds = 30.0  # --follow: how often to look for new checkpoints
   c.idle_timeout = 7200.0  # --follow: give up after this long without a new checkpoint

@@ -72,27 +72,37 @@ def plot_time_to_accuracy(workdir: str, probe_name: str, path: str) -> bool:
   steps = np.array([r["step"] for r in train], float)
   minutes = np.array([r["train_seconds"] for r in train]) / 60
   fig, ax = plt.subplots(figsize=(7, 4.5))
-  ax.plot(minutes, [100 * r["probe_accuracy"] for r in train], color="0.7", lw=1,
-          label="online probe (augmented training batches)")
+  ax.plot(
+    minutes,
+    [100 * r["probe_accuracy"] for r in train],
+    color="0.7",
+    lw=1,
+    label="online probe (augmented training batches)",
+  )
   for evaluator, (style, name) in _EVALUATOR_STYLES.items():
-    rows = [r for r in read_jsonl(os.path.join(workdir, "eval", f"{evaluator}.jsonl"))
-            if r.get("probe_config") == probe_name]
+    rows = [
+      r
+      for r in read_jsonl(os.path.join(workdir, "eval", f"{evaluator}.jsonl"))
+      if r.get("probe_config") == probe_name
+    ]
     points = sorted((r["step"], r["top1"]) for r in rows if r["encoder"] == "checkpoint")
     # The encoder at random initialisation is the run at minute 0.
     points = [(0, r["top1"]) for r in rows if r["encoder"] == "random_init"][-1:] + points
     if points:
-      at = np.interp([p[0] for p in points], np.concatenate([[0], steps]),
-                     np.concatenate([[0], minutes]))
-      line, = ax.plot(at, [100 * p[1] for p in points], style,
-                      label=f"{name}, test set (minute 0: random init)")
+      at = np.interp(
+        [p[0] for p in points], np.concatenate([[0], steps]), np.concatenate([[0], minutes])
+      )
+      (line,) = ax.plot(
+        at, [100 * p[1] for p in points], style, label=f"{name}, test set (minute 0: random init)"
+      )
       for r in rows:
         if r["encoder"] == "pixels":
-          ax.axhline(100 * r["top1"], color=line.get_color(), ls="--", lw=1,
-                     label=f"{name}, raw pixels")
+          ax.axhline(100 * r["top1"], color=line.get_color(), ls="--", lw=1, label=f"{name}, raw pixels")
   ax.set_xlabel("minutes of training")
   ax.set_ylabel("top-1 accuracy (%)")
-  ax.set_title(f"time to accuracy ({os.path.basename(os.path.normpath(workdir))}, "
-               f"probe config {probe_name})")
+  ax.set_title(
+    f"time to accuracy ({os.path.basename(os.path.normpath(workdir))}, probe config {probe_name})"
+  )
   ax.legend(fontsize=7, loc="lower right")
   ax.grid(alpha=0.3)
   fig.tight_layout()
@@ -104,8 +114,11 @@ def plot_time_to_accuracy(workdir: str, probe_name: str, path: str) -> bool:
 
 def write_summary(workdir: str, last: dict) -> None:
   rows = read_metrics(workdir)
-  summary = {"final": last, "steps_logged": len(rows),
-             "best_probe_accuracy": max((r["probe_accuracy"] for r in rows), default=None)}
+  summary = {
+    "final": last,
+    "steps_logged": len(rows),
+    "best_probe_accuracy": max((r["probe_accuracy"] for r in rows), default=None),
+  }
   with open(os.path.join(workdir, "summary.json"), "w") as f:
     json.dump(summary, f, indent=2)
   if rows:

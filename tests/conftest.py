@@ -4,12 +4,14 @@ import os
 import tempfile
 
 os.environ["XLA_FLAGS"] = (
-    os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8").strip()
+  os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
+).strip()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 # One on-disk compilation cache for the run's pytest workers and the processes tests start: many
 # tests compile the same tiny programs (the cold cache took tests/test_train.py from 113 to 83 s).
-os.environ.setdefault("JAX_COMPILATION_CACHE_DIR",
-                      os.path.join(tempfile.gettempdir(), f"lejepa_jax_tests_{os.getuid()}"))
+os.environ.setdefault(
+  "JAX_COMPILATION_CACHE_DIR", os.path.join(tempfile.gettempdir(), f"lejepa_jax_tests_{os.getuid()}")
+)
 
 import jax
 import pytest
@@ -22,6 +24,7 @@ def data_dir(tmp_path_factory):
   import numpy as np
 
   from lejepa_jax.data import prepare
+
   root = tmp_path_factory.mktemp("train_images")
   rng = np.random.default_rng(0)
   for i in range(32):

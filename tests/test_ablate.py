@@ -23,8 +23,12 @@ pytestmark = pytest.mark.slow  # end-to-end runs: `-m "not slow"` leaves them ou
 
 STEPS = 3
 # 8 members: 2 programs (num_slices changes shapes) of 4 members (lambda x lr, traced).
-SWEEPS = [("loss.num_slices", ["16", "32"]), ("loss.sigreg_weight", ["0.0", "0.5"]),
-          ("optim.lr", ["1e-3", "1e-2"]), ("optim.weight_decay", ["0.3"])]
+SWEEPS = [
+  ("loss.num_slices", ["16", "32"]),
+  ("loss.sigreg_weight", ["0.0", "0.5"]),
+  ("optim.lr", ["1e-3", "1e-2"]),
+  ("optim.weight_decay", ["0.3"]),
+]
 
 
 def tiny_config(data_dir: str) -> ml_collections.ConfigDict:
@@ -58,8 +62,10 @@ def _state(workdir, step):
 
 
 def _flat(tree):
-  return {jax.tree_util.keystr(path): np.asarray(leaf, np.float64)
-          for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]}
+  return {
+    jax.tree_util.keystr(path): np.asarray(leaf, np.float64)
+    for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]
+  }
 
 
 def _assert_states_close(got, want):
@@ -76,12 +82,11 @@ def _assert_states_close(got, want):
     real = sub is not None and nu[sub].shape == y.shape
     mask = nu[sub] > 1e-14 if real else np.ones_like(y, bool)
     scale = np.max(np.abs(y[mask]), initial=0.0) * (2e-2 if path.endswith("['mean']") else 1e-3)
-    np.testing.assert_allclose(got[path][mask], y[mask], rtol=1e-3, atol=scale + 1e-12,
-                               err_msg=path)
+    np.testing.assert_allclose(got[path][mask], y[mask], rtol=1e-3, atol=scale + 1e-12, err_msg=path)
 
 
 def _state_part(flat, prefix):
-  return {path[len(prefix):]: leaf for path, leaf in flat.items() if path.startswith(prefix)}
+  return {path[len(prefix) :]: leaf for path, leaf in flat.items() if path.startswith(prefix)}
 
 
 def test_plan_groups_shape_changing_values_into_separate_programs(data_dir):
@@ -105,10 +110,12 @@ def test_plan_groups_shape_changing_values_into_separate_programs(data_dir):
 
 def test_members_equal_separately_trained_runs_step_for_step(ablation, data_dir, tmp_path):
   workdir, _ = ablation
-  assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == ["num_slices=16",
-                                                                       "num_slices=32"]
-  for name in ("num_slices=16,sigreg_weight=0.0,lr=1e-3", "num_slices=16,sigreg_weight=0.5,lr=1e-3",
-               "num_slices=32,sigreg_weight=0.5,lr=1e-2"):
+  assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == ["num_slices=16", "num_slices=32"]
+  for name in (
+    "num_slices=16,sigreg_weight=0.0,lr=1e-3",
+    "num_slices=16,sigreg_weight=0.5,lr=1e-3",
+    "num_slices=32,sigreg_weight=0.5,lr=1e-2",
+  ):
     member_dir = os.path.join(workdir, "members", name)
     manager = checkpointing.training_manager(os.path.join(member_dir, "checkpoints"))
     config = ml_collections.ConfigDict(checkpointing.restore_config(manager, STEPS))
@@ -182,6 +189,7 @@ def test_spearman_matches_scipy_with_ties():
 @pytest.mark.parametrize("input_batched", [True, False])
 def test_per_member_convolutions_equal_vmapped_ones_without_grouping(input_batched):
   from lejepa_jax.models import layers, members
+
   rng = np.random.default_rng(0)
   x = rng.normal(size=(3, 2, 6, 6, 5) if input_batched else (2, 6, 6, 5)).astype(np.float32)
   w = rng.normal(size=(3, 3, 3, 5, 7)).astype(np.float32)  # 3 members' kernels
@@ -189,8 +197,10 @@ def test_per_member_convolutions_equal_vmapped_ones_without_grouping(input_batch
 
   def grads():  # a fresh function per trace: jit caches by function
     def loss(x, w):
-      return jax.numpy.sum(jax.numpy.sin(layers.conv_general_dilated(
-          x, w, (2, 1), "SAME", dimension_numbers=dn)))
+      return jax.numpy.sum(
+        jax.numpy.sin(layers.conv_general_dilated(x, w, (2, 1), "SAME", dimension_numbers=dn))
+      )
+
     in_axes = (0 if input_batched else None, 0)
     return jax.jit(jax.vmap(jax.grad(loss, argnums=(0, 1)), in_axes=in_axes))
 
@@ -211,6 +221,7 @@ def test_per_member_convolutions_equal_vmapped_ones_without_grouping(input_batch
 
 def test_member_convolution_strategy_is_chosen_by_backend_or_setting():
   from lejepa_jax.models import members
+
   assert members.strategy("auto", "cpu") == "per_member"
   assert members.strategy("auto", "tpu") == members.strategy("auto", "gpu") == "grouped"
   assert members.strategy("grouped", "cpu") == "grouped"
@@ -219,7 +230,8 @@ def test_member_convolution_strategy_is_chosen_by_backend_or_setting():
 
 
 def test_a_probe_config_evaluates_every_member_once_and_the_report_correlates_its_accuracy(
-    ablation, data_dir):
+  ablation, data_dir
+):
   workdir, _ = ablation
   config = tiny_config(data_dir)
   config.mesh.axes = dict(data=-1, fsdp=2)
@@ -244,9 +256,14 @@ def test_a_probe_config_evaluates_every_member_once_and_the_report_correlates_it
   assert sorted(report["spearman_by_step"]) == ["2", "3"]
   for subset, value in report["spearman"]["linear_top1"].items():  # the final step is the end
     assert report["spearman_by_step"]["3"][subset]["spearman"] == pytest.approx(
-        value["spearman"], nan_ok=True)
-  at_2 = [json.loads(line) for line in open(os.path.join(
-      workdir, "members", report["members"][0]["name"], "eval", "linear.jsonl"))]
+      value["spearman"], nan_ok=True
+    )
+  at_2 = [
+    json.loads(line)
+    for line in open(
+      os.path.join(workdir, "members", report["members"][0]["name"], "eval", "linear.jsonl")
+    )
+  ]
   assert any(r["step"] == 2 for r in at_2)
   assert os.path.getsize(os.path.join(workdir, "ablation_curves.png")) > 0
   group_loop.run(config, workdir, SWEEPS, member_shards=2, probe=probe)  # done: nothing evaluated again

@@ -20,8 +20,9 @@ ACCELERATORS = ("cuda", "tpu")
 
 def _resnet_config(data_dir):
   config = tiny_config(data_dir, 2)
-  config.model = config_lib.model_config("resnet", "18", projector=dict(hidden_dim=32, out_dim=8),
-                                         width=8, small_stem=True, in_channels=3)
+  config.model = config_lib.model_config(
+    "resnet", "18", projector=dict(hidden_dim=32, out_dim=8), width=8, small_stem=True, in_channels=3
+  )
   return config
 
 
@@ -52,8 +53,9 @@ def test_the_feature_function_lowers_for_gpus_and_tpus(data_dir):
   graphdef, state = nnx.split(train_state.build_train_objects(config)[0])
   forward = extraction.feature_function(tuple(config.data.mean), tuple(config.data.std), "embed", 1)
   images = jax.ShapeDtypeStruct((4, 16, 16, 3), jnp.uint8)
-  exported = jax.export.export(jax.jit(functools.partial(forward, graphdef)),
-                               platforms=ACCELERATORS)(state, images)
+  exported = jax.export.export(jax.jit(functools.partial(forward, graphdef)), platforms=ACCELERATORS)(
+    state, images
+  )
   features, projections = exported.out_avals
   assert exported.platforms == ACCELERATORS
   assert features.shape[0] == projections.shape[0] == 4

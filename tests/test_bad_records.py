@@ -63,7 +63,7 @@ def _damage_chunk(path):
   start = content.find(records[BAD])
   assert start > 0 and content.count(records[BAD]) == 1
   middle = start + len(records[BAD]) // 2
-  content[middle:middle + 4] = bytes(255 - b for b in content[middle:middle + 4])
+  content[middle : middle + 4] = bytes(255 - b for b in content[middle : middle + 4])
   with open(path, "wb") as f:
     f.write(content)
 
@@ -77,19 +77,22 @@ def _undecodable_image(path):
     assert record.count(b"\x89PNG\r\n\x1a\n") == 1
     # The same length keeps the TF example valid: only the image inside is damaged.
     return record.replace(b"\x89PNG\r\n\x1a\n", b"NOTAPNG!") if i == BAD else record
+
   _rewrite(path, change)
 
 
 DAMAGE = {"chunk": _damage_chunk, "example": _not_an_example, "image": _undecodable_image}
 # What each error says of the damage (riegeli's checksum, protobuf's parser, OpenCV).
-PROBLEM = {"chunk": "cannot be read (RuntimeError: Corrupted Riegeli",
-           "example": "cannot be read (DecodeError", "image": "the image cannot be decoded"}
+PROBLEM = {
+  "chunk": "cannot be read (RuntimeError: Corrupted Riegeli",
+  "example": "cannot be read (DecodeError",
+  "image": "the image cannot be decoded",
+}
 
 
 def _ids_by_record(out):
   source = data.open_source("bad_records", "train", out)
-  return [(int(augment.decode(source[i]["image"], 3)[0, 0, 0]) - 20) // 10
-          for i in range(len(source))]
+  return [(int(augment.decode(source[i]["image"], 3)[0, 0, 0]) - 20) // 10 for i in range(len(source))]
 
 
 def _identity_multicrop(skip=False):
@@ -108,8 +111,12 @@ def _check_message(message, path):
 
 def _train(out, multicrop, num_workers=0):
   source = data.open_source("bad_records", "train", out)
-  return [batch for batch in data.train_dataset(source, multicrop, global_batch_size=2, seed=0,
-                                                num_epochs=1, num_workers=num_workers)]
+  return [
+    batch
+    for batch in data.train_dataset(
+      source, multicrop, global_batch_size=2, seed=0, num_epochs=1, num_workers=num_workers
+    )
+  ]
 
 
 @pytest.mark.parametrize("damage", sorted(DAMAGE))
@@ -128,11 +135,14 @@ def test_skip_bad_records_logs_counts_and_leaves_them_out(dataset, tmp_path, dam
   out, path = _copy(dataset, tmp_path)
   ids = _ids_by_record(out)
   DAMAGE[damage](path)
-  multicrop = data.multicrop_from_config({  # the config key reaches the pipeline
-      "skip_bad_records": True, "global_views": {"count": 1, "size": 8, "scale": (1.0, 1.0),
-                                                 "ratio": (1.0, 1.0)},
+  multicrop = data.multicrop_from_config(
+    {  # the config key reaches the pipeline
+      "skip_bad_records": True,
+      "global_views": {"count": 1, "size": 8, "scale": (1.0, 1.0), "ratio": (1.0, 1.0)},
       "local_views": {"count": 0, "size": 4, "scale": (0.5, 1.0)},
-      "augment": {"flip": 0, "color_jitter": 0, "grayscale": 0, "blur": 0, "solarize": 0}})
+      "augment": {"flip": 0, "color_jitter": 0, "grayscale": 0, "blur": 0, "solarize": 0},
+    }
+  )
   batches = _train(out, multicrop)
   seen = sorted((int(v) - 20) // 10 for b in batches for v in b["global"][:, 0, 0, 0, 0])
   assert len(multicrop.skipped) == 1 and path in multicrop.skipped[0]
@@ -149,16 +159,14 @@ def test_bad_record_stops_evaluation_or_is_flagged_with_skip(dataset, tmp_path):
   _undecodable_image(path)
   source = data.open_source("bad_records", "train", out)
   with pytest.raises(data.BadRecordError) as error:
-    list(data.eval_dataset(source, augment.CenterCrop(8, 3, crop_fraction=1.0),
-                           global_batch_size=4))
+    list(data.eval_dataset(source, augment.CenterCrop(8, 3, crop_fraction=1.0), global_batch_size=4))
   _check_message(str(error.value), path)
   crop = augment.CenterCrop(8, 3, crop_fraction=1.0, skip_bad_records=True)
   batches = list(data.eval_dataset(source, crop, global_batch_size=4))
   valid = np.concatenate([b["valid"] for b in batches])
   images = np.concatenate([b["image"] for b in batches])
   assert valid.tolist() == [i != BAD for i in range(NUM_IMAGES)]  # flagged, so metrics leave it out
-  assert sorted((int(v) - 20) // 10 for v in images[valid, 0, 0, 0]) == sorted(
-      set(ids) - {ids[BAD]})
+  assert sorted((int(v) - 20) // 10 for v in images[valid, 0, 0, 0]) == sorted(set(ids) - {ids[BAD]})
   assert len(crop.skipped) == 1 and path in crop.skipped[0]
 
 
@@ -166,6 +174,7 @@ def test_bad_record_stops_evaluation_or_is_flagged_with_skip(dataset, tmp_path):
 def absl_flags_parsed():
   """grain's worker processes read absl flags, which `python -m lejepa_jax.main` parses."""
   from absl import flags
+
   parsed = flags.FLAGS.is_parsed()
   flags.FLAGS.mark_as_parsed()
   yield
@@ -173,8 +182,9 @@ def absl_flags_parsed():
     flags.FLAGS.unparse_flags()
 
 
-def test_bad_record_in_a_grain_worker_reaches_the_main_process_intact(dataset, tmp_path,
-                                                                      absl_flags_parsed):
+def test_bad_record_in_a_grain_worker_reaches_the_main_process_intact(
+  dataset, tmp_path, absl_flags_parsed
+):
   out, path = _copy(dataset, tmp_path)
   _undecodable_image(path)
   with pytest.raises(data.BadRecordError) as error:
@@ -209,7 +219,7 @@ def _jpeg(value):
 def test_truncated_jpeg_is_undecodable_not_grey():
   jpeg = _jpeg(1)
   assert augment.decode(jpeg, 3) is not None
-  cut = jpeg[:len(jpeg) * 3 // 4]
+  cut = jpeg[: len(jpeg) * 3 // 4]
   assert augment.decode(cut, 3) is None
   assert "truncated" in augment.undecodable_reason(cut)
   assert augment.decode(jpeg + b"trailing bytes", 3) is not None
@@ -225,7 +235,7 @@ def bad_folder(tmp_path):
       (root / label / f"{i}.png").write_bytes(_png(_value(i)))
   (root / "a" / "cut.png").write_bytes(_png(99)[:40])
   jpeg = _jpeg(2)
-  (root / "b" / "cut.jpg").write_bytes(jpeg[:len(jpeg) // 2])
+  (root / "b" / "cut.jpg").write_bytes(jpeg[: len(jpeg) // 2])
   return root
 
 
@@ -241,12 +251,15 @@ def test_prepare_stops_at_a_bad_image_and_names_it(bad_folder, tmp_path):
 
 def test_prepare_skip_bad_images_lists_and_counts_them(bad_folder, tmp_path, capsys):
   out = str(tmp_path / "tfds")
-  prepare.main(["folder", "--name=folder_with_bad", f"--source={bad_folder}", f"--out={out}",
-                "--skip_bad_images"])
+  prepare.main(
+    ["folder", "--name=folder_with_bad", f"--source={bad_folder}", f"--out={out}", "--skip_bad_images"]
+  )
   err = capsys.readouterr().err
   listed = re.findall(r"skipped bad image (\S+): the (\w+) image is truncated", err)
-  assert listed == [(str(bad_folder / "a" / "cut.png"), "PNG"),
-                    (str(bad_folder / "b" / "cut.jpg"), "JPEG")]
+  assert listed == [
+    (str(bad_folder / "a" / "cut.png"), "PNG"),
+    (str(bad_folder / "b" / "cut.jpg"), "JPEG"),
+  ]
   assert "left out 2 bad image(s)" in err
   source = data.open_source("folder_with_bad", "train", out)
   values = sorted(int(augment.decode(source[i]["image"], 3)[0, 0, 0]) for i in range(len(source)))

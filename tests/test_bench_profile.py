@@ -9,16 +9,17 @@ from lejepa_jax.bench import profile
 
 def _program(x, w, m):
   """A convolution, a matrix product and elementwise work, kept apart by their outputs."""
-  conv = jax.lax.conv_general_dilated(x, w, (1, 1), "SAME",
-                                      dimension_numbers=("NHWC", "HWIO", "NHWC"))
+  conv = jax.lax.conv_general_dilated(x, w, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"))
   return conv, m @ m, jnp.tanh(m) * 3.0
 
 
 def test_breakdown_attributes_time_to_each_kind_of_op():
   rng = np.random.default_rng(0)
-  args = (rng.standard_normal((32, 16, 16, 8), np.float32),
-          rng.standard_normal((3, 3, 8, 8), np.float32),
-          rng.standard_normal((256, 256), np.float32))
+  args = (
+    rng.standard_normal((32, 16, 16, 8), np.float32),
+    rng.standard_normal((3, 3, 8, 8), np.float32),
+    rng.standard_normal((256, 256), np.float32),
+  )
   compiled = jax.jit(_program).lower(*args).compile()
   kinds = profile.hlo_op_kinds(compiled.as_text())
   # Every instruction is classified, and the program holds one of each kind.

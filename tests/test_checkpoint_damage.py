@@ -68,8 +68,12 @@ def _copy(stopped: str, tmp_path) -> str:
 
 
 def _largest_array_file(step_dir: str) -> str:
-  files = [os.path.join(root, f) for root, _, names in os.walk(os.path.join(step_dir, "state"))
-           for f in names if os.sep + "d" + os.sep in os.path.join(root, f) + os.sep]
+  files = [
+    os.path.join(root, f)
+    for root, _, names in os.walk(os.path.join(step_dir, "state"))
+    for f in names
+    if os.sep + "d" + os.sep in os.path.join(root, f) + os.sep
+  ]
   return max(files, key=os.path.getsize)
 
 
@@ -111,10 +115,14 @@ def _iterator_state(step_dir):
   return "altered"
 
 
-@pytest.mark.parametrize("damage", [_truncate, _delete, _overwrite, _uncommit, _iterator_state],
-                         ids=lambda f: f.__name__.strip("_"))
+@pytest.mark.parametrize(
+  "damage",
+  [_truncate, _delete, _overwrite, _uncommit, _iterator_state],
+  ids=lambda f: f.__name__.strip("_"),
+)
 def test_a_damaged_latest_step_resumes_from_the_one_before_and_ends_as_an_uninterrupted_run(
-    runs, data_dir, tmp_path, caplog, damage):
+  runs, data_dir, tmp_path, caplog, damage
+):
   want, stopped = runs
   workdir = _copy(stopped, tmp_path)
   step_dir = os.path.join(workdir, "checkpoints", str(SAVED[-1]))
@@ -125,8 +133,11 @@ def test_a_damaged_latest_step_resumes_from_the_one_before_and_ends_as_an_uninte
   assert error.value.kind == kind
   with caplog.at_level(logging.WARNING, logger="lejepa_jax"):
     loop.run(_config(data_dir), workdir)
-  warnings = [r.getMessage() for r in caplog.records if f"step {SAVED[-1]}" in r.getMessage()
-              and "trying the step before" in r.getMessage()]
+  warnings = [
+    r.getMessage()
+    for r in caplog.records
+    if f"step {SAVED[-1]}" in r.getMessage() and "trying the step before" in r.getMessage()
+  ]
   assert len(warnings) == 1 and error.value.path in warnings[0], warnings
   for got, expected in zip(_params(workdir, TOTAL), want):
     np.testing.assert_array_equal(got, expected)
@@ -136,8 +147,7 @@ def test_a_damaged_latest_step_resumes_from_the_one_before_and_ends_as_an_uninte
   assert checkpointing.verify_step(os.path.join(workdir, "checkpoints"), SAVED[-1])
 
 
-def test_when_no_step_is_readable_one_error_lists_them_all_and_nothing_changes(
-    runs, data_dir, tmp_path):
+def test_when_no_step_is_readable_one_error_lists_them_all_and_nothing_changes(runs, data_dir, tmp_path):
   _, stopped = runs
   workdir = _copy(stopped, tmp_path)
   _truncate(os.path.join(workdir, "checkpoints", "8"))
@@ -186,8 +196,7 @@ def test_evaluation_refuses_a_damaged_step_and_export_takes_the_newest_intact_on
   _, _, step = restore.restore_encoder(workdir)  # the latest readable
   assert step == 4
   latest = export.variables_tree(export.load_encoder(export.export_run(workdir, str(tmp_path / "a"))))
-  step4 = export.variables_tree(export.load_encoder(export.export_run(workdir, str(tmp_path / "b"),
-                                                                      4)))
+  step4 = export.variables_tree(export.load_encoder(export.export_run(workdir, str(tmp_path / "b"), 4)))
   assert jax.tree.structure(latest) == jax.tree.structure(step4)
   for got, expected in zip(jax.tree.leaves(latest), jax.tree.leaves(step4)):
     np.testing.assert_array_equal(got, expected)
@@ -195,6 +204,7 @@ def test_evaluation_refuses_a_damaged_step_and_export_takes_the_newest_intact_on
 
 def test_an_ablation_group_resumes_from_its_newest_intact_step(devices, data_dir, tmp_path):
   from lejepa_jax.ablation import group_loop
+
   config = _config(data_dir)
   sweep = [("loss.sigreg_weight", ["0.0", "0.5"])]
   straight, damaged = str(tmp_path / "straight"), str(tmp_path / "damaged")

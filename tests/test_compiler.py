@@ -15,8 +15,7 @@ def test_auto_is_the_backends_choice_and_nothing_on_accelerators():
 
 
 def test_listed_options_are_typed_and_override_auto():
-  chosen = compiler.parse("auto; xla_cpu_enable_fast_math=false;xla_cpu_prefer_vector_width=512",
-                          "cpu")
+  chosen = compiler.parse("auto; xla_cpu_enable_fast_math=false;xla_cpu_prefer_vector_width=512", "cpu")
   assert chosen["xla_cpu_enable_fast_math"] is False
   assert chosen["xla_cpu_prefer_vector_width"] == 512
   assert set(compiler.AUTO["cpu"]) <= set(chosen)
@@ -30,16 +29,18 @@ def test_an_unreadable_item_names_itself():
 
 
 def _conv(x, w):
-  return jax.lax.conv_general_dilated(x, w, (1, 1), "SAME",
-                                      dimension_numbers=("NHWC", "HWIO", "NHWC"))
+  return jax.lax.conv_general_dilated(x, w, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"))
 
 
 def _numpy_conv(x, w):
   """float64 'SAME' 3x3 convolution, NHWC x HWIO."""
   x = np.pad(x.astype(np.float64), ((0, 0), (1, 1), (1, 1), (0, 0)))
   h, wd = x.shape[1] - 2, x.shape[2] - 2
-  return sum(np.einsum("nhwc,co->nhwo", x[:, i:i + h, j:j + wd], w[i, j].astype(np.float64))
-             for i in range(3) for j in range(3))
+  return sum(
+    np.einsum("nhwc,co->nhwo", x[:, i : i + h, j : j + wd], w[i, j].astype(np.float64))
+    for i in range(3)
+    for j in range(3)
+  )
 
 
 def test_cpu_choice_keeps_convolutions_out_of_ynnpack_with_the_same_values():
@@ -62,6 +63,7 @@ def test_cpu_choice_keeps_convolutions_out_of_ynnpack_with_the_same_values():
 
 def test_config_setting_is_read_and_a_config_without_the_key_means_auto():
   import ml_collections
+
   with_key = ml_collections.ConfigDict({"compiler_options": "none"})
   assert compiler.options(with_key) == {}
   assert compiler.options(ml_collections.ConfigDict({})) == compiler.parse("auto")

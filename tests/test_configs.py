@@ -31,16 +31,20 @@ def test_config_builds_its_encoder(path, arg):
   assert module.__doc__.strip().splitlines()[0]
   # The command to run this very file: the training job, or the batched ablation for sweep configs.
   name = os.path.basename(path)
-  assert any(f"python -m lejepa_jax.{job} --config=configs/{name}" in module.__doc__
-             for job in ("main", "ablate"))
+  assert any(
+    f"python -m lejepa_jax.{job} --config=configs/{name}" in module.__doc__ for job in ("main", "ablate")
+  )
   config = module.get_config(arg)
   reference = config_lib.base_config()
   for section in ("data", "loss", "optim", "mesh", "probe"):
     assert set(config[section]) <= set(reference[section]), (section, set(config[section]))
   features, projections = jax.eval_shape(
-      lambda x: models.build_encoder(config.model.to_dict(), nnx.Rngs(0))(x),
-      jax.ShapeDtypeStruct((2, config.data.global_views["size"], config.data.global_views["size"],
-                            config.data.channels), jax.numpy.float32))
+    lambda x: models.build_encoder(config.model.to_dict(), nnx.Rngs(0))(x),
+    jax.ShapeDtypeStruct(
+      (2, config.data.global_views["size"], config.data.global_views["size"], config.data.channels),
+      jax.numpy.float32,
+    ),
+  )
   assert projections.shape == (2, config.model.projector["out_dim"])
   if arg == "runlocal":
     assert config.total_steps <= 50 and config.data.global_batch_size <= 32
@@ -65,8 +69,9 @@ def parse_command_line(*args):
   """The config as `python -m lejepa_jax.main <args>` parses it (locked, with the overrides)."""
   argv = ["main", *args]
   flag_values = flags.FlagValues()
-  config_flags.DEFINE_config_file("config", None, "", flag_values=flag_values, lock_config=True,
-                                  sys_argv=argv)
+  config_flags.DEFINE_config_file(
+    "config", None, "", flag_values=flag_values, lock_config=True, sys_argv=argv
+  )
   flag_values(argv)
   return flag_values.config
 
@@ -129,11 +134,17 @@ def test_every_model_option_is_settable_from_the_command_line(path):
   options = config_lib.MODEL_OPTIONS[config.model.name]
   assert set(options) <= set(config.model)
   # Each option, set on the command line to a value unlike its default, reaches the config.
-  other = {bool: lambda v: not v, int: lambda v: v + 1, float: lambda v: v + 0.25,
-           str: lambda v: "full" if v != "full" else "none"}
+  other = {
+    bool: lambda v: not v,
+    int: lambda v: v + 1,
+    float: lambda v: v + 0.25,
+    str: lambda v: "full" if v != "full" else "none",
+  }
   overrides = {key: other[type(value)](value) for key, value in options.items()}
-  config = parse_command_line(f"--config={path}", *(
-      f"--config.model.{key}={str(value).lower()}" for key, value in overrides.items()))
+  config = parse_command_line(
+    f"--config={path}",
+    *(f"--config.model.{key}={str(value).lower()}" for key, value in overrides.items()),
+  )
   assert {key: config.model[key] for key in overrides} == overrides
 
 
@@ -172,6 +183,7 @@ def test_fashion_mnist_recipes_are_rows_of_the_sweep_over_the_default():
 
 def test_config_arguments_and_sweeps_read_text_the_same_way():
   from lejepa_jax.ablation import sweep_plan
+
   config = config_lib.load_config_file(config_path("fashion_mnist.py"))
   for text, want in (("yes", True), ("No", False), ("1", True), ("false", False)):
     assert config_lib.parse_value(text, False) is want

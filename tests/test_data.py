@@ -64,10 +64,12 @@ def test_prepare_fashion_mnist_from_idx_files(tmp_path):
     source = tfds.data_source("fashion_mnist", split=split, data_dir=out)
     assert len(source) == len(labels[prefix])
     # TFDS stores records in its own shuffled order: compare as multisets of (pixels, label).
-    got = sorted((source[i]["image"][..., 0].tobytes(), int(source[i]["label"]))
-                 for i in range(len(source)))
-    want = sorted((img.astype(np.uint8).tobytes(), int(lab))
-                  for img, lab in zip(images[prefix], labels[prefix]))
+    got = sorted(
+      (source[i]["image"][..., 0].tobytes(), int(source[i]["label"])) for i in range(len(source))
+    )
+    want = sorted(
+      (img.astype(np.uint8).tobytes(), int(lab)) for img, lab in zip(images[prefix], labels[prefix])
+    )
     assert got == want
 
 
@@ -83,8 +85,15 @@ def test_hosts_read_disjoint_slices_that_cover_the_split(folder_dataset, process
   source = data.open_source("unit_images", "train", folder_dataset)
   seen = []
   for index in range(process_count):
-    ds = data.train_dataset(source, _identity_multicrop(), global_batch_size=2 * process_count,
-                            seed=3, process_index=index, process_count=process_count, num_epochs=1)
+    ds = data.train_dataset(
+      source,
+      _identity_multicrop(),
+      global_batch_size=2 * process_count,
+      seed=3,
+      process_index=index,
+      process_count=process_count,
+      num_epochs=1,
+    )
     host = [i for batch in ds for i in _ids(batch)]
     assert len(host) == NUM_IMAGES // process_count
     seen.append(set(host))
@@ -102,17 +111,18 @@ def test_epochs_are_reshuffled_and_complete(folder_dataset):
 
 
 RECIPE = {
-    "channels": 3,
-    "global_views": {"count": 2, "size": 16, "scale": (0.3, 1.0)},
-    "local_views": {"count": 3, "size": 8, "scale": (0.05, 0.3)},
-    "augment": {"color_jitter": 1.0, "grayscale": 0.5, "blur": 1.0, "solarize": 0.5},
+  "channels": 3,
+  "global_views": {"count": 2, "size": 16, "scale": (0.3, 1.0)},
+  "local_views": {"count": 3, "size": 8, "scale": (0.05, 0.3)},
+  "augment": {"color_jitter": 1.0, "grayscale": 0.5, "blur": 1.0, "solarize": 0.5},
 }
 
 
 def test_multicrop_views_shapes_and_determinism(folder_dataset):
   source = data.open_source("unit_images", "train", folder_dataset)
   make = lambda seed: data.train_dataset(
-      source, data.multicrop_from_config(RECIPE), global_batch_size=4, seed=seed)
+    source, data.multicrop_from_config(RECIPE), global_batch_size=4, seed=seed
+  )
   batch = next(iter(make(0)))
   assert batch["global"].shape == (4, 2, 16, 16, 3) and batch["global"].dtype == np.uint8
   assert batch["local"].shape == (4, 3, 8, 8, 3) and batch["label"].shape == (4,)
@@ -126,9 +136,17 @@ def test_multicrop_views_shapes_and_determinism(folder_dataset):
 def test_global_batches_do_not_depend_on_the_process_count(folder_dataset, process_count):
   """Hosts' batches concatenated in process order are the 1-process batches: examples and crops."""
   source = data.open_source("unit_images", "train", folder_dataset)
-  make = lambda index, count, start=0: iter(data.train_dataset(
-      source, data.multicrop_from_config(RECIPE), global_batch_size=8, seed=1,
-      process_index=index, process_count=count, start_batch=start))
+  make = lambda index, count, start=0: iter(
+    data.train_dataset(
+      source,
+      data.multicrop_from_config(RECIPE),
+      global_batch_size=8,
+      seed=1,
+      process_index=index,
+      process_count=count,
+      start_batch=start,
+    )
+  )
   single, hosts = make(0, 1), [make(i, process_count) for i in range(process_count)]
   expected = [next(single) for _ in range(4)]  # crosses an epoch boundary (3 batches per epoch)
   for want in expected:
@@ -144,8 +162,9 @@ def test_global_batches_do_not_depend_on_the_process_count(folder_dataset, proce
 
 def test_restored_iterator_continues_with_the_same_batches(folder_dataset):
   source = data.open_source("unit_images", "train", folder_dataset)
-  make = lambda: iter(data.train_dataset(
-      source, data.multicrop_from_config(RECIPE), global_batch_size=4, seed=5))
+  make = lambda: iter(
+    data.train_dataset(source, data.multicrop_from_config(RECIPE), global_batch_size=4, seed=5)
+  )
   it = make()
   for _ in range(7):  # crosses an epoch boundary (6 batches per epoch)
     next(it)
@@ -195,8 +214,9 @@ def test_eval_pipeline_sees_every_example_exactly_once(folder_dataset, process_c
   crop = augment.CenterCrop(8, channels=3, crop_fraction=1.0)
   seen, batches = [], []
   for index in range(process_count):
-    ds = data.eval_dataset(source, crop, global_batch_size=5 * process_count,
-                           process_index=index, process_count=process_count)
+    ds = data.eval_dataset(
+      source, crop, global_batch_size=5 * process_count, process_index=index, process_count=process_count
+    )
     batches.append(len(ds))
     for batch in ds:
       assert batch["image"].shape == (5, 8, 8, 3)
@@ -222,8 +242,9 @@ def test_grayscale_images_go_through_every_op():
 def test_photometric_ops_follow_their_definitions():
   rng = np.random.default_rng(0)
   image = rng.integers(0, 256, (6, 6, 3)).astype(np.uint8)
-  always = lambda **kw: augment.Augment(**{**dict(flip=0, color_jitter=0, grayscale=0, blur=0,
-                                                  solarize=0), **kw})
+  always = lambda **kw: augment.Augment(
+    **{**dict(flip=0, color_jitter=0, grayscale=0, blur=0, solarize=0), **kw}
+  )
   solarized = augment.augment_view(image, always(solarize=1.0), rng)
   np.testing.assert_array_equal(solarized, np.where(image >= 128, 255 - image, image))
   flipped = augment.augment_view(image, always(flip=1.0), rng)
@@ -242,8 +263,9 @@ def test_device_augmentation_is_deterministic_and_in_range():
   assert float(out.min()) >= 0.0 and float(out.max()) <= 1.0
   np.testing.assert_array_equal(out, run(views, jax.random.key(0)))
   off = augment.Augment(color_jitter=0, grayscale=0, blur=0, solarize=0)
-  np.testing.assert_allclose(device_augment.augment_views(views, jax.random.key(0), off),
-                             views / 255.0, rtol=1e-6)
+  np.testing.assert_allclose(
+    device_augment.augment_views(views, jax.random.key(0), off), views / 255.0, rtol=1e-6
+  )
 
 
 def test_local_batches_become_global_sharded_arrays(devices):
@@ -280,10 +302,12 @@ def test_image_folder_splits_accept_val_and_skip_hidden_folders(tmp_path, capsys
 
 def test_on_device_blur_of_a_small_view_matches_opencvs_host_blur():
   import cv2
+
   image = np.random.default_rng(3).integers(0, 256, (28, 28, 3)).astype(np.uint8)
   aug = augment.Augment(blur_sigma=(2.0, 2.0))  # one sigma: the draw does not matter
-  got = np.asarray(device_augment._blur(jnp.asarray(image, jnp.float32) / 255, jax.random.key(0),
-                                        aug)) * 255
+  got = (
+    np.asarray(device_augment._blur(jnp.asarray(image, jnp.float32) / 255, jax.random.key(0), aug)) * 255
+  )
   want = cv2.GaussianBlur(image.astype(np.float32), (0, 0), 2.0)  # 13 taps at sigma 2
   inner = slice(6, -6)  # the borders are padded differently
   np.testing.assert_allclose(got[inner, inner], want[inner, inner], atol=0.5)  # of 255

@@ -57,8 +57,13 @@ def test_evaluators_pass_features_as_arguments_not_constants():
   """Features closed over by a jitted function become constants of the program: gigabytes of copies
   for large feature maps. With a 1 KB threshold JAX warns about any such capture."""
   rng = np.random.default_rng(0)
-  fs = evaluators.FeatureSet(rng.normal(size=(300, 12)), rng.integers(0, 5, 300),
-                             rng.normal(size=(50, 12)), rng.integers(0, 5, 50), 5)
+  fs = evaluators.FeatureSet(
+    rng.normal(size=(300, 12)),
+    rng.integers(0, 5, 300),
+    rng.normal(size=(50, 12)),
+    rng.integers(0, 5, 50),
+    5,
+  )
   previous = jax.config.jax_captured_constants_warn_bytes
   jax.config.update("jax_captured_constants_warn_bytes", 1024)
   try:
@@ -73,8 +78,7 @@ def test_evaluators_pass_features_as_arguments_not_constants():
 def test_linear_probe_separates_gaussian_blobs():
   rng = np.random.default_rng(1)
   centers = rng.normal(size=(8, 16)) * 4
-  make = lambda n: (lambda y: (centers[y] + rng.normal(size=(n, 16)), y))(
-      rng.integers(0, 8, n))
+  make = lambda n: (lambda y: (centers[y] + rng.normal(size=(n, 16)), y))(rng.integers(0, 8, n))
   (train_x, train_y), (test_x, test_y) = make(2000), make(500)
   fs = evaluators.FeatureSet(train_x.astype(np.float32), train_y, test_x.astype(np.float32), test_y, 8)
   result = evaluators.linear(fs, epochs=20, batch_size=64, lr=1e-2)
@@ -102,14 +106,16 @@ def test_fewshot_separable_classes_and_seed_spread():
   rng = np.random.default_rng(3)
   centers = rng.normal(size=(5, 32)) * 3
   (train_x, train_y), (test_x, test_y) = _blobs(rng, 1000, centers), _blobs(rng, 300, centers)
-  result = evaluators.fewshot(evaluators.FeatureSet(train_x, train_y, test_x, test_y, 5),
-                              shots=(1, 10), seeds=4)
+  result = evaluators.fewshot(
+    evaluators.FeatureSet(train_x, train_y, test_x, test_y, 5), shots=(1, 10), seeds=4
+  )
   assert result["10shot"] > 0.95 and result["1shot"] > 0.5
   assert result["10shot"] >= result["1shot"] - 0.02
   assert set(result) == {"1shot", "1shot_std", "10shot", "10shot_std"}
   # Structureless features: chance level (1/5), whatever the shots.
-  noise = evaluators.FeatureSet(rng.normal(size=(1000, 32)), train_y, rng.normal(size=(300, 32)),
-                                test_y, 5)
+  noise = evaluators.FeatureSet(
+    rng.normal(size=(1000, 32)), train_y, rng.normal(size=(300, 32)), test_y, 5
+  )
   assert evaluators.fewshot(noise, shots=(10,), seeds=4)["10shot"] < 0.35
 
 
@@ -126,11 +132,13 @@ def test_label_free_tells_collapse_from_gaussian_embeddings():
   rng = np.random.default_rng(4)
   gaussian = rng.normal(size=(2000, 16)).astype(np.float32)
   collapsed = (rng.normal(size=(2000, 1)) * np.ones((1, 16))).astype(np.float32)
-  metrics = {name: evaluators.label_free(evaluators.FeatureSet(z, None, z, None, 2, test_z=z),
-                                         num_slices=256)
-             for name, z in (("gaussian", gaussian), ("collapsed", collapsed))}
-  assert (metrics["gaussian"]["rankme_projections"] > 15 > 1.1
-          > metrics["collapsed"]["rankme_projections"])
+  metrics = {
+    name: evaluators.label_free(evaluators.FeatureSet(z, None, z, None, 2, test_z=z), num_slices=256)
+    for name, z in (("gaussian", gaussian), ("collapsed", collapsed))
+  }
+  assert (
+    metrics["gaussian"]["rankme_projections"] > 15 > 1.1 > metrics["collapsed"]["rankme_projections"]
+  )
   assert metrics["collapsed"]["sigreg"] > 20 * metrics["gaussian"]["sigreg"]
   # A diverged encoder's features: reported as NaN, not an exception that blocks a report.
   nan = np.full((50, 16), np.nan, np.float32)
@@ -192,8 +200,9 @@ def test_evaluating_a_checkpoint_beats_chance_on_any_mesh(devices, trained_run, 
 def test_feature_map_probe_reads_the_last_stages_concatenated(devices, trained_run):
   mesh = sharding.make_mesh({"data": 1}, devices=jax.devices()[:1])
   encoder, config, _ = restore.restore_encoder(trained_run, mesh=mesh)
-  features, labels, _ = extraction.extract_features(encoder, config, "train", limit=8,
-                                                  kind="feature_map", stages=2)
+  features, labels, _ = extraction.extract_features(
+    encoder, config, "train", limit=8, kind="feature_map", stages=2
+  )
   # Reference: the backbone's last two block maps of the same normalised centre crops, flattened.
   images = next(extraction.eval_batches(config, "train", limit=8))["image"][:8]
   normalised = steps.normalize(images, tuple(config.data.mean), tuple(config.data.std))
@@ -202,16 +211,19 @@ def test_feature_map_probe_reads_the_last_stages_concatenated(devices, trained_r
   assert features.shape == (8, 2 * 4 * 64) and len(labels) == 8
   np.testing.assert_allclose(features, want, rtol=1e-5, atol=1e-5)
   with pytest.raises(ValueError, match="feature_stages"):
-    extraction.extract_features(encoder, config, "train", limit=8, kind="feature_map",
-                              stages=len(maps) + 1)
+    extraction.extract_features(
+      encoder, config, "train", limit=8, kind="feature_map", stages=len(maps) + 1
+    )
   with pytest.raises(ValueError, match="applies to features='feature_map' only"):
     extraction.extract_features(encoder, config, "train", limit=8, kind="embed", stages=2)
 
 
 def _fast_probe(**changes):
   probe = config_lib.probe_config()
-  probe.evaluators, probe.linear = "linear,knn", dict(epochs=5, batch_size=32, lr=1e-2,
-                                                      weight_decay=1e-6)
+  probe.evaluators, probe.linear = (
+    "linear,knn",
+    dict(epochs=5, batch_size=32, lr=1e-2, weight_decay=1e-6),
+  )
   probe.poll_seconds = 0.05
   probe.update(changes)
   return probe
@@ -221,9 +233,9 @@ def _rows(workdir, name="linear"):
   return [json.loads(line) for line in open(os.path.join(workdir, "eval", f"{name}.jsonl"))]
 
 
-def test_follow_evaluates_each_checkpoint_once_and_skips_unreadable_ones(devices, trained_run,
-                                                                          tmp_path, caplog,
-                                                                          monkeypatch):
+def test_follow_evaluates_each_checkpoint_once_and_skips_unreadable_ones(
+  devices, trained_run, tmp_path, caplog, monkeypatch
+):
   workdir = _copy_run(trained_run, tmp_path)  # checkpoints at steps 3 and 6 (the last)
   # Step 4 is listed, then gone before its turn (the run's checkpoint rotation deleted it).
   listed = restore.checkpoint_steps
@@ -265,8 +277,10 @@ def test_baselines_and_pictures_are_written(devices, trained_run, tmp_path):
   assert {"1shot", "5shot"} <= set(by[("checkpoint", "fewshot")])
   pictures = os.listdir(os.path.join(workdir, "eval", "pictures"))
   assert sorted(pictures) == ["default_step6_embedding.png", "default_step6_patch_pca.png"]
-  assert any(name.startswith("events.out.tfevents")
-             for name in os.listdir(os.path.join(workdir, "eval", "tensorboard")))
+  assert any(
+    name.startswith("events.out.tfevents")
+    for name in os.listdir(os.path.join(workdir, "eval", "tensorboard"))
+  )
   assert "random_init" in eval_records.format_table(rows)
   # Accuracy against minutes of training, with the run's clock from metrics.jsonl.
   assert cv2.imread(os.path.join(workdir, "eval", "time_to_accuracy_default.png")) is not None
@@ -282,10 +296,14 @@ def test_time_to_accuracy_places_checkpoints_at_their_training_minutes(tmp_path,
       f.write(json.dumps({"step": step, "probe_accuracy": 0.5, "train_seconds": 6.0 * step}) + "\n")
   os.makedirs(tmp_path / "eval")
   with open(tmp_path / "eval" / "linear.jsonl", "w") as f:
-    for encoder, step, top1 in (("random_init", 0, 0.6), ("checkpoint", 15, 0.7),
-                                ("checkpoint", 30, 0.8)):
-      f.write(json.dumps({"step": step, "encoder": encoder, "probe_config": "default",
-                          "top1": top1}) + "\n")
+    for encoder, step, top1 in (
+      ("random_init", 0, 0.6),
+      ("checkpoint", 15, 0.7),
+      ("checkpoint", 30, 0.8),
+    ):
+      f.write(
+        json.dumps({"step": step, "encoder": encoder, "probe_config": "default", "top1": top1}) + "\n"
+      )
   drawn = {}
   original = reports.plt.Axes.plot
 
@@ -321,8 +339,13 @@ def test_a_missing_step_lists_the_steps_there_are_and_changes_nothing(trained_ru
   with pytest.raises(restore.StepNotFoundError, match=message):
     evaluation_job.run(workdir, _fast_probe(), step=4)
   # The command line: the same message, an error exit, and still nothing written.
-  done = subprocess.run([sys.executable, "-m", "lejepa_jax.evaluate", f"--workdir={workdir}",
-                         "--step=4"], cwd=ROOT, capture_output=True, text=True, timeout=120)
+  done = subprocess.run(
+    [sys.executable, "-m", "lejepa_jax.evaluate", f"--workdir={workdir}", "--step=4"],
+    cwd=ROOT,
+    capture_output=True,
+    text=True,
+    timeout=120,
+  )
   assert done.returncode == 1 and message in done.stderr
   assert _snapshot(workdir) == before
   assert "<training workdir> \\\n        [--step=N" in evaluate_entry.__doc__  # --help keeps the usage
@@ -345,6 +368,7 @@ def test_no_checkpoints_is_a_clear_error_and_creates_nothing(trained_run, tmp_pa
     time.sleep(0.3)
     shutil.copytree(os.path.join(trained_run, "checkpoints"), tmp_path / "staging")
     os.rename(tmp_path / "staging", fresh / "checkpoints")
+
   saver = threading.Thread(target=first_save)
   saver.start()
   with caplog.at_level("INFO", logger="lejepa_jax"):
@@ -354,8 +378,10 @@ def test_no_checkpoints_is_a_clear_error_and_creates_nothing(trained_run, tmp_pa
 
 
 def _flat(tree):
-  return {"/".join(str(k.key) for k in path): np.asarray(x)
-          for path, x in jax.tree_util.tree_flatten_with_path(tree)[0]}
+  return {
+    "/".join(str(k.key) for k in path): np.asarray(x)
+    for path, x in jax.tree_util.tree_flatten_with_path(tree)[0]
+  }
 
 
 def test_restore_reads_the_model_and_no_optimizer_state(devices, trained_run, monkeypatch):
@@ -367,6 +393,7 @@ def test_restore_reads_the_model_and_no_optimizer_state(devices, trained_run, mo
     restore = manager.restore
     manager.restore = lambda *a, **k: reads.append(restore(*a, **k)) or reads[-1]
     return manager
+
   monkeypatch.setattr(checkpointing, "training_manager", spying_manager)
   mesh = sharding.make_mesh({"data": 2}, devices=jax.devices()[:2])
   encoder, _, step = restore.restore_encoder(trained_run, mesh=mesh)
@@ -390,6 +417,7 @@ def test_export_command_writes_the_checkpoints_backbone(devices, trained_run, tm
   from safetensors.numpy import load_file
 
   from lejepa_jax import export
+
   out = str(tmp_path / "exported")
   export.main([f"--workdir={trained_run}", f"--out={out}", "--step=3", "--safetensors"])
   assert out in capsys.readouterr().out
@@ -408,14 +436,16 @@ def test_export_command_writes_the_checkpoints_backbone(devices, trained_run, tm
 def test_evaluation_crops_follow_the_configs_eval_crop_fraction(structured_data):
   from lejepa_jax import data
   from lejepa_jax.data import augment
+
   config = _tiny_config(structured_data)
   source = data.open_source(config.data.name, "train", config.data.data_dir)
   size, crops = config.data.global_views["size"], []
   for fraction in (1.0, 0.5):
     config.data.eval_crop_fraction = fraction
     got = next(extraction.eval_batches(config, "train", limit=4))["image"][:4]
-    want = np.stack([augment.CenterCrop(size, 3, crop_fraction=fraction).map(source[i])["image"]
-                     for i in range(4)])
+    want = np.stack(
+      [augment.CenterCrop(size, 3, crop_fraction=fraction).map(source[i])["image"] for i in range(4)]
+    )
     np.testing.assert_array_equal(got, want)
     crops.append(got)
   assert not np.array_equal(*crops)  # the whole image vs its central half

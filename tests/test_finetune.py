@@ -25,7 +25,7 @@ def quadrant_data(tmp_path_factory):
     (root / f"c{label}").mkdir(exist_ok=True)
     image = rng.normal(110, 30, (20, 20, 3))
     top, left = 10 * (label // 2), 10 * (label % 2)
-    image[top + 2:top + 8, left + 2:left + 8] += 70
+    image[top + 2 : top + 8, left + 2 : left + 8] += 70
     cv2.imwrite(str(root / f"c{label}" / f"{i}.png"), np.clip(image, 0, 255).astype(np.uint8))
   out = str(tmp_path_factory.mktemp("tfds"))
   prepare.prepare_image_folder("unit_train", str(root), out)
@@ -40,8 +40,16 @@ def test_finetuning_lowers_the_loss_and_beats_the_frozen_linear_probe(devices, q
   x, y, _ = extraction.extract_features(encoder, config, config.data.eval_split)
   frozen = evaluators.linear(evaluators.FeatureSet(x, y, x, y, 4), epochs=30)["top1"]
   results = finetune.finetune(
-      encoder.backbone, config, extraction.eval_batches(config, config.data.eval_split),
-      num_classes=4, epochs=40, batch_size=32, lr=5e-3, crop_scale=(0.9, 1.0), layer_decay=0.9)
+    encoder.backbone,
+    config,
+    extraction.eval_batches(config, config.data.eval_split),
+    num_classes=4,
+    epochs=40,
+    batch_size=32,
+    lr=5e-3,
+    crop_scale=(0.9, 1.0),
+    layer_decay=0.9,
+  )
   assert results["loss_end"] < 0.7 * results["loss_start"], results
   assert results["top1"] > frozen + 0.2, (results, frozen)
   assert results["steps"] == 40 * 128 // 32
@@ -59,12 +67,14 @@ def test_layer_wise_decay_scales_each_vit_block_by_its_depth():
   assert finetune.layer_scale(path("backbone", "stem", "kernel"), None, 0.5) == 1.0
 
 
-def test_the_evaluation_job_fine_tunes_a_checkpoint_beside_the_frozen_probes(devices, quadrant_data,
-                                                                             tmp_path):
+def test_the_evaluation_job_fine_tunes_a_checkpoint_beside_the_frozen_probes(
+  devices, quadrant_data, tmp_path
+):
   import json
   import os
 
   from lejepa_jax import config_lib
+
   workdir = str(tmp_path / "run")
   loop.run(tiny_config(quadrant_data, 2), workdir)
   probe = config_lib.probe_config()

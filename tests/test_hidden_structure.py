@@ -13,8 +13,14 @@ pytestmark = pytest.mark.slow  # end-to-end runs: `-m "not slow"` leaves them ou
 
 
 def test_hidden_structure_writes_its_report_and_epps_pulley_decreases(tmp_path):
-  results = hidden_structure.run(str(tmp_path), dims=(8,), steps=40, num_samples=40,
-                                 learning_rate=0.05, tests=("epps_pulley", "vcreg"))
+  results = hidden_structure.run(
+    str(tmp_path),
+    dims=(8,),
+    steps=40,
+    num_samples=40,
+    learning_rate=0.05,
+    tests=("epps_pulley", "vcreg"),
+  )
   assert os.path.getsize(tmp_path / "hidden_structure.png") > 0
   with open(tmp_path / "results.json") as f:
     assert json.load(f) == json.loads(json.dumps(results))
@@ -31,5 +37,4 @@ def test_x_has_gaussian_marginals_and_identity_covariance():
   np.testing.assert_allclose(np.cov(z, rowvar=False), np.eye(4), atol=0.05)
   np.testing.assert_allclose(np.abs(z[:, 0]), np.abs(z[:, 1]))
   for column in z.T:  # every marginal N(0, 1): quantiles
-    np.testing.assert_allclose(np.quantile(column, [0.1, 0.5, 0.9]), [-1.2816, 0, 1.2816],
-                               atol=0.05)
+    np.testing.assert_allclose(np.quantile(column, [0.1, 0.5, 0.9]), [-1.2816, 0, 1.2816], atol=0.05)

@@ -12,8 +12,9 @@ from lejepa_jax import losses
 @pytest.mark.parametrize("num_global", [1, 2, 4])
 def test_prediction_loss_matches_loops(num_global):
   z = np.random.default_rng(num_global).standard_normal((5, 4, 7)).astype(np.float32)
-  np.testing.assert_allclose(losses.prediction_loss(z, num_global),
-                             ref.prediction_loss(z, num_global), rtol=1e-6)
+  np.testing.assert_allclose(
+    losses.prediction_loss(z, num_global), ref.prediction_loss(z, num_global), rtol=1e-6
+  )
 
 
 def test_prediction_loss_is_zero_iff_views_agree():
@@ -28,8 +29,9 @@ def test_prediction_gradient_flows_through_the_global_mean():
   want = ref.numerical_gradient(lambda v: ref.prediction_loss(v, 2), z)
   np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-6)
   # With a stop-gradient on the mean, the global views' gradient would differ: check it does not.
-  stopped = jax.grad(lambda v: jnp.mean(
-      (jax.lax.stop_gradient(v[:, :2].mean(1, keepdims=True)) - v)**2))(z.astype(np.float32))
+  stopped = jax.grad(
+    lambda v: jnp.mean((jax.lax.stop_gradient(v[:, :2].mean(1, keepdims=True)) - v) ** 2)
+  )(z.astype(np.float32))
   assert not np.allclose(got[:, :2], stopped[:, :2])
 
 
@@ -49,8 +51,9 @@ def _reference_lejepa(z, key, num_global, lam, num_slices, combine="convex", vie
 def test_lejepa_loss_matches_reference(combine, views):
   z = (np.random.default_rng(2).standard_normal((64, 6, 16)) * 1.3).astype(np.float32)
   key = jax.random.key(5)
-  loss, parts = losses.lejepa_loss(z, key, num_global=2, sigreg_weight=0.05, num_slices=64,
-                                   combine=combine, sigreg_views=views)
+  loss, parts = losses.lejepa_loss(
+    z, key, num_global=2, sigreg_weight=0.05, num_slices=64, combine=combine, sigreg_views=views
+  )
   total, pred, reg = _reference_lejepa(z, key, 2, 0.05, 64, combine, views)
   np.testing.assert_allclose(parts["pred"], pred, rtol=1e-5)
   np.testing.assert_allclose(parts["sigreg"], reg, rtol=1e-5)
@@ -67,8 +70,9 @@ def test_lejepa_gradient_matches_finite_differences():
     reg = np.mean([ref.sigreg(v[:, j], directions) for j in range(3)])
     return (1 - lam) * ref.prediction_loss(v, 2) + lam * reg
 
-  got = jax.grad(lambda v: losses.lejepa_loss(v, key, num_global=2, sigreg_weight=lam,
-                                               num_slices=8)[0])(z.astype(np.float32))
+  got = jax.grad(lambda v: losses.lejepa_loss(v, key, num_global=2, sigreg_weight=lam, num_slices=8)[0])(
+    z.astype(np.float32)
+  )
   np.testing.assert_allclose(got, ref.numerical_gradient(reference, z), rtol=2e-4, atol=1e-6)
 
 
@@ -93,7 +97,9 @@ def test_bfloat16_embeddings_give_float32_loss():
   assert loss.dtype == parts["pred"].dtype == parts["sigreg"].dtype == jnp.float32
 
 
-@pytest.mark.parametrize("kwargs,match", [
+@pytest.mark.parametrize(
+  "kwargs,match",
+  [
     (dict(num_global=0), "`num_global`"),
     (dict(num_global=5), "`num_global`"),
     (dict(num_global=1.5), "`num_global`"),
@@ -106,22 +112,27 @@ def test_bfloat16_embeddings_give_float32_loss():
     (dict(shape=(8, 4)), "`z` must have shape"),
     (dict(shape=(1, 4, 8)), "at least 2 samples"),
     (dict(dtype=jnp.int32), "floating-point"),
-])
+  ],
+)
 def test_lejepa_loss_rejects_bad_input_at_trace_time(kwargs, match):
   shape, dtype = kwargs.pop("shape", (8, 4, 16)), kwargs.pop("dtype", jnp.float32)
   args = dict(num_global=2, sigreg_weight=0.05) | kwargs
   with pytest.raises(ValueError, match=match):
-    jax.eval_shape(lambda v: losses.lejepa_loss(v, jax.random.key(0), **args),
-                   jax.ShapeDtypeStruct(shape, dtype))
+    jax.eval_shape(
+      lambda v: losses.lejepa_loss(v, jax.random.key(0), **args), jax.ShapeDtypeStruct(shape, dtype)
+    )
   with pytest.raises(ValueError, match=match):
     jax.jit(lambda v: losses.lejepa_loss(v, jax.random.key(0), **args)).lower(
-        jax.ShapeDtypeStruct(shape, dtype))
+      jax.ShapeDtypeStruct(shape, dtype)
+    )
 
 
 @pytest.mark.parametrize("module", ["lejepa", "normality", "prediction", "sliced_epps_pulley"])
 def test_the_docstring_examples_run_and_show_what_they_say(module):
   import doctest
   import importlib
-  result = doctest.testmod(importlib.import_module(f"lejepa_jax.losses.{module}"),
-                           optionflags=doctest.NORMALIZE_WHITESPACE)
+
+  result = doctest.testmod(
+    importlib.import_module(f"lejepa_jax.losses.{module}"), optionflags=doctest.NORMALIZE_WHITESPACE
+  )
   assert result.attempted > 0 and result.failed == 0, result

@@ -20,8 +20,10 @@ def _mesh(axis_type):
 
 def _loss_fn(views):
   def loss(z, key):
-    return losses.lejepa_loss(z, key, num_global=2, sigreg_weight=0.05, num_slices=128,
-                              sigreg_views=views)
+    return losses.lejepa_loss(
+      z, key, num_global=2, sigreg_weight=0.05, num_slices=128, sigreg_views=views
+    )
+
   return jax.jit(jax.value_and_grad(loss, has_aux=True))
 
 
@@ -72,8 +74,9 @@ def test_only_batch_size_independent_reductions_cross_devices(devices, axis_type
 def test_directions_are_identical_on_every_device_without_communication(devices, axis_type):
   mesh = _mesh(axis_type)
   with jax.set_mesh(mesh):
-    draw = jax.jit(lambda k: losses.random_directions(k, 32, 256),
-                   out_shardings=NamedSharding(mesh, P()))
+    draw = jax.jit(
+      lambda k: losses.random_directions(k, 32, 256), out_shardings=NamedSharding(mesh, P())
+    )
     directions = draw(jax.random.key(11))
     hlo = draw.lower(jax.random.key(11)).compile().as_text()
   for collective in OTHER_COLLECTIVES + ("all-reduce",):
@@ -82,5 +85,6 @@ def test_directions_are_identical_on_every_device_without_communication(devices,
   assert len(shards) == 8
   for shard in shards[1:]:
     np.testing.assert_array_equal(shard, shards[0])
-  np.testing.assert_allclose(shards[0], losses.random_directions(jax.random.key(11), 32, 256),
-                             rtol=1e-6)  # jit may fuse the normalisation differently from eager
+  np.testing.assert_allclose(
+    shards[0], losses.random_directions(jax.random.key(11), 32, 256), rtol=1e-6
+  )  # jit may fuse the normalisation differently from eager

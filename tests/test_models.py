@@ -11,7 +11,7 @@ from lejepa_jax import models
 
 def _vit_params(width, depth, mlp, patch, channels=3, img=224):
   """Closed-form ViT parameter count (patch embed, CLS, positions, blocks, final norm)."""
-  grid = (img // patch)**2
+  grid = (img // patch) ** 2
   block = 4 * width + (3 * width**2 + 3 * width) + (width**2 + width) + 2 * width * mlp + mlp + width
   return patch**2 * channels * width + width + width + grid * width + depth * block + 2 * width
 
@@ -20,14 +20,22 @@ def _vit_params(width, depth, mlp, patch, channels=3, img=224):
 # 1408, MLP 6144); torchvision ResNets (11,689,512 / 21,797,672 / 25,557,032 minus the 1000-way fc);
 # ConvNeXt-V2 (3.71M ... 660.29M as published, minus the 1000-way fc of the last stage's width).
 PUBLISHED = {
-    ("vit", "S/16"): 21.7e6, ("vit", "B/16"): 85.8e6, ("vit", "L/14"): 303e6, ("vit", "H/14"): 631e6,
-    ("vit", "g/14"): _vit_params(1408, 40, 6144, 14),
-    ("resnet", "18"): 11_689_512 - 513_000, ("resnet", "34"): 21_797_672 - 513_000,
-    ("resnet", "50"): 25_557_032 - 2_049_000,
-    ("convnextv2", "atto"): 3.71e6 - 321_000, ("convnextv2", "femto"): 5.23e6 - 385_000,
-    ("convnextv2", "pico"): 9.07e6 - 513_000, ("convnextv2", "nano"): 15.62e6 - 641_000,
-    ("convnextv2", "tiny"): 28.64e6 - 769_000, ("convnextv2", "base"): 88.72e6 - 1_025_000,
-    ("convnextv2", "large"): 197.96e6 - 1_537_000, ("convnextv2", "huge"): 660.29e6 - 2_817_000,
+  ("vit", "S/16"): 21.7e6,
+  ("vit", "B/16"): 85.8e6,
+  ("vit", "L/14"): 303e6,
+  ("vit", "H/14"): 631e6,
+  ("vit", "g/14"): _vit_params(1408, 40, 6144, 14),
+  ("resnet", "18"): 11_689_512 - 513_000,
+  ("resnet", "34"): 21_797_672 - 513_000,
+  ("resnet", "50"): 25_557_032 - 2_049_000,
+  ("convnextv2", "atto"): 3.71e6 - 321_000,
+  ("convnextv2", "femto"): 5.23e6 - 385_000,
+  ("convnextv2", "pico"): 9.07e6 - 513_000,
+  ("convnextv2", "nano"): 15.62e6 - 641_000,
+  ("convnextv2", "tiny"): 28.64e6 - 769_000,
+  ("convnextv2", "base"): 88.72e6 - 1_025_000,
+  ("convnextv2", "large"): 197.96e6 - 1_537_000,
+  ("convnextv2", "huge"): 660.29e6 - 2_817_000,
 }
 
 
@@ -37,23 +45,31 @@ def test_parameter_counts_match_published_sizes(name, variant):
   assert abs(count - PUBLISHED[name, variant]) < 0.005 * PUBLISHED[name, variant], count
 
 
-@pytest.mark.parametrize("size,dims", [("Ti", (192, 12, 768)), ("S", (384, 12, 1536)),
-                                       ("B", (768, 12, 3072)), ("L", (1024, 24, 4096))])
+@pytest.mark.parametrize(
+  "size,dims",
+  [("Ti", (192, 12, 768)), ("S", (384, 12, 1536)), ("B", (768, 12, 3072)), ("L", (1024, 24, 4096))],
+)
 @pytest.mark.parametrize("patch", [8, 14, 16])
 def test_vit_count_equals_closed_form(size, dims, patch):
   assert models.count_params("vit", f"{size}/{patch}") == _vit_params(*dims, patch)
 
 
 TINY = {
-    "vit": dict(name="vit", variant="Ti/16", img_size=32),
-    "vit_registers_no_cls": dict(name="vit", variant="Ti/8", img_size=32, num_registers=4,
-                                 class_token=False, drop_path=0.1),
-    "resnet18_small": dict(name="resnet", variant="18", small_stem=True, in_channels=1),
-    "resnet50": dict(name="resnet", variant="50"),
-    "convnextv2": dict(name="convnextv2", variant="atto", drop_path=0.1),
+  "vit": dict(name="vit", variant="Ti/16", img_size=32),
+  "vit_registers_no_cls": dict(
+    name="vit", variant="Ti/8", img_size=32, num_registers=4, class_token=False, drop_path=0.1
+  ),
+  "resnet18_small": dict(name="resnet", variant="18", small_stem=True, in_channels=1),
+  "resnet50": dict(name="resnet", variant="50"),
+  "convnextv2": dict(name="convnextv2", variant="atto", drop_path=0.1),
 }
-EXPECTED_DIMS = {"vit": 384, "vit_registers_no_cls": 384, "resnet18_small": 512, "resnet50": 2048,
-                 "convnextv2": 320}
+EXPECTED_DIMS = {
+  "vit": 384,
+  "vit_registers_no_cls": 384,
+  "resnet18_small": 512,
+  "resnet50": 2048,
+  "convnextv2": 320,
+}
 
 
 @nnx.jit
@@ -66,14 +82,14 @@ def test_forward_shapes(which):
   config = dict(TINY[which], projector=dict(hidden_dim=32, out_dim=8))
   channels = config.get("in_channels", 3)
   images = jax.ShapeDtypeStruct((3, 32, 32, channels), jnp.float32)
-  features, projections = jax.eval_shape(lambda x: models.build_encoder(config, nnx.Rngs(0))(x),
-                                         images)
+  features, projections = jax.eval_shape(lambda x: models.build_encoder(config, nnx.Rngs(0))(x), images)
   assert features.shape == (3, EXPECTED_DIMS[which]) and projections.shape == (3, 8)
 
 
 def test_resnet_stage_maps_split_the_block_chain_at_stage_ends():
-  resnet = models.build_backbone(dict(name="resnet", variant="18", small_stem=True, width=8,
-                                      in_channels=1), nnx.Rngs(0))
+  resnet = models.build_backbone(
+    dict(name="resnet", variant="18", small_stem=True, width=8, in_channels=1), nnx.Rngs(0)
+  )
   resnet.eval()
   images = jax.random.uniform(jax.random.key(0), (2, 28, 28, 1))
   maps = resnet.stage_maps(images)
@@ -100,8 +116,10 @@ def test_vit_and_convnext_stage_maps():
     x = block(x)
     np.testing.assert_allclose(got, vit.norm(x)[:, 1:].reshape(2, 2, 3, 192), rtol=1e-5, atol=1e-6)
   convnext = models.build_backbone(dict(name="convnextv2", variant="atto"), nnx.Rngs(0))
-  shapes = [m.shape for m in jax.eval_shape(convnext.stage_maps,
-                                            jax.ShapeDtypeStruct((1, 64, 64, 3), jnp.float32))]
+  shapes = [
+    m.shape
+    for m in jax.eval_shape(convnext.stage_maps, jax.ShapeDtypeStruct((1, 64, 64, 3), jnp.float32))
+  ]
   assert shapes == [(1, 16, 16, 40), (1, 8, 8, 80), (1, 4, 4, 160), (1, 2, 2, 320)]
 
 
@@ -174,11 +192,14 @@ def test_bfloat16_compute_keeps_float32_params(which):
   assert err < 0.05
 
 
-@pytest.mark.parametrize("images,match", [
+@pytest.mark.parametrize(
+  "images,match",
+  [
     (jnp.ones((2, 32, 32)), r"shape \[N, H, W, C\]"),
     (jnp.ones((2, 32, 32, 1)), "input channels"),
     (jnp.ones((2, 30, 32, 3)), "not divisible by the patch size 16"),
-])
+  ],
+)
 def test_vit_rejects_bad_images(images, match):
   vit = models.ViT("Ti/16", img_size=32, rngs=nnx.Rngs(0))
   with pytest.raises(ValueError, match=match):
@@ -187,15 +208,19 @@ def test_vit_rejects_bad_images(images, match):
 
 def test_convnets_reject_bad_images():
   def call(config, shape):
-    return jax.eval_shape(lambda x: models.build_backbone(config, nnx.Rngs(0))(x),
-                          jax.ShapeDtypeStruct(shape, jnp.float32))
+    return jax.eval_shape(
+      lambda x: models.build_backbone(config, nnx.Rngs(0))(x), jax.ShapeDtypeStruct(shape, jnp.float32)
+    )
+
   with pytest.raises(ValueError, match="input channels"):
     call(dict(name="resnet", variant="18"), (2, 32, 32, 1))
   with pytest.raises(ValueError, match=r"shape \[N, H, W, C\]"):
     call(dict(name="convnextv2", variant="atto"), (32, 32, 3))
 
 
-@pytest.mark.parametrize("config,match", [
+@pytest.mark.parametrize(
+  "config,match",
+  [
     (dict(name="vitt", variant="S/16"), "Unknown model.name 'vitt'"),
     (dict(name="vit", variant="S/15"), "Unknown ViT variant 'S/15'"),
     (dict(name="vit", variant="S/16", small_stem=True), r"Unknown key\(s\) \['small_stem'\]"),
@@ -203,16 +228,20 @@ def test_convnets_reject_bad_images():
     (dict(name="convnextv2", variant="giant"), "Unknown ConvNeXt-V2 variant"),
     (dict(name="resnet", variant="18", projector=dict(out=8)), r"model.projector"),
     (dict(name="resnet", variant="18", dtype="fp8"), "model.dtype"),
-])
+  ],
+)
 def test_bad_model_configs_name_the_problem(config, match):
   with pytest.raises(ValueError, match=match):
     models.build_encoder(config, nnx.Rngs(0))
 
 
-@pytest.mark.parametrize("size,stride,padding", [(2, 1, ((1, 1), (1, 1))), (2, 1, "SAME"),
-                                                  (3, 2, ((1, 1), (1, 1))), (1, 1, "SAME")])
+@pytest.mark.parametrize(
+  "size,stride,padding",
+  [(2, 1, ((1, 1), (1, 1))), (2, 1, "SAME"), (3, 2, ((1, 1), (1, 1))), (1, 1, "SAME")],
+)
 def test_small_input_convolution_equals_xla_convolution(size, stride, padding):
   from lejepa_jax.models import layers
+
   x = jax.random.normal(jax.random.key(0), (4, size, size, 8))
   w = jax.random.normal(jax.random.key(1), (3, 3, 8, 16))
   numbers = ("NHWC", "HWIO", "NHWC")
@@ -224,23 +253,28 @@ def test_small_input_convolution_equals_xla_convolution(size, stride, padding):
     return jax.lax.conv_general_dilated(x, w, (stride, stride), padding, dimension_numbers=numbers)
 
   np.testing.assert_allclose(ours(x, w), xla(x, w), rtol=1e-5, atol=1e-5)
-  for g_ours, g_xla in zip(jax.grad(lambda *a: ours(*a).sum() ** 2, (0, 1))(x, w),
-                           jax.grad(lambda *a: xla(*a).sum() ** 2, (0, 1))(x, w)):
+  for g_ours, g_xla in zip(
+    jax.grad(lambda *a: ours(*a).sum() ** 2, (0, 1))(x, w),
+    jax.grad(lambda *a: xla(*a).sum() ** 2, (0, 1))(x, w),
+  ):
     np.testing.assert_allclose(g_ours, g_xla, rtol=1e-4, atol=1e-3)
 
 
 def test_cpu_attention_equals_jax_dot_product_attention():
   from lejepa_jax.models import vit
+
   q, k, v = (jax.random.normal(jax.random.key(i), (2, 7, 3, 8)) for i in range(3))
-  np.testing.assert_allclose(vit.attention(q, k, v), jax.nn.dot_product_attention(q, k, v),
-                             rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(
+    vit.attention(q, k, v), jax.nn.dot_product_attention(q, k, v), rtol=1e-5, atol=1e-6
+  )
   # An independent float64 NumPy transcription: softmax(q k^T / sqrt(d)) v per head.
   qn, kn, vn = (np.asarray(x, np.float64) for x in (q, k, v))
   scores = np.einsum("nqhd,nkhd->nhqk", qn, kn) / np.sqrt(8)
   weights = np.exp(scores - scores.max(-1, keepdims=True))
   weights /= weights.sum(-1, keepdims=True)
-  np.testing.assert_allclose(vit.attention(q, k, v), np.einsum("nhqk,nkhd->nqhd", weights, vn),
-                             rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(
+    vit.attention(q, k, v), np.einsum("nhqk,nkhd->nqhd", weights, vn), rtol=1e-5, atol=1e-6
+  )
   # The spelled-out softmax keeps the gradient: the row maximum's stopped gradient is exactly zero.
   loss = lambda f: lambda *qkv: jnp.sum(jnp.sin(f(*qkv)))
   got = jax.grad(loss(vit.attention), argnums=(0, 1, 2))(q, k, v)
@@ -251,6 +285,7 @@ def test_cpu_attention_equals_jax_dot_product_attention():
 
 def test_linear_layers_on_token_inputs_match_the_plain_product_and_its_gradient():
   from lejepa_jax.models import layers
+
   x = jax.random.normal(jax.random.key(0), (3, 5, 8))
   w = jax.random.normal(jax.random.key(1), (8, 4))
   numbers = (((2,), (0,)), ((), ()))
@@ -261,11 +296,11 @@ def test_linear_layers_on_token_inputs_match_the_plain_product_and_its_gradient(
   plain = jax.grad(loss(jax.lax.dot_general), argnums=(0, 1))(x, w)
   for g, p in zip(got, plain):
     np.testing.assert_allclose(g, p, rtol=1e-5, atol=1e-5)
-  with jax.set_mesh(jax.make_mesh((1,), ("data",), axis_types=(jax.sharding.AxisType.Auto,),
-                                   devices=jax.devices()[:1])):
+  with jax.set_mesh(
+    jax.make_mesh((1,), ("data",), axis_types=(jax.sharding.AxisType.Auto,), devices=jax.devices()[:1])
+  ):
     dense = layers.dense(8, 4, (None, None), dtype=jnp.float32, rngs=nnx.Rngs(0))
-  np.testing.assert_allclose(dense(x), x @ dense.kernel[...] + dense.bias[...], rtol=1e-5,
-                             atol=1e-5)
+  np.testing.assert_allclose(dense(x), x @ dense.kernel[...] + dense.bias[...], rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("k,n", [(6, 11), (11, 6)])  # both weight-gradient branches
@@ -274,16 +309,20 @@ def test_bfloat16_products_accumulate_in_float32_and_so_do_their_gradients(k, n)
   error allowed is the final rounding to bfloat16 (2^-8 relative), where a bfloat16 accumulation
   over 300 terms would be far off."""
   from lejepa_jax.models import cpu_kernels, layers
+
   m = 300
-  a, b, g = (jax.random.normal(jax.random.key(i), shape).astype(jnp.bfloat16)
-             for i, shape in enumerate([(m, k), (k, n), (m, n)]))
+  a, b, g = (
+    jax.random.normal(jax.random.key(i), shape).astype(jnp.bfloat16)
+    for i, shape in enumerate([(m, k), (k, n), (m, n)])
+  )
   a64, b64, g64 = (np.asarray(x, np.float64) for x in (a, b, g))
   out, pullback = jax.vjp(cpu_kernels.accumulating_matmul, a, b)
   grad_a, grad_b = pullback(g)
   for got, want in [(out, a64 @ b64), (grad_a, g64 @ b64.T), (grad_b, a64.T @ g64)]:
     assert got.dtype == jnp.bfloat16 and got.shape == want.shape
-    np.testing.assert_allclose(np.asarray(got, np.float64), want, rtol=2**-8,
-                               atol=2**-8 * np.abs(want).max())
+    np.testing.assert_allclose(
+      np.asarray(got, np.float64), want, rtol=2**-8, atol=2**-8 * np.abs(want).max()
+    )
   # The identity-product transpose behind the weight gradient is exact.
   np.testing.assert_array_equal(cpu_kernels._transposed(a), a.T)
   # Linear layers route bfloat16 token inputs through it (as one [300, k] matrix).
@@ -298,8 +337,9 @@ def test_bfloat16_products_accumulate_in_float32_and_so_do_their_gradients(k, n)
   grad_y, grad_bias = pullback(g)
   np.testing.assert_array_equal(grad_y, g)
   assert grad_bias.dtype == jnp.bfloat16
-  np.testing.assert_allclose(np.asarray(grad_bias, np.float64), g64.sum(0), rtol=2**-8,
-                             atol=2**-8 * np.abs(g64.sum(0)).max())
+  np.testing.assert_allclose(
+    np.asarray(grad_bias, np.float64), g64.sum(0), rtol=2**-8, atol=2**-8 * np.abs(g64.sum(0)).max()
+  )
 
 
 @pytest.mark.parametrize("use_bias", [True, False])
@@ -308,8 +348,10 @@ def test_bfloat16_dense_equals_nnx_linear_also_under_vmap(use_bias):
   same parameters: outputs and parameter gradients, for one model and for stacked members under
   jax.vmap (as lejepa_jax.ablate trains them)."""
   from lejepa_jax.models import layers
-  make = lambda cls, **kw: cls(6, 5, use_bias=use_bias, dtype=jnp.bfloat16,
-                               param_dtype=jnp.float32, rngs=nnx.Rngs(0), **kw)
+
+  make = lambda cls, **kw: cls(
+    6, 5, use_bias=use_bias, dtype=jnp.bfloat16, param_dtype=jnp.float32, rngs=nnx.Rngs(0), **kw
+  )
   ours = make(layers.Dense, dot_general=layers.matrix_dot_general)
   plain = make(nnx.Linear)
   x = jax.random.normal(jax.random.key(1), (4, 7, 6))
@@ -321,15 +363,22 @@ def test_bfloat16_dense_equals_nnx_linear_also_under_vmap(use_bias):
 
   params = nnx.state(ours, nnx.Param)
   for stacked in (False, True):
-    args = (jax.tree.map(lambda p: jnp.stack([p, 2 * p]), params), jnp.stack([x, -x])) \
-        if stacked else (params, x)
+    args = (
+      (jax.tree.map(lambda p: jnp.stack([p, 2 * p]), params), jnp.stack([x, -x]))
+      if stacked
+      else (params, x)
+    )
     run = lambda f: jax.vmap(f) if stacked else f
     got = run(jax.value_and_grad(lambda p, x: loss(ours, p, x)))(*args)
     want = run(jax.value_and_grad(lambda p, x: loss(plain, p, x)))(*args)
     for g, w in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
       assert g.dtype == w.dtype
-      np.testing.assert_allclose(np.asarray(g, np.float32), np.asarray(w, np.float32),
-                                 rtol=0.02, atol=0.02 * float(np.abs(np.asarray(w)).max()))
+      np.testing.assert_allclose(
+        np.asarray(g, np.float32),
+        np.asarray(w, np.float32),
+        rtol=0.02,
+        atol=0.02 * float(np.abs(np.asarray(w)).max()),
+      )
 
 
 def test_bfloat16_cpu_product_forms_are_as_accurate_as_plain_autodiff(monkeypatch):
@@ -338,6 +387,7 @@ def test_bfloat16_cpu_product_forms_are_as_accurate_as_plain_autodiff(monkeypatc
   against float32: the forms' error is no larger than bfloat16's own."""
   from lejepa_jax import losses
   from lejepa_jax.models import layers
+
   config = dict(name="vit", variant="Mi/8", img_size=16, projector=dict(hidden_dim=32, out_dim=8))
   images = jax.random.uniform(jax.random.key(0), (16, 16, 16, 3))
 
@@ -348,8 +398,8 @@ def test_bfloat16_cpu_product_forms_are_as_accurate_as_plain_autodiff(monkeypatc
     def loss(model):
       pooled, _ = model.backbone(images)
       z = model.projector(pooled.reshape(8, 2, -1))
-      return losses.lejepa_loss(z, jax.random.key(1), num_global=2, sigreg_weight=0.05,
-                                num_slices=32)[0]
+      return losses.lejepa_loss(z, jax.random.key(1), num_global=2, sigreg_weight=0.05, num_slices=32)[0]
+
     grads = nnx.jit(lambda model: nnx.grad(loss)(model))(encoder)  # a new function: traced anew
     return np.concatenate([np.ravel(np.asarray(g, np.float64)) for g in jax.tree.leaves(grads)])
 

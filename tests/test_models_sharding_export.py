@@ -14,10 +14,12 @@ from jax.sharding import PartitionSpec as P
 from lejepa_jax import export, models
 from lejepa_jax.scale import sharding
 
-RESNET = dict(name="resnet", variant="18", small_stem=True, in_channels=1,
-              projector=dict(hidden_dim=64, out_dim=16))
-VIT = dict(name="vit", variant="Ti/16", img_size=32, num_registers=2,
-           projector=dict(hidden_dim=64, out_dim=16))
+RESNET = dict(
+  name="resnet", variant="18", small_stem=True, in_channels=1, projector=dict(hidden_dim=64, out_dim=16)
+)
+VIT = dict(
+  name="vit", variant="Ti/16", img_size=32, num_registers=2, projector=dict(hidden_dim=64, out_dim=16)
+)
 
 
 @nnx.jit
@@ -25,8 +27,10 @@ def _train_forward(encoder, images):
   return encoder(images)
 
 
-@pytest.mark.parametrize("mesh_axes,axis_type", [
-    ({"data": 8}, "auto"), ({"data": 2, "fsdp": 4}, "auto"), ({"data": 8}, "explicit")])
+@pytest.mark.parametrize(
+  "mesh_axes,axis_type",
+  [({"data": 8}, "auto"), ({"data": 2, "fsdp": 4}, "auto"), ({"data": 8}, "explicit")],
+)
 def test_sharded_forward_equals_unsharded_with_global_batchnorm(devices, mesh_axes, axis_type):
   images = jax.random.uniform(jax.random.key(0), (16, 16, 16, 1))
   # Make per-device batches differ strongly, so per-device BatchNorm statistics would show.
@@ -42,8 +46,9 @@ def test_sharded_forward_equals_unsharded_with_global_batchnorm(devices, mesh_ax
   np.testing.assert_allclose(features, want_features, rtol=2e-5, atol=2e-5)
   np.testing.assert_allclose(proj, want_proj, rtol=2e-5, atol=2e-5)
   # The running statistics were updated from the global batch as well.
-  np.testing.assert_allclose(encoder.backbone.stem_bn.mean[...], reference.backbone.stem_bn.mean[...],
-                             rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(
+    encoder.backbone.stem_bn.mean[...], reference.backbone.stem_bn.mean[...], rtol=1e-5, atol=1e-6
+  )
 
 
 def test_fsdp_params_are_created_sharded(devices):
@@ -57,7 +62,8 @@ def test_fsdp_params_are_created_sharded(devices):
 def test_vit_l14_under_fsdp_holds_an_eighth_of_its_bytes_per_device(devices):
   mesh = sharding.make_mesh({"fsdp": 8})
   _, state = sharding.abstract_state(
-      lambda: models.build_backbone({"name": "vit", "variant": "L/14"}, nnx.Rngs(0)), mesh)
+    lambda: models.build_backbone({"name": "vit", "variant": "L/14"}, nnx.Rngs(0)), mesh
+  )
   per_device = sharding.bytes_per_device(state)
   total = 4 * models.count_params("vit", "L/14")
   assert len(per_device) == 8
@@ -68,7 +74,8 @@ def test_vit_l14_under_fsdp_holds_an_eighth_of_its_bytes_per_device(devices):
 def test_tensor_parallel_rules_shard_mlp_and_heads(devices):
   mesh = sharding.make_mesh({"fsdp": 2, "tensor": 4})
   _, state = sharding.abstract_state(
-      lambda: models.build_backbone({"name": "vit", "variant": "S/16"}, nnx.Rngs(0)), mesh)
+    lambda: models.build_backbone({"name": "vit", "variant": "S/16"}, nnx.Rngs(0)), mesh
+  )
   block = state["blocks"][0]
   assert block["mlp"]["fc1"]["kernel"].sharding.spec == P("fsdp", "tensor")
   assert block["attn"]["qkv"]["kernel"].sharding.spec == P("fsdp", "tensor")
@@ -115,13 +122,14 @@ def test_backbone_only_export_loads_onto_a_mesh(tmp_path, devices):
 
 def test_safetensors_export_holds_every_variable(tmp_path):
   from safetensors.numpy import load_file
+
   encoder, _ = _trained_bn_encoder(RESNET)
   path = export.export_safetensors(encoder, str(tmp_path / "model.safetensors"))
   arrays = load_file(path)
-  np.testing.assert_array_equal(arrays["params.backbone.stem.kernel"],
-                                encoder.backbone.stem.kernel[...])
-  np.testing.assert_array_equal(arrays["batch_stats.backbone.stem_bn.mean"],
-                                encoder.backbone.stem_bn.mean[...])
+  np.testing.assert_array_equal(arrays["params.backbone.stem.kernel"], encoder.backbone.stem.kernel[...])
+  np.testing.assert_array_equal(
+    arrays["batch_stats.backbone.stem_bn.mean"], encoder.backbone.stem_bn.mean[...]
+  )
   num_params = sum(v.size for k, v in arrays.items() if k.startswith("params."))
   expected = sum(x.size for x in jax.tree.leaves(nnx.state(encoder, nnx.Param)))
   assert num_params == expected

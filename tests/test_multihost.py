@@ -33,8 +33,10 @@ def _start_local_processes(data_dir, workdir, log_dir, *flags, module="lejepa_ja
   env.pop("XLA_FLAGS", None)
   config = [] if module == "lejepa_jax.evaluate" else [f"--config=tests/tiny_config.py:{data_dir}"]
   return subprocess.Popen(
-      [os.path.join(ROOT, "launch", "local.sh"), *config, f"--workdir={workdir}", *flags], cwd=ROOT,
-      env=env)
+    [os.path.join(ROOT, "launch", "local.sh"), *config, f"--workdir={workdir}", *flags],
+    cwd=ROOT,
+    env=env,
+  )
 
 
 def _logs(log_dir) -> str:
@@ -58,8 +60,11 @@ def _pid(workdir: str, process_id: int) -> int:
         environ = f.read().split(b"\0")
     except OSError:
       continue
-    if (f"--workdir={workdir}".encode() in cmdline and b"python" in cmdline
-        and f"JAX_PROCESS_ID={process_id}".encode() in environ):
+    if (
+      f"--workdir={workdir}".encode() in cmdline
+      and b"python" in cmdline
+      and f"JAX_PROCESS_ID={process_id}".encode() in environ
+    ):
       return int(pid)
   raise AssertionError(f"no process {process_id} for {workdir}")
 
@@ -77,8 +82,11 @@ def _state(workdir, step, like=None):
   says, whichever processes wrote it."""
   manager = checkpointing.training_manager(os.path.join(workdir, "checkpoints"))
   device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
-  target = None if like is None else jax.tree.map(
-      lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device), like)
+  target = (
+    None
+    if like is None
+    else jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device), like)
+  )
   restored = checkpointing.restore_state_only(manager, step, target)
   manager.close()
   return restored
@@ -89,8 +97,7 @@ def _state(workdir, step, like=None):
 # shift); their float32 gradient is rounding noise that depends on the all-reduce order, Adam scales
 # noise up to lr-sized steps, and the BatchNorm running means track those biases. They are left out.
 # (Attention key biases are softmax-invariant too; their noise stays below 1e-6 in these few steps.)
-_NOISE_DRIVEN = ("['backbone']['norm']['bias']", "['projector']['linears']",
-                 "['projector']['norms']")
+_NOISE_DRIVEN = ("['backbone']['norm']['bias']", "['projector']['linears']", "['projector']['norms']")
 
 
 def _noise_driven(name: str) -> bool:
@@ -101,8 +108,7 @@ def _assert_states_close(workdir_a, workdir_b, step):
   a = _state(workdir_a, step)
   b = _state(workdir_b, step, like=a)
   compared = 0
-  for (path, x), y in zip(jax.tree_util.tree_flatten_with_path(a)[0], jax.tree.leaves(b),
-                          strict=True):
+  for (path, x), y in zip(jax.tree_util.tree_flatten_with_path(a)[0], jax.tree.leaves(b), strict=True):
     name = jax.tree_util.keystr(path)
     if _noise_driven(name):
       continue
@@ -117,15 +123,26 @@ def test_two_processes_equal_one_and_the_checkpoint_resumes_on_one(devices, data
   config.checkpoint_every = 2
   loop.run(config, single)  # 1 process x 8 devices, this process
   # The processes are the mesh's DCN granules: data = 2 per process x 2 processes, fsdp = 2.
-  _local_processes(data_dir, multi, str(tmp_path / "logs"), *STEPS, "--stop_after=2",
-                   "--config.mesh.axes.data=2", "--config.mesh.dcn_axes.data=2")
+  _local_processes(
+    data_dir,
+    multi,
+    str(tmp_path / "logs"),
+    *STEPS,
+    "--stop_after=2",
+    "--config.mesh.axes.data=2",
+    "--config.mesh.dcn_axes.data=2",
+  )
   # One checkpoint, written collectively: one state, one iterator state per process.
   step_dir = os.path.join(multi, "checkpoints", "2")
   assert os.listdir(os.path.join(multi, "checkpoints")) == ["2"]
   assert sorted(os.listdir(os.path.join(step_dir, "data"))) == [
-      "commit_success.txt", "process_0-of-2.json", "process_1-of-2.json"]
-  data_states = [json.load(open(os.path.join(step_dir, "data", f"process_{i}-of-2.json")))
-                 for i in range(2)]
+    "commit_success.txt",
+    "process_0-of-2.json",
+    "process_1-of-2.json",
+  ]
+  data_states = [
+    json.load(open(os.path.join(step_dir, "data", f"process_{i}-of-2.json"))) for i in range(2)
+  ]
   assert data_states == [{"next_index": 8}] * 2  # each host read 2 batches of 4 of its examples
   _assert_states_close(single, multi, 2)
   loop.run(config, multi)  # 1 process x 8 devices (this one) continues the 2-process run
@@ -138,9 +155,16 @@ def test_two_processes_equal_one_and_the_checkpoint_resumes_on_one(devices, data
       np.testing.assert_allclose(b[step][key], a[step][key], rtol=1e-5, err_msg=f"{step} {key}")
   _assert_states_close(single, multi, 4)
   # The evaluation job joins the processes too: both take the same checkpoints, process 0 writes.
-  _local_processes(data_dir, multi, str(tmp_path / "eval_logs"), "--follow",
-                   "--config=configs/probe/default.py",
-                   "--config.evaluators=knn", "--config.poll_seconds=1", module="lejepa_jax.evaluate")
+  _local_processes(
+    data_dir,
+    multi,
+    str(tmp_path / "eval_logs"),
+    "--follow",
+    "--config=configs/probe/default.py",
+    "--config.evaluators=knn",
+    "--config.poll_seconds=1",
+    module="lejepa_jax.evaluate",
+  )
   rows = [json.loads(line) for line in open(os.path.join(multi, "eval", "knn.jsonl"))]
   assert [row["step"] for row in rows] == [2, 4]
   alone = evaluation_job.evaluate(single, step=4, probe=_knn_probe())  # one process, same weights
@@ -148,7 +172,8 @@ def test_two_processes_equal_one_and_the_checkpoint_resumes_on_one(devices, data
 
 
 def test_sigterm_to_one_process_stops_every_process_at_one_step_and_the_rerun_ends_as_if_uninterrupted(
-    devices, data_dir, tmp_path):
+  devices, data_dir, tmp_path
+):
   flags = ("--config.total_steps=40", "--config.checkpoint_every=100", "--config.log_every=1")
   straight, stopped = str(tmp_path / "straight"), str(tmp_path / "stopped")
   _local_processes(data_dir, straight, str(tmp_path / "straight_logs"), *flags)
@@ -164,24 +189,38 @@ def test_sigterm_to_one_process_stops_every_process_at_one_step_and_the_rerun_en
     assert f"preemption notice: every process saves step {saved}" in log, log
   # The evaluation job, following the unfinished run, stops the same way (both processes, status 0).
   eval_logs = str(tmp_path / "eval_logs")
-  job = _start_local_processes(data_dir, stopped, eval_logs, "--follow",
-                               "--config=configs/probe/default.py", "--config.evaluators=knn",
-                               "--config.poll_seconds=1", module="lejepa_jax.evaluate")
+  job = _start_local_processes(
+    data_dir,
+    stopped,
+    eval_logs,
+    "--follow",
+    "--config=configs/probe/default.py",
+    "--config.evaluators=knn",
+    "--config.poll_seconds=1",
+    module="lejepa_jax.evaluate",
+  )
   _wait_for(eval_logs, f"checkpoint step {saved}: knn", job)
   os.kill(_pid(stopped, 1), signal.SIGTERM)
   assert job.wait(timeout=300) == 0, _logs(eval_logs)
   assert _logs(eval_logs).count("stopped by a preemption notice") == 2, _logs(eval_logs)
   # An ablation too: both processes save the group's step and leave with status 0.
   ablation_logs = str(tmp_path / "ablation_logs")
-  job = _start_local_processes(data_dir, str(tmp_path / "ablation"), ablation_logs, *flags,
-                               "--sweep=loss.sigreg_weight=0.0,0.5", module="lejepa_jax.ablate")
+  job = _start_local_processes(
+    data_dir,
+    str(tmp_path / "ablation"),
+    ablation_logs,
+    *flags,
+    "--sweep=loss.sigreg_weight=0.0,0.5",
+    module="lejepa_jax.ablate",
+  )
   _wait_for(ablation_logs, "step 3/40", job)
   os.kill(_pid(str(tmp_path / "ablation"), 1), signal.SIGTERM)
   assert job.wait(timeout=300) == 0, _logs(ablation_logs)
   assert _logs(ablation_logs).count("preemption notice: every process saves step") == 2
   _local_processes(data_dir, stopped, str(tmp_path / "rerun_logs"), *flags)
-  like = train_state.to_savable(nnx.to_pure_dict(nnx.state(train_state.build_train_objects(
-      tiny_config(data_dir, 40)))))
+  like = train_state.to_savable(
+    nnx.to_pure_dict(nnx.state(train_state.build_train_objects(tiny_config(data_dir, 40))))
+  )
   a, b = _state(straight, 40, like=like), _state(stopped, 40, like=like)
   for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
     np.testing.assert_array_equal(x, y)
@@ -189,8 +228,15 @@ def test_sigterm_to_one_process_stops_every_process_at_one_step_and_the_rerun_en
 
 def test_a_member_sharded_ablation_on_two_processes_equals_one_process(devices, data_dir, tmp_path):
   from lejepa_jax.ablation import group_loop
-  flags = ("--sweep=loss.sigreg_weight=0.1,0.2", "--member_shards=2", "--config.total_steps=2",
-           "--config.log_every=1", "--config.mesh.axes.data=4", "--config.mesh.axes.fsdp=1")
+
+  flags = (
+    "--sweep=loss.sigreg_weight=0.1,0.2",
+    "--member_shards=2",
+    "--config.total_steps=2",
+    "--config.log_every=1",
+    "--config.mesh.axes.data=4",
+    "--config.mesh.axes.fsdp=1",
+  )
   multi = str(tmp_path / "multi")
   _local_processes(data_dir, multi, str(tmp_path / "logs"), *flags, module="lejepa_jax.ablate")
   config = tiny_config(data_dir, 2)
@@ -213,6 +259,7 @@ def _knn_probe():
 @dataclasses.dataclass(frozen=True)
 class _FakeDevice:
   """Enough of a device for the mesh layout: CPU-like, with a slice (CPU devices have none)."""
+
   id: int
   slice_index: int | None
   process_index: int = 0
@@ -220,10 +267,10 @@ class _FakeDevice:
   device_kind: str = "cpu"
 
 
-@pytest.mark.parametrize("dcn_axes, expected_shape, slice_axis", [
-    ({"data": 2}, (4, 2), 0), ({"fsdp": 2}, (2, 4), 1)])
-def test_hybrid_mesh_puts_slices_side_by_side_along_the_dcn_axis(dcn_axes, expected_shape,
-                                                                  slice_axis):
+@pytest.mark.parametrize(
+  "dcn_axes, expected_shape, slice_axis", [({"data": 2}, (4, 2), 0), ({"fsdp": 2}, (2, 4), 1)]
+)
+def test_hybrid_mesh_puts_slices_side_by_side_along_the_dcn_axis(dcn_axes, expected_shape, slice_axis):
   devices = [_FakeDevice(i, slice_index=i % 2) for i in range(8)]  # interleaved: no plain reshape
   array = sharding.hybrid_device_array({"data": -1, "fsdp": 2}, dcn_axes, devices)
   assert array.shape == expected_shape
@@ -238,8 +285,9 @@ def test_hybrid_mesh_puts_slices_side_by_side_along_the_dcn_axis(dcn_axes, expec
 def test_hybrid_mesh_falls_back_to_processes_and_rejects_impossible_layouts(devices):
   by_process = [_FakeDevice(i, slice_index=None, process_index=i % 4) for i in range(8)]
   array = sharding.hybrid_device_array({"data": 1, "fsdp": 2}, {"data": 4}, by_process)
-  np.testing.assert_array_equal(np.vectorize(lambda d: d.process_index)(array),
-                                [[0, 0], [1, 1], [2, 2], [3, 3]])
+  np.testing.assert_array_equal(
+    np.vectorize(lambda d: d.process_index)(array), [[0, 0], [1, 1], [2, 2], [3, 3]]
+  )
   with pytest.raises(ValueError, match="granules"):
     sharding.make_mesh({"data": -1}, dcn_axes={"data": 2})  # one process, no slices
   with pytest.raises(ValueError, match="lacks"):

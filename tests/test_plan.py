@@ -25,8 +25,10 @@ def test_state_bytes_equal_the_real_sharded_train_state(devices):
   config = _tiny_config()
   mesh = sharding.make_mesh({"data": 1, "fsdp": 8})
   objects = sharding.create_sharded(lambda: train_state.build_train_objects(config), mesh)
-  real = [max(sharding.bytes_per_device(train_state.to_savable(nnx.to_pure_dict(nnx.state(o)))).values())
-          for o in objects]
+  real = [
+    max(sharding.bytes_per_device(train_state.to_savable(nnx.to_pure_dict(nnx.state(o)))).values())
+    for o in objects
+  ]
   planned = memory_plan.state_bytes(config, {"data": 1, "fsdp": 8})
   assert planned == {"model": real[0], "optimizer": real[1], "probe": real[2] + real[3]}
   # A data axis replicates the state: a 32 x 8 pod holds the same bytes per device.
@@ -48,9 +50,17 @@ def test_batch_bytes_and_plan_config_follow_the_recipe():
     memory_plan.plan_config(config, {"data": 3}, None, "none")
 
 
-@pytest.mark.parametrize("generation, chips, expected", [
-    ("v5p", 256, "v5p:4x8x8"), ("v5p", 64, "v5p:4x4x4"), ("v4", 4, "v4:2x2x1"),
-    ("v4", 16, "v4:2x2x4"), ("v5e", 8, "v5e:2x4"), ("v5e", 256, "v5e:16x16")])
+@pytest.mark.parametrize(
+  "generation, chips, expected",
+  [
+    ("v5p", 256, "v5p:4x8x8"),
+    ("v5p", 64, "v5p:4x4x4"),
+    ("v4", 4, "v4:2x2x1"),
+    ("v4", 16, "v4:2x2x4"),
+    ("v5e", 8, "v5e:2x4"),
+    ("v5e", 256, "v5e:16x16"),
+  ],
+)
 def test_tpu_slice_shapes(generation, chips, expected):
   assert memory_plan.tpu_topology(generation, chips) == expected
 
@@ -69,8 +79,7 @@ def test_reduced_depth_vit_and_the_linear_extrapolation():
   with memory_plan.vit_depth(config, 3) as reduced:
     size, patch = vit.parse_variant(reduced.model.variant)
     assert (size.depth, size.width, patch) == (3, 1024, 14)
-  assert config.model.variant == "L/14" and not any(k.startswith("PlanDepth")
-                                                      for k in vit.VIT_SIZES)
+  assert config.model.variant == "L/14" and not any(k.startswith("PlanDepth") for k in vit.VIT_SIZES)
   assert memory_plan.extrapolate((2, 4), (840, 1462), 24) == 1462 + 20 * 311
 
 
@@ -78,8 +87,14 @@ def test_plan_table_says_which_accelerators_fit():
   state = {"model": 10 * GIB, "optimizer": 20 * GIB, "probe": 0}
   big = memory_plan.Plan("none", state, batch=0, temporaries=20 * GIB)  # 50 GiB in all
   small = memory_plan.Plan("full", state, batch=0, temporaries=0)  # 30 GiB: 94% of a v4's 32 GiB
-  assert big.fits() == {"TPU v4": False, "TPU v5p": True, "TPU v5e": False, "H100": True,
-                        "A100 40GB": False, "A100 80GB": True}
+  assert big.fits() == {
+    "TPU v4": False,
+    "TPU v5p": True,
+    "TPU v5e": False,
+    "H100": True,
+    "A100 40GB": False,
+    "A100 80GB": True,
+  }
   assert small.fits()["TPU v4"] and not small.fits()["TPU v5e"]
   tight = memory_plan.Plan("full", state, batch=0, temporaries=int(1.0 * GIB))  # 31 GiB: 97% of a v4
   assert not tight.fits()["TPU v4"]

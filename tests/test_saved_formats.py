@@ -21,6 +21,7 @@ def _images(seed: int = 0) -> np.ndarray:
 
 def _flat_variables(encoder) -> dict[str, np.ndarray]:
   flat = {}
+
   def visit(prefix, node):
     for key, value in node.items():
       name = f"{prefix}.{key}" if prefix else key
@@ -28,12 +29,14 @@ def _flat_variables(encoder) -> dict[str, np.ndarray]:
         visit(name, value)
       else:
         flat[name] = np.asarray(value)
+
   visit("", export.variables_tree(encoder))
   return flat
 
 
 def test_saved_checkpoint_and_export_hold_the_same_encoder():
   from safetensors.numpy import load_file
+
   encoder, config, step = restore.restore_encoder(os.path.join(SAVED, "run"))
   assert step == 3 and config.model.name == "vit" and config.model.variant == "Mi/8"
   exported = export.load_encoder(os.path.join(SAVED, "export"))
@@ -49,8 +52,9 @@ def test_saved_checkpoint_and_export_hold_the_same_encoder():
   x = _images()
   # The checkpoint's model also carries the projector: compare the features probes read.
   features = jax.jit(lambda model, v: model(v)[0])
-  np.testing.assert_allclose(np.asarray(features(encoder, x)), np.asarray(features(exported, x)),
-                             rtol=1e-6)
+  np.testing.assert_allclose(
+    np.asarray(features(encoder, x)), np.asarray(features(exported, x)), rtol=1e-6
+  )
 
 
 def test_saved_run_resumes(data_dir, tmp_path):

@@ -14,10 +14,10 @@ def _max_rel_err(actual, expected):
 
 
 DISTRIBUTIONS = {
-    "gaussian": lambda g, s: g.standard_normal(s),
-    "scaled": lambda g, s: 1.7 * g.standard_normal(s),
-    "shifted": lambda g, s: g.standard_normal(s) + 0.5,
-    "uniform": lambda g, s: np.sqrt(12) * (g.random(s) - 0.5),
+  "gaussian": lambda g, s: g.standard_normal(s),
+  "scaled": lambda g, s: 1.7 * g.standard_normal(s),
+  "shifted": lambda g, s: g.standard_normal(s) + 0.5,
+  "uniform": lambda g, s: np.sqrt(12) * (g.random(s) - 0.5),
 }
 
 
@@ -70,17 +70,17 @@ def test_non_gaussian_embeddings_score_far_higher():
   baseline = float(losses.sigreg(gaussian, key))
   dead = gaussian.at[:, 0].set(0.0)  # one of four dimensions dead
   cases = {
-      "collapsed": jnp.zeros((n, d)),
-      "one_dead_dimension": dead,
-      "scaled_x2": 2.0 * gaussian,
-      "scaled_x0.5": 0.5 * gaussian,
-      "shifted": gaussian + 1.0,
+    "collapsed": jnp.zeros((n, d)),
+    "one_dead_dimension": dead,
+    "scaled_x2": 2.0 * gaussian,
+    "scaled_x0.5": 0.5 * gaussian,
+    "shifted": gaussian + 1.0,
   }
   for name, z in cases.items():
     assert float(losses.sigreg(z, key)) > 5 * baseline, name
   # A fully collapsed batch: ecf = 1 at every knot, so EP = N * sum_k w_k (1 - exp(-t_k^2/2))^2.
   t, w = ref.trapezoid_knots(3.0, 17)
-  collapsed = n * np.sum(w * (1 - np.exp(-t**2 / 2))**2)
+  collapsed = n * np.sum(w * (1 - np.exp(-(t**2) / 2)) ** 2)
   np.testing.assert_allclose(float(losses.sigreg(jnp.zeros((n, d)), key)), collapsed, rtol=1e-5)
   assert 0.38 * n < collapsed < 0.42 * n
 
@@ -96,7 +96,8 @@ def test_gradient_matches_finite_differences_of_float64_formula(t_max, num_knots
   x = np.random.default_rng(4).standard_normal((12, 3)) * [[1.0, 2.0, 0.3]] + 0.2
   cot = np.array([1.0, -0.5, 2.0])
   got = jax.grad(lambda v: jnp.sum(losses.epps_pulley(v, t_max=t_max, num_knots=num_knots) * cot))(
-      x.astype(np.float32))
+    x.astype(np.float32)
+  )
   want = ref.numerical_gradient(lambda v: np.sum(ref.epps_pulley(v, t_max, num_knots) * cot), x)
   np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5 * np.abs(want).max())
 
@@ -104,8 +105,13 @@ def test_gradient_matches_finite_differences_of_float64_formula(t_max, num_knots
 @pytest.mark.parametrize("case", ["zeros", "huge", "tiny", "mixed", "constant"])
 def test_gradients_are_finite_everywhere(case):
   g = np.random.default_rng(5).standard_normal((32, 8)).astype(np.float32)
-  z = {"zeros": 0 * g, "huge": 1e30 * g, "tiny": 1e-30 * g, "constant": 0 * g + 3.0,
-       "mixed": g * np.logspace(-20, 20, 8, dtype=np.float32)}[case]
+  z = {
+    "zeros": 0 * g,
+    "huge": 1e30 * g,
+    "tiny": 1e-30 * g,
+    "constant": 0 * g + 3.0,
+    "mixed": g * np.logspace(-20, 20, 8, dtype=np.float32),
+  }[case]
   value, grad = jax.value_and_grad(lambda v: losses.sigreg(v, jax.random.key(0)))(z)
   assert np.isfinite(float(value)) and np.all(np.isfinite(np.asarray(grad)))
 
@@ -158,7 +164,9 @@ def test_sigreg_is_mean_epps_pulley_of_projections():
   np.testing.assert_allclose(got, want, rtol=1e-5)
 
 
-@pytest.mark.parametrize("bad,match", [
+@pytest.mark.parametrize(
+  "bad,match",
+  [
     (dict(x=np.ones((5,), np.float32)), "`x` must have shape"),
     (dict(x=np.ones((1, 4), np.float32)), "at least 2 samples"),
     (dict(x=np.ones((8, 4), np.int32)), "floating-point"),
@@ -166,7 +174,8 @@ def test_sigreg_is_mean_epps_pulley_of_projections():
     (dict(x=np.ones((8, 4), np.float32), num_knots=3.5), "`num_knots`"),
     (dict(x=np.ones((8, 4), np.float32), t_max=0.0), "`t_max`"),
     (dict(x=np.ones((8, 4), np.float32), t_max=-1.0), "`t_max`"),
-])
+  ],
+)
 def test_epps_pulley_rejects_bad_input_at_trace_time(bad, match):
   x = bad.pop("x")
   with pytest.raises(ValueError, match=match):

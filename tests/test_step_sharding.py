@@ -14,8 +14,9 @@ from lejepa_jax.training import steps, train_state
 def test_the_compiled_step_keeps_the_shardings_of_the_state(devices, data_dir):
   config = tiny_config(data_dir, 2)  # mesh data 4 x fsdp 2 on the 8 simulated devices
   mesh = sharding.make_mesh(dict(config.mesh.axes), config.mesh.axis_type)
-  graphdef, state = nnx.split(sharding.create_sharded(lambda: train_state.build_train_objects(config),
-                                                      mesh))
+  graphdef, state = nnx.split(
+    sharding.create_sharded(lambda: train_state.build_train_objects(config), mesh)
+  )
   compiled = steps.compile_train_step(config, mesh, graphdef, state, config.data.global_batch_size)
   given = jax.tree.map(lambda x: x.sharding, state)
   state_out, metrics_out = compiled.output_shardings
@@ -29,8 +30,9 @@ def test_the_compiled_step_keeps_the_shardings_of_the_state(devices, data_dir):
   # And a step run for real returns arrays laid out as they went in.
   spec = steps.abstract_batch(config, mesh, config.data.global_batch_size)
   rng = np.random.default_rng(0)
-  batch = {k: jax.device_put(rng.integers(0, 255, s.shape).astype(s.dtype), s.sharding)
-           for k, s in spec.items()}
+  batch = {
+    k: jax.device_put(rng.integers(0, 255, s.shape).astype(s.dtype), s.sharding) for k, s in spec.items()
+  }
   with jax.set_mesh(mesh):
     new_state, _ = compiled(state, batch, jax.random.key(0))
   for want, x in zip(jax.tree.leaves(given), jax.tree.leaves(new_state)):

@@ -19,15 +19,20 @@ from lejepa_jax.training import checkpointing, loop, optimizers, resume
 pytestmark = pytest.mark.slow  # end-to-end runs: `-m "not slow"` leaves them out
 
 
-
 def _main(data_dir, workdir, *flags, wait=True):
   """`python -m lejepa_jax.main` in a fresh process with 8 simulated CPU devices."""
-  env = dict(os.environ, JAX_PLATFORMS="cpu",
-             XLA_FLAGS="--xla_force_host_platform_device_count=8")
-  cmd = [sys.executable, "-m", "lejepa_jax.main", f"--config=tests/tiny_config.py:{data_dir}",
-         f"--workdir={workdir}", *flags]
-  process = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE,
-                             stderr=subprocess.STDOUT, text=True)
+  env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_force_host_platform_device_count=8")
+  cmd = [
+    sys.executable,
+    "-m",
+    "lejepa_jax.main",
+    f"--config=tests/tiny_config.py:{data_dir}",
+    f"--workdir={workdir}",
+    *flags,
+  ]
+  process = subprocess.Popen(
+    cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+  )
   if wait:
     output, _ = process.communicate(timeout=600)
     assert process.returncode == 0, output
@@ -137,8 +142,9 @@ def test_gradient_clipping_scales_the_gradient_before_adamw(data_dir, clip):
     # Reference: the gradient scaled by hand to the clip norm (when above it), then plain AdamW.
     factor = min(1.0, clip / norm) if clip > 0 else 1.0
     updates, state = tx.update(grads, state, params)
-    want, reference_state = plain.update(jax.tree.map(lambda g: g * factor, grads),
-                                         reference_state, params)
+    want, reference_state = plain.update(
+      jax.tree.map(lambda g: g * factor, grads), reference_state, params
+    )
     unclipped, unclipped_state = plain.update(grads, unclipped_state, params)
     for key in base:
       np.testing.assert_allclose(updates[key], want[key], rtol=1e-5, atol=1e-9)
@@ -161,6 +167,7 @@ def test_unknown_model_key_fails_before_compiling(devices, data_dir, tmp_path):
 def test_on_device_augmentation_is_applied_in_the_step():
   from lejepa_jax.data.augment import Augment
   from lejepa_jax.training import steps
+
   views = np.random.default_rng(0).integers(0, 256, (2, 2, 8, 8, 3)).astype(np.uint8)
   solarize_only = Augment(flip=0, color_jitter=0, grayscale=0, blur=0, solarize=1.0)
   got = steps.prepare_views(views, jax.random.key(0), (0.5,) * 3, (0.25,) * 3, solarize_only)
@@ -216,6 +223,7 @@ def test_a_finite_loss_with_non_finite_updated_parameters_stops_the_run():
 
 def test_metrics_reader_skips_a_line_cut_short_by_a_kill(tmp_path):
   from lejepa_jax import reports
+
   with open(tmp_path / "metrics.jsonl", "w") as f:
     f.write('{"step": 1, "loss": 0.5}\n{"step": 2, "loss": 0.4}\n{"step": 3, "lo')
   assert [row["step"] for row in reports.read_metrics(str(tmp_path))] == [1, 2]

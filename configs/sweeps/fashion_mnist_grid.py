@@ -19,4 +19,5 @@ from lejepa_jax import config_lib
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   return config_lib.load_config_file(
-      os.path.join(os.path.dirname(os.path.dirname(__file__)), "fashion_mnist.py"), arg)
+    os.path.join(os.path.dirname(os.path.dirname(__file__)), "fashion_mnist.py"), arg
+  )

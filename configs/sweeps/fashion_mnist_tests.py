@@ -21,7 +21,8 @@ from lejepa_jax import config_lib
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c = config_lib.load_config_file(
-      os.path.join(os.path.dirname(os.path.dirname(__file__)), "fashion_mnist.py"), arg)
+    os.path.join(os.path.dirname(os.path.dirname(__file__)), "fashion_mnist.py"), arg
+  )
   c.total_steps = 700
   c.checkpoint_every = 700
   c.keep_checkpoints = 1

@@ -58,6 +58,7 @@ log = logging.getLogger("lejepa_jax")
 @dataclasses.dataclass
 class GroupRun:
   """A group's program, data and stacked state (the members padded to the member shards)."""
+
   group: sweep_plan.Group
   mesh: jax.sharding.Mesh
   members: list[sweep_plan.Member]
@@ -77,14 +78,23 @@ def setup_group(group: sweep_plan.Group, workdir: str, member_shards: int) -> Gr
   source = data.open_source(config.data.name, config.data.split, config.data.data_dir)
   iterator = resume.train_iterator(config, source)
   graphdef, state = stacked.init_stacked_state(config, [m.config.seed for m in members], mesh)
-  manager = checkpointing.training_manager(os.path.join(workdir, "checkpoints", group.name),
-                                           config.keep_checkpoints)
+  manager = checkpointing.training_manager(
+    os.path.join(workdir, "checkpoints", group.name), config.keep_checkpoints
+  )
   start, iterator = resume.resume(manager, state, iterator, config, source)
   if start:
     log.info("[%s] resumed from step %d", group.name, start)
-  return GroupRun(group, mesh, members, graphdef, state, stacked.stacked_hparams(members, mesh),
-                  iterator,
-                  manager, start)
+  return GroupRun(
+    group,
+    mesh,
+    members,
+    graphdef,
+    state,
+    stacked.stacked_hparams(members, mesh),
+    iterator,
+    manager,
+    start,
+  )
 
 
 def _save(run: GroupRun, outputs: Sequence[member_outputs.MemberOutputs], extract, step: int) -> None:
@@ -92,8 +102,13 @@ def _save(run: GroupRun, outputs: Sequence[member_outputs.MemberOutputs], extrac
   # A step already on disk (a resumed run repeating steps, or the restored step itself) is the
   # same state: training is deterministic. Saving it again would fail.
   if step not in run.manager.all_steps():
-    checkpointing.save_training(run.manager, step, train_state.to_savable(nnx.to_pure_dict(run.state)),
-                                run.iterator, json.loads(run.group.config.to_json()))
+    checkpointing.save_training(
+      run.manager,
+      step,
+      train_state.to_savable(nnx.to_pure_dict(run.state)),
+      run.iterator,
+      json.loads(run.group.config.to_json()),
+    )
   for i, out in enumerate(outputs):
     if step not in out.manager.all_steps():
       out.save(step, extract(run.state, np.int32(i)), run.iterator)
@@ -108,13 +123,24 @@ def _log_step(run: GroupRun, outputs, step: int, metrics, step_time: float) -> N
     row["step_time_s"] = step_time
     row["images_per_s"] = config.data.global_batch_size / step_time
     out.write(step, row)
-  losses = " ".join(f"{float(v):.4f}" for v in values["loss"][:len(outputs)])
-  log.info("[%s] step %d/%d %.3f s/step (%d members) | loss %s", run.group.name, step,
-           config.total_steps, step_time, len(outputs), losses)
+  losses = " ".join(f"{float(v):.4f}" for v in values["loss"][: len(outputs)])
+  log.info(
+    "[%s] step %d/%d %.3f s/step (%d members) | loss %s",
+    run.group.name,
+    step,
+    config.total_steps,
+    step_time,
+    len(outputs),
+    losses,
+  )
 
 
-def train_group(run: GroupRun, outputs: Sequence[member_outputs.MemberOutputs], last_step: int,
-                guard: preemption.PreemptionGuard) -> int:
+def train_group(
+  run: GroupRun,
+  outputs: Sequence[member_outputs.MemberOutputs],
+  last_step: int,
+  guard: preemption.PreemptionGuard,
+) -> int:
   """Steps the group from its start to `last_step` (or a preemption); returns the last step."""
   config = run.group.config
   extract = stacked.member_extractor(run.state, run.mesh)
@@ -131,10 +157,15 @@ def train_group(run: GroupRun, outputs: Sequence[member_outputs.MemberOutputs], 
     return metrics
 
   return loop.run_steps(
-      run.start, last_step, step_fn, log_every=config.log_every,
-      checkpoint_every=config.checkpoint_every, guard=guard,
-      on_log=lambda step, metrics, step_time: _log_step(run, outputs, step, metrics, step_time),
-      on_save=lambda step: _save(run, outputs, extract, step))
+    run.start,
+    last_step,
+    step_fn,
+    log_every=config.log_every,
+    checkpoint_every=config.checkpoint_every,
+    guard=guard,
+    on_log=lambda step, metrics, step_time: _log_step(run, outputs, step, metrics, step_time),
+    on_save=lambda step: _save(run, outputs, extract, step),
+  )
 
 
 def group_done(group: sweep_plan.Group, workdir: str) -> bool:
@@ -147,12 +178,19 @@ def group_done(group: sweep_plan.Group, workdir: str) -> bool:
     finished = manager.latest_step() == group.config.total_steps
   finally:
     manager.close()
-  return finished and all(os.path.exists(member_outputs.selection_path(workdir, m))
-                          for m in group.members)
+  return finished and all(
+    os.path.exists(member_outputs.selection_path(workdir, m)) for m in group.members
+  )
 
 
-def run_group(group: sweep_plan.Group, workdir: str, member_shards: int, stop_after: int | None,
-              guard: preemption.PreemptionGuard, eval_examples: int) -> tuple[int, int]:
+def run_group(
+  group: sweep_plan.Group,
+  workdir: str,
+  member_shards: int,
+  stop_after: int | None,
+  guard: preemption.PreemptionGuard,
+  eval_examples: int,
+) -> tuple[int, int]:
   """Trains (or resumes) one group to total_steps (or stop_after / a preemption) and evaluates its
   members once done; returns (the step it started from, the step it reached)."""
   total = group.config.total_steps
@@ -160,8 +198,9 @@ def run_group(group: sweep_plan.Group, workdir: str, member_shards: int, stop_af
     return total, total
   last_step = total if stop_after is None else min(stop_after, total)
   run = setup_group(group, workdir, member_shards)
-  outputs = [member_outputs.MemberOutputs(workdir, m, group.config.keep_checkpoints)
-             for m in group.members]
+  outputs = [
+    member_outputs.MemberOutputs(workdir, m, group.config.keep_checkpoints) for m in group.members
+  ]
   try:
     step = train_group(run, outputs, last_step, guard)
     if step == total:
@@ -178,9 +217,14 @@ def run_group(group: sweep_plan.Group, workdir: str, member_shards: int, stop_af
 
 def _check_spec(workdir: str, config, groups: Sequence[sweep_plan.Group], member_shards: int) -> None:
   """Writes DIR/ablation_spec.json, or checks that a rerun asks for the same ablation."""
-  spec = {"config": json.loads(config.to_json()), "member_shards": member_shards,
-          "groups": {g.name: [{"name": m.name, "overrides": [list(o) for o in m.overrides]}
-                              for m in g.members] for g in groups}}
+  spec = {
+    "config": json.loads(config.to_json()),
+    "member_shards": member_shards,
+    "groups": {
+      g.name: [{"name": m.name, "overrides": [list(o) for o in m.overrides]} for m in g.members]
+      for g in groups
+    },
+  }
   path = os.path.join(workdir, "ablation_spec.json")
   if os.path.exists(path):
     with open(path) as f:
@@ -192,18 +236,27 @@ def _check_spec(workdir: str, config, groups: Sequence[sweep_plan.Group], member
     if saved["member_shards"] != member_shards:
       changes.append(f"member_shards: {saved['member_shards']} -> {member_shards}")
     if changes:
-      raise ValueError(f"{workdir} holds another ablation ({path}; changed: {'; '.join(changes)}). "
-                       "Use a new --workdir for a new ablation; nothing was changed in this one.")
+      raise ValueError(
+        f"{workdir} holds another ablation ({path}; changed: {'; '.join(changes)}). "
+        "Use a new --workdir for a new ablation; nothing was changed in this one."
+      )
     return
   if jax.process_index() == 0:
     with open(path, "w") as f:
       json.dump(spec, f, indent=1)
 
 
-def run(config: ml_collections.ConfigDict, workdir: str,
-        sweeps: Sequence[tuple[str, Sequence[str]]], seeds: int = 1, member_shards: int = 1,
-        stop_after: int | None = None, eval_examples: int = 2048, alpha: float = 0.4,
-        probe: ml_collections.ConfigDict | None = None) -> dict | None:
+def run(
+  config: ml_collections.ConfigDict,
+  workdir: str,
+  sweeps: Sequence[tuple[str, Sequence[str]]],
+  seeds: int = 1,
+  member_shards: int = 1,
+  stop_after: int | None = None,
+  eval_examples: int = 2048,
+  alpha: float = 0.4,
+  probe: ml_collections.ConfigDict | None = None,
+) -> dict | None:
   """Trains (or resumes) every member of the sweep; returns the report once all are done.
 
   Args:
@@ -222,11 +275,16 @@ def run(config: ml_collections.ConfigDict, workdir: str,
       and the per-step correlations the others).
   """
   from lejepa_jax.ablation import report as ablation_report
+
   groups = sweep_plan.plan_sweep(config, sweeps, seeds)
   os.makedirs(workdir, exist_ok=True)
   _check_spec(workdir, config, groups, member_shards)
-  log.info("%d members in %d program(s): %s", sum(len(g.members) for g in groups), len(groups),
-           "; ".join(f"{g.name}: {len(g.members)}" for g in groups))
+  log.info(
+    "%d members in %d program(s): %s",
+    sum(len(g.members) for g in groups),
+    len(groups),
+    "; ".join(f"{g.name}: {len(g.members)}" for g in groups),
+  )
   guard, finished = preemption.PreemptionGuard(), 0
   try:
     for group in groups:
@@ -246,8 +304,9 @@ def run(config: ml_collections.ConfigDict, workdir: str,
   return ablation_report.write_report(workdir, members, alpha)
 
 
-def evaluate_with_probe(workdir: str, members: Sequence[sweep_plan.Member],
-                        probe: ml_collections.ConfigDict) -> None:
+def evaluate_with_probe(
+  workdir: str, members: Sequence[sweep_plan.Member], probe: ml_collections.ConfigDict
+) -> None:
   """The evaluation job (`lejepa_jax.evaluate`) on every kept checkpoint of each member, skipping
   those it has already evaluated with this probe config (a rerun continues where it stopped)."""
   for i, member in enumerate(members):
@@ -256,7 +315,13 @@ def evaluate_with_probe(workdir: str, members: Sequence[sweep_plan.Member],
     for step in restore.checkpoint_steps(member_dir):
       if record.handled(step):
         continue
-      log.info("member %d/%d (%s), step %d: evaluation job, probe config %s", i + 1,
-               len(members), member.name, step, probe.name)
+      log.info(
+        "member %d/%d (%s), step %d: evaluation job, probe config %s",
+        i + 1,
+        len(members),
+        member.name,
+        step,
+        probe.name,
+      )
       evaluation_job.evaluate(member_dir, step, probe=probe)
       record = eval_records.EvalRecord(member_dir, probe.name)

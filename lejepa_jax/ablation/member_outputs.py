@@ -34,13 +34,22 @@ class MemberOutputs:
   def write(self, step: int, row: dict[str, float]) -> None:
     if not math.isfinite(row["loss"]) and self.diverged_at is None:
       self.diverged_at = step
-      log.warning("member %s: non-finite loss at step %d (its results are kept and reported; the "
-                  "other members are unaffected)", self.member.name, step)
+      log.warning(
+        "member %s: non-finite loss at step %d (its results are kept and reported; the "
+        "other members are unaffected)",
+        self.member.name,
+        step,
+      )
     self.writer.write(step, row)
 
   def save(self, step: int, state, iterator) -> None:
-    checkpointing.save_training(self.manager, step, train_state.to_savable(nnx.to_pure_dict(state)),
-                                iterator, json.loads(self.member.config.to_json()))
+    checkpointing.save_training(
+      self.manager,
+      step,
+      train_state.to_savable(nnx.to_pure_dict(state)),
+      iterator,
+      json.loads(self.member.config.to_json()),
+    )
 
   def close(self) -> None:
     self.manager.wait_until_finished()
@@ -58,11 +67,19 @@ def write_selection(outputs: Sequence[MemberOutputs], results: dict[str, np.ndar
   labels = results["labels"]
   for i, out in enumerate(outputs):
     # label_free reads only the evaluation part of the feature set.
-    features = evaluators.FeatureSet(results["features"][i], labels, results["features"][i], labels,
-                                     int(out.member.config.probe.num_classes),
-                                     results["projections"][i])
-    row = {"eval_examples": int(len(labels)), **evaluators.label_free(features),
-           "online_probe_eval_accuracy": float(np.mean(results["predictions"][i] == labels))}
+    features = evaluators.FeatureSet(
+      results["features"][i],
+      labels,
+      results["features"][i],
+      labels,
+      int(out.member.config.probe.num_classes),
+      results["projections"][i],
+    )
+    row = {
+      "eval_examples": int(len(labels)),
+      **evaluators.label_free(features),
+      "online_probe_eval_accuracy": float(np.mean(results["predictions"][i] == labels)),
+    }
     with open(os.path.join(out.dir, "selection.json"), "w") as f:
       json.dump(row, f, indent=2)
     rows = reports.read_metrics(out.dir)

@@ -62,10 +62,15 @@ def spearman(x: Sequence[float], y: Sequence[float]) -> float:
 
 def final_metrics(rows: Sequence[dict]) -> dict[str, float]:
   """Training loss, its parts and online-probe accuracy, averaged over the last logged rows."""
-  window = rows[-max(1, round(FINAL_FRACTION * len(rows))):]
+  window = rows[-max(1, round(FINAL_FRACTION * len(rows))) :]
   mean = lambda key: float(np.mean([r[key] for r in window]))
-  return {"loss": mean("loss"), "pred": mean("pred"), "sigreg": mean("sigreg"),
-          "online_train_acc": mean("probe_accuracy"), "final_step": int(window[-1]["step"])}
+  return {
+    "loss": mean("loss"),
+    "pred": mean("pred"),
+    "sigreg": mean("sigreg"),
+    "online_train_acc": mean("probe_accuracy"),
+    "final_step": int(window[-1]["step"]),
+  }
 
 
 def probe_accuracy(member_dir: str, evaluator: str = "linear") -> float | None:
@@ -81,14 +86,18 @@ def member_row(workdir: str, member) -> dict:
   directory = os.path.join(workdir, "members", member.name)
   with open(os.path.join(directory, "selection.json")) as f:
     selection = json.load(f)
-  row = {"name": member.name, **member.hparams(), **final_metrics(reports.read_metrics(directory)),
-         "online_eval_acc": selection["online_probe_eval_accuracy"],
-         "linear_top1": probe_accuracy(directory, "linear"),
-         "knn_top1": probe_accuracy(directory, "knn"),
-         "rankme_features": selection["rankme_features"],
-         "rankme_projections": selection["rankme_projections"],
-         "sigreg_eval": selection["sigreg"],
-         "eval_examples": selection["eval_examples"]}
+  row = {
+    "name": member.name,
+    **member.hparams(),
+    **final_metrics(reports.read_metrics(directory)),
+    "online_eval_acc": selection["online_probe_eval_accuracy"],
+    "linear_top1": probe_accuracy(directory, "linear"),
+    "knn_top1": probe_accuracy(directory, "knn"),
+    "rankme_features": selection["rankme_features"],
+    "rankme_projections": selection["rankme_projections"],
+    "sigreg_eval": selection["sigreg"],
+    "eval_examples": selection["eval_examples"],
+  }
   row["diverged"] = not math.isfinite(row["loss"])
   return row
 
@@ -103,14 +112,15 @@ def correlations(rows: Sequence[dict], alpha: float) -> dict[str, dict]:
     positive = [r for r in usable if r["sigreg_weight"] > 0]
 
     def rho(rs, loss, accuracy=accuracy):
-      return {"spearman": spearman([loss(r) for r in rs], [r[accuracy] for r in rs]),
-              "members": len(rs)}
+      return {"spearman": spearman([loss(r) for r in rs], [r[accuracy] for r in rs]), "members": len(rs)}
 
     out[accuracy] = {
-        "loss, all members": rho(usable, lambda r: r["loss"]),
-        "loss, lambda > 0": rho(positive, lambda r: r["loss"]),
-        f"loss * lambda^-{alpha:g}, lambda > 0": rho(
-            positive, lambda r: r["loss"] * r["sigreg_weight"] ** -alpha)}
+      "loss, all members": rho(usable, lambda r: r["loss"]),
+      "loss, lambda > 0": rho(positive, lambda r: r["loss"]),
+      f"loss * lambda^-{alpha:g}, lambda > 0": rho(
+        positive, lambda r: r["loss"] * r["sigreg_weight"] ** -alpha
+      ),
+    }
   return out
 
 
@@ -122,8 +132,10 @@ def correlations_by_step(workdir: str, rows: Sequence[dict], alpha: float) -> di
   per_member = {}
   for row in rows:
     directory = os.path.join(workdir, "members", row["name"])
-    per_member[row["name"]] = ({r["step"]: r["top1"] for r in _probe_rows(directory, "linear")},
-                               reports.read_metrics(directory))
+    per_member[row["name"]] = (
+      {r["step"]: r["top1"] for r in _probe_rows(directory, "linear")},
+      reports.read_metrics(directory),
+    )
   common = set.intersection(*(set(linear) for linear, _ in per_member.values())) if rows else set()
   out = {}
   for step in sorted(common):
@@ -131,8 +143,9 @@ def correlations_by_step(workdir: str, rows: Sequence[dict], alpha: float) -> di
     for row in rows:
       linear, metrics = per_member[row["name"]]
       loss = final_metrics([m for m in metrics if m["step"] <= step])["loss"]
-      at_step.append({**row, "loss": loss, "linear_top1": linear[step],
-                      "diverged": not math.isfinite(loss)})
+      at_step.append(
+        {**row, "loss": loss, "linear_top1": linear[step], "diverged": not math.isfinite(loss)}
+      )
     out[step] = correlations(at_step, alpha).get("linear_top1", {})
   return out
 
@@ -140,39 +153,77 @@ def correlations_by_step(workdir: str, rows: Sequence[dict], alpha: float) -> di
 def format_table(rows: Sequence[dict], spearmans: dict[str, dict]) -> str:
   """Markdown: one row per member, then the correlations."""
   percent = lambda v: "" if v is None else f"{100 * v:.1f}"
-  header = ["member", "lambda", "lr", "wd", "seed", "loss", "pred", "sigreg", "online acc (train)",
-            "online acc (eval)", "linear acc", "kNN acc", "RankMe feat.", "RankMe proj.",
-            "SIGReg (eval)"]
+  header = [
+    "member",
+    "lambda",
+    "lr",
+    "wd",
+    "seed",
+    "loss",
+    "pred",
+    "sigreg",
+    "online acc (train)",
+    "online acc (eval)",
+    "linear acc",
+    "kNN acc",
+    "RankMe feat.",
+    "RankMe proj.",
+    "SIGReg (eval)",
+  ]
   lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
   for r in rows:
-    cells = [r["name"], f"{r['sigreg_weight']:g}", f"{r['lr']:g}", f"{r['weight_decay']:g}",
-             r["seed"], f"{r['loss']:.4f}", f"{r['pred']:.4f}", f"{r['sigreg']:.3f}",
-             percent(r["online_train_acc"]), percent(r["online_eval_acc"]),
-             percent(r["linear_top1"]), percent(r["knn_top1"]), f"{r['rankme_features']:.1f}",
-             f"{r['rankme_projections']:.1f}", f"{r['sigreg_eval']:.1f}"]
+    cells = [
+      r["name"],
+      f"{r['sigreg_weight']:g}",
+      f"{r['lr']:g}",
+      f"{r['weight_decay']:g}",
+      r["seed"],
+      f"{r['loss']:.4f}",
+      f"{r['pred']:.4f}",
+      f"{r['sigreg']:.3f}",
+      percent(r["online_train_acc"]),
+      percent(r["online_eval_acc"]),
+      percent(r["linear_top1"]),
+      percent(r["knn_top1"]),
+      f"{r['rankme_features']:.1f}",
+      f"{r['rankme_projections']:.1f}",
+      f"{r['sigreg_eval']:.1f}",
+    ]
     lines.append("| " + " | ".join(map(str, cells)) + " |")
   lines.append("")
   for accuracy, values in spearmans.items():
     for subset, v in values.items():
-      lines.append(f"Spearman({subset}; {accuracy}) = {v['spearman']:+.3f} over {v['members']} "
-                   "members")
+      lines.append(f"Spearman({subset}; {accuracy}) = {v['spearman']:+.3f} over {v['members']} members")
   return "\n".join(lines)
 
 
 def plot(rows: Sequence[dict], path: str, alpha: float, accuracy: str) -> None:
   """Accuracy against the loss (left) and loss * lambda^-alpha (right), coloured by lambda."""
   import matplotlib.pyplot as plt  # reports sets Agg
+
   lambdas = sorted({r["sigreg_weight"] for r in rows})
   colours = plt.get_cmap("viridis")(np.linspace(0, 1, max(len(lambdas), 2)))
   fig, axes = plt.subplots(1, 2, figsize=(10, 4))
   for ax, rescaled in zip(axes, (False, True)):
     xs = []
     for lam, colour in zip(lambdas, colours):
-      members = [r for r in rows if r["sigreg_weight"] == lam and not r["diverged"]
-                 and r[accuracy] is not None and (lam > 0 or not rescaled)]
-      x = [r["loss"] * (lam ** -alpha if rescaled else 1) for r in members]
-      ax.scatter(x, [100 * r[accuracy] for r in members], color=colour, label=f"lambda {lam:g}",
-                 marker="x" if lam == 0 else "o", s=40)
+      members = [
+        r
+        for r in rows
+        if r["sigreg_weight"] == lam
+        and not r["diverged"]
+        and r[accuracy] is not None
+        and (lam > 0 or not rescaled)
+      ]
+      x = [r["loss"] * (lam**-alpha if rescaled else 1) for r in members]
+      ax.scatter(
+        x,
+        [100 * r[accuracy] for r in members],
+        color=colour,
+        label=f"lambda {lam:g}",
+        marker="x" if lam == 0 else "o",
+        s=40,
+      )
       xs += x
     if xs and min(xs) > 0 and max(xs) > 10 * min(xs):  # lambda = 0 alone is orders lower
       ax.set_xscale("log")
@@ -190,6 +241,7 @@ def plot_curves(workdir: str, rows: Sequence[dict], path: str, alpha: float) -> 
   (from metrics.jsonl), and the evaluation job's linear accuracy of each evaluated checkpoint:
   where along training the loss does or does not rank the members as their accuracy does."""
   import matplotlib.pyplot as plt  # reports sets Agg
+
   fig, axes = plt.subplots(1, 3, figsize=(15, 4))
   colours = plt.get_cmap("viridis")(np.linspace(0, 1, max(len(rows), 2)))
   for row, colour in zip(rows, colours):
@@ -199,14 +251,21 @@ def plot_curves(workdir: str, rows: Sequence[dict], path: str, alpha: float) -> 
     lam = row["sigreg_weight"]
     axes[0].plot(steps, [m["loss"] for m in metrics], color=colour, label=row["name"])
     if lam > 0:
-      axes[1].plot(steps, [m["loss"] * lam ** -alpha for m in metrics], color=colour)
+      axes[1].plot(steps, [m["loss"] * lam**-alpha for m in metrics], color=colour)
     axes[2].plot(steps, [100 * m["probe_accuracy"] for m in metrics], color=colour, alpha=0.5)
     linear = _probe_rows(directory, "linear")
     if linear:
-      axes[2].plot([r["step"] for r in linear], [100 * r["top1"] for r in linear], "o-",
-                   color=colour, markersize=6)
-  for ax, label in zip(axes, ("training loss", f"loss * lambda^-{alpha:g} (lambda > 0)",
-                              "online probe (line), linear probe (dots) %")):
+      axes[2].plot(
+        [r["step"] for r in linear], [100 * r["top1"] for r in linear], "o-", color=colour, markersize=6
+      )
+  for ax, label in zip(
+    axes,
+    (
+      "training loss",
+      f"loss * lambda^-{alpha:g} (lambda > 0)",
+      "online probe (line), linear probe (dots) %",
+    ),
+  ):
     ax.set_xlabel("step")
     ax.set_ylabel(label)
   axes[0].set_yscale("log")
@@ -234,10 +293,17 @@ def write_report(workdir: str, members: Sequence, alpha: float = 0.4) -> dict:
   spearmans = correlations(rows, alpha)
   by_step = correlations_by_step(workdir, rows, alpha)
   table = format_table(rows, spearmans) + "".join(
-      f"\nat step {step}: Spearman({subset}; linear_top1) = {v['spearman']:+.3f}"
-      for step, values in by_step.items() for subset, v in values.items())
-  report = {"alpha": alpha, "members": rows, "spearman": spearmans,
-            "spearman_by_step": {str(k): v for k, v in by_step.items()}, "table": table}
+    f"\nat step {step}: Spearman({subset}; linear_top1) = {v['spearman']:+.3f}"
+    for step, values in by_step.items()
+    for subset, v in values.items()
+  )
+  report = {
+    "alpha": alpha,
+    "members": rows,
+    "spearman": spearmans,
+    "spearman_by_step": {str(k): v for k, v in by_step.items()},
+    "table": table,
+  }
   with open(os.path.join(workdir, "ablation.json"), "w") as f:
     json.dump(report, f, indent=2)
   accuracy = next((a for a in ACCURACIES if a in spearmans), "online_eval_acc")

@@ -33,8 +33,7 @@ def make_mesh(config: ml_collections.ConfigDict, member_shards: int) -> jax.shar
   in training); members are sharded over each process's own devices.
   """
   axes = {**dict(config.mesh.axes), MEMBER_AXIS: member_shards}
-  return sharding.make_mesh(axes, config.mesh.axis_type,
-                            dcn_axes=dict(config.mesh.get("dcn_axes", {})))
+  return sharding.make_mesh(axes, config.mesh.axis_type, dcn_axes=dict(config.mesh.get("dcn_axes", {})))
 
 
 def padded(members: Sequence[sweep_plan.Member], multiple: int) -> list[sweep_plan.Member]:
@@ -42,8 +41,7 @@ def padded(members: Sequence[sweep_plan.Member], multiple: int) -> list[sweep_pl
   return list(members) + [members[-1]] * (-len(members) % multiple)
 
 
-def init_stacked_state(config: ml_collections.ConfigDict, seeds: Sequence[int],
-                       mesh: jax.sharding.Mesh):
+def init_stacked_state(config: ml_collections.ConfigDict, seeds: Sequence[int], mesh: jax.sharding.Mesh):
   """(graphdef, state with a leading member axis): member i initialised exactly as a single run
   with seed seeds[i] initialises, all in one vmapped program.
 
@@ -69,14 +67,18 @@ def member_extractor(stacked, mesh: jax.sharding.Mesh):
   return jax.jit(lambda s, i: jax.tree.map(lambda x: x[i], s), out_shardings=single)
 
 
-def stacked_hparams(members: Sequence[sweep_plan.Member], mesh: jax.sharding.Mesh
-                    ) -> dict[str, jax.Array]:
+def stacked_hparams(
+  members: Sequence[sweep_plan.Member], mesh: jax.sharding.Mesh
+) -> dict[str, jax.Array]:
   """{"sigreg_weight", "lr", "weight_decay": float32 [M], "seed": int32 [M]}, sharded by member."""
   values = [m.hparams() for m in members]
   placed = NamedSharding(mesh, P(MEMBER_AXIS))
-  return {k: jax.device_put(np.asarray([v[k] for v in values],
-                                       np.int32 if k == "seed" else np.float32), placed)
-          for k in values[0]}
+  return {
+    k: jax.device_put(
+      np.asarray([v[k] for v in values], np.int32 if k == "seed" else np.float32), placed
+    )
+    for k in values[0]
+  }
 
 
 def member_step(graphdef, config: ml_collections.ConfigDict, state, hparams, batch, step):
@@ -91,8 +93,9 @@ def member_step(graphdef, config: ml_collections.ConfigDict, state, hparams, bat
   return steps.train_step(graphdef, state, batch, key, tx=tx, **options)
 
 
-def compile_members_step(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh, graphdef,
-                         stacked, hparams):
+def compile_members_step(
+  config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh, graphdef, stacked, hparams
+):
   """The vmapped step, jitted with the stacked state donated and its layout kept, compiled ahead
   of time. Call as `compiled(stacked, hparams, batch, np.int32(step))` -> (stacked, metrics [M]).
 
@@ -100,23 +103,28 @@ def compile_members_step(config: ml_collections.ConfigDict, mesh: jax.sharding.M
   """
   vstep = jax.vmap(functools.partial(member_step, graphdef, config), in_axes=(0, 0, None, None))
   state_shardings = jax.tree.map(lambda x: x.sharding, stacked)
-  jitted = jax.jit(vstep, donate_argnums=0,
-                   out_shardings=(state_shardings, NamedSharding(mesh, P())))
+  jitted = jax.jit(vstep, donate_argnums=0, out_shardings=(state_shardings, NamedSharding(mesh, P())))
   local_batch = data.pipeline.local_batch_size(config.data.global_batch_size, jax.process_count())
   with jax.set_mesh(mesh), members_lib.member_convolutions(config.member_convolutions):
-    compiled = jitted.lower(train_state.abstract_tree(stacked), train_state.abstract_tree(hparams),
-                            steps.abstract_batch(config, mesh, local_batch),
-                            jax.ShapeDtypeStruct((), jnp.int32)).compile(
-                                compiler_options=compiler.options(config))
+    compiled = jitted.lower(
+      train_state.abstract_tree(stacked),
+      train_state.abstract_tree(hparams),
+      steps.abstract_batch(config, mesh, local_batch),
+      jax.ShapeDtypeStruct((), jnp.int32),
+    ).compile(compiler_options=compiler.options(config))
   memory = compiled.memory_analysis()
   if memory is not None:
-    log.info("members step compiled: %.1f MiB arguments, %.1f MiB temporaries per device",
-             memory.argument_size_in_bytes / 2**20, memory.temp_size_in_bytes / 2**20)
+    log.info(
+      "members step compiled: %.1f MiB arguments, %.1f MiB temporaries per device",
+      memory.argument_size_in_bytes / 2**20,
+      memory.temp_size_in_bytes / 2**20,
+    )
   return compiled
 
 
-def evaluate_members(graphdef, stacked, config: ml_collections.ConfigDict,
-                     mesh: jax.sharding.Mesh, examples: int) -> dict[str, np.ndarray]:
+def evaluate_members(
+  graphdef, stacked, config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh, examples: int
+) -> dict[str, np.ndarray]:
   """Every member on the first `examples` of the eval split (centre crops), in eval mode.
 
   Returns {"features": [M, n, F] backbone features (what probes read), "projections": [M, n, K],
@@ -136,8 +144,9 @@ def evaluate_members(graphdef, stacked, config: ml_collections.ConfigDict,
   with jax.set_mesh(mesh), members_lib.member_convolutions(config.member_convolutions):
     for batch in extraction.eval_batches(config, config.data.eval_split, examples):
       valid = batch["valid"]
-      for name, value in zip(("features", "projections", "predictions"),
-                             jax.device_get(run(stacked, batch["image"]))):
+      for name, value in zip(
+        ("features", "projections", "predictions"), jax.device_get(run(stacked, batch["image"]))
+      ):
         out[name].append(np.asarray(value)[:, valid])
       out["labels"].append(batch["label"][valid])
   return {k: np.concatenate(v, axis=0 if k == "labels" else 1) for k, v in out.items()}

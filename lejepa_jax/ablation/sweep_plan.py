@@ -12,21 +12,30 @@ from lejepa_jax import config_lib
 from lejepa_jax.losses import lejepa as lejepa_loss
 
 # Config keys whose values a member's step receives as traced numbers -> their name in the step.
-TRACED = {"loss.sigreg_weight": "sigreg_weight", "optim.lr": "lr",
-          "optim.weight_decay": "weight_decay", "seed": "seed"}
+TRACED = {
+  "loss.sigreg_weight": "sigreg_weight",
+  "optim.lr": "lr",
+  "optim.weight_decay": "weight_decay",
+  "seed": "seed",
+}
 
 
 @dataclasses.dataclass(frozen=True)
 class Member:
   """One configuration of the sweep: `overrides` {config key: value text} applied to the base."""
+
   name: str
   overrides: tuple[tuple[str, str], ...]
   config: ml_collections.ConfigDict
 
   def hparams(self) -> dict[str, float]:
     c = self.config
-    return {"sigreg_weight": float(c.loss.sigreg_weight), "lr": float(c.optim.lr),
-            "weight_decay": float(c.optim.weight_decay), "seed": int(c.seed)}
+    return {
+      "sigreg_weight": float(c.loss.sigreg_weight),
+      "lr": float(c.optim.lr),
+      "weight_decay": float(c.optim.weight_decay),
+      "seed": int(c.seed),
+    }
 
 
 @dataclasses.dataclass(frozen=True)
@@ -35,6 +44,7 @@ class Group:
 
   `config` is the base config with those values; its seed (the data seed) is the base seed.
   """
+
   name: str
   config: ml_collections.ConfigDict
   members: tuple[Member, ...]
@@ -49,8 +59,9 @@ def _node_and_leaf(config: ml_collections.ConfigDict, key: str):
   return node, leaf
 
 
-def with_overrides(config: ml_collections.ConfigDict, overrides: Sequence[tuple[str, str]]
-                   ) -> ml_collections.ConfigDict:
+def with_overrides(
+  config: ml_collections.ConfigDict, overrides: Sequence[tuple[str, str]]
+) -> ml_collections.ConfigDict:
   """A copy of `config` with {dotted key: value text} set (values parsed as the key's type)."""
   config = config.copy_and_resolve_references()
   for key, text in overrides:
@@ -84,11 +95,11 @@ def _member_name(overrides: Sequence[tuple[str, str]], varying: set[str]) -> str
   return ",".join(f"{short(k)}={v}" for k, v in overrides if k in varying) or "base"
 
 
-def plan_sweep(config: ml_collections.ConfigDict, sweeps: Sequence[tuple[str, Sequence[str]]],
-         seeds: int = 1) -> list[Group]:
+def plan_sweep(
+  config: ml_collections.ConfigDict, sweeps: Sequence[tuple[str, Sequence[str]]], seeds: int = 1
+) -> list[Group]:
   """The members (product of the sweeps, then `seeds` seeds from config.seed) in program groups."""
-  sweeps = list(sweeps) + ([("seed", [str(config.seed + i) for i in range(seeds)])]
-                           if seeds > 1 else [])
+  sweeps = list(sweeps) + ([("seed", [str(config.seed + i) for i in range(seeds)])] if seeds > 1 else [])
   keys = [key for key, _ in sweeps]
   if len(set(keys)) != len(keys):
     raise ValueError(f"A key is swept twice: {keys}.")
@@ -96,15 +107,15 @@ def plan_sweep(config: ml_collections.ConfigDict, sweeps: Sequence[tuple[str, Se
   groups: dict[tuple, list[Member]] = {}
   for values in itertools.product(*[values for _, values in sweeps]):
     overrides = tuple(zip(keys, values))
-    member = Member(_member_name(overrides, varying), overrides,
-                    with_overrides(config, overrides))
+    member = Member(_member_name(overrides, varying), overrides, with_overrides(config, overrides))
     # Lambda is traced in the members' step, where the loss cannot check it: check it here.
-    lejepa_loss.check_sigreg_weight(float(member.config.loss.sigreg_weight),
-                                    member.config.loss.combine)
+    lejepa_loss.check_sigreg_weight(float(member.config.loss.sigreg_weight), member.config.loss.combine)
     static = tuple((k, v) for k, v in overrides if k not in TRACED)
     groups.setdefault(static, []).append(member)
   names = [m.name for ms in groups.values() for m in ms]
   if len(set(names)) != len(names):
     raise ValueError(f"Two members would share a name: {names}; sweep distinct values.")
-  return [Group(_member_name(static, varying) if static else "all", with_overrides(config, static),
-                tuple(ms)) for static, ms in groups.items()]
+  return [
+    Group(_member_name(static, varying) if static else "all", with_overrides(config, static), tuple(ms))
+    for static, ms in groups.items()
+  ]

@@ -6,13 +6,14 @@ import sys
 from lejepa_jax import cli
 
 BENCHMARKS = {
-    "ablate": "lejepa_jax.bench.ablate",
-    "data": "lejepa_jax.bench.data",
-    "sigreg": "lejepa_jax.bench.sigreg",
-    "train": "lejepa_jax.bench.train",
+  "ablate": "lejepa_jax.bench.ablate",
+  "data": "lejepa_jax.bench.data",
+  "sigreg": "lejepa_jax.bench.sigreg",
+  "train": "lejepa_jax.bench.train",
 }
-_USAGE = ("usage: python -m lejepa_jax.bench <benchmark> [flags]; benchmarks: "
-          f"{', '.join(sorted(BENCHMARKS))}")
+_USAGE = (
+  f"usage: python -m lejepa_jax.bench <benchmark> [flags]; benchmarks: {', '.join(sorted(BENCHMARKS))}"
+)
 
 
 def main(argv: list[str] | None = None) -> None:

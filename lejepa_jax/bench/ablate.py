@@ -39,22 +39,34 @@ _PROG = "python -m lejepa_jax.bench ablate"
 _FLAGS = flags.FlagValues()  # this benchmark's own flags (`lejepa_jax.cli`)
 _MEMBERS = flags.DEFINE_integer("members", 8, f"first N of lambda {LAMBDAS}", flag_values=_FLAGS)
 _RECIPE = flags.DEFINE_string(
-    "recipe", "default", "configs/fashion_mnist.py recipe (e.g. vit: a ViT without convolutions)",
-    flag_values=_FLAGS)
+  "recipe",
+  "default",
+  "configs/fashion_mnist.py recipe (e.g. vit: a ViT without convolutions)",
+  flag_values=_FLAGS,
+)
 _BATCH = flags.DEFINE_integer("batch", None, "global batch (default: config's)", flag_values=_FLAGS)
 _WIDTH = flags.DEFINE_integer(
-    "width", None, "ResNet width (default: config's); small widths show per-op overhead",
-    flag_values=_FLAGS)
+  "width",
+  None,
+  "ResNet width (default: config's); small widths show per-op overhead",
+  flag_values=_FLAGS,
+)
 _STEPS = flags.DEFINE_integer("steps", 3, "timed steps per side", flag_values=_FLAGS)
 _RUN_STEPS = flags.DEFINE_integer(
-    "run_steps", None, "steps of the end-to-end estimate (default: the config's total_steps)",
-    flag_values=_FLAGS)
+  "run_steps",
+  None,
+  "steps of the end-to-end estimate (default: the config's total_steps)",
+  flag_values=_FLAGS,
+)
 _MEMBER_CONVOLUTIONS = flags.DEFINE_list(
-    "member_convolutions", ["per_member", "grouped"],
-    "comma-separated strategies of the vmapped side (models/members.py)", flag_values=_FLAGS)
+  "member_convolutions",
+  ["per_member", "grouped"],
+  "comma-separated strategies of the vmapped side (models/members.py)",
+  flag_values=_FLAGS,
+)
 _CONVOLUTIONS = flags.DEFINE_bool(
-    "convolutions", False, "only time ways of running members' convolutions (a table)",
-    flag_values=_FLAGS)
+  "convolutions", False, "only time ways of running members' convolutions (a table)", flag_values=_FLAGS
+)
 flags.register_validator("member_convolutions", _check_strategies, flag_values=_FLAGS)
 
 
@@ -62,8 +74,13 @@ def synthetic_batch(config, mesh) -> dict[str, jax.Array]:
   """A global batch of random uint8 views and zero labels, laid out as training lays them out."""
   spec = steps.abstract_batch(config, mesh, config.data.global_batch_size)
   rng = np.random.default_rng(0)
-  return {k: jax.device_put(rng.integers(0, 255, s.shape).astype(s.dtype) if k != "label"
-                            else np.zeros(s.shape, np.int32), s.sharding) for k, s in spec.items()}
+  return {
+    k: jax.device_put(
+      rng.integers(0, 255, s.shape).astype(s.dtype) if k != "label" else np.zeros(s.shape, np.int32),
+      s.sharding,
+    )
+    for k, s in spec.items()
+  }
 
 
 def time_vmapped(config, lambdas, steps: int, member_convolutions: str) -> dict[str, float]:
@@ -97,7 +114,8 @@ def time_sequential(config, lambdas, steps: int) -> dict[str, float]:
     start = time.perf_counter()
     mesh = sharding.make_mesh(dict(c.mesh.axes), c.mesh.axis_type)
     graphdef, state = nnx.split(
-        sharding.create_sharded(lambda: train_state.build_train_objects(c), mesh))
+      sharding.create_sharded(lambda: train_state.build_train_objects(c), mesh)
+    )
     compiled = steps.compile_train_step(c, mesh, graphdef, state, c.data.global_batch_size)
     jax.block_until_ready(state)
     totals["setup"] += time.perf_counter() - start
@@ -113,8 +131,16 @@ def time_sequential(config, lambdas, steps: int) -> dict[str, float]:
   return totals
 
 
-def member_convolution_table(shapes=((4, 16, 128, 28), (4, 16, 128, 14), (4, 32, 128, 14),
-                                     (4, 64, 128, 7), (8, 16, 128, 28), (4, 4, 32, 28))) -> str:
+def member_convolution_table(
+  shapes=(
+    (4, 16, 128, 28),
+    (4, 16, 128, 14),
+    (4, 32, 128, 14),
+    (4, 64, 128, 7),
+    (8, 16, 128, 28),
+    (4, 4, 32, 28),
+  ),
+) -> str:
   """Forward + backward of one 3x3 convolution per member, four ways, for (members, channels,
   batch, size) shapes: each member's own convolution, jax.vmap's grouped convolution, one dense
   convolution with a block-diagonal kernel over members x channels, and one grouped convolution
@@ -122,8 +148,9 @@ def member_convolution_table(shapes=((4, 16, 128, 28), (4, 16, 128, 14), (4, 32,
   dn = ("NHWC", "HWIO", "NHWC")
 
   def conv(x, w, groups=1):
-    return jax.lax.conv_general_dilated(x, w, (1, 1), "SAME", dimension_numbers=dn,
-                                        feature_group_count=groups)
+    return jax.lax.conv_general_dilated(
+      x, w, (1, 1), "SAME", dimension_numbers=dn, feature_group_count=groups
+    )
 
   def forward_backward(fn):
     return jax.grad(lambda x, w: jax.numpy.sum(jax.numpy.sin(fn(x, w))), argnums=(0, 1))
@@ -140,16 +167,28 @@ def member_convolution_table(shapes=((4, 16, 128, 28), (4, 16, 128, 14), (4, 32,
     wide_x = jax.numpy.moveaxis(x, 0, 3).reshape(n, h, h, m * c)
     dense = np.zeros((3, 3, m * c, m * c), np.float32)
     for i in range(m):
-      dense[:, :, i * c:(i + 1) * c, i * c:(i + 1) * c] = np.asarray(w[i])
+      dense[:, :, i * c : (i + 1) * c, i * c : (i + 1) * c] = np.asarray(w[i])
     stacked = jax.numpy.concatenate(list(w), -1)  # [3, 3, c, m * c]: one group per member
     per_member = ms(lambda x, w: [forward_backward(conv)(x[i], w[i]) for i in range(m)], x, w)
-    rows.append([f"{m} x ({n}, {h}, {h}, {c})", f"{per_member:.1f}",
-                 f"{ms(jax.vmap(forward_backward(conv)), x, w):.1f}",
-                 f"{ms(forward_backward(conv), wide_x, jax.numpy.asarray(dense)):.1f}",
-                 f"{ms(forward_backward(lambda a, b: conv(a, b, m)), wide_x, stacked):.1f}"])
-  return common.markdown_table(["members x (batch, H, W, channels)", "per member ms",
-                                "vmap (grouped) ms", "block-diagonal dense ms",
-                                "grouped on members x channels ms"], rows)
+    rows.append(
+      [
+        f"{m} x ({n}, {h}, {h}, {c})",
+        f"{per_member:.1f}",
+        f"{ms(jax.vmap(forward_backward(conv)), x, w):.1f}",
+        f"{ms(forward_backward(conv), wide_x, jax.numpy.asarray(dense)):.1f}",
+        f"{ms(forward_backward(lambda a, b: conv(a, b, m)), wide_x, stacked):.1f}",
+      ]
+    )
+  return common.markdown_table(
+    [
+      "members x (batch, H, W, channels)",
+      "per member ms",
+      "vmap (grouped) ms",
+      "block-diagonal dense ms",
+      "grouped on members x channels ms",
+    ],
+    rows,
+  )
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -160,36 +199,63 @@ def main(argv: list[str] | None = None) -> None:
     print(member_convolution_table())
     return
   config = default_cpu_config(_RECIPE.value)
-  config.update_from_flattened_dict({k: v for k, v in (
-      ("data.global_batch_size", _BATCH.value), ("model.width", _WIDTH.value)) if v})
-  lambdas = LAMBDAS[:_MEMBERS.value]
+  config.update_from_flattened_dict(
+    {k: v for k, v in (("data.global_batch_size", _BATCH.value), ("model.width", _WIDTH.value)) if v}
+  )
+  lambdas = LAMBDAS[: _MEMBERS.value]
   run_steps = _RUN_STEPS.value or config.total_steps
   print(f"# batched ablation ({common.machine_description()})", flush=True)
-  print(f"  {len(lambdas)} members (lambda {', '.join(lambdas)}), configs/fashion_mnist.py:"
-        f"recipe={_RECIPE.value}, {config.model.name} {config.model.get('variant', '')} width "
-        f"{config.model.get('width', '-')}, batch {config.data.global_batch_size}", flush=True)
+  print(
+    f"  {len(lambdas)} members (lambda {', '.join(lambdas)}), configs/fashion_mnist.py:"
+    f"recipe={_RECIPE.value}, {config.model.name} {config.model.get('variant', '')} width "
+    f"{config.model.get('width', '-')}, batch {config.data.global_batch_size}",
+    flush=True,
+  )
   sides = {}
   for strategy in _MEMBER_CONVOLUTIONS.value:
     sides[f"one vmapped program, {strategy} convolutions"] = time_vmapped(
-        config, lambdas, _STEPS.value, strategy)
+      config, lambdas, _STEPS.value, strategy
+    )
     print(f"  vmapped ({strategy}) done", flush=True)
   sequential = time_sequential(config, lambdas, _STEPS.value)
   print(results_table(sides, sequential, len(lambdas), _STEPS.value + 1, run_steps))
 
 
-def results_table(sides: dict[str, dict], sequential: dict, members: int, short: int,
-                  long: int) -> str:
+def results_table(sides: dict[str, dict], sequential: dict, members: int, short: int, long: int) -> str:
   """Markdown rows per vmapped side and the sequential runs, each vmapped side with its speed-up
   (sequential / vmapped: set-up, step, `short` and `long` steps end to end)."""
   total = lambda r, n: r["setup"] + n * r["step"]
-  rows = [[f"{members} sequential runs", f"{sequential['setup']:.0f}", f"{sequential['step']:.2f}",
-           f"{total(sequential, short):.0f}", f"{total(sequential, long):.0f}", "1.00x"]]
+  rows = [
+    [
+      f"{members} sequential runs",
+      f"{sequential['setup']:.0f}",
+      f"{sequential['step']:.2f}",
+      f"{total(sequential, short):.0f}",
+      f"{total(sequential, long):.0f}",
+      "1.00x",
+    ]
+  ]
   for name, r in sides.items():
-    rows.append([f"{members} members, {name}", f"{r['setup']:.0f}", f"{r['step']:.2f}",
-                 f"{total(r, short):.0f}", f"{total(r, long):.0f}",
-                 f"{sequential['setup'] / r['setup']:.2f}x set-up, "
-                 f"{sequential['step'] / r['step']:.2f}x step, "
-                 f"{total(sequential, long) / total(r, long):.2f}x end to end"])
+    rows.append(
+      [
+        f"{members} members, {name}",
+        f"{r['setup']:.0f}",
+        f"{r['step']:.2f}",
+        f"{total(r, short):.0f}",
+        f"{total(r, long):.0f}",
+        f"{sequential['setup'] / r['setup']:.2f}x set-up, "
+        f"{sequential['step'] / r['step']:.2f}x step, "
+        f"{total(sequential, long) / total(r, long):.2f}x end to end",
+      ]
+    )
   return common.markdown_table(
-      ["", "set-up s (init + compile)", "s/step (all members)", f"s for {short} steps",
-       f"s for {long} steps (estimate)", "speed-up over sequential"], rows)
+    [
+      "",
+      "set-up s (init + compile)",
+      "s/step (all members)",
+      f"s for {short} steps",
+      f"s for {long} steps (estimate)",
+      "speed-up over sequential",
+    ],
+    rows,
+  )

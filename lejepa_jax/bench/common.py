@@ -21,8 +21,10 @@ def machine_description() -> str:
   except OSError:
     pass
   devices = jax.devices()
-  return (f"{cpu}, {os.cpu_count()} cores; jax {jax.__version__} on {len(devices)} "
-          f"{devices[0].platform} device(s)")
+  return (
+    f"{cpu}, {os.cpu_count()} cores; jax {jax.__version__} on {len(devices)} "
+    f"{devices[0].platform} device(s)"
+  )
 
 
 def wall_times(run: Callable[[], object], repeats: int, warmup: int = 1) -> list[float]:

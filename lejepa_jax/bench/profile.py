@@ -84,8 +84,7 @@ def hlo_op_kinds(hlo_text: str) -> dict[str, str]:
       found = {opcode}
       for called in _called(line):
         found |= opcodes(called)
-      kinds[name] = ("convolution" if "convolution" in found
-                     else "product" if "dot" in found else "other")
+      kinds[name] = "convolution" if "convolution" in found else "product" if "dot" in found else "other"
   return kinds
 
 
@@ -119,7 +118,7 @@ def op_time_breakdown(compiled, run: Callable[[], object]) -> dict[str, float]:
 
 
 def shares_text(totals: dict[str, float]) -> str:
-  """"convolution 69%, product 2%, other 29% of 4.10 s op time" for a breakdown."""
+  """ "convolution 69%, product 2%, other 29% of 4.10 s op time" for a breakdown."""
   total = sum(totals.values())
   if total <= 0:
     return "no op time recorded"

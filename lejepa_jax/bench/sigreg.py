@@ -17,8 +17,13 @@ from absl import flags
 from lejepa_jax import cli, losses
 from lejepa_jax.bench import common
 
-DEFAULT_GRID = ("512,128,1024,17", "4096,128,1024,17", "4096,128,1024,33", "4096,128,1024,65",
-                "2048,512,2048,17")
+DEFAULT_GRID = (
+  "512,128,1024,17",
+  "4096,128,1024,17",
+  "4096,128,1024,33",
+  "4096,128,1024,65",
+  "2048,512,2048,17",
+)
 
 
 def _check_grid(cases: list[str]) -> bool:
@@ -32,11 +37,13 @@ def _check_grid(cases: list[str]) -> bool:
 _PROG = "python -m lejepa_jax.bench sigreg"
 _FLAGS = flags.FlagValues()  # this benchmark's own flags (`lejepa_jax.cli`)
 _GRID = flags.DEFINE_multi_string(
-    "grid", list(DEFAULT_GRID), "cases as N,D,M,num_knots, one per --grid (e.g. "
-    "--grid=512,128,1024,17)", flag_values=_FLAGS)
+  "grid",
+  list(DEFAULT_GRID),
+  "cases as N,D,M,num_knots, one per --grid (e.g. --grid=512,128,1024,17)",
+  flag_values=_FLAGS,
+)
 _REPEATS = flags.DEFINE_integer("repeats", 5, "timed calls per case (median)", flag_values=_FLAGS)
-_JSON = flags.DEFINE_string("json", None, "also write the results to this JSON file",
-                            flag_values=_FLAGS)
+_JSON = flags.DEFINE_string("json", None, "also write the results to this JSON file", flag_values=_FLAGS)
 flags.register_validator("grid", _check_grid, flag_values=_FLAGS)
 
 
@@ -46,12 +53,13 @@ def straightforward_sigreg(z, key, num_slices, t_max, num_knots):
   x = losses.project(z, losses.random_directions(key, z.shape[-1], num_slices))
   tx = x[..., None] * t  # [N, M, K]
   real, imag = jnp.mean(jnp.cos(tx), axis=0), jnp.mean(jnp.sin(tx), axis=0)
-  return jnp.mean(z.shape[0] * jnp.sum(w * ((real - phi)**2 + imag**2), axis=-1))
+  return jnp.mean(z.shape[0] * jnp.sum(w * ((real - phi) ** 2 + imag**2), axis=-1))
 
 
 def _compiled_value_and_grad(fn, z, key, num_slices, num_knots):
   def loss(v, k):
     return fn(v, k, num_slices=num_slices, t_max=3.0, num_knots=num_knots)
+
   return jax.jit(jax.value_and_grad(loss)).lower(z, key).compile()
 
 
@@ -72,7 +80,7 @@ def _time_torch(z_np, directions_np, num_knots, repeats):
     x = z @ directions
     tx = x.unsqueeze(-1) * t
     real, imag = torch.cos(tx).mean(0), torch.sin(tx).mean(0)
-    loss = (z.shape[0] * (((real - phi)**2 + imag**2) * w).sum(-1)).mean()
+    loss = (z.shape[0] * (((real - phi) ** 2 + imag**2) * w).sum(-1)).mean()
     loss.backward()
     return z.grad
 
@@ -87,11 +95,14 @@ def run_case(n: int, d: int, m: int, k: int, repeats: int) -> dict:
   slow = _compiled_value_and_grad(straightforward_sigreg, z, key, m, k)
   np.testing.assert_allclose(fast(z, key)[0], slow(z, key)[0], rtol=1e-4)
   result = {
-      "N": n, "D": d, "M": m, "num_knots": k,
-      "fused_s": _time_jax(fast, z, key, repeats),
-      "straightforward_s": _time_jax(slow, z, key, repeats),
-      "fused_temp_bytes": fast.memory_analysis().temp_size_in_bytes,
-      "straightforward_temp_bytes": slow.memory_analysis().temp_size_in_bytes,
+    "N": n,
+    "D": d,
+    "M": m,
+    "num_knots": k,
+    "fused_s": _time_jax(fast, z, key, repeats),
+    "straightforward_s": _time_jax(slow, z, key, repeats),
+    "fused_temp_bytes": fast.memory_analysis().temp_size_in_bytes,
+    "straightforward_temp_bytes": slow.memory_analysis().temp_size_in_bytes,
   }
   directions = np.asarray(losses.random_directions(key, d, m))
   result["torch_s"] = _time_torch(np.asarray(z), directions, k, repeats)
@@ -102,16 +113,34 @@ def _format_rows(results):
   rows = []
   for r in results:
     torch_s = r["torch_s"]
-    rows.append([
-        r["N"], r["D"], r["M"], r["num_knots"],
-        f"{r['fused_s'] * 1e3:.1f}", f"{r['straightforward_s'] * 1e3:.1f}",
+    rows.append(
+      [
+        r["N"],
+        r["D"],
+        r["M"],
+        r["num_knots"],
+        f"{r['fused_s'] * 1e3:.1f}",
+        f"{r['straightforward_s'] * 1e3:.1f}",
         f"{r['straightforward_s'] / r['fused_s']:.1f}x",
         "n/a" if torch_s is None else f"{torch_s * 1e3:.1f}",
         "n/a" if torch_s is None else f"{torch_s / r['fused_s']:.1f}x",
-        f"{r['fused_temp_bytes'] / 2**20:.1f}", f"{r['straightforward_temp_bytes'] / 2**20:.1f}",
-    ])
-  header = ["N", "D", "M", "knots", "fused ms", "straightforward ms", "speed-up",
-            "torch eager ms", "vs torch", "fused temp MiB", "straightforward temp MiB"]
+        f"{r['fused_temp_bytes'] / 2**20:.1f}",
+        f"{r['straightforward_temp_bytes'] / 2**20:.1f}",
+      ]
+    )
+  header = [
+    "N",
+    "D",
+    "M",
+    "knots",
+    "fused ms",
+    "straightforward ms",
+    "speed-up",
+    "torch eager ms",
+    "vs torch",
+    "fused temp MiB",
+    "straightforward temp MiB",
+  ]
   return common.markdown_table(header, rows)
 
 

@@ -18,6 +18,7 @@ def matmul_ceiling(bfloat16: bool = False, size: int = 2048, repeats: int = 10) 
   import torch
 
   from lejepa_jax.bench import common
+
   a = torch.randn(size, size, dtype=torch.bfloat16 if bfloat16 else torch.float32)
   return 2 * size**3 / min(common.wall_times(lambda: torch.matmul(a, a), repeats))
 
@@ -31,6 +32,7 @@ def vit_step_seconds(config, repeats: int = 3, bfloat16: bool = False) -> float:
   from torch import nn
 
   from lejepa_jax.models import vit
+
   m = config.model
   size, patch = vit.parse_variant(m.variant)
   width, heads, grid = size.width, size.num_heads, m.img_size // patch
@@ -40,8 +42,7 @@ def vit_step_seconds(config, repeats: int = 3, bfloat16: bool = False) -> float:
       super().__init__()
       self.norm1, self.norm2 = nn.LayerNorm(width, eps=1e-6), nn.LayerNorm(width, eps=1e-6)
       self.qkv, self.proj = nn.Linear(width, 3 * width), nn.Linear(width, width)
-      self.mlp = nn.Sequential(nn.Linear(width, size.mlp_dim), nn.GELU(),
-                               nn.Linear(size.mlp_dim, width))
+      self.mlp = nn.Sequential(nn.Linear(width, size.mlp_dim), nn.GELU(), nn.Linear(size.mlp_dim, width))
 
     def forward(self, x):
       n, t, _ = x.shape
@@ -82,14 +83,16 @@ def _projector(nn, in_dim: int, p):
   return nn.Sequential(*head, nn.Linear(dims[-1], p.out_dim))
 
 
-def _lejepa_step_seconds(torch, backbone, pooled_dim: int, config, repeats: int,
-                         bfloat16: bool = False, memory_format=None) -> float:
+def _lejepa_step_seconds(
+  torch, backbone, pooled_dim: int, config, repeats: int, bfloat16: bool = False, memory_format=None
+) -> float:
   """Median seconds of an eager LeJEPA step of `backbone` ([n, C, H, W] -> pooled [n, pooled_dim])
   with the config's projector, views (global and local groups through the backbone separately, as
   `lejepa_jax.training.steps` does), loss and AdamW."""
   from torch import nn
 
   from lejepa_jax.bench import common
+
   torch.manual_seed(0)
   m, d, loss_config = config.model, config.data, config.loss
   projector = _projector(nn, pooled_dim, m.projector)
@@ -97,13 +100,15 @@ def _lejepa_step_seconds(torch, backbone, pooled_dim: int, config, repeats: int,
   optimizer = torch.optim.AdamW(params, lr=config.optim.lr, weight_decay=config.optim.weight_decay)
   n, g = d.global_batch_size, d.global_views
   fmt = memory_format or torch.contiguous_format
-  views = [torch.rand(v["count"] * n, m.in_channels, v["size"], v["size"]).to(memory_format=fmt)
-           for v in (g, d.local_views) if v["count"]]
+  views = [
+    torch.rand(v["count"] * n, m.in_channels, v["size"], v["size"]).to(memory_format=fmt)
+    for v in (g, d.local_views)
+    if v["count"]
+  ]
   t, w, phi = _quadrature(torch, loss_config.t_max, loss_config.num_knots)
 
   def step():
-    directions = nn.functional.normalize(torch.randn(m.projector.out_dim, loss_config.num_slices),
-                                         dim=0)
+    directions = nn.functional.normalize(torch.randn(m.projector.out_dim, loss_config.num_slices), dim=0)
     with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bfloat16):
       pooled = torch.cat([backbone(v).reshape(-1, n, pooled_dim) for v in views])  # [V, N, C]
       z = projector(pooled.reshape(-1, pooled_dim)).reshape(len(pooled), n, -1).float()
@@ -122,16 +127,16 @@ def _lejepa_loss(torch, z, num_global: int, directions, sigreg_weight: float, t,
   x = z @ directions  # [V, N, M]
   tx = x.unsqueeze(-1) * t  # [V, N, M, knots]
   real, imag = torch.cos(tx).mean(1), torch.sin(tx).mean(1)  # [V, M, knots]
-  reg = (z.shape[1] * (((real - phi) ** 2 + imag ** 2) * w).sum(-1)).mean()
+  reg = (z.shape[1] * (((real - phi) ** 2 + imag**2) * w).sum(-1)).mean()
   return (1 - sigreg_weight) * pred + sigreg_weight * reg
 
 
 def _quadrature(torch, t_max: float, num_knots: int):
   """(knots t, weights w, Gaussian characteristic function at t) of the trapezoid rule on [0, t_max]."""
   knots = np.linspace(0, t_max, num_knots)
-  weights = np.full(num_knots, 2 * knots[1]) * np.exp(-knots**2 / 2)
+  weights = np.full(num_knots, 2 * knots[1]) * np.exp(-(knots**2) / 2)
   weights[[0, -1]] /= 2
-  return tuple(torch.tensor(a, dtype=torch.float32) for a in (knots, weights, np.exp(-knots**2 / 2)))
+  return tuple(torch.tensor(a, dtype=torch.float32) for a in (knots, weights, np.exp(-(knots**2) / 2)))
 
 
 def resnet_step_seconds(config, repeats: int = 3, channels_last: bool = True) -> float:
@@ -141,8 +146,10 @@ def resnet_step_seconds(config, repeats: int = 3, channels_last: bool = True) ->
   convolution layout), with PyTorch's own thread count."""
   import torch
   from torch import nn
+
   m = config.model
   from lejepa_jax.models import resnet
+
   kind, depths = resnet.RESNET_DEPTHS[m.variant]
   if kind != "basic":
     raise ValueError("the PyTorch ResNet reference builds basic-block ResNets (18, 34) only")
@@ -153,17 +160,22 @@ def resnet_step_seconds(config, repeats: int = 3, channels_last: bool = True) ->
   class Block(nn.Module):
     def __init__(self, cin, cout, stride):
       super().__init__()
-      self.body = nn.Sequential(*conv_bn(cin, cout, 3, stride), nn.ReLU(inplace=True),
-                                *conv_bn(cout, cout, 3, 1))
-      self.short = (nn.Sequential(*conv_bn(cin, cout, 1, stride))
-                    if stride != 1 or cin != cout else nn.Identity())
+      self.body = nn.Sequential(
+        *conv_bn(cin, cout, 3, stride), nn.ReLU(inplace=True), *conv_bn(cout, cout, 3, 1)
+      )
+      self.short = (
+        nn.Sequential(*conv_bn(cin, cout, 1, stride)) if stride != 1 or cin != cout else nn.Identity()
+      )
 
     def forward(self, x):
       return torch.relu(self.body(x) + self.short(x))
 
   width = m.width
-  stem = (conv_bn(m.in_channels, width, 3, 1) if m.small_stem else
-          conv_bn(m.in_channels, width, 7, 2) + [nn.ReLU(), nn.MaxPool2d(3, 2, 1)])
+  stem = (
+    conv_bn(m.in_channels, width, 3, 1)
+    if m.small_stem
+    else conv_bn(m.in_channels, width, 7, 2) + [nn.ReLU(), nn.MaxPool2d(3, 2, 1)]
+  )
   body, cin = list(stem) + ([nn.ReLU()] if m.small_stem else []), width
   for stage, depth in enumerate(depths):
     for i in range(depth):

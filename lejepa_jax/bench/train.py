@@ -49,8 +49,9 @@ def vit_s16_config(dtype: str = "float32") -> ml_collections.ConfigDict:
 
 
 def default_cpu_config(recipe: str = "default") -> ml_collections.ConfigDict:
-  return config_lib.load_config_file(os.path.join(ROOT, "configs", "fashion_mnist.py"),
-                                     f"recipe={recipe}")
+  return config_lib.load_config_file(
+    os.path.join(ROOT, "configs", "fashion_mnist.py"), f"recipe={recipe}"
+  )
 
 
 def _compile(config):
@@ -58,8 +59,7 @@ def _compile(config):
   mesh = sharding.make_mesh(dict(config.mesh.axes), config.mesh.axis_type)
   objects = sharding.create_sharded(lambda: train_state.build_train_objects(config), mesh)
   graphdef, state = nnx.split(objects)
-  compiled = steps.compile_train_step(config, mesh, graphdef, state,
-                                      config.data.global_batch_size)
+  compiled = steps.compile_train_step(config, mesh, graphdef, state, config.data.global_batch_size)
   return compiled, mesh, state
 
 
@@ -76,8 +76,13 @@ def time_step(config, repeats: int, breakdown: bool = False) -> dict:
   batch_size = config.data.global_batch_size
   spec = steps.abstract_batch(config, mesh, batch_size)
   rng = np.random.default_rng(0)
-  batch = {k: jax.device_put(rng.integers(0, 255, s.shape).astype(s.dtype) if k != "label"
-                             else np.zeros(s.shape, np.int32), s.sharding) for k, s in spec.items()}
+  batch = {
+    k: jax.device_put(
+      rng.integers(0, 255, s.shape).astype(s.dtype) if k != "label" else np.zeros(s.shape, np.int32),
+      s.sharding,
+    )
+    for k, s in spec.items()
+  }
   holder = {"state": state}
 
   def step():
@@ -95,38 +100,53 @@ def time_step(config, repeats: int, breakdown: bool = False) -> dict:
 
 # name: (label, config maker, compute dtype, the case whose FLOP count is the model's).
 CASES = {
-    "vit_s16": ("ViT-S/16, 224 px, 16 images x 2 views, float32", vit_s16_config, "float32",
-                "vit_s16"),
-    # Its own program counts ~10% more: the identity-product transposes of the CPU bfloat16
-    # gradients (cpu_kernels.accumulating_matmul) are not model FLOPs.
-    "vit_s16_bf16": ("ViT-S/16, same, bfloat16 compute", lambda: vit_s16_config("bfloat16"),
-                     "bfloat16", "vit_s16"),
-    "default_cpu": ("configs/fashion_mnist.py (ResNet-18 width 16, 128 x 2 x 28 px)",
-                    default_cpu_config, "float32", "default_cpu"),
-    # The previous default, the path ConvNet users run: width 32 and multi-crop views.
-    "resnet18_w32": ("ResNet-18 width 32, 128 x (2 x 28 + 2 x 14 px) (:recipe=multicrop_w32)",
-                     lambda: default_cpu_config("multicrop_w32"), "float32", "resnet18_w32"),
+  "vit_s16": ("ViT-S/16, 224 px, 16 images x 2 views, float32", vit_s16_config, "float32", "vit_s16"),
+  # Its own program counts ~10% more: the identity-product transposes of the CPU bfloat16
+  # gradients (cpu_kernels.accumulating_matmul) are not model FLOPs.
+  "vit_s16_bf16": (
+    "ViT-S/16, same, bfloat16 compute",
+    lambda: vit_s16_config("bfloat16"),
+    "bfloat16",
+    "vit_s16",
+  ),
+  "default_cpu": (
+    "configs/fashion_mnist.py (ResNet-18 width 16, 128 x 2 x 28 px)",
+    default_cpu_config,
+    "float32",
+    "default_cpu",
+  ),
+  # The previous default, the path ConvNet users run: width 32 and multi-crop views.
+  "resnet18_w32": (
+    "ResNet-18 width 32, 128 x (2 x 28 + 2 x 14 px) (:recipe=multicrop_w32)",
+    lambda: default_cpu_config("multicrop_w32"),
+    "float32",
+    "resnet18_w32",
+  ),
 }
 
 
 def _check_cases(names: list[str]) -> bool:
   unknown = [name for name in names if name not in CASES]
   if unknown or not names:
-    raise flags.ValidationError(f"{'unknown case ' + ', '.join(unknown) if unknown else 'no case'}"
-                                f"; choose from {', '.join(CASES)}")
+    raise flags.ValidationError(
+      f"{'unknown case ' + ', '.join(unknown) if unknown else 'no case'}; choose from {', '.join(CASES)}"
+    )
   return True
 
 
 _PROG = "python -m lejepa_jax.bench train"
 _FLAGS = flags.FlagValues()  # this benchmark's own flags (`lejepa_jax.cli`)
 _REPEATS = flags.DEFINE_integer("repeats", 3, "timed steps per case (median)", flag_values=_FLAGS)
-_CASES = flags.DEFINE_list("cases", list(CASES), f"comma-separated cases, of: {', '.join(CASES)}",
-                           flag_values=_FLAGS)
-_NO_TORCH = flags.DEFINE_bool("no_torch", False, "skip the PyTorch eager reference",
-                              flag_values=_FLAGS)
+_CASES = flags.DEFINE_list(
+  "cases", list(CASES), f"comma-separated cases, of: {', '.join(CASES)}", flag_values=_FLAGS
+)
+_NO_TORCH = flags.DEFINE_bool("no_torch", False, "skip the PyTorch eager reference", flag_values=_FLAGS)
 _BREAKDOWN = flags.DEFINE_bool(
-    "breakdown", False, "also profile one step per case: op time in convolutions, products, "
-    "other ops", flag_values=_FLAGS)
+  "breakdown",
+  False,
+  "also profile one step per case: op time in convolutions, products, other ops",
+  flag_values=_FLAGS,
+)
 flags.register_validator("cases", _check_cases, flag_values=_FLAGS)
 
 
@@ -139,6 +159,7 @@ def main(argv: list[str] | None = None) -> None:
     print(f"  {name} matmul ceiling (float32 accumulation): {flops / 1e9:.0f} GFLOP/s", flush=True)
   if not _NO_TORCH.value and _torch_available():
     from lejepa_jax.bench import torch_reference
+
     for name in ceilings:
       flops = torch_reference.matmul_ceiling(bfloat16=name == "bfloat16")
       print(f"  PyTorch's {name} matmul: {flops / 1e9:.0f} GFLOP/s", flush=True)
@@ -151,8 +172,15 @@ def main(argv: list[str] | None = None) -> None:
     elif flops_case not in model_flops:  # e.g. the bfloat16 case alone: count the float32 program
       model_flops[flops_case] = _flops(_compile(CASES[flops_case][1]())[0])
     mfu = model_flops[flops_case] / result["seconds"] / ceilings[dtype]
-    rows.append([label, f"{result['seconds']:.2f}", f"{result['views'] / result['seconds']:.1f}",
-                 f"{model_flops[flops_case] / 1e9:.0f}", f"{100 * mfu:.0f}% of {dtype}"])
+    rows.append(
+      [
+        label,
+        f"{result['seconds']:.2f}",
+        f"{result['views'] / result['seconds']:.1f}",
+        f"{model_flops[flops_case] / 1e9:.0f}",
+        f"{100 * mfu:.0f}% of {dtype}",
+      ]
+    )
     print(f"  done {name}", flush=True)
     if _BREAKDOWN.value:
       print(f"  {name} op time: {profile.shares_text(result['breakdown'])}", flush=True)
@@ -160,11 +188,18 @@ def main(argv: list[str] | None = None) -> None:
       torch_seconds = _torch_seconds(make(), _REPEATS.value, bfloat16=dtype == "bfloat16")
       if torch_seconds is not None:
         which = "bfloat16 autocast" if dtype == "bfloat16" else "float32"
-        rows.append([f"  PyTorch eager, same step, {which}", f"{torch_seconds:.2f}",
-                     f"{result['views'] / torch_seconds:.1f}", "",
-                     f"(JAX {torch_seconds / result['seconds']:.2f}x)"])
-        print(f"  {name}: JAX {torch_seconds / result['seconds']:.2f}x PyTorch eager's views/s",
-              flush=True)
+        rows.append(
+          [
+            f"  PyTorch eager, same step, {which}",
+            f"{torch_seconds:.2f}",
+            f"{result['views'] / torch_seconds:.1f}",
+            "",
+            f"(JAX {torch_seconds / result['seconds']:.2f}x)",
+          ]
+        )
+        print(
+          f"  {name}: JAX {torch_seconds / result['seconds']:.2f}x PyTorch eager's views/s", flush=True
+        )
   print(common.markdown_table(["case", "s/step", "views/s", "model GFLOP/step", "MFU"], rows))
 
 
@@ -181,6 +216,7 @@ def _torch_seconds(config, repeats: int, bfloat16: bool) -> float | None:
   if not _torch_available():
     return None
   from lejepa_jax.bench import torch_reference
+
   if config.model.name == "vit":
     return torch_reference.vit_step_seconds(config, repeats=repeats, bfloat16=bfloat16)
   return torch_reference.resnet_step_seconds(config, repeats=repeats)

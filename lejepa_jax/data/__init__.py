@@ -22,13 +22,21 @@ DEFAULT_LOCAL_VIEWS = {"count": 6, "size": 96, "scale": (0.05, 0.3)}
 
 
 def _views(config: Mapping[str, Any]) -> Views:
-  return Views(count=int(config["count"]), size=int(config["size"]),
-               scale=tuple(config["scale"]), ratio=tuple(config.get("ratio", (3 / 4, 4 / 3))))
+  return Views(
+    count=int(config["count"]),
+    size=int(config["size"]),
+    scale=tuple(config["scale"]),
+    ratio=tuple(config.get("ratio", (3 / 4, 4 / 3))),
+  )
 
 
 def augment_from_config(config: Mapping[str, Any]) -> Augment:
-  return Augment(**{k: tuple(v) if isinstance(v, (list, tuple)) else v
-                    for k, v in dict(config.get("augment", {})).items()})
+  return Augment(
+    **{
+      k: tuple(v) if isinstance(v, (list, tuple)) else v
+      for k, v in dict(config.get("augment", {})).items()
+    }
+  )
 
 
 def multicrop_from_config(config: Mapping[str, Any]) -> MultiCrop:
@@ -42,10 +50,13 @@ def multicrop_from_config(config: Mapping[str, Any]) -> MultiCrop:
   aug = augment_from_config(config)
   if config.get("augment_on_device", False):
     aug = aug.geometric_only()
-  return MultiCrop(_views(config.get("global_views", DEFAULT_GLOBAL_VIEWS)),
-                   _views(config.get("local_views", DEFAULT_LOCAL_VIEWS)), aug,
-                   channels=int(config.get("channels", 3)),
-                   skip_bad_records=bool(config.get("skip_bad_records", False)))
+  return MultiCrop(
+    _views(config.get("global_views", DEFAULT_GLOBAL_VIEWS)),
+    _views(config.get("local_views", DEFAULT_LOCAL_VIEWS)),
+    aug,
+    channels=int(config.get("channels", 3)),
+    skip_bad_records=bool(config.get("skip_bad_records", False)),
+  )
 
 
 def device_augment_from_config(config: Mapping[str, Any]) -> Augment | None:
@@ -53,6 +64,18 @@ def device_augment_from_config(config: Mapping[str, Any]) -> Augment | None:
   return augment_from_config(config) if config.get("augment_on_device", False) else None
 
 
-__all__ = ["Augment", "BadRecordError", "CenterCrop", "DataError", "FirstRecords", "MultiCrop", "Views",
-           "device_augment_from_config", "eval_dataset", "multicrop_from_config", "open_source",
-           "to_global_batch", "train_dataset"]
+__all__ = [
+  "Augment",
+  "BadRecordError",
+  "CenterCrop",
+  "DataError",
+  "FirstRecords",
+  "MultiCrop",
+  "Views",
+  "device_augment_from_config",
+  "eval_dataset",
+  "multicrop_from_config",
+  "open_source",
+  "to_global_batch",
+  "train_dataset",
+]

@@ -22,6 +22,7 @@ cv2.setNumThreads(1)
 @dataclasses.dataclass(frozen=True)
 class Views:
   """One group of same-sized crops."""
+
   count: int
   size: int
   scale: tuple[float, float]
@@ -31,6 +32,7 @@ class Views:
 @dataclasses.dataclass(frozen=True)
 class Augment:
   """Photometric augmentation probabilities and strengths (0 disables an op)."""
+
   flip: float = 0.5
   color_jitter: float = 0.8
   brightness: float = 0.4
@@ -77,7 +79,7 @@ def _truncated_jpeg(buffer: np.ndarray) -> bool:
   if buffer[:2].tobytes() != b"\xff\xd8":
     return False
   data = buffer.tobytes()
-  return b"\xff\xd9" not in data[max(data.rfind(b"\xff\xda"), 0):]
+  return b"\xff\xd9" not in data[max(data.rfind(b"\xff\xda"), 0) :]
 
 
 def undecodable_reason(data) -> str:
@@ -93,8 +95,10 @@ def undecodable_reason(data) -> str:
     return f"the JPEG image is truncated ({len(raw)} bytes, no end-of-image marker)"
   if raw.startswith(b"\x89PNG\r\n\x1a\n") and b"IEND" not in raw[-12:]:
     return f"the PNG image is truncated ({len(raw)} bytes, no IEND chunk at the end)"
-  return (f"the image cannot be decoded ({len(raw)} bytes starting {raw[:8]!r}; a PNG or JPEG "
-          "OpenCV can read was expected)")
+  return (
+    f"the image cannot be decoded ({len(raw)} bytes starting {raw[:8]!r}; a PNG or JPEG "
+    "OpenCV can read was expected)"
+  )
 
 
 class UndecodableImage(ValueError):
@@ -130,11 +134,12 @@ def random_resized_crop(image: np.ndarray, views: Views, rng: np.random.Generato
       break
   else:  # central crop at the nearest allowed aspect ratio
     aspect = min(max(width / height, views.ratio[0]), views.ratio[1])
-    w, h = ((width, round(width / aspect)) if width / height < aspect
-            else (round(height * aspect), height))
+    w, h = (
+      (width, round(width / aspect)) if width / height < aspect else (round(height * aspect), height)
+    )
     w, h = min(w, width), min(h, height)
     top, left = (height - h) // 2, (width - w) // 2
-  return _resize(image[top:top + h, left:left + w], views.size, views.size)
+  return _resize(image[top : top + h, left : left + w], views.size, views.size)
 
 
 def _lut(image: np.ndarray, table: np.ndarray) -> np.ndarray:
@@ -181,8 +186,9 @@ def augment_view(image: np.ndarray, aug: Augment, rng: np.random.Generator) -> n
     image = blurred if blurred.ndim == 3 else blurred[..., None]
   if rng.random() < aug.solarize:
     levels = np.arange(256)
-    image = _lut(np.ascontiguousarray(image),
-                 np.where(levels >= aug.solarize_threshold, 255 - levels, levels))
+    image = _lut(
+      np.ascontiguousarray(image), np.where(levels >= aug.solarize_threshold, 255 - levels, levels)
+    )
   return np.ascontiguousarray(image)
 
 
@@ -195,8 +201,16 @@ class MultiCrop(grain.transforms.RandomMap):
   grain worker keeps its own list).
   """
 
-  def __init__(self, global_views: Views, local_views: Views, aug: Augment, channels: int,
-               image_key: str = "image", label_key: str = "label", skip_bad_records: bool = False):
+  def __init__(
+    self,
+    global_views: Views,
+    local_views: Views,
+    aug: Augment,
+    channels: int,
+    image_key: str = "image",
+    label_key: str = "label",
+    skip_bad_records: bool = False,
+  ):
     self.global_views, self.local_views, self.aug = global_views, local_views, aug
     self.channels, self.image_key, self.label_key = channels, image_key, label_key
     self.skip_bad_records = skip_bad_records
@@ -206,10 +220,12 @@ class MultiCrop(grain.transforms.RandomMap):
     image = decode_or_raise(element[self.image_key], self.channels)
     out = {"label": np.int32(element.get(self.label_key, -1))}
     for name, views in (("global", self.global_views), ("local", self.local_views)):
-      crops = [augment_view(random_resized_crop(image, views, rng), self.aug, rng)
-               for _ in range(views.count)]
-      out[name] = (np.stack(crops) if crops
-                   else np.zeros((0, views.size, views.size, self.channels), np.uint8))
+      crops = [
+        augment_view(random_resized_crop(image, views, rng), self.aug, rng) for _ in range(views.count)
+      ]
+      out[name] = (
+        np.stack(crops) if crops else np.zeros((0, views.size, views.size, self.channels), np.uint8)
+      )
     return out
 
 
@@ -221,8 +237,15 @@ class CenterCrop(grain.transforms.Map):
   example count stays exact and the metrics leave it out.
   """
 
-  def __init__(self, size: int, channels: int, crop_fraction: float = 0.875,
-               image_key: str = "image", label_key: str = "label", skip_bad_records: bool = False):
+  def __init__(
+    self,
+    size: int,
+    channels: int,
+    crop_fraction: float = 0.875,
+    image_key: str = "image",
+    label_key: str = "label",
+    skip_bad_records: bool = False,
+  ):
     self.size, self.channels, self.crop_fraction = size, channels, crop_fraction
     self.image_key, self.label_key = image_key, label_key
     self.skip_bad_records = skip_bad_records
@@ -230,8 +253,11 @@ class CenterCrop(grain.transforms.Map):
 
   def invalid(self) -> dict:
     """The flagged (valid = False) stand-in for a bad record skipped in evaluation."""
-    return {"image": np.zeros((self.size, self.size, self.channels), np.uint8),
-            "label": np.int32(-1), "valid": np.bool_(False)}
+    return {
+      "image": np.zeros((self.size, self.size, self.channels), np.uint8),
+      "label": np.int32(-1),
+      "valid": np.bool_(False),
+    }
 
   def map(self, element: dict) -> dict:
     image = decode_or_raise(element[self.image_key], self.channels)
@@ -240,5 +266,8 @@ class CenterCrop(grain.transforms.Map):
     scale = short / min(height, width)
     resized = _resize(image, max(self.size, round(height * scale)), max(self.size, round(width * scale)))
     top, left = (resized.shape[0] - self.size) // 2, (resized.shape[1] - self.size) // 2
-    return {"image": np.ascontiguousarray(resized[top:top + self.size, left:left + self.size]),
-            "label": np.int32(element.get(self.label_key, -1)), "valid": np.bool_(True)}
+    return {
+      "image": np.ascontiguousarray(resized[top : top + self.size, left : left + self.size]),
+      "label": np.int32(element.get(self.label_key, -1)),
+      "valid": np.bool_(True),
+    }

@@ -49,8 +49,9 @@ def augment_view(image: jax.Array, key: jax.Array, aug: Augment) -> jax.Array:
   keys = jax.random.split(key, 8)
   image = _maybe(keys[0], aug.color_jitter, lambda x: _color_jitter(x, keys[1], aug), image)
   if image.shape[-1] == 3:
-    image = _maybe(keys[2], aug.grayscale, lambda x: pix.rgb_to_grayscale(x, keep_dims=True)
-                   * jnp.ones_like(x), image)
+    image = _maybe(
+      keys[2], aug.grayscale, lambda x: pix.rgb_to_grayscale(x, keep_dims=True) * jnp.ones_like(x), image
+    )
   image = _maybe(keys[3], aug.blur, lambda x: _blur(x, keys[4], aug), image)
   threshold = aug.solarize_threshold / 255.0
   return _maybe(keys[5], aug.solarize, lambda x: pix.solarize(x, threshold), image)

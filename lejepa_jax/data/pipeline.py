@@ -50,8 +50,7 @@ def prepare_command(name: str, out: str) -> str:
   """The command that writes dataset `name` into TFDS data_dir `out`."""
   if name == "fashion_mnist":
     return f"python -m lejepa_jax.data.prepare fashion_mnist --out={out}"
-  return (f"python -m lejepa_jax.data.prepare folder --name={name} --source=<image folder> "
-          f"--out={out}")
+  return f"python -m lejepa_jax.data.prepare folder --name={name} --source=<image folder> --out={out}"
 
 
 class FirstRecords:
@@ -74,17 +73,24 @@ class FirstRecords:
 def open_source(name: str, split: str, data_dir: str | None):
   """A TFDS ArrayRecord data source whose images stay encoded (decoded by the pipeline's workers)."""
   import tensorflow_datasets as tfds
+
   try:
     return tfds.data_source(
-        name, split=split, data_dir=data_dir, builder_kwargs={"file_format": "array_record"},
-        decoders={"image": tfds.decode.SkipDecoding()}, download=False)
+      name,
+      split=split,
+      data_dir=data_dir,
+      builder_kwargs={"file_format": "array_record"},
+      decoders={"image": tfds.decode.SkipDecoding()},
+      download=False,
+    )
   except Exception as error:  # TFDS raises several types (not found, bad split, missing files)
     # Without a data_dir TFDS reads its default directory: prepare into that one.
     out = data_dir or os.path.expanduser(os.environ.get("TFDS_DATA_DIR", "~/tensorflow_datasets"))
     raise DataError(
-        f"Cannot open dataset {name!r} split {split!r} in data_dir={data_dir!r} ({error}). "
-        f"Prepare it first, e.g. `{prepare_command(name, out)}`, or set data.name / data.split / "
-        "data.data_dir.") from error
+      f"Cannot open dataset {name!r} split {split!r} in data_dir={data_dir!r} ({error}). "
+      f"Prepare it first, e.g. `{prepare_command(name, out)}`, or set data.name / data.split / "
+      "data.data_dir."
+    ) from error
 
 
 def _tfds_source(source):
@@ -134,8 +140,9 @@ def describe_record(source, index: int, element: Any = None) -> str:
   if tfds_source is None:
     where = f"record {index} of {source!r}"
   else:
-    where = (f"record {index} of dataset {tfds_source.dataset_info.name!r} split "
-             f"{str(tfds_source.split)!r}")
+    where = (
+      f"record {index} of dataset {tfds_source.dataset_info.name!r} split {str(tfds_source.split)!r}"
+    )
     located = _record_file(tfds_source, index)
     if located:
       where += f" (file {located[0]}, index {located[1]} in that file)"
@@ -151,11 +158,15 @@ def _advice(source) -> str:
     info = tfds_source.dataset_info
     version_dir = os.fspath(info.data_dir)
     data_dir = os.path.dirname(os.path.dirname(version_dir))
-    redo = (f"Re-create the dataset: delete {version_dir} and run "
-            f"`{prepare_command(info.name, data_dir)}` (it stops at an image it cannot decode and "
-            "names it)")
-  return (f"{redo}; or set data.skip_bad_records=True to leave out bad records (each is logged "
-          "with its file and index, and counted).")
+    redo = (
+      f"Re-create the dataset: delete {version_dir} and run "
+      f"`{prepare_command(info.name, data_dir)}` (it stops at an image it cannot decode and "
+      "names it)"
+    )
+  return (
+    f"{redo}; or set data.skip_bad_records=True to leave out bad records (each is logged "
+    "with its file and index, and counted)."
+  )
 
 
 # Skipping stops being an option when most records are bad: the data, not a few records, is broken
@@ -209,8 +220,9 @@ class _CheckedRecords:
     """The element with its image decoded, or `_bad` for one without a decodable image."""
     data = element.get(self.transform.image_key)
     if data is None:
-      return self._bad(index, element, f"it has no {self.transform.image_key!r} feature "
-                       f"(it has {sorted(element)})")
+      return self._bad(
+        index, element, f"it has no {self.transform.image_key!r} feature (it has {sorted(element)})"
+      )
     try:
       image = augment.decode(data, self.transform.channels)
     except Exception as error:  # bytes of the wrong type, OpenCV
@@ -228,18 +240,24 @@ class _CheckedRecords:
     if self.bad >= MIN_BAD_TO_JUDGE and self.bad > MAX_BAD_SHARE * self.reads:
       # No log line: grain's read-ahead threads may still bring many more of them.
       raise BadRecordError(
-          f"{self.bad} of the {self.reads} records read were bad (the last: {where}: {problem}): "
-          f"the dataset itself is broken, skipping cannot help. {_advice(self.source)}")
+        f"{self.bad} of the {self.reads} records read were bad (the last: {where}: {problem}): "
+        f"the dataset itself is broken, skipping cannot help. {_advice(self.source)}"
+      )
     self.transform.skipped.append(f"{where}: {problem}")
-    log.warning("skipped bad %s: %s (%d skipped in this process; data.skip_bad_records is on)",
-                where, problem, len(self.transform.skipped))
+    log.warning(
+      "skipped bad %s: %s (%d skipped in this process; data.skip_bad_records is on)",
+      where,
+      problem,
+      len(self.transform.skipped),
+    )
     return None
 
 
 def local_batch_size(global_batch_size: int, process_count: int) -> int:
   if global_batch_size % process_count:
-    raise DataError(f"data.global_batch_size={global_batch_size} must be divisible by the "
-                    f"{process_count} processes.")
+    raise DataError(
+      f"data.global_batch_size={global_batch_size} must be divisible by the {process_count} processes."
+    )
   return global_batch_size // process_count
 
 
@@ -274,9 +292,18 @@ class _HostBlocks(grain.MapDataset):
     return f"_HostBlocks(global_batch={self._global_batch}, index={self._index})"
 
 
-def train_dataset(source, multicrop: augment.MultiCrop, *, global_batch_size: int, seed: int,
-                  process_index: int = 0, process_count: int = 1, num_epochs: int | None = None,
-                  num_workers: int = 0, start_batch: int = 0) -> grain.IterDataset:
+def train_dataset(
+  source,
+  multicrop: augment.MultiCrop,
+  *,
+  global_batch_size: int,
+  seed: int,
+  process_index: int = 0,
+  process_count: int = 1,
+  num_epochs: int | None = None,
+  num_workers: int = 0,
+  start_batch: int = 0,
+) -> grain.IterDataset:
   """Batches {"global": [n, Vg, H, W, C] uint8, "local": [n, Vl, h, w, C] uint8, "label": [n]}.
 
   n = global_batch_size / process_count; hosts read disjoint blocks of each global batch.
@@ -288,7 +315,7 @@ def train_dataset(source, multicrop: augment.MultiCrop, *, global_batch_size: in
   # global stream, not in a host's share: the same global batch for any process count.
   ds = grain.MapDataset.source(_CheckedRecords(source, multicrop)).seed(seed).shuffle()
   ds = ds.repeat(num_epochs).random_map(multicrop)
-  ds = _HostBlocks(ds, global_batch_size, process_index, process_count)[start_batch * batch:]
+  ds = _HostBlocks(ds, global_batch_size, process_index, process_count)[start_batch * batch :]
   it = ds.to_iter_dataset().filter(lambda x: x is not None).batch(batch, drop_remainder=True)
   if num_workers > 0:
     it = it.mp_prefetch(grain.MultiprocessingOptions(num_workers=num_workers))
@@ -300,15 +327,18 @@ class _PaddedBatch(grain.transforms.Map):
   together and stacked; past the end, flagged copies of the last example (a flagged blank for a bad
   record skipped with `crop.skip_bad_records`)."""
 
-  def __init__(self, source, crop: augment.CenterCrop, size: int, process_index: int,
-               process_count: int):
+  def __init__(
+    self, source, crop: augment.CenterCrop, size: int, process_index: int, process_count: int
+  ):
     self.source, self.crop, self.size = _CheckedRecords(source, crop), crop, size
     self.process_index, self.process_count = process_index, process_count
 
   def map(self, b: int) -> dict:
     n = len(self.source)
-    indices = [k * self.process_count + self.process_index
-               for k in range(int(b) * self.size, (int(b) + 1) * self.size)]
+    indices = [
+      k * self.process_count + self.process_index
+      for k in range(int(b) * self.size, (int(b) + 1) * self.size)
+    ]
     records = self.source.read_many([min(index, n - 1) for index in indices])
     elements = []
     for index, record in zip(indices, records):
@@ -318,8 +348,14 @@ class _PaddedBatch(grain.transforms.Map):
     return {key: np.stack([e[key] for e in elements]) for key in elements[0]}
 
 
-def eval_dataset(source, crop: augment.CenterCrop, *, global_batch_size: int,
-                 process_index: int = 0, process_count: int = 1) -> grain.MapDataset:
+def eval_dataset(
+  source,
+  crop: augment.CenterCrop,
+  *,
+  global_batch_size: int,
+  process_index: int = 0,
+  process_count: int = 1,
+) -> grain.MapDataset:
   """Every example exactly once, in order: {"image": [n, S, S, C], "label": [n], "valid": [n]}.
 
   The last batch is padded (valid = False) so every host yields the same number of full batches.
@@ -329,7 +365,8 @@ def eval_dataset(source, crop: augment.CenterCrop, *, global_batch_size: int,
   per_host = math.ceil(len(source) / process_count)
   batches = math.ceil(per_host / batch)
   return grain.MapDataset.range(batches).map(
-      _PaddedBatch(source, crop, batch, process_index, process_count))
+    _PaddedBatch(source, crop, batch, process_index, process_count)
+  )
 
 
 def to_global_batch(local: Mapping[str, np.ndarray], mesh: jax.sharding.Mesh) -> dict[str, Any]:

@@ -25,20 +25,34 @@ from absl import flags
 from lejepa_jax import cli
 
 FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"  # Debian's dataset-fashion-mnist package
-FASHION_MNIST_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt",
-                         "Sneaker", "Bag", "Ankle boot")
+FASHION_MNIST_CLASSES = (
+  "T-shirt/top",
+  "Trouser",
+  "Pullover",
+  "Dress",
+  "Coat",
+  "Sandal",
+  "Shirt",
+  "Sneaker",
+  "Bag",
+  "Ankle boot",
+)
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff")
 
 DATASETS = ("fashion_mnist", "folder")  # the command's positional argument
 _PROG = "python -m lejepa_jax.data.prepare"
 _FLAGS = flags.FlagValues()  # this command's own flags (`lejepa_jax.cli`)
 _OUT = flags.DEFINE_string("out", None, "TFDS data_dir to write into", flag_values=_FLAGS)
-_SOURCE = flags.DEFINE_string("source", None, "IDX folder (fashion_mnist) or image folder (folder)",
-                              flag_values=_FLAGS)
+_SOURCE = flags.DEFINE_string(
+  "source", None, "IDX folder (fashion_mnist) or image folder (folder)", flag_values=_FLAGS
+)
 _NAME = flags.DEFINE_string("name", None, "dataset name for `folder`", flag_values=_FLAGS)
 _SKIP_BAD_IMAGES = flags.DEFINE_bool(
-    "skip_bad_images", False, "`folder`: leave out images that cannot be decoded (each is listed) "
-    "instead of stopping at the first", flag_values=_FLAGS)
+  "skip_bad_images",
+  False,
+  "`folder`: leave out images that cannot be decoded (each is listed) instead of stopping at the first",
+  flag_values=_FLAGS,
+)
 
 
 def read_idx(path: str) -> np.ndarray:
@@ -49,12 +63,13 @@ def read_idx(path: str) -> np.ndarray:
   if data[:2] != b"\x00\x00" or data[2] != 0x08:
     raise ValueError(f"{path} is not an IDX file of unsigned bytes.")
   ndim = data[3]
-  dims = [int.from_bytes(data[4 + 4 * i:8 + 4 * i], "big") for i in range(ndim)]
+  dims = [int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim)]
   return np.frombuffer(data, np.uint8, offset=4 + 4 * ndim).reshape(dims)
 
 
 def encode_png(image: np.ndarray) -> bytes:
   import cv2
+
   if image.ndim == 3 and image.shape[-1] == 3:
     image = cv2.cvtColor(image, cv2.COLOR_RGB2BGR)  # OpenCV writes BGR
   ok, buffer = cv2.imencode(".png", image)
@@ -69,8 +84,9 @@ def _idx_path(source: str, stem: str) -> str:
     if os.path.exists(path):
       return path
   raise FileNotFoundError(
-      f"{os.path.join(source, stem)}(.gz) not found. Install Fashion-MNIST with "
-      "`apt-get install dataset-fashion-mnist` or pass --source=<folder with the IDX files>.")
+    f"{os.path.join(source, stem)}(.gz) not found. Install Fashion-MNIST with "
+    "`apt-get install dataset-fashion-mnist` or pass --source=<folder with the IDX files>."
+  )
 
 
 class BadImageError(ValueError):
@@ -80,8 +96,10 @@ class BadImageError(ValueError):
 def _builders():
   """Builder classes, defined lazily so importing this module does not import TFDS."""
   import tensorflow_datasets as tfds
+
   class FashionMnistLocal(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     """Fashion-MNIST from local IDX files, written exactly as TFDS's own `fashion_mnist` 3.0.1."""
+
     name = "fashion_mnist"
     VERSION = tfds.core.Version("3.0.1")
 
@@ -91,11 +109,15 @@ def _builders():
 
     def _info(self):
       return tfds.core.DatasetInfo(
-          builder=self,
-          features=tfds.features.FeaturesDict({
-              "image": tfds.features.Image(shape=(28, 28, 1)),
-              "label": tfds.features.ClassLabel(names=FASHION_MNIST_CLASSES)}),
-          supervised_keys=("image", "label"))
+        builder=self,
+        features=tfds.features.FeaturesDict(
+          {
+            "image": tfds.features.Image(shape=(28, 28, 1)),
+            "label": tfds.features.ClassLabel(names=FASHION_MNIST_CLASSES),
+          }
+        ),
+        supervised_keys=("image", "label"),
+      )
 
     def _split_generators(self, dl_manager):
       del dl_manager
@@ -109,6 +131,7 @@ def _builders():
 
   class ImageFolder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     """Images arranged one sub-folder per class (optionally under train/, test/, ... split folders)."""
+
     VERSION = tfds.core.Version("1.0.0")
 
     def __init__(self, *, source: str, skip_bad_images: bool = False, **kwargs):
@@ -120,11 +143,15 @@ def _builders():
 
     def _info(self):
       return tfds.core.DatasetInfo(
-          builder=self,
-          features=tfds.features.FeaturesDict({
-              "image": tfds.features.Image(shape=(None, None, 3), encoding_format="png"),
-              "label": tfds.features.ClassLabel(names=self._classes)}),
-          supervised_keys=("image", "label"))
+        builder=self,
+        features=tfds.features.FeaturesDict(
+          {
+            "image": tfds.features.Image(shape=(None, None, 3), encoding_format="png"),
+            "label": tfds.features.ClassLabel(names=self._classes),
+          }
+        ),
+        supervised_keys=("image", "label"),
+      )
 
     def _split_generators(self, dl_manager):
       del dl_manager
@@ -143,6 +170,7 @@ def _builders():
     def _read(self, path: str) -> np.ndarray | None:
       """The RGB image at `path`; a bad one raises, or with skip_bad_images is listed -> None."""
       from lejepa_jax.data import augment
+
       with open(path, "rb") as f:
         data = f.read()
       # The training pipeline's decoder, so that what is written is what training can read.
@@ -152,11 +180,13 @@ def _builders():
       reason = augment.undecodable_reason(data)
       if not self._skip_bad_images:
         raise BadImageError(
-            f"Bad image {path}: {reason}. Replace or delete it and run the command again (nothing "
-            "was written), or pass --skip_bad_images to leave out such images (each is listed).")
+          f"Bad image {path}: {reason}. Replace or delete it and run the command again (nothing "
+          "was written), or pass --skip_bad_images to leave out such images (each is listed)."
+        )
       self.skipped.append(path)
-      print(f"[prepare] skipped bad image {path}: {reason} ({len(self.skipped)} skipped)",
-            file=sys.stderr)
+      print(
+        f"[prepare] skipped bad image {path}: {reason} ({len(self.skipped)} skipped)", file=sys.stderr
+      )
       return None
 
   return FashionMnistLocal, ImageFolder
@@ -164,8 +194,9 @@ def _builders():
 
 def _class_dirs(folder: str) -> list[str]:
   """Class sub-folders; hidden ones (.ipynb_checkpoints, .DS_Store folders, ...) are not classes."""
-  return sorted(d for d in os.listdir(folder)
-                if os.path.isdir(os.path.join(folder, d)) and not d.startswith("."))
+  return sorted(
+    d for d in os.listdir(folder) if os.path.isdir(os.path.join(folder, d)) and not d.startswith(".")
+  )
 
 
 # Split folder names as datasets ship them -> the TFDS split names the configs read.
@@ -186,8 +217,11 @@ def _folder_splits(source: str) -> dict[str, str]:
   if named:
     ignored = sorted(set(_class_dirs(source)) - set(SPLIT_FOLDERS))
     if ignored:
-      print(f"[prepare] {source}: not split folders, skipped: {ignored} (splits are "
-            f"{sorted(SPLIT_FOLDERS)})", file=sys.stderr)
+      print(
+        f"[prepare] {source}: not split folders, skipped: {ignored} (splits are "
+        f"{sorted(SPLIT_FOLDERS)})",
+        file=sys.stderr,
+      )
   return named or {"train": source}
 
 
@@ -199,8 +233,7 @@ def prepare_fashion_mnist(out: str, source: str = FASHION_MNIST_DIR) -> str:
   return builder.data_dir
 
 
-def prepare_image_folder(name: str, source: str, out: str,
-                         skip_bad_images: bool = False) -> str:
+def prepare_image_folder(name: str, source: str, out: str, skip_bad_images: bool = False) -> str:
   """Writes the images under `source` (one sub-folder per class) as TFDS dataset `name` under `out`.
 
   An image that cannot be decoded raises BadImageError naming it (TFDS then removes the partial
@@ -209,19 +242,23 @@ def prepare_image_folder(name: str, source: str, out: str,
   _, image_folder = _builders()
   # TFDS takes a dataset's name from its builder class.
   named = type(f"ImageFolder_{name}", (image_folder,), {"name": name}, skip_registration=True)
-  builder = named(source=source, data_dir=out, file_format="array_record",
-                  skip_bad_images=skip_bad_images)
+  builder = named(
+    source=source, data_dir=out, file_format="array_record", skip_bad_images=skip_bad_images
+  )
   builder.download_and_prepare()
   if builder.skipped:
-    print(f"[prepare] left out {len(builder.skipped)} bad image(s) (--skip_bad_images), listed "
-          "above", file=sys.stderr)
+    print(
+      f"[prepare] left out {len(builder.skipped)} bad image(s) (--skip_bad_images), listed above",
+      file=sys.stderr,
+    )
   return builder.data_dir
 
 
 def main(argv: list[str] | None = None) -> None:
   """The command line (module docstring); `argv` without the program name, None: sys.argv[1:]."""
-  (dataset,) = cli.parse(_FLAGS, argv, prog=_PROG, doc=__doc__, required=("out",),
-                         positional=(("dataset", DATASETS),))
+  (dataset,) = cli.parse(
+    _FLAGS, argv, prog=_PROG, doc=__doc__, required=("out",), positional=(("dataset", DATASETS),)
+  )
   if dataset == "fashion_mnist":
     path = prepare_fashion_mnist(_OUT.value, _SOURCE.value or FASHION_MNIST_DIR)
   else:

@@ -79,10 +79,10 @@ def format_table(rows: list[dict]) -> str:
   """One line per (encoder, step, evaluator): its metrics, accuracies as percentages."""
   lines = [f"{'encoder':<12} {'step':>6}  {'evaluator':<10}  metrics"]
   for row in rows:
-    metrics = {k: v for k, v in row.items()
-               if k not in ("evaluator", "step", "encoder", "probe_config")}
-    lines.append(f"{row['encoder']:<12} {row['step']:>6}  {row['evaluator']:<10}  "
-                 f"{format_metrics(metrics)}")
+    metrics = {k: v for k, v in row.items() if k not in ("evaluator", "step", "encoder", "probe_config")}
+    lines.append(
+      f"{row['encoder']:<12} {row['step']:>6}  {row['evaluator']:<10}  {format_metrics(metrics)}"
+    )
   return "\n".join(lines)
 
 
@@ -90,5 +90,6 @@ def format_metrics(metrics: dict[str, float]) -> str:
   """'top1 91.20%, top5 99.80%': accuracies as percentages, other metrics (RankMe, SIGReg, losses,
   steps, seconds) as numbers."""
   numbers = ("rankme", "sigreg", "loss", "steps", "seconds")
-  return ", ".join(f"{k} {v:.4g}" if k.startswith(numbers) else f"{k} {100 * v:.2f}%"
-                   for k, v in metrics.items())
+  return ", ".join(
+    f"{k} {v:.4g}" if k.startswith(numbers) else f"{k} {100 * v:.2f}%" for k, v in metrics.items()
+  )

@@ -33,6 +33,7 @@ class FeatureSet:
   train_x [n, F], train_y [n], test_x [m, F], test_y [m]; test_z [m, K] are projector outputs of the
   evaluation split (None for encoders without a projector, or raw pixels).
   """
+
   train_x: np.ndarray
   train_y: np.ndarray
   test_x: np.ndarray
@@ -41,8 +42,15 @@ class FeatureSet:
   test_z: np.ndarray | None = None
 
 
-def linear(fs: FeatureSet, *, epochs: int = 30, batch_size: int = 256, lr: float = 1e-3,
-           weight_decay: float = 1e-6, seed: int = 0) -> dict[str, float]:
+def linear(
+  fs: FeatureSet,
+  *,
+  epochs: int = 30,
+  batch_size: int = 256,
+  lr: float = 1e-3,
+  weight_decay: float = 1e-6,
+  seed: int = 0,
+) -> dict[str, float]:
   """LayerNorm + Linear trained with AdamW (warmup + cosine) on frozen features; top-1 (and top-5)."""
   probe = probe_lib.LinearProbe(fs.train_x.shape[1], fs.num_classes, rngs=nnx.Rngs(seed))
   steps_per_epoch = max(1, len(fs.train_x) // batch_size)
@@ -59,18 +67,19 @@ def linear(fs: FeatureSet, *, epochs: int = 30, batch_size: int = 256, lr: float
   def epoch(state, x, y, order):
     def update(state, idx):
       probe, optimizer = nnx.merge(graphdef, state)
-      loss_fn = lambda p: optax.softmax_cross_entropy_with_integer_labels(
-          p(x[idx]), y[idx]).mean()
+      loss_fn = lambda p: optax.softmax_cross_entropy_with_integer_labels(p(x[idx]), y[idx]).mean()
       optimizer.update(probe, nnx.grad(loss_fn)(probe))
       return nnx.state((probe, optimizer)), None
+
     return jax.lax.scan(update, state, order)[0]
 
   rng = np.random.default_rng(seed)
   x, y = jnp.asarray(fs.train_x), jnp.asarray(fs.train_y)
   batch_size = min(batch_size, len(fs.train_x))  # fewer examples than a batch: one smaller batch
   used = steps_per_epoch * batch_size
-  meter = progress.Progress(f"linear probe on {len(fs.train_x)} x {fs.train_x.shape[1]} features",
-                            epochs, "epochs")
+  meter = progress.Progress(
+    f"linear probe on {len(fs.train_x)} x {fs.train_x.shape[1]} features", epochs, "epochs"
+  )
   for _ in range(epochs):
     order = rng.permutation(len(fs.train_x))[:used].reshape(steps_per_epoch, batch_size)
     state = epoch(state, x, y, jnp.asarray(order, jnp.int32))
@@ -78,8 +87,12 @@ def linear(fs: FeatureSet, *, epochs: int = 30, batch_size: int = 256, lr: float
     meter.update()
   probe, _ = nnx.merge(graphdef, state)
   predict = nnx.jit(lambda p, x: p(x))
-  logits = np.concatenate([np.asarray(predict(probe, jnp.asarray(fs.test_x[i:i + 4096])))
-                           for i in range(0, len(fs.test_x), 4096)])
+  logits = np.concatenate(
+    [
+      np.asarray(predict(probe, jnp.asarray(fs.test_x[i : i + 4096])))
+      for i in range(0, len(fs.test_x), 4096)
+    ]
+  )
   result = {"top1": float(np.mean(np.argmax(logits, -1) == fs.test_y))}
   if fs.num_classes > 5:
     top5 = np.argsort(-logits, axis=-1)[:, :5]
@@ -93,8 +106,9 @@ def _unit_rows(x):
   return x / xp.maximum(xp.linalg.norm(x, axis=1, keepdims=True), 1e-12)
 
 
-def knn(fs: FeatureSet, *, k: int = 20, temperature: float = 0.07, chunk: int = 1024
-        ) -> dict[str, float]:
+def knn(
+  fs: FeatureSet, *, k: int = 20, temperature: float = 0.07, chunk: int = 1024
+) -> dict[str, float]:
   """Weighted kNN on cosine similarity: votes exp(sim / temperature) of the k nearest neighbours."""
   # Normalised on the device, in place (donated): one copy of the training features, not three.
   bank = jax.jit(_unit_rows, donate_argnums=0)(jnp.asarray(fs.train_x, jnp.float32))
@@ -108,14 +122,18 @@ def knn(fs: FeatureSet, *, k: int = 20, temperature: float = 0.07, chunk: int = 
     votes = jax.nn.one_hot(bank_labels[idx], fs.num_classes) * jnp.exp(sims / temperature)[..., None]
     return jnp.argmax(votes.sum(1), -1)
 
-  predictions = np.concatenate([
-      np.asarray(predict(bank, bank_labels, jnp.asarray(queries[i:i + chunk])))
-      for i in range(0, len(queries), chunk)])
+  predictions = np.concatenate(
+    [
+      np.asarray(predict(bank, bank_labels, jnp.asarray(queries[i : i + chunk])))
+      for i in range(0, len(queries), chunk)
+    ]
+  )
   return {"top1": float(np.mean(predictions == fs.test_y))}
 
 
-def ridge_classifier(x: np.ndarray, y: np.ndarray, num_classes: int, ridge: float
-                     ) -> tuple[np.ndarray, np.ndarray]:
+def ridge_classifier(
+  x: np.ndarray, y: np.ndarray, num_classes: int, ridge: float
+) -> tuple[np.ndarray, np.ndarray]:
   """Closed-form ridge regression onto centred one-hot targets: (W [F, C], b [C]).
 
   Solved in the dual (an n x n system, n = examples), which is cheap for few-shot n << F:
@@ -130,8 +148,9 @@ def ridge_classifier(x: np.ndarray, y: np.ndarray, num_classes: int, ridge: floa
   return weights, t_mean - x_mean @ weights
 
 
-def fewshot(fs: FeatureSet, *, shots: Sequence[int] = (1, 5, 10), seeds: int = 5,
-            ridge: float = 1e-2) -> dict[str, float]:
+def fewshot(
+  fs: FeatureSet, *, shots: Sequence[int] = (1, 5, 10), seeds: int = 5, ridge: float = 1e-2
+) -> dict[str, float]:
   """k-shot accuracy: ridge classifiers on k random training examples per class, several seeds.
 
   Features are L2-normalised first (the scale of frozen features varies between encoders; the ridge
@@ -144,10 +163,16 @@ def fewshot(fs: FeatureSet, *, shots: Sequence[int] = (1, 5, 10), seeds: int = 5
     accuracies = []
     for seed in range(seeds):
       rng = np.random.default_rng(seed)
-      idx = np.concatenate([rng.choice(members, min(k, len(members)), replace=False)
-                            for members in by_class if len(members)])
-      weights, bias = ridge_classifier(_unit_rows(fs.train_x[idx]), fs.train_y[idx],
-                                       fs.num_classes, ridge)
+      idx = np.concatenate(
+        [
+          rng.choice(members, min(k, len(members)), replace=False)
+          for members in by_class
+          if len(members)
+        ]
+      )
+      weights, bias = ridge_classifier(
+        _unit_rows(fs.train_x[idx]), fs.train_y[idx], fs.num_classes, ridge
+      )
       accuracies.append(np.mean(np.argmax(test_x @ weights + bias, -1) == fs.test_y))
     result[f"{k}shot"] = float(np.mean(accuracies))
     result[f"{k}shot_std"] = float(np.std(accuracies))
@@ -168,8 +193,9 @@ def rankme(x: np.ndarray, eps: float = 1e-7) -> float:
   return float(np.exp(-np.sum(p * np.log(p))))
 
 
-def label_free(fs: FeatureSet, *, num_slices: int = 1024, max_examples: int = 10000, seed: int = 0
-               ) -> dict[str, float]:
+def label_free(
+  fs: FeatureSet, *, num_slices: int = 1024, max_examples: int = 10000, seed: int = 0
+) -> dict[str, float]:
   """Metrics that need no labels, on the evaluation split: RankMe of the features (and of the
   projector outputs) and the SIGReg statistic of the projector outputs over the N examples (scaled
   by N as in training: about 1 for isotropic Gaussian embeddings, about 0.4 N when they collapse to a
@@ -180,13 +206,18 @@ def label_free(fs: FeatureSet, *, num_slices: int = 1024, max_examples: int = 10
     z = fs.test_z[:max_examples]
     result["rankme_projections"] = rankme(z)
     # Standardise nothing: SIGReg measures the distance to N(0, I) exactly as training does.
-    result["sigreg"] = float(losses.sigreg(jnp.asarray(z, jnp.float32), jax.random.key(seed),
-                                           num_slices=num_slices))
+    result["sigreg"] = float(
+      losses.sigreg(jnp.asarray(z, jnp.float32), jax.random.key(seed), num_slices=num_slices)
+    )
   return result
 
 
 EVALUATORS: dict[str, Callable[..., dict[str, float]]] = {
-    "linear": linear, "knn": knn, "fewshot": fewshot, "label_free": label_free}
+  "linear": linear,
+  "knn": knn,
+  "fewshot": fewshot,
+  "label_free": label_free,
+}
 
 
 def get(name: str) -> Callable[..., dict[str, float]]:

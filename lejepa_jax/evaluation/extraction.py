@@ -25,26 +25,35 @@ FEATURE_KINDS = ("embed", "feature_map")
 EVAL_CACHE_BYTES = 2**30
 
 
-def eval_batches(config, split: str, limit: int | None = None, batch_size: int = 256
-                 ) -> Iterator[dict[str, np.ndarray]]:
+def eval_batches(
+  config, split: str, limit: int | None = None, batch_size: int = 256
+) -> Iterator[dict[str, np.ndarray]]:
   """Centre crops of every example of a split once: {"image": [n, S, S, C] uint8, "label", "valid"}."""
   # Checkpoints written before the key existed were evaluated on whole images.
-  key = (config.data.name, split, config.data.data_dir, int(config.data.global_views["size"]),
-         int(config.data.channels), float(config.data.get("eval_crop_fraction", 1.0)), limit,
-         batch_size, bool(config.data.get("skip_bad_records", False)))
+  key = (
+    config.data.name,
+    split,
+    config.data.data_dir,
+    int(config.data.global_views["size"]),
+    int(config.data.channels),
+    float(config.data.get("eval_crop_fraction", 1.0)),
+    limit,
+    batch_size,
+    bool(config.data.get("skip_bad_records", False)),
+  )
   size = split_size(config, split, limit)
   if size * key[3] ** 2 * key[4] <= EVAL_CACHE_BYTES:
     return iter(_cached_batches(*key))
   return _read_batches(*key)
 
 
-def _read_batches(name, split, data_dir, size, channels, crop_fraction, limit, batch_size,
-                  skip_bad_records=False):
+def _read_batches(
+  name, split, data_dir, size, channels, crop_fraction, limit, batch_size, skip_bad_records=False
+):
   source = data.open_source(name, split, data_dir)
   if limit and limit < len(source):
     source = data.FirstRecords(source, limit)
-  crop = data.CenterCrop(size, channels, crop_fraction=crop_fraction,
-                         skip_bad_records=skip_bad_records)
+  crop = data.CenterCrop(size, channels, crop_fraction=crop_fraction, skip_bad_records=skip_bad_records)
   return iter(data.eval_dataset(source, crop, global_batch_size=batch_size))
 
 
@@ -66,8 +75,10 @@ def _forward(encoder, images, kind: str, stages: int):
   backbone = encoder.backbone
   maps = backbone.stage_maps(images)
   if not 1 <= stages <= len(maps):
-    raise ValueError(f"probe config `feature_stages` is {stages}, but this encoder has {len(maps)} "
-                     "stages (blocks for a ViT); use 1 to read only the final map.")
+    raise ValueError(
+      f"probe config `feature_stages` is {stages}, but this encoder has {len(maps)} "
+      "stages (blocks for a ViT); use 1 to read only the final map."
+    )
   # ConvNets pool the same final map: no second pass for the projections.
   pooled = backbone.pool(maps[-1]) if hasattr(backbone, "pool") else backbone(images)[0]
   projections = None if encoder.projector is None else encoder.projector(pooled)
@@ -79,22 +90,33 @@ def feature_function(mean: tuple, std: tuple, kind: str, stages: int):
   """The pure function of feature extraction: `fn(graphdef, state, uint8 images [n, H, W, C])` ->
   (probe features [n, F], projections [n, K] or None), what evaluation compiles (and what
   tests/test_accelerator_lowering.py lowers for GPUs and TPUs)."""
-  return lambda graphdef, state, x: _forward(nnx.merge(graphdef, state),
-                                             steps.normalize(x, mean, std), kind, stages)
+  return lambda graphdef, state, x: _forward(
+    nnx.merge(graphdef, state), steps.normalize(x, mean, std), kind, stages
+  )
 
 
 @functools.cache
 def _compiled_forward(mean: tuple, std: tuple, kind: str, stages: int, compiler_setting: str):
   """`feature_function` jitted with the backend's compiler options; cached so every split and
   checkpoint shares its compile. Call as `forward(encoder, images)`."""
-  jitted = jax.jit(feature_function(mean, std, kind, stages), static_argnums=0,
-                   compiler_options=compiler.options(compiler_setting))
+  jitted = jax.jit(
+    feature_function(mean, std, kind, stages),
+    static_argnums=0,
+    compiler_options=compiler.options(compiler_setting),
+  )
   return lambda encoder, images: jitted(*nnx.split(encoder), images)
 
 
-def extract_features(encoder, config, split: str, limit: int | None = None, batch_size: int = 256,
-                     kind: str = "embed", stages: int = 1, label: str = ""
-                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+def extract_features(
+  encoder,
+  config,
+  split: str,
+  limit: int | None = None,
+  batch_size: int = 256,
+  kind: str = "embed",
+  stages: int = 1,
+  label: str = "",
+) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
   """Frozen features [n, F], labels [n] and projector outputs [n, K] (or None) of a split.
 
   kind: "embed" (the encoder's probe features) or "feature_map" (unpooled maps, flattened: the
@@ -103,14 +125,22 @@ def extract_features(encoder, config, split: str, limit: int | None = None, batc
   if kind not in FEATURE_KINDS:
     raise ValueError(f"probe config `features` must be one of {FEATURE_KINDS}, got {kind!r}.")
   if kind == "embed" and stages != 1:
-    raise ValueError(f"probe config `feature_stages` is {stages}, but it applies to "
-                     "features='feature_map' only; set features=feature_map or feature_stages=1.")
-  forward = _compiled_forward(tuple(config.data.mean), tuple(config.data.std), kind, stages,
-                              str(config.get("compiler_options", "auto")))
+    raise ValueError(
+      f"probe config `feature_stages` is {stages}, but it applies to "
+      "features='feature_map' only; set features=feature_map or feature_stages=1."
+    )
+  forward = _compiled_forward(
+    tuple(config.data.mean),
+    tuple(config.data.std),
+    kind,
+    stages,
+    str(config.get("compiler_options", "auto")),
+  )
   features, projections, labels = [], [], []
   batches = eval_batches(config, split, limit, batch_size)
-  meter = progress.Progress(f"{label or 'encoder'}: {split} features",
-                            split_size(config, split, limit), "images")
+  meter = progress.Progress(
+    f"{label or 'encoder'}: {split} features", split_size(config, split, limit), "images"
+  )
   for batch in batches:
     valid = batch["valid"]
     meter.update(int(valid.sum()))
@@ -131,7 +161,7 @@ def _stack_and_free(chunks: list[np.ndarray]) -> np.ndarray:
   chunks.reverse()
   while chunks:
     chunk = chunks.pop()
-    out[start:start + len(chunk)] = chunk
+    out[start : start + len(chunk)] = chunk
     start += len(chunk)
   return out
 
@@ -153,15 +183,29 @@ def example_limit(n: int) -> int | None:
   return n if n and n > 0 else None
 
 
-def feature_set(encoder, config, probe: ml_collections.ConfigDict, label: str = ""
-                ) -> evaluators.FeatureSet:
+def feature_set(
+  encoder, config, probe: ml_collections.ConfigDict, label: str = ""
+) -> evaluators.FeatureSet:
   """Features of the training split (probe fitting) and the evaluation split, extracted once."""
   kind, stages = probe.features, int(probe.feature_stages)
-  train_x, train_y, _ = extract_features(encoder, config, config.data.split,
-                                         example_limit(probe.train_examples), probe.batch_size,
-                                         kind, stages, label)
-  test_x, test_y, test_z = extract_features(encoder, config, config.data.eval_split,
-                                            example_limit(probe.eval_examples), probe.batch_size, kind,
-                                            stages, label)
-  return evaluators.FeatureSet(train_x, train_y, test_x, test_y, int(config.probe.num_classes),
-                               test_z)
+  train_x, train_y, _ = extract_features(
+    encoder,
+    config,
+    config.data.split,
+    example_limit(probe.train_examples),
+    probe.batch_size,
+    kind,
+    stages,
+    label,
+  )
+  test_x, test_y, test_z = extract_features(
+    encoder,
+    config,
+    config.data.eval_split,
+    example_limit(probe.eval_examples),
+    probe.batch_size,
+    kind,
+    stages,
+    label,
+  )
+  return evaluators.FeatureSet(train_x, train_y, test_x, test_y, int(config.probe.num_classes), test_z)

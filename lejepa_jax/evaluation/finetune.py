@@ -41,8 +41,17 @@ from lejepa_jax.training import steps
 
 log = logging.getLogger("lejepa_jax")
 
-OPTIONS = dict(epochs=2.0, batch_size=128, lr=1e-3, weight_decay=0.05, layer_decay=0.75,
-               warmup_fraction=0.1, label_smoothing=0.1, crop_scale=(0.35, 1.0), seed=0)
+OPTIONS = dict(
+  epochs=2.0,
+  batch_size=128,
+  lr=1e-3,
+  weight_decay=0.05,
+  layer_decay=0.75,
+  warmup_fraction=0.1,
+  label_smoothing=0.1,
+  crop_scale=(0.35, 1.0),
+  seed=0,
+)
 
 
 class Classifier(nnx.Module):
@@ -50,8 +59,9 @@ class Classifier(nnx.Module):
 
   def __init__(self, backbone: nnx.Module, num_classes: int, *, rngs: nnx.Rngs):
     self.backbone = backbone
-    self.head = nnx.Linear(backbone.pooled_dim, num_classes, kernel_init=nnx.initializers.zeros,
-                           rngs=rngs)
+    self.head = nnx.Linear(
+      backbone.pooled_dim, num_classes, kernel_init=nnx.initializers.zeros, rngs=rngs
+    )
 
   def __call__(self, images: jax.Array) -> jax.Array:
     pooled, _ = self.backbone(images)
@@ -73,7 +83,8 @@ def _scale_by_layer(depth: int | None, decay: float) -> optax.GradientTransforma
   def update(updates, state, params=None):
     del params
     return jax.tree_util.tree_map_with_path(
-        lambda path, u: u * layer_scale(path, depth, decay), updates), state
+      lambda path, u: u * layer_scale(path, depth, decay), updates
+    ), state
 
   return optax.GradientTransformation(lambda params: optax.EmptyState(), update)
 
@@ -81,13 +92,19 @@ def _scale_by_layer(depth: int | None, decay: float) -> optax.GradientTransforma
 def make_optimizer(depth: int | None, total_steps: int, options: dict) -> optax.GradientTransformation:
   """AdamW (decay on matrices and kernels only), warmup + cosine, layer-wise lr decay."""
   schedule = optax.warmup_cosine_decay_schedule(
-      0.0, options["lr"], max(1, int(options["warmup_fraction"] * total_steps)), max(total_steps, 2),
-      end_value=options["lr"] * 1e-3)
+    0.0,
+    options["lr"],
+    max(1, int(options["warmup_fraction"] * total_steps)),
+    max(total_steps, 2),
+    end_value=options["lr"] * 1e-3,
+  )
   decayed = lambda params: jax.tree.map(lambda p: p.ndim > 1, params)
-  return optax.chain(optax.scale_by_adam(),
-                     optax.add_decayed_weights(options["weight_decay"], mask=decayed),
-                     optax.scale_by_learning_rate(schedule),
-                     _scale_by_layer(depth, options["layer_decay"]))
+  return optax.chain(
+    optax.scale_by_adam(),
+    optax.add_decayed_weights(options["weight_decay"], mask=decayed),
+    optax.scale_by_learning_rate(schedule),
+    _scale_by_layer(depth, options["layer_decay"]),
+  )
 
 
 def _train_step(graphdef, state, images, labels, *, mean, std, num_classes, smoothing):
@@ -114,16 +131,27 @@ def _predict(graphdef, state, images, *, mean, std):
 def _views(config: ml_collections.ConfigDict, options: dict) -> Any:
   """Host-side random-resized crops and flips at the pretraining's view size, one per image."""
   size = int(config.data.global_views["size"])
-  return data.multicrop_from_config({
-      "channels": config.data.channels, "augment_on_device": True,  # geometric part only
+  return data.multicrop_from_config(
+    {
+      "channels": config.data.channels,
+      "augment_on_device": True,  # geometric part only
       "global_views": {"count": 1, "size": size, "scale": tuple(options["crop_scale"])},
       "local_views": {"count": 0, "size": size, "scale": tuple(options["crop_scale"])},
-      "skip_bad_records": config.data.get("skip_bad_records", False)})
+      "skip_bad_records": config.data.get("skip_bad_records", False),
+    }
+  )
 
 
-def finetune(backbone: nnx.Module, config: ml_collections.ConfigDict, eval_batches: Iterable[dict],
-             *, num_classes: int, train_examples: int | None = None,
-             mesh: jax.sharding.Mesh | None = None, **options) -> dict[str, float]:
+def finetune(
+  backbone: nnx.Module,
+  config: ml_collections.ConfigDict,
+  eval_batches: Iterable[dict],
+  *,
+  num_classes: int,
+  train_examples: int | None = None,
+  mesh: jax.sharding.Mesh | None = None,
+  **options,
+) -> dict[str, float]:
   """Fine-tunes a copy of `backbone` with a new head on `config`'s training split (its first
   `train_examples`); returns {"top1": accuracy on `eval_batches` ({"image" uint8 [n, H, W, C],
   "label" [n], "valid" [n]}, e.g. evaluate.eval_batches), "loss_start", "loss_end": the mean
@@ -141,13 +169,24 @@ def finetune(backbone: nnx.Module, config: ml_collections.ConfigDict, eval_batch
   graphdef, state = nnx.split((model, optimizer))
   state = jax.device_put(state, jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec()))
   norm = dict(mean=tuple(config.data.mean), std=tuple(config.data.std))
-  step = jax.jit(functools.partial(_train_step, graphdef, num_classes=num_classes,
-                                   smoothing=options["label_smoothing"], **norm), donate_argnums=0)
+  step = jax.jit(
+    functools.partial(
+      _train_step, graphdef, num_classes=num_classes, smoothing=options["label_smoothing"], **norm
+    ),
+    donate_argnums=0,
+  )
   if n < len(source):
     source = data.FirstRecords(source, n)
-  batches = iter(data.train_dataset(
-      source, _views(config, options), global_batch_size=batch, seed=options["seed"],
-      process_index=jax.process_index(), process_count=jax.process_count()))
+  batches = iter(
+    data.train_dataset(
+      source,
+      _views(config, options),
+      global_batch_size=batch,
+      seed=options["seed"],
+      process_index=jax.process_index(),
+      process_count=jax.process_count(),
+    )
+  )
   losses, start = [], time.perf_counter()
   shown = progress.Progress("fine-tuning", total, "steps")
   for _ in range(total):
@@ -160,9 +199,13 @@ def finetune(backbone: nnx.Module, config: ml_collections.ConfigDict, eval_batch
   losses = np.asarray(jax.device_get(losses))
   tenth = max(1, total // 10)
   top1 = _accuracy(graphdef, state, eval_batches, mesh, norm)
-  return {"top1": top1, "loss_start": float(losses[:tenth].mean()),
-          "loss_end": float(losses[-tenth:].mean()), "steps": total,
-          "seconds": time.perf_counter() - start}
+  return {
+    "top1": top1,
+    "loss_start": float(losses[:tenth].mean()),
+    "loss_end": float(losses[-tenth:].mean()),
+    "steps": total,
+    "seconds": time.perf_counter() - start,
+  }
 
 
 def _accuracy(graphdef, state, eval_batches: Iterable[dict], mesh, norm) -> float:

@@ -45,8 +45,9 @@ def evaluator_names(probe: ml_collections.ConfigDict) -> list[str]:
   return names
 
 
-def run_evaluators(fs: evaluators.FeatureSet, probe: ml_collections.ConfigDict, names: list[str],
-                   label: str = "") -> dict[str, dict[str, float]]:
+def run_evaluators(
+  fs: evaluators.FeatureSet, probe: ml_collections.ConfigDict, names: list[str], label: str = ""
+) -> dict[str, dict[str, float]]:
   """{evaluator: {metric: value}} for the named evaluators (pictures are drawn separately)."""
   results = {}
   for name in names:
@@ -55,36 +56,52 @@ def run_evaluators(fs: evaluators.FeatureSet, probe: ml_collections.ConfigDict, 
     options = dict(probe[name]) if name in probe else {}
     start = time.perf_counter()
     results[name] = evaluators.get(name)(fs, **options)
-    log.info("%s: %s in %.1f s: %s", label or "features", name, time.perf_counter() - start,
-             eval_records.format_metrics(results[name]))
+    log.info(
+      "%s: %s in %.1f s: %s",
+      label or "features",
+      name,
+      time.perf_counter() - start,
+      eval_records.format_metrics(results[name]),
+    )
   return results
 
 
-def run_finetune(encoder, config, probe: ml_collections.ConfigDict, label: str = ""
-                 ) -> dict[str, float]:
+def run_finetune(encoder, config, probe: ml_collections.ConfigDict, label: str = "") -> dict[str, float]:
   """`finetune.finetune` of the encoder's backbone with the probe config's options and splits."""
   from lejepa_jax.evaluation import finetune  # only when asked
+
   start = time.perf_counter()
   options = dict(probe.finetune) if "finetune" in probe else {}
   eval_limit = extraction.example_limit(probe.eval_examples)
   results = finetune.finetune(
-      encoder.backbone, config, extraction.eval_batches(config, config.data.eval_split, eval_limit),
-      num_classes=int(config.probe.num_classes),
-      train_examples=extraction.example_limit(probe.train_examples),
-      **options)
-  log.info("%s: finetune in %.1f s: %s", label or "encoder", time.perf_counter() - start,
-           eval_records.format_metrics(results))
+    encoder.backbone,
+    config,
+    extraction.eval_batches(config, config.data.eval_split, eval_limit),
+    num_classes=int(config.probe.num_classes),
+    train_examples=extraction.example_limit(probe.train_examples),
+    **options,
+  )
+  log.info(
+    "%s: finetune in %.1f s: %s",
+    label or "encoder",
+    time.perf_counter() - start,
+    eval_records.format_metrics(results),
+  )
   return results
 
 
 def draw_pictures(encoder, config, fs: evaluators.FeatureSet, probe, out_prefix: str) -> list[str]:
   """PCA of patch features as RGB next to the inputs, and a 2-D embedding plot coloured by class."""
-  batch = next(extraction.eval_batches(config, config.data.eval_split, probe.pictures["num_images"],
-                            probe.pictures["num_images"]))
+  batch = next(
+    extraction.eval_batches(
+      config, config.data.eval_split, probe.pictures["num_images"], probe.pictures["num_images"]
+    )
+  )
   images = batch["image"][batch["valid"]]
   mean, std = tuple(config.data.mean), tuple(config.data.std)
   patches = nnx.jit(lambda m, x: m.backbone.patch_features(steps.normalize(x, mean, std)))(
-      encoder, images)
+    encoder, images
+  )
   os.makedirs(os.path.dirname(out_prefix), exist_ok=True)
   paths = [out_prefix + "_patch_pca.png", out_prefix + "_embedding.png"]
   reports.plot_patch_pca(images, np.asarray(patches, np.float32), paths[0])
@@ -93,9 +110,14 @@ def draw_pictures(encoder, config, fs: evaluators.FeatureSet, probe, out_prefix:
   return paths
 
 
-def evaluate_checkpoint(workdir: str, probe: ml_collections.ConfigDict, step: int | None,
-                        writer: eval_records.ResultsWriter, record: eval_records.EvalRecord,
-                        mesh: jax.sharding.Mesh | None = None) -> dict[str, dict[str, float]]:
+def evaluate_checkpoint(
+  workdir: str,
+  probe: ml_collections.ConfigDict,
+  step: int | None,
+  writer: eval_records.ResultsWriter,
+  record: eval_records.EvalRecord,
+  mesh: jax.sharding.Mesh | None = None,
+) -> dict[str, dict[str, float]]:
   """Restores one checkpoint, extracts features once, runs the evaluators, records the step."""
   names = evaluator_names(probe)
   encoder, config, step = restore.restore_encoder(workdir, step, mesh)
@@ -108,17 +130,21 @@ def evaluate_checkpoint(workdir: str, probe: ml_collections.ConfigDict, step: in
   if "finetune" in names:
     results["finetune"] = run_finetune(encoder, config, probe, label)
   if "pictures" in names and jax.process_index() == 0:
-    draw_pictures(encoder, config, fs, probe,
-                  os.path.join(workdir, "eval", "pictures", f"{probe.name}_step{step}"))
+    draw_pictures(
+      encoder, config, fs, probe, os.path.join(workdir, "eval", "pictures", f"{probe.name}_step{step}")
+    )
   writer.write(step, "checkpoint", results)
   record.mark_done(step, int(config.total_steps))
   return results
 
 
-def evaluate_baselines(workdir: str, probe: ml_collections.ConfigDict,
-                       writer: eval_records.ResultsWriter,
-                       record: eval_records.EvalRecord, mesh: jax.sharding.Mesh | None = None
-                       ) -> dict[str, dict[str, dict[str, float]]]:
+def evaluate_baselines(
+  workdir: str,
+  probe: ml_collections.ConfigDict,
+  writer: eval_records.ResultsWriter,
+  record: eval_records.EvalRecord,
+  mesh: jax.sharding.Mesh | None = None,
+) -> dict[str, dict[str, dict[str, float]]]:
   """The probe config's baselines ("pixels", "random_init") on the run's data, once per workdir."""
   wanted = [b.strip() for b in probe.baselines.split(",") if b.strip()]
   unknown = set(wanted) - {"pixels", "random_init"}
@@ -136,8 +162,9 @@ def evaluate_baselines(workdir: str, probe: ml_collections.ConfigDict,
       fs = _pixel_feature_set(config, probe)
       names_here = [n for n in names if n != "label_free"]
     else:
-      fs = extraction.feature_set(restore.random_init_encoder(config, mesh), config, probe,
-                                  f"baseline {baseline}")
+      fs = extraction.feature_set(
+        restore.random_init_encoder(config, mesh), config, probe, f"baseline {baseline}"
+      )
       names_here = names
     out[baseline] = run_evaluators(fs, probe, names_here, f"baseline {baseline}")
     writer.write(0, baseline, out[baseline])
@@ -147,15 +174,17 @@ def evaluate_baselines(workdir: str, probe: ml_collections.ConfigDict,
 
 def _pixel_feature_set(config, probe) -> evaluators.FeatureSet:
   limit = extraction.example_limit
-  train_x, train_y = extraction.pixel_features(config, config.data.split,
-                                               limit(probe.train_examples))
-  test_x, test_y = extraction.pixel_features(config, config.data.eval_split,
-                                             limit(probe.eval_examples))
+  train_x, train_y = extraction.pixel_features(config, config.data.split, limit(probe.train_examples))
+  test_x, test_y = extraction.pixel_features(config, config.data.eval_split, limit(probe.eval_examples))
   return evaluators.FeatureSet(train_x, train_y, test_x, test_y, int(config.probe.num_classes))
 
 
-def evaluate(workdir: str, step: int | None = None, train_examples: int | None = None,
-             probe: ml_collections.ConfigDict | None = None) -> dict[str, dict[str, float]]:
+def evaluate(
+  workdir: str,
+  step: int | None = None,
+  train_examples: int | None = None,
+  probe: ml_collections.ConfigDict | None = None,
+) -> dict[str, dict[str, float]]:
   """Evaluates one checkpoint (the latest by default): {evaluator: {metric: value}}.
 
   Results are appended to workdir/eval/<evaluator>.jsonl; `train_examples` overrides the probe
@@ -167,14 +196,16 @@ def evaluate(workdir: str, step: int | None = None, train_examples: int | None =
   restore.require_checkpoints(workdir, step)  # before the writer creates eval/ in a mistyped workdir
   writer = eval_records.ResultsWriter(workdir, probe.name)
   try:
-    return evaluate_checkpoint(workdir, probe, step, writer,
-                               eval_records.EvalRecord(workdir, probe.name))
+    return evaluate_checkpoint(
+      workdir, probe, step, writer, eval_records.EvalRecord(workdir, probe.name)
+    )
   finally:
     writer.close()
 
 
 def default_probe() -> ml_collections.ConfigDict:
   from lejepa_jax import config_lib
+
   return config_lib.probe_config()
 
 
@@ -184,23 +215,33 @@ def wait_for_checkpoints(workdir: str, probe: ml_collections.ConfigDict) -> list
   start, last_message = time.monotonic(), None
   while True:
     now = time.monotonic()
-    found, timed_out = distributed.broadcast_from_process_0(restore.checkpoint_steps(workdir),
-                                                          now - start > probe.idle_timeout)
+    found, timed_out = distributed.broadcast_from_process_0(
+      restore.checkpoint_steps(workdir), now - start > probe.idle_timeout
+    )
     if found:
       return found
     if timed_out:
       raise FileNotFoundError(
-          f"No checkpoint appeared in {restore.checkpoint_dir(workdir)} within {now - start:.0f} s (the "
-          f"probe config's idle_timeout). Is training running with --workdir={workdir}?")
+        f"No checkpoint appeared in {restore.checkpoint_dir(workdir)} within {now - start:.0f} s (the "
+        f"probe config's idle_timeout). Is training running with --workdir={workdir}?"
+      )
     if last_message is None or now - last_message > 600:  # a sign of life every 10 minutes
       last_message = now
-      log.info("waiting for the first checkpoint in %s (looking every %.0f s, for up to %.0f s)",
-               restore.checkpoint_dir(workdir), probe.poll_seconds, probe.idle_timeout)
+      log.info(
+        "waiting for the first checkpoint in %s (looking every %.0f s, for up to %.0f s)",
+        restore.checkpoint_dir(workdir),
+        probe.poll_seconds,
+        probe.idle_timeout,
+      )
     time.sleep(probe.poll_seconds)
 
 
-def follow(workdir: str, probe: ml_collections.ConfigDict, writer: eval_records.ResultsWriter,
-           mesh: jax.sharding.Mesh | None = None) -> eval_records.EvalRecord:
+def follow(
+  workdir: str,
+  probe: ml_collections.ConfigDict,
+  writer: eval_records.ResultsWriter,
+  mesh: jax.sharding.Mesh | None = None,
+) -> eval_records.EvalRecord:
   """Evaluates every new checkpoint of a (running) training job once, until its final step is done
   or no checkpoint has appeared for `probe.idle_timeout` seconds. Restart-safe via EvalRecord."""
   record = eval_records.EvalRecord(workdir, probe.name)
@@ -209,8 +250,9 @@ def follow(workdir: str, probe: ml_collections.ConfigDict, writer: eval_records.
   try:
     while not record.finished():
       listed, idle = distributed.broadcast_from_process_0(
-          [s for s in restore.checkpoint_steps(workdir) if not record.handled(s)],
-          time.monotonic() - last_activity > probe.idle_timeout)
+        [s for s in restore.checkpoint_steps(workdir) if not record.handled(s)],
+        time.monotonic() - last_activity > probe.idle_timeout,
+      )
       if idle and not listed:
         log.warning("no new checkpoint in %s for %.0f s; stopping", workdir, probe.idle_timeout)
         break
@@ -227,9 +269,9 @@ def follow(workdir: str, probe: ml_collections.ConfigDict, writer: eval_records.
   return record
 
 
-def _evaluate_listed(workdir, probe, listed: list[int], writer, record: eval_records.EvalRecord,
-                     mesh, guard
-                     ) -> bool:
+def _evaluate_listed(
+  workdir, probe, listed: list[int], writer, record: eval_records.EvalRecord, mesh, guard
+) -> bool:
   """Evaluates the listed steps in order; True when a preemption notice stopped it (checked before
   each step, or once when none is listed, at the same point on every process)."""
   if not listed:
@@ -248,8 +290,9 @@ def _evaluate_listed(workdir, probe, listed: list[int], writer, record: eval_rec
   return False
 
 
-def run(workdir: str, probe: ml_collections.ConfigDict, step: int | None = None,
-        follow_run: bool = False) -> list[dict]:
+def run(
+  workdir: str, probe: ml_collections.ConfigDict, step: int | None = None, follow_run: bool = False
+) -> list[dict]:
   """The job: baselines (once), then the latest / given checkpoint, or every checkpoint with
   `follow_run`. Returns the result rows (also printed as a table)."""
   # Before anything is written: a mistyped workdir stays as it was (non-existent).

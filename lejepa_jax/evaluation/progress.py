@@ -31,5 +31,13 @@ class Progress:
     elif now - self.last >= self.every_s:
       self.last = now
       rate = self.done / max(now - self.start, 1e-9)
-      log.info("%s: %d/%d %s (%.0f %s/s, ETA %.0f s)", self.label, self.done, self.total,
-               self.unit, rate, self.unit, (self.total - self.done) / max(rate, 1e-9))
+      log.info(
+        "%s: %d/%d %s (%.0f %s/s, ETA %.0f s)",
+        self.label,
+        self.done,
+        self.total,
+        self.unit,
+        rate,
+        self.unit,
+        (self.total - self.done) / max(rate, 1e-9),
+      )

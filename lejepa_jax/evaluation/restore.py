@@ -51,8 +51,9 @@ def _open_manager(workdir: str):
   """The run's checkpoint manager; checks first, as opening one creates a missing directory."""
   directory = checkpoint_dir(workdir)
   if not os.path.isdir(directory):
-    raise FileNotFoundError(f"No checkpoints: {directory} does not exist. Is --workdir={workdir} "
-                            "the training run's workdir?")
+    raise FileNotFoundError(
+      f"No checkpoints: {directory} does not exist. Is --workdir={workdir} the training run's workdir?"
+    )
   return checkpointing.training_manager(directory, create=False)
 
 
@@ -60,14 +61,17 @@ def _pick_step(manager, step: int | None, workdir: str) -> int:
   """`step`, or the latest when None; an error naming the steps there are when it does not exist."""
   existing = sorted(manager.all_steps())
   if not existing:
-    raise FileNotFoundError(f"No finished checkpoint in {checkpoint_dir(workdir)} yet: train "
-                            "first, or pass --follow to wait for one.")
+    raise FileNotFoundError(
+      f"No finished checkpoint in {checkpoint_dir(workdir)} yet: train "
+      "first, or pass --follow to wait for one."
+    )
   if step is None:
     return existing[-1]
   if step not in existing:
     raise StepNotFoundError(
-        f"{checkpoint_dir(workdir)} has no checkpoint step {step}; it has steps "
-        f"{_listing(existing)}. Pass one of them to --step (or none: the latest).")
+      f"{checkpoint_dir(workdir)} has no checkpoint step {step}; it has steps "
+      f"{_listing(existing)}. Pass one of them to --step (or none: the latest)."
+    )
   return step
 
 
@@ -75,13 +79,16 @@ def _verify(manager, step: int) -> None:
   """CheckpointError when `step`'s files differ from what was written (`checkpointing.verify_step`)."""
   try:
     if not checkpointing.verify_step(manager.directory, step):
-      log.warning("checkpoint step %d has no digest (written before checkpoints had one): reading "
-                  "it unverified", step)
+      log.warning(
+        "checkpoint step %d has no digest (written before checkpoints had one): reading it unverified",
+        step,
+      )
   except checkpointing.DamagedCheckpointError as e:
     raise CheckpointError(
-        f"Checkpoint step {step} in {manager.directory} is damaged: {e.path}: {e.reason}. Evaluate "
-        f"another step with --step (the run has {_listing(manager.all_steps())}), or restore the "
-        "files from a copy.") from e
+      f"Checkpoint step {step} in {manager.directory} is damaged: {e.path}: {e.reason}. Evaluate "
+      f"another step with --step (the run has {_listing(manager.all_steps())}), or restore the "
+      "files from a copy."
+    ) from e
 
 
 def _newest_intact(manager, workdir: str) -> int:
@@ -113,12 +120,14 @@ def _reading(manager, step: int):
     directory, existing = str(manager.directory), _listing(manager.all_steps())
     if not (manager.directory / str(step)).exists():
       raise StepNotFoundError(
-          f"Checkpoint step {step} in {directory} was removed while being read (the run keeps only "
-          f"its newest checkpoints); it has steps {existing}.") from e
+        f"Checkpoint step {step} in {directory} was removed while being read (the run keeps only "
+        f"its newest checkpoints); it has steps {existing}."
+      ) from e
     raise CheckpointError(
-        f"Checkpoint step {step} in {directory} could not be read ({type(e).__name__}: "
-        f"{str(e)[:300]}): its files are damaged or unreadable. Evaluate another step with --step "
-        f"(the run has {existing}), or check the run's storage and training log.") from e
+      f"Checkpoint step {step} in {directory} could not be read ({type(e).__name__}: "
+      f"{str(e)[:300]}): its files are damaged or unreadable. Evaluate another step with --step "
+      f"(the run has {existing}), or check the run's storage and training log."
+    ) from e
 
 
 def restore_encoder(workdir: str, step: int | None = None, mesh: jax.sharding.Mesh | None = None):
@@ -131,13 +140,11 @@ def restore_encoder(workdir: str, step: int | None = None, mesh: jax.sharding.Me
   """
   manager = _open_manager(workdir)
   try:
-    step = _pick_step(manager, step, workdir) if step is not None else _newest_intact(manager,
-                                                                                      workdir)
+    step = _pick_step(manager, step, workdir) if step is not None else _newest_intact(manager, workdir)
     _verify(manager, step)
     with _reading(manager, step):
       config = ml_collections.ConfigDict(checkpointing.restore_config(manager, step))
-    graphdef, state = _restore_model(manager, step, config,
-                                     mesh or sharding.make_mesh({"data": -1}))
+    graphdef, state = _restore_model(manager, step, config, mesh or sharding.make_mesh({"data": -1}))
   finally:
     manager.close()
   encoder = nnx.merge(graphdef, state)
@@ -163,11 +170,13 @@ def _restore_model(manager, step: int, config, mesh: jax.sharding.Mesh):
 
 def _savable_abstract(like):
   """train_state.to_savable of abstract arrays (typed PRNG keys -> their uint32 data), shardings kept."""
+
   def leaf(x):
     if not jnp.issubdtype(x.dtype, jax.dtypes.prng_key):
       return x
     raw = jax.eval_shape(jax.random.key_data, x)
     return jax.ShapeDtypeStruct(raw.shape, raw.dtype, sharding=x.sharding)
+
   return jax.tree.map(leaf, like)
 
 
@@ -177,19 +186,25 @@ def _check_same_model(saved_metadata: dict, target: Any, step: int) -> None:
   saved, wanted = _shapes(saved_metadata), _shapes(target)
   differences = [f"{k}: missing from the checkpoint" for k in sorted(set(wanted) - set(saved))]
   differences += [f"{k}: not in this code's model" for k in sorted(set(saved) - set(wanted))]
-  differences += [f"{k}: saved {saved[k]}, built {wanted[k]}"
-                  for k in sorted(set(saved) & set(wanted)) if saved[k] != wanted[k]]
+  differences += [
+    f"{k}: saved {saved[k]}, built {wanted[k]}"
+    for k in sorted(set(saved) & set(wanted))
+    if saved[k] != wanted[k]
+  ]
   if differences:
     raise ModelMismatchError(
-        f"Checkpoint step {step} holds another model than this code builds from its config "
-        f"({len(differences)} differences: {'; '.join(differences[:5])}). Evaluate it with the "
-        "version of lejepa_jax that trained it.")
+      f"Checkpoint step {step} holds another model than this code builds from its config "
+      f"({len(differences)} differences: {'; '.join(differences[:5])}). Evaluate it with the "
+      "version of lejepa_jax that trained it."
+    )
 
 
 def _shapes(tree) -> dict[str, tuple]:
   """{'a/b/c': (shape, dtype name)} of a nested dict of arrays or array metadata."""
-  return {k: (tuple(x.shape), np.dtype(x.dtype).name)
-          for k, x in checkpointing.flat_arrays(tree, separator="/").items()}
+  return {
+    k: (tuple(x.shape), np.dtype(x.dtype).name)
+    for k, x in checkpointing.flat_arrays(tree, separator="/").items()
+  }
 
 
 def random_init_encoder(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh | None = None):

@@ -57,18 +57,23 @@ def _check_tests(names: list[str]) -> bool:
 
 _PROG = "python -m lejepa_jax.examples.hidden_structure"
 _FLAGS = flags.FlagValues()  # this command's own flags (`lejepa_jax.cli`)
-_OUT_DIR = flags.DEFINE_string("out_dir", "workdirs/hidden_structure",
-                               "where hidden_structure.png and results.json go", flag_values=_FLAGS)
+_OUT_DIR = flags.DEFINE_string(
+  "out_dir",
+  "workdirs/hidden_structure",
+  "where hidden_structure.png and results.json go",
+  flag_values=_FLAGS,
+)
 _STEPS = flags.DEFINE_integer("steps", 1500, "optimisation steps per test", flag_values=_FLAGS)
-_SEED = flags.DEFINE_integer("seed", 0, "seed of the data, directions and evaluation",
-                             flag_values=_FLAGS)
+_SEED = flags.DEFINE_integer(
+  "seed", 0, "seed of the data, directions and evaluation", flag_values=_FLAGS
+)
 _DIMS = flags.DEFINE_list("dims", ["8", "512"], "comma-separated dimensions D", flag_values=_FLAGS)
 _NUM_SAMPLES = flags.DEFINE_integer("num_samples", 100, "N", flag_values=_FLAGS)
 _NUM_SLICES = flags.DEFINE_integer("num_slices", 16, "directions per step (M)", flag_values=_FLAGS)
-_LEARNING_RATE = flags.DEFINE_float("learning_rate", 0.01, "Adam's learning rate",
-                                    flag_values=_FLAGS)
-_TESTS = flags.DEFINE_list("tests", list(normality.TESTS),
-                           "comma-separated names from losses.normality.TESTS", flag_values=_FLAGS)
+_LEARNING_RATE = flags.DEFINE_float("learning_rate", 0.01, "Adam's learning rate", flag_values=_FLAGS)
+_TESTS = flags.DEFINE_list(
+  "tests", list(normality.TESTS), "comma-separated names from losses.normality.TESTS", flag_values=_FLAGS
+)
 flags.register_validator("dims", _check_dims, flag_values=_FLAGS)
 flags.register_validator("tests", _check_tests, flag_values=_FLAGS)
 
@@ -82,8 +87,9 @@ def hidden_x_data(key: jax.Array, num_samples: int = 100, dim: int = 512) -> jax
   return z.at[:, HIDDEN[0]].set(t).at[:, HIDDEN[1]].set(sign * t)
 
 
-def optimise(z: jax.Array, key: jax.Array, test_name: str, *, steps: int, num_slices: int,
-             learning_rate: float) -> tuple[jax.Array, jax.Array]:
+def optimise(
+  z: jax.Array, key: jax.Array, test_name: str, *, steps: int, num_slices: int, learning_rate: float
+) -> tuple[jax.Array, jax.Array]:
   """Adam on the embeddings z [N, D] against the sliced test; directions redrawn every step.
 
   Returns the final embeddings [N, D] and the loss at every step [steps].
@@ -109,14 +115,17 @@ def hidden_plane_measures(z: np.ndarray) -> dict[str, float]:
   """
   plane = np.asarray(z[:, HIDDEN], np.float64)
   abs_corr = np.corrcoef(np.abs(plane[:, 0]), np.abs(plane[:, 1]))[0, 1]
-  return {"abs_correlation": float(abs(abs_corr)),
-          "henze_zirkler": float(normality.henze_zirkler(plane.astype(np.float32)))}
+  return {
+    "abs_correlation": float(abs(abs_corr)),
+    "henze_zirkler": float(normality.henze_zirkler(plane.astype(np.float32))),
+  }
 
 
 def evaluate(z: jax.Array, test_name: str, key: jax.Array) -> float:
   """The sliced test over many fresh directions: the statistic the optimisation minimised."""
-  return float(jax.jit(normality.sliced(normality.get_test(test_name)), static_argnums=2)(
-      z, key, EVAL_SLICES))
+  return float(
+    jax.jit(normality.sliced(normality.get_test(test_name)), static_argnums=2)(z, key, EVAL_SLICES)
+  )
 
 
 def plot(runs: dict[int, dict[str, np.ndarray]], path: str) -> None:
@@ -133,9 +142,16 @@ def plot(runs: dict[int, dict[str, np.ndarray]], path: str) -> None:
   plt.close(fig)
 
 
-def run_dim(dim: int, keys: tuple[jax.Array, ...], tests: Sequence[str], *, steps: int,
-            num_slices: int, learning_rate: float, num_samples: int
-            ) -> tuple[dict, dict[str, np.ndarray]]:
+def run_dim(
+  dim: int,
+  keys: tuple[jax.Array, ...],
+  tests: Sequence[str],
+  *,
+  steps: int,
+  num_slices: int,
+  learning_rate: float,
+  num_samples: int,
+) -> tuple[dict, dict[str, np.ndarray]]:
   """One dimension D: the data, then each test's optimisation; returns (results, hidden planes)."""
   data_key, opt_key, eval_key = keys
   z0 = hidden_x_data(data_key, num_samples, dim)
@@ -143,31 +159,50 @@ def run_dim(dim: int, keys: tuple[jax.Array, ...], tests: Sequence[str], *, step
   finals = {"start": np.asarray(z0)}
   jitted = jax.jit(optimise, static_argnames=("test_name", "steps", "num_slices"))
   for name in tests:
-    z, curve = jitted(z0, opt_key, name, steps=steps, num_slices=num_slices,
-                      learning_rate=learning_rate)
+    z, curve = jitted(z0, opt_key, name, steps=steps, num_slices=num_slices, learning_rate=learning_rate)
     finals[name] = np.asarray(z)
     results["tests"][name] = {
-        "initial": evaluate(z0, name, eval_key), "final": evaluate(z, name, eval_key),
-        "first_step_loss": float(curve[0]), "last_step_loss": float(curve[-1]),
-        "hidden_plane": hidden_plane_measures(finals[name])}
+      "initial": evaluate(z0, name, eval_key),
+      "final": evaluate(z, name, eval_key),
+      "first_step_loss": float(curve[0]),
+      "last_step_loss": float(curve[-1]),
+      "hidden_plane": hidden_plane_measures(finals[name]),
+    }
     print(f"D={dim:<4} {name:>17}: {json.dumps(results['tests'][name])}", flush=True)
   return results, finals
 
 
-def run(out_dir: str, *, dims: Sequence[int] = (8, 512), steps: int = 1500, seed: int = 0,
-        num_slices: int = 16, learning_rate: float = 0.01, num_samples: int = 100,
-        tests: Sequence[str] = tuple(normality.TESTS)) -> dict:
+def run(
+  out_dir: str,
+  *,
+  dims: Sequence[int] = (8, 512),
+  steps: int = 1500,
+  seed: int = 0,
+  num_slices: int = 16,
+  learning_rate: float = 0.01,
+  num_samples: int = 100,
+  tests: Sequence[str] = tuple(normality.TESTS),
+) -> dict:
   """Runs the experiment for each D and test; writes hidden_structure.png and results.json."""
   os.makedirs(out_dir, exist_ok=True)
   keys = tuple(jax.random.split(jax.random.key(seed), 3))
-  results = {"settings": dict(steps=steps, seed=seed, num_slices=num_slices,
-                              learning_rate=learning_rate, num_samples=num_samples),
-             "dims": {}}
+  results = {
+    "settings": dict(
+      steps=steps, seed=seed, num_slices=num_slices, learning_rate=learning_rate, num_samples=num_samples
+    ),
+    "dims": {},
+  }
   planes = {}
   for dim in dims:
     results["dims"][str(dim)], planes[dim] = run_dim(
-        dim, keys, tests, steps=steps, num_slices=num_slices, learning_rate=learning_rate,
-        num_samples=num_samples)
+      dim,
+      keys,
+      tests,
+      steps=steps,
+      num_slices=num_slices,
+      learning_rate=learning_rate,
+      num_samples=num_samples,
+    )
   plot(planes, os.path.join(out_dir, "hidden_structure.png"))
   with open(os.path.join(out_dir, "results.json"), "w") as f:
     json.dump(results, f, indent=1)
@@ -177,9 +212,16 @@ def run(out_dir: str, *, dims: Sequence[int] = (8, 512), steps: int = 1500, seed
 def main(argv: list[str] | None = None) -> None:
   """The command line (module docstring); `argv` without the program name, None: sys.argv[1:]."""
   cli.parse(_FLAGS, argv, prog=_PROG, doc=__doc__)
-  run(_OUT_DIR.value, dims=[int(d) for d in _DIMS.value], steps=_STEPS.value, seed=_SEED.value,
-      num_slices=_NUM_SLICES.value, learning_rate=_LEARNING_RATE.value,
-      num_samples=_NUM_SAMPLES.value, tests=_TESTS.value)
+  run(
+    _OUT_DIR.value,
+    dims=[int(d) for d in _DIMS.value],
+    steps=_STEPS.value,
+    seed=_SEED.value,
+    num_slices=_NUM_SLICES.value,
+    learning_rate=_LEARNING_RATE.value,
+    num_samples=_NUM_SAMPLES.value,
+    tests=_TESTS.value,
+  )
 
 
 if __name__ == "__main__":

@@ -4,16 +4,26 @@ the command `python -m lejepa_jax.export`: `command`."""
 
 from lejepa_jax.export.command import main
 from lejepa_jax.export.encoder_files import (
-                                             COLLECTIONS,
-                                             FORMAT,
-                                             VERSION,
-                                             export_run,
-                                             export_safetensors,
-                                             load_encoder,
-                                             read_config,
-                                             save_encoder,
-                                             variables_tree,
+  COLLECTIONS,
+  FORMAT,
+  VERSION,
+  export_run,
+  export_safetensors,
+  load_encoder,
+  read_config,
+  save_encoder,
+  variables_tree,
 )
 
-__all__ = ["COLLECTIONS", "FORMAT", "VERSION", "export_run", "export_safetensors", "load_encoder",
-           "main", "read_config", "save_encoder", "variables_tree"]
+__all__ = [
+  "COLLECTIONS",
+  "FORMAT",
+  "VERSION",
+  "export_run",
+  "export_safetensors",
+  "load_encoder",
+  "main",
+  "read_config",
+  "save_encoder",
+  "variables_tree",
+]

@@ -30,18 +30,27 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "the training run's workdir", fl
 _OUT = flags.DEFINE_string("out", None, "a new directory for the export", flag_values=_FLAGS)
 _STEP = flags.DEFINE_integer("step", None, "checkpoint step (default: latest)", flag_values=_FLAGS)
 _WITH_PROJECTOR = flags.DEFINE_bool(
-    "with_projector", False, "keep the projector (default: the backbone alone, what probes read)",
-    flag_values=_FLAGS)
-_SAFETENSORS = flags.DEFINE_bool("safetensors", False, "also write OUT/model.safetensors",
-                                 flag_values=_FLAGS)
+  "with_projector",
+  False,
+  "keep the projector (default: the backbone alone, what probes read)",
+  flag_values=_FLAGS,
+)
+_SAFETENSORS = flags.DEFINE_bool(
+  "safetensors", False, "also write OUT/model.safetensors", flag_values=_FLAGS
+)
 
 
 def main(argv: list[str] | None = None) -> None:
   """The command line (module docstring); `argv` without the program name, None: sys.argv[1:]."""
   cli.parse(_FLAGS, argv, prog=_PROG, doc=__doc__, required=("workdir", "out"))
   try:
-    directory = encoder_files.export_run(_WORKDIR.value, _OUT.value, _STEP.value,
-                           with_projector=_WITH_PROJECTOR.value, safetensors=_SAFETENSORS.value)
+    directory = encoder_files.export_run(
+      _WORKDIR.value,
+      _OUT.value,
+      _STEP.value,
+      with_projector=_WITH_PROJECTOR.value,
+      safetensors=_SAFETENSORS.value,
+    )
   except (FileNotFoundError, FileExistsError, ValueError, RuntimeError) as e:
     raise SystemExit(f"error: {e}") from None
   print(f"exported to {directory}")

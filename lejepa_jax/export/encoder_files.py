@@ -61,8 +61,13 @@ def _model_config(config: Mapping[str, Any], with_projector: bool) -> dict:
   return config
 
 
-def save_encoder(encoder: models.Encoder, model_config: Mapping[str, Any], directory: str,
-                 *, with_projector: bool = True) -> str:
+def save_encoder(
+  encoder: models.Encoder,
+  model_config: Mapping[str, Any],
+  directory: str,
+  *,
+  with_projector: bool = True,
+) -> str:
   """Exports `encoder` (built from `model_config`) to `directory`; returns its absolute path.
 
   Args:
@@ -82,8 +87,12 @@ def save_encoder(encoder: models.Encoder, model_config: Mapping[str, Any], direc
     tree = {name: sub for name, sub in tree.items() if sub}
   os.makedirs(directory, exist_ok=True)
   checkpointing.save_tree(os.path.join(directory, "variables"), tree)
-  meta = {"format": FORMAT, "version": VERSION,
-          "model": _model_config(model_config, with_projector), "with_projector": with_projector}
+  meta = {
+    "format": FORMAT,
+    "version": VERSION,
+    "model": _model_config(model_config, with_projector),
+    "with_projector": with_projector,
+  }
   if jax.process_index() == 0:
     with open(os.path.join(directory, "config.json"), "w") as f:
       json.dump(meta, f, indent=2)
@@ -93,8 +102,10 @@ def save_encoder(encoder: models.Encoder, model_config: Mapping[str, Any], direc
 def read_config(directory: str) -> dict:
   path = os.path.join(directory, "config.json")
   if not os.path.exists(path):
-    raise FileNotFoundError(f"{directory} is not an exported encoder (no config.json); "
-                            "create one with lejepa_jax.export.save_encoder.")
+    raise FileNotFoundError(
+      f"{directory} is not an exported encoder (no config.json); "
+      "create one with lejepa_jax.export.save_encoder."
+    )
   with open(path) as f:
     meta = json.load(f)
   if meta.get("format") != FORMAT:
@@ -102,8 +113,11 @@ def read_config(directory: str) -> dict:
   return meta
 
 
-def load_encoder(directory: str, mesh: jax.sharding.Mesh | None = None,
-                 rules: sharding.LogicalRules = sharding.DEFAULT_RULES) -> models.Encoder:
+def load_encoder(
+  directory: str,
+  mesh: jax.sharding.Mesh | None = None,
+  rules: sharding.LogicalRules = sharding.DEFAULT_RULES,
+) -> models.Encoder:
   """Loads an exported encoder, ready to call, optionally laid out on `mesh` per `rules`.
 
   The module comes back in eval mode (BatchNorm uses its running statistics, no drop-path).
@@ -111,8 +125,8 @@ def load_encoder(directory: str, mesh: jax.sharding.Mesh | None = None,
   meta = read_config(directory)
   encoder = models.create_encoder(meta["model"], mesh=mesh, rules=rules)
   target = jax.tree.map(
-      lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=a.sharding),
-      variables_tree(encoder))
+    lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=a.sharding), variables_tree(encoder)
+  )
   restored = checkpointing.restore_tree(os.path.join(directory, "variables"), target)
   _assign(encoder, restored)
   encoder.eval()
@@ -130,14 +144,21 @@ def _assign(encoder: nnx.Module, tree: Mapping[str, Any]) -> None:
 def export_safetensors(encoder: nnx.Module, path: str) -> str:
   """Writes the encoder's variables as one `.safetensors` file (keys as in the module docstring)."""
   from safetensors.numpy import save_file
+
   flat = checkpointing.flat_arrays(variables_tree(encoder))
   arrays = {k: np.asarray(jax.device_get(v)) for k, v in flat.items()}
   save_file(arrays, path, metadata={"format": FORMAT, "layout": "flax"})
   return path
 
 
-def export_run(workdir: str, out: str, step: int | None = None, *, with_projector: bool = False,
-               safetensors: bool = False) -> str:
+def export_run(
+  workdir: str,
+  out: str,
+  step: int | None = None,
+  *,
+  with_projector: bool = False,
+  safetensors: bool = False,
+) -> str:
   """Exports the encoder of a training run's checkpoint (the latest when `step` is None) to `out`
   (+ `out/model.safetensors`); returns the export's absolute path. Reads the model only
   (`lejepa_jax.restore.restore_encoder`, whose errors it raises)."""

@@ -6,20 +6,20 @@ from lejepa_jax.losses import normality
 from lejepa_jax.losses.lejepa import lejepa_loss
 from lejepa_jax.losses.prediction import prediction_loss
 from lejepa_jax.losses.sliced_epps_pulley import (
-                                                  epps_pulley,
-                                                  project,
-                                                  quadrature,
-                                                  random_directions,
-                                                  sigreg,
+  epps_pulley,
+  project,
+  quadrature,
+  random_directions,
+  sigreg,
 )
 
 __all__ = [
-    "epps_pulley",
-    "lejepa_loss",
-    "prediction_loss",
-    "project",
-    "quadrature",
-    "random_directions",
-    "normality",
-    "sigreg",
+  "epps_pulley",
+  "lejepa_loss",
+  "prediction_loss",
+  "project",
+  "quadrature",
+  "random_directions",
+  "normality",
+  "sigreg",
 ]

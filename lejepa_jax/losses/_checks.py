@@ -37,8 +37,9 @@ def check_rank(name: str, x: jax.Array, rank: int, layout: str) -> None:
 def check_num_samples(name: str, num_samples: int) -> None:
   if num_samples < 2:
     raise ValueError(
-        f"`{name}` needs at least 2 samples along its batch axis to estimate a distribution, "
-        f"got {num_samples}.")
+      f"`{name}` needs at least 2 samples along its batch axis to estimate a distribution, "
+      f"got {num_samples}."
+    )
 
 
 def check_quadrature(t_max: float, num_knots: int) -> None:

@@ -31,21 +31,22 @@ def check_sigreg_weight(sigreg_weight: float, combine: str) -> None:
   upper = 1.0 if combine == "convex" else float("inf")
   if not 0.0 <= sigreg_weight <= upper:
     raise ValueError(
-        f"`sigreg_weight` must be in [0, {upper}] for combine={combine!r}, got {sigreg_weight!r}.")
+      f"`sigreg_weight` must be in [0, {upper}] for combine={combine!r}, got {sigreg_weight!r}."
+    )
 
 
 def lejepa_loss(
-    z: jax.typing.ArrayLike,
-    key: jax.Array,
-    *,
-    num_global: int,
-    sigreg_weight: float | jax.Array,
-    num_slices: int = sigreg_lib.DEFAULT_NUM_SLICES,
-    t_max: float = sigreg_lib.DEFAULT_T_MAX,
-    num_knots: int = sigreg_lib.DEFAULT_NUM_KNOTS,
-    combine: Combine = "convex",
-    sigreg_views: SigregViews = "per_view",
-    test: str = "epps_pulley",
+  z: jax.typing.ArrayLike,
+  key: jax.Array,
+  *,
+  num_global: int,
+  sigreg_weight: float | jax.Array,
+  num_slices: int = sigreg_lib.DEFAULT_NUM_SLICES,
+  t_max: float = sigreg_lib.DEFAULT_T_MAX,
+  num_knots: int = sigreg_lib.DEFAULT_NUM_KNOTS,
+  combine: Combine = "convex",
+  sigreg_views: SigregViews = "per_view",
+  test: str = "epps_pulley",
 ) -> tuple[jax.Array, dict[str, jax.Array]]:
   """LeJEPA loss = (1 - lambda) * prediction + lambda * mean over views of SIGReg(view).
 

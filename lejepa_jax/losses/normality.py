@@ -90,15 +90,16 @@ def _variance_floor(dtype) -> float:
   # Floor for variances in denominators: 0/0 on constant columns would make NaN losses and gradients.
   # eps^2 (a standard deviation of eps) only clips degenerate columns, and floor^-1.5 (in gradients)
   # is far from overflowing.
-  return float(jnp.finfo(dtype).eps)**2
+  return float(jnp.finfo(dtype).eps) ** 2
 
 
 def _spec(x: jax.Array) -> tuple:
   """The mesh axes each dimension of x is explicitly sharded over, one tuple per dimension."""
   spec = tuple(jax.typeof(x).sharding.spec)
   spec += (None,) * (x.ndim - len(spec))
-  return tuple(() if axes is None else (axes,) if isinstance(axes, str) else tuple(axes)
-               for axes in spec)
+  return tuple(
+    () if axes is None else (axes,) if isinstance(axes, str) else tuple(axes) for axes in spec
+  )
 
 
 def _gather_samples(x: jax.Array) -> jax.Array:
@@ -169,11 +170,12 @@ def vcreg(x: jax.typing.ArrayLike, *, convention: Convention = DEFAULT_CONVENTIO
   n = x.shape[-2]
   mean = jnp.mean(x, axis=-2)
   var = jnp.var(x, axis=-2, ddof=1)
-  return n * mean**2 / jnp.maximum(var, _variance_floor(x.dtype)) + (n - 1) * (var - 1)**2 / 2
+  return n * mean**2 / jnp.maximum(var, _variance_floor(x.dtype)) + (n - 1) * (var - 1) ** 2 / 2
 
 
-def jarque_bera(x: jax.typing.ArrayLike, *, extended: bool = True,
-                convention: Convention = DEFAULT_CONVENTION) -> jax.Array:
+def jarque_bera(
+  x: jax.typing.ArrayLike, *, extended: bool = True, convention: Convention = DEFAULT_CONVENTION
+) -> jax.Array:
   """Jarque-Bera moment test; by default the paper's extended form, which tests against N(0, 1).
 
   JB_m = N / 6 * (skew^2 + (kurt - 3)^2 / 4), with the biased sample skewness m3 / m2^1.5 and kurtosis
@@ -207,7 +209,7 @@ def jarque_bera(x: jax.typing.ArrayLike, *, extended: bool = True,
   standard = centred / jnp.sqrt(variance)
   skew = jnp.mean(standard**3, axis=-2)
   kurt = jnp.mean(standard**4, axis=-2)
-  statistic = n / 6 * (skew**2 + (kurt - 3)**2 / 4)
+  statistic = n / 6 * (skew**2 + (kurt - 3) ** 2 / 4)
   return statistic + vcreg(x) if extended else statistic
 
 
@@ -228,14 +230,15 @@ def _plotting_positions(n: int, dtype) -> jax.Array:
 def _cramer_von_mises_of_cdf(cdf: jax.Array, official: bool = False) -> jax.Array:
   """W^2 from the sorted Phi(x_(i)) [..., N, M] -> [..., M]; `official`: the authors' scale."""
   n = cdf.shape[-2]
-  squares = (cdf - _plotting_positions(n, cdf.dtype))**2
+  squares = (cdf - _plotting_positions(n, cdf.dtype)) ** 2
   if official:  # the authors' code: the mean, without the 1 / (12 N) of the exact integral
     return jnp.mean(squares, axis=-2)
   return 1 / (12 * n) + jnp.sum(squares, axis=-2)
 
 
-def cramer_von_mises(x: jax.typing.ArrayLike, *,
-                     convention: Convention = DEFAULT_CONVENTION) -> jax.Array:
+def cramer_von_mises(
+  x: jax.typing.ArrayLike, *, convention: Convention = DEFAULT_CONVENTION
+) -> jax.Array:
   """Cramer-von Mises W^2 of each column against the fully specified N(0, 1).
 
   W^2 = N * integral (F_N - Phi)^2 dPhi = 1 / (12 N) + sum_i ((2i - 1) / (2N) - Phi(x_(i)))^2, with
@@ -280,14 +283,15 @@ def watson(x: jax.typing.ArrayLike, *, convention: Convention = DEFAULT_CONVENTI
   official = _is_official(convention)
   cdf = _sorted_cdf(_samples(x))
   n = cdf.shape[-2]
-  shift = (jnp.mean(cdf, axis=-2) - 0.5)**2
+  shift = (jnp.mean(cdf, axis=-2) - 0.5) ** 2
   if official:  # both terms on the per-sample scale of the official Cramer-von Mises
     return _cramer_von_mises_of_cdf(cdf, official=True) - shift
   return _cramer_von_mises_of_cdf(cdf) - n * shift
 
 
-def anderson_darling(x: jax.typing.ArrayLike, *,
-                     convention: Convention = DEFAULT_CONVENTION) -> jax.Array:
+def anderson_darling(
+  x: jax.typing.ArrayLike, *, convention: Convention = DEFAULT_CONVENTION
+) -> jax.Array:
   """Anderson-Darling A^2 of each column against the fully specified N(0, 1).
 
   A^2 = -N - (1/N) sum_i (2i - 1) [log Phi(x_(i)) + log(1 - Phi(x_(N+1-i)))]: Cramer-von Mises with the
@@ -339,17 +343,19 @@ def shapiro_wilk_coefficients(n: int) -> np.ndarray:
   m = np.array([normal.inv_cdf((i - 0.375) / (n + 0.25)) for i in range(1, n + 1)])
   sum_m2 = float(np.sum(m**2))
   u = 1 / math.sqrt(n)
-  corrections = [(0.221157, -0.147981, -2.071190, 4.434685, -2.706056),
-                 (0.042981, -0.293762, -1.752461, 5.682633, -3.582633)]
+  corrections = [
+    (0.221157, -0.147981, -2.071190, 4.434685, -2.706056),
+    (0.042981, -0.293762, -1.752461, 5.682633, -3.582633),
+  ]
   num_corrected = 2 if n > 5 else 1
   a = np.zeros(n)
   for k in range(num_corrected):  # a[-1 - k]: the k-th largest sample's coefficient
-    polynomial = sum(c * u**(p + 1) for p, c in enumerate(corrections[k]))
+    polynomial = sum(c * u ** (p + 1) for p, c in enumerate(corrections[k]))
     a[-1 - k] = m[-1 - k] / math.sqrt(sum_m2) + polynomial
   extremes = slice(n - num_corrected, n)
-  scale = math.sqrt((sum_m2 - 2 * np.sum(m[extremes]**2)) / (1 - 2 * np.sum(a[extremes]**2)))
-  a[num_corrected:n - num_corrected] = m[num_corrected:n - num_corrected] / scale
-  a[:num_corrected] = -a[:n - num_corrected - 1:-1]
+  scale = math.sqrt((sum_m2 - 2 * np.sum(m[extremes] ** 2)) / (1 - 2 * np.sum(a[extremes] ** 2)))
+  a[num_corrected : n - num_corrected] = m[num_corrected : n - num_corrected] / scale
+  a[:num_corrected] = -a[: n - num_corrected - 1 : -1]
   return a
 
 
@@ -375,8 +381,7 @@ def _official_shapiro_wilk(x: jax.Array) -> jax.Array:
   return 1 - jnp.abs(jnp.sum(weights * ordered, axis=-2)) / norm
 
 
-def shapiro_wilk(x: jax.typing.ArrayLike, *,
-                 convention: Convention = DEFAULT_CONVENTION) -> jax.Array:
+def shapiro_wilk(x: jax.typing.ArrayLike, *, convention: Convention = DEFAULT_CONVENTION) -> jax.Array:
   """Shapiro-Wilk test of each column as the loss 1 - W (Royston's approximation of the coefficients).
 
   W = (sum_i a_i x_(i))^2 / sum_n (x_n - mean)^2 lies in (0, 1] and is 1 for perfectly Gaussian-shaped
@@ -410,7 +415,7 @@ def shapiro_wilk(x: jax.typing.ArrayLike, *,
   # Centred first, so a constant column gives 0 / floor (loss 1) and not rounding noise / floor.
   centred = x - jnp.mean(x, axis=-2, keepdims=True)
   ordered = _sort_samples(centred)
-  numerator = jnp.sum(coefficients * ordered, axis=-2)**2
+  numerator = jnp.sum(coefficients * ordered, axis=-2) ** 2
   total = jnp.maximum(jnp.sum(centred**2, axis=-2), _variance_floor(x.dtype))
   return 1 - numerator / total
 
@@ -431,8 +436,9 @@ def _squared_distances(z: jax.Array) -> jax.Array:
   return jnp.where(jnp.eye(z.shape[0], dtype=bool), 0.0, distances)
 
 
-def bhep(z: jax.typing.ArrayLike, *, beta: float | None = None,
-         convention: Convention = DEFAULT_CONVENTION) -> jax.Array:
+def bhep(
+  z: jax.typing.ArrayLike, *, beta: float | None = None, convention: Convention = DEFAULT_CONVENTION
+) -> jax.Array:
   """BHEP statistic of z against the fully specified N(0, I_D), in closed form.
 
   T = N * integral |ecf(t) - exp(-|t|^2/2)|^2 phi_beta(t) dt with the Gaussian weight phi_beta of
@@ -470,18 +476,17 @@ def bhep(z: jax.typing.ArrayLike, *, beta: float | None = None,
   b2 = beta**2
   pairs = jnp.sum(jnp.exp(-b2 / 2 * _squared_distances(z))) / n
   to_target = jnp.sum(jnp.exp(-b2 / (2 * (1 + b2)) * jnp.sum(z**2, axis=-1)))
-  statistic = pairs - 2 * (1 + b2)**(-d / 2) * to_target + n * (1 + 2 * b2)**(-d / 2)
+  statistic = pairs - 2 * (1 + b2) ** (-d / 2) * to_target + n * (1 + 2 * b2) ** (-d / 2)
   # The authors' code keeps the weighted L2 distance itself, without the N that makes it O(1).
   return statistic / n if official else statistic
 
 
 def henze_zirkler_beta(num_samples: int, dim: int) -> float:
   """Henze and Zirkler's bandwidth: (1 / sqrt 2) ((2D + 1) N / 4)^(1 / (D + 4))."""
-  return ((2 * dim + 1) * num_samples / 4)**(1 / (dim + 4)) / math.sqrt(2)
+  return ((2 * dim + 1) * num_samples / 4) ** (1 / (dim + 4)) / math.sqrt(2)
 
 
-def henze_zirkler(z: jax.typing.ArrayLike, *,
-                  convention: Convention = DEFAULT_CONVENTION) -> jax.Array:
+def henze_zirkler(z: jax.typing.ArrayLike, *, convention: Convention = DEFAULT_CONVENTION) -> jax.Array:
   """Henze-Zirkler statistic: BHEP of the Mahalanobis-standardised samples, at the HZ bandwidth.
 
   The samples are whitened with the biased sample covariance S (divisor N) through its Cholesky factor,
@@ -508,7 +513,8 @@ def henze_zirkler(z: jax.typing.ArrayLike, *,
     return bhep(z, beta=henze_zirkler_beta(n, d), convention="official")
   if n <= d:
     raise ValueError(
-        f"`z` needs more samples than dimensions to estimate its covariance, got shape {z.shape}.")
+      f"`z` needs more samples than dimensions to estimate its covariance, got shape {z.shape}."
+    )
   centred = z - jnp.mean(z, axis=0)
   covariance = jnp.einsum("nd,ne->de", centred, centred, precision="highest") / n
   cholesky = jnp.linalg.cholesky(covariance)
@@ -549,8 +555,9 @@ def sliced(test: UnivariateTest | str, **test_kwargs) -> Callable[..., jax.Array
   if isinstance(test, str):
     test = get_test(test, test_kwargs.pop("convention", None))
 
-  def sliced_test(z: jax.typing.ArrayLike, key: jax.Array,
-                  num_slices: int = sliced_epps_pulley.DEFAULT_NUM_SLICES) -> jax.Array:
+  def sliced_test(
+    z: jax.typing.ArrayLike, key: jax.Array, num_slices: int = sliced_epps_pulley.DEFAULT_NUM_SLICES
+  ) -> jax.Array:
     z = _checks.as_float32_or_wider("z", z)
     _checks.check_min_rank("z", z, 2, "[..., N, D]")
     directions = sliced_epps_pulley.random_directions(key, z.shape[-1], num_slices, z.dtype)
@@ -561,13 +568,13 @@ def sliced(test: UnivariateTest | str, **test_kwargs) -> Callable[..., jax.Array
 
 
 TESTS: dict[str, UnivariateTest] = {
-    "epps_pulley": epps_pulley,
-    "jarque_bera": jarque_bera,  # the extended form, against N(0, 1)
-    "vcreg": vcreg,
-    "cramer_von_mises": cramer_von_mises,
-    "anderson_darling": anderson_darling,
-    "watson": watson,
-    "shapiro_wilk": shapiro_wilk,  # as 1 - W
+  "epps_pulley": epps_pulley,
+  "jarque_bera": jarque_bera,  # the extended form, against N(0, 1)
+  "vcreg": vcreg,
+  "cramer_von_mises": cramer_von_mises,
+  "anderson_darling": anderson_darling,
+  "watson": watson,
+  "shapiro_wilk": shapiro_wilk,  # as 1 - W
 }
 
 
@@ -593,8 +600,10 @@ def get_test(name: str, convention: Convention | None = None) -> UnivariateTest:
   """
   base, separator, qualifier = name.partition("@")
   if base not in TESTS:
-    raise ValueError(f"Unknown normality test {name!r}; choose one of: {', '.join(TESTS)}, each "
-                     f"optionally as <test>@<convention> with a convention from {CONVENTIONS}.")
+    raise ValueError(
+      f"Unknown normality test {name!r}; choose one of: {', '.join(TESTS)}, each "
+      f"optionally as <test>@<convention> with a convention from {CONVENTIONS}."
+    )
   if separator:
     _is_official(qualifier)
     if convention is not None and convention != qualifier:

@@ -15,11 +15,15 @@ from lejepa_jax.losses import _checks
 
 def check_num_global(num_global: int, num_views: int) -> None:
   """Raises a ValueError unless 1 <= num_global <= num_views."""
-  if (not isinstance(num_global, numbers.Integral) or isinstance(num_global, bool)
-      or not 1 <= num_global <= num_views):
+  if (
+    not isinstance(num_global, numbers.Integral)
+    or isinstance(num_global, bool)
+    or not 1 <= num_global <= num_views
+  ):
     raise ValueError(
-        f"`num_global` must be an integer between 1 and the number of views ({num_views}), "
-        f"got {num_global!r}.")
+      f"`num_global` must be an integer between 1 and the number of views ({num_views}), "
+      f"got {num_global!r}."
+    )
 
 
 def prediction_loss(z: jax.typing.ArrayLike, num_global: int) -> jax.Array:

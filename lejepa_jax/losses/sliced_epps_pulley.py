@@ -36,8 +36,9 @@ DEFAULT_NUM_KNOTS = 17
 DEFAULT_NUM_SLICES = 1024
 
 
-def quadrature(t_max: float = DEFAULT_T_MAX, num_knots: int = DEFAULT_NUM_KNOTS
-               ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def quadrature(
+  t_max: float = DEFAULT_T_MAX, num_knots: int = DEFAULT_NUM_KNOTS
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
   """Knots, weights and target characteristic function of the Epps-Pulley quadrature.
 
   Args:
@@ -99,8 +100,9 @@ def _ecf(x: jax.Array, dt: float, phi: np.ndarray) -> tuple[jax.Array, jax.Array
   for k, cos_k, sin_k in _rotations(x, dt, num_knots):
     terms += [cos_k - np.asarray(phi[k], x.dtype), sin_k]
   zero = jnp.zeros((), x.dtype)
-  partials = jax.lax.reduce(terms, [zero] * len(terms),
-                            lambda acc, new: [a + b for a, b in zip(acc, new)], (x.ndim - 2,))
+  partials = jax.lax.reduce(
+    terms, [zero] * len(terms), lambda acc, new: [a + b for a, b in zip(acc, new)], (x.ndim - 2,)
+  )
   sums = jnp.sum(jnp.stack(partials, axis=-1), axis=-3) / num_samples  # [..., M, 2 (K - 1)]
   zeros = jnp.zeros(sums.shape[:-1] + (1,), x.dtype)  # knot t_0 = 0: ecf = phi = 1 exactly
   # The summands were centred on phi_k rounded to x.dtype; add that rounding back, or it would bias
@@ -147,8 +149,9 @@ def _epps_pulley_bwd(t_max, num_knots, residuals, cotangent):
 _epps_pulley.defvjp(_epps_pulley_fwd, _epps_pulley_bwd)
 
 
-def epps_pulley(x: jax.typing.ArrayLike, *, t_max: float = DEFAULT_T_MAX,
-                num_knots: int = DEFAULT_NUM_KNOTS) -> jax.Array:
+def epps_pulley(
+  x: jax.typing.ArrayLike, *, t_max: float = DEFAULT_T_MAX, num_knots: int = DEFAULT_NUM_KNOTS
+) -> jax.Array:
   """Epps-Pulley statistic of each column of `x` against N(0, 1), scaled by the sample size.
 
   EP_m = N * sum_k w_k |mean_n exp(i t_k x[n, m]) - exp(-t_k^2/2)|^2, with knots and weights from
@@ -185,8 +188,9 @@ def epps_pulley(x: jax.typing.ArrayLike, *, t_max: float = DEFAULT_T_MAX,
   return _epps_pulley(x, float(t_max), int(num_knots))
 
 
-def random_directions(key: jax.Array, dim: int, num_slices: int = DEFAULT_NUM_SLICES,
-                      dtype: jnp.dtype = jnp.float32) -> jax.Array:
+def random_directions(
+  key: jax.Array, dim: int, num_slices: int = DEFAULT_NUM_SLICES, dtype: jnp.dtype = jnp.float32
+) -> jax.Array:
   """Random unit directions for slicing: Gaussian vectors normalised to unit length.
 
   Depends on `key` alone, so every device that holds the same key draws the same directions without
@@ -216,8 +220,14 @@ def project(z: jax.Array, directions: jax.Array) -> jax.Array:
   return jnp.einsum("...nd,dm->...nm", z, directions.astype(z.dtype), precision="highest")
 
 
-def sigreg(z: jax.typing.ArrayLike, key: jax.Array, *, num_slices: int = DEFAULT_NUM_SLICES,
-           t_max: float = DEFAULT_T_MAX, num_knots: int = DEFAULT_NUM_KNOTS) -> jax.Array:
+def sigreg(
+  z: jax.typing.ArrayLike,
+  key: jax.Array,
+  *,
+  num_slices: int = DEFAULT_NUM_SLICES,
+  t_max: float = DEFAULT_T_MAX,
+  num_knots: int = DEFAULT_NUM_KNOTS,
+) -> jax.Array:
   """SIGReg: Epps-Pulley statistic averaged over random 1-D projections of the embeddings.
 
   sigreg(z, key) == epps_pulley(z @ random_directions(key, D, num_slices)).mean(); all leading axes of

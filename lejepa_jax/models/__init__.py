@@ -1,8 +1,8 @@
 """Flax NNX encoders built by name: ViT, ResNet and ConvNeXt-V2 backbones plus the LeJEPA projector.
 
-    encoder = build_encoder({"name": "vit", "variant": "S/16", "projector": {"out_dim": 128}},
-                            nnx.Rngs(0))
-    features, projections = encoder(images)   # images [N, H, W, C], float
+encoder = build_encoder({"name": "vit", "variant": "S/16", "projector": {"out_dim": 128}},
+                        nnx.Rngs(0))
+features, projections = encoder(images)   # images [N, H, W, C], float
 """
 
 from __future__ import annotations
@@ -22,9 +22,9 @@ from lejepa_jax.models.vit import ViT
 
 # name -> (class, the config keys it accepts besides name/variant/dtype/projector)
 BACKBONES: dict[str, tuple[Callable[..., nnx.Module], tuple[str, ...]]] = {
-    "vit": (ViT, ("img_size", "in_channels", "class_token", "num_registers", "drop_path", "remat")),
-    "resnet": (ResNet, ("in_channels", "small_stem", "width")),
-    "convnextv2": (ConvNeXtV2, ("in_channels", "drop_path")),
+  "vit": (ViT, ("img_size", "in_channels", "class_token", "num_registers", "drop_path", "remat")),
+  "resnet": (ResNet, ("in_channels", "small_stem", "width")),
+  "convnextv2": (ConvNeXtV2, ("in_channels", "drop_path")),
 }
 PROJECTOR_KEYS = ("hidden_dim", "out_dim", "num_layers")
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
@@ -51,8 +51,11 @@ def build_backbone(config: Mapping[str, Any], rngs: nnx.Rngs) -> nnx.Module:
   if name not in BACKBONES:
     raise ValueError(f"Unknown model.name {name!r}; available: {sorted(BACKBONES)}.")
   cls, keys = BACKBONES[name]
-  _check_keys({k: v for k, v in config.items() if k != "projector"},
-              ("name", "variant", "dtype") + keys, f"the {name} model config")
+  _check_keys(
+    {k: v for k, v in config.items() if k != "projector"},
+    ("name", "variant", "dtype") + keys,
+    f"the {name} model config",
+  )
   kwargs = {k: config[k] for k in keys if k in config}
   kwargs["dtype"] = _dtype(config.get("dtype", "auto"))
   if "variant" in config:
@@ -76,13 +79,15 @@ def build_encoder(config: Mapping[str, Any], rngs: nnx.Rngs) -> Encoder:
     return Encoder(backbone, None)
   projector_config = dict(projector_config)
   _check_keys(projector_config, PROJECTOR_KEYS, "model.projector")
-  projector = Projector(backbone.pooled_dim, dtype=_dtype(config.get("dtype", "auto")),
-                        rngs=rngs, **projector_config)
+  projector = Projector(
+    backbone.pooled_dim, dtype=_dtype(config.get("dtype", "auto")), rngs=rngs, **projector_config
+  )
   return Encoder(backbone, projector)
 
 
-def create_encoder(config: Mapping[str, Any], seed: int = 0, mesh: jax.sharding.Mesh | None = None,
-                   rules=None) -> Encoder:
+def create_encoder(
+  config: Mapping[str, Any], seed: int = 0, mesh: jax.sharding.Mesh | None = None, rules=None
+) -> Encoder:
   """Builds an encoder inside one jit (fast), laid out on `mesh` per the logical-axis `rules`.
 
   Args:
@@ -92,6 +97,7 @@ def create_encoder(config: Mapping[str, Any], seed: int = 0, mesh: jax.sharding.
     rules: logical-axis rules (default `lejepa_jax.scale.sharding.DEFAULT_RULES`).
   """
   from lejepa_jax.scale import sharding
+
   rules = sharding.DEFAULT_RULES if rules is None else rules
   return sharding.create_sharded(lambda: build_encoder(config, nnx.Rngs(seed)), mesh, rules)
 
@@ -108,5 +114,15 @@ def count_params(name: str, variant: str, **options: Any) -> int:
   return sum(math.prod(leaf.shape) for leaf in jax.tree.leaves(params))
 
 
-__all__ = ["BACKBONES", "ConvNeXtV2", "Encoder", "Projector", "ResNet", "ViT", "build_backbone",
-           "build_encoder", "count_params", "create_encoder"]
+__all__ = [
+  "BACKBONES",
+  "ConvNeXtV2",
+  "Encoder",
+  "Projector",
+  "ResNet",
+  "ViT",
+  "build_backbone",
+  "build_encoder",
+  "count_params",
+  "create_encoder",
+]

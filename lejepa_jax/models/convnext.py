@@ -10,14 +10,14 @@ from lejepa_jax.models import layers
 
 # variant -> (blocks per stage, channels per stage), from the ConvNeXt-V2 paper (Table 1).
 CONVNEXT_V2_SIZES = {
-    "atto": ((2, 2, 6, 2), (40, 80, 160, 320)),
-    "femto": ((2, 2, 6, 2), (48, 96, 192, 384)),
-    "pico": ((2, 2, 6, 2), (64, 128, 256, 512)),
-    "nano": ((2, 2, 8, 2), (80, 160, 320, 640)),
-    "tiny": ((3, 3, 9, 3), (96, 192, 384, 768)),
-    "base": ((3, 3, 27, 3), (128, 256, 512, 1024)),
-    "large": ((3, 3, 27, 3), (192, 384, 768, 1536)),
-    "huge": ((3, 3, 27, 3), (352, 704, 1408, 2816)),
+  "atto": ((2, 2, 6, 2), (40, 80, 160, 320)),
+  "femto": ((2, 2, 6, 2), (48, 96, 192, 384)),
+  "pico": ((2, 2, 6, 2), (64, 128, 256, 512)),
+  "nano": ((2, 2, 8, 2), (80, 160, 320, 640)),
+  "tiny": ((3, 3, 9, 3), (96, 192, 384, 768)),
+  "base": ((3, 3, 27, 3), (128, 256, 512, 1024)),
+  "large": ((3, 3, 27, 3), (192, 384, 768, 1536)),
+  "huge": ((3, 3, 27, 3), (352, 704, 1408, 2816)),
 }
 
 
@@ -42,8 +42,17 @@ class ConvNeXtBlock(nnx.Module):
   """Depthwise 7x7 conv, LayerNorm, 4x pointwise MLP with GELU and GRN, stochastic depth."""
 
   def __init__(self, channels: int, drop_path: float, *, dtype, rngs: nnx.Rngs):
-    self.dwconv = layers.conv(channels, channels, 7, padding=((3, 3), (3, 3)), groups=channels,
-                              use_bias=True, dtype=dtype, rngs=rngs, kernel_init=layers.TRUNC_NORMAL)
+    self.dwconv = layers.conv(
+      channels,
+      channels,
+      7,
+      padding=((3, 3), (3, 3)),
+      groups=channels,
+      use_bias=True,
+      dtype=dtype,
+      rngs=rngs,
+      kernel_init=layers.TRUNC_NORMAL,
+    )
     self.norm = layers.layer_norm(channels, dtype=dtype, rngs=rngs)
     self.pwconv1 = layers.dense(channels, 4 * channels, ("embed", "mlp"), dtype=dtype, rngs=rngs)
     self.grn = GRN(4 * channels)
@@ -59,8 +68,17 @@ class ConvNeXtBlock(nnx.Module):
 class _Downsample(nnx.Module):
   def __init__(self, in_ch: int, out_ch: int, *, dtype, rngs: nnx.Rngs):
     self.norm = layers.layer_norm(in_ch, dtype=dtype, rngs=rngs)
-    self.conv = layers.conv(in_ch, out_ch, 2, strides=2, padding="VALID", use_bias=True, dtype=dtype,
-                            rngs=rngs, kernel_init=layers.TRUNC_NORMAL)
+    self.conv = layers.conv(
+      in_ch,
+      out_ch,
+      2,
+      strides=2,
+      padding="VALID",
+      use_bias=True,
+      dtype=dtype,
+      rngs=rngs,
+      kernel_init=layers.TRUNC_NORMAL,
+    )
 
   def __call__(self, x: jax.Array) -> jax.Array:
     return self.conv(self.norm(x))
@@ -77,15 +95,32 @@ class ConvNeXtV2(layers.PooledConvNet):
   """
 
   @layers.lazily_sharded
-  def __init__(self, variant: str = "tiny", *, in_channels: int = 3, drop_path: float = 0.0,
-               dtype=jnp.float32, rngs: nnx.Rngs):
+  def __init__(
+    self,
+    variant: str = "tiny",
+    *,
+    in_channels: int = 3,
+    drop_path: float = 0.0,
+    dtype=jnp.float32,
+    rngs: nnx.Rngs,
+  ):
     if variant not in CONVNEXT_V2_SIZES:
-      raise ValueError(f"Unknown ConvNeXt-V2 variant {variant!r}: expected one of "
-                       f"{list(CONVNEXT_V2_SIZES)}.")
+      raise ValueError(
+        f"Unknown ConvNeXt-V2 variant {variant!r}: expected one of {list(CONVNEXT_V2_SIZES)}."
+      )
     depths, dims = CONVNEXT_V2_SIZES[variant]
     self.in_channels, self.dtype, self.out_dim = in_channels, dtype, dims[-1]
-    self.stem = layers.conv(in_channels, dims[0], 4, strides=4, padding="VALID", use_bias=True,
-                            dtype=dtype, rngs=rngs, kernel_init=layers.TRUNC_NORMAL)
+    self.stem = layers.conv(
+      in_channels,
+      dims[0],
+      4,
+      strides=4,
+      padding="VALID",
+      use_bias=True,
+      dtype=dtype,
+      rngs=rngs,
+      kernel_init=layers.TRUNC_NORMAL,
+    )
     self.stem_norm = layers.layer_norm(dims[0], dtype=dtype, rngs=rngs)
     rates = iter(layers.drop_path_rates(drop_path, sum(depths)))
     stages = []

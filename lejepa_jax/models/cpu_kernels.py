@@ -53,11 +53,11 @@ def use_cpu_kernels() -> bool:
   return mesh.empty or not any(t == jax.sharding.AxisType.Explicit for t in mesh.axis_types)
 
 
-def _accumulate(a: jax.Array, b: jax.Array, contracting: tuple[int, int],
-                dtype: jnp.dtype) -> jax.Array:
+def _accumulate(a: jax.Array, b: jax.Array, contracting: tuple[int, int], dtype: jnp.dtype) -> jax.Array:
   """dot_general of two matrices contracting the given dims, float32 accumulation, in `dtype`."""
-  out = jax.lax.dot_general(a, b, (((contracting[0],), (contracting[1],)), ((), ())),
-                            preferred_element_type=jnp.float32)
+  out = jax.lax.dot_general(
+    a, b, (((contracting[0],), (contracting[1],)), ((), ())), preferred_element_type=jnp.float32
+  )
   return out.astype(dtype)
 
 
@@ -83,8 +83,10 @@ def accumulating_matmul(a: jax.Array, b: jax.Array) -> jax.Array:
   (`_transposed`) before a plain product.
   """
   if a.ndim != 2 or b.ndim != 2 or a.dtype != b.dtype or a.dtype not in LOW_PRECISION:
-    raise ValueError(f"accumulating_matmul takes two bfloat16/float16 matrices of one dtype, got "
-                     f"{a.dtype}{list(a.shape)} and {b.dtype}{list(b.shape)}.")
+    raise ValueError(
+      f"accumulating_matmul takes two bfloat16/float16 matrices of one dtype, got "
+      f"{a.dtype}{list(a.shape)} and {b.dtype}{list(b.shape)}."
+    )
   return _accumulate(a, b, (1, 0), a.dtype)
 
 
@@ -106,9 +108,14 @@ def _accumulating_matmul_backward(residuals, g):
 accumulating_matmul.defvjp(_accumulating_matmul_forward, _accumulating_matmul_backward)
 
 
-def dot_general_as_matrix_product(lhs: jax.Array, rhs: jax.Array, dimension_numbers,
-                                  precision=None, preferred_element_type=None,
-                                  out_sharding=None) -> jax.Array:
+def dot_general_as_matrix_product(
+  lhs: jax.Array,
+  rhs: jax.Array,
+  dimension_numbers,
+  precision=None,
+  preferred_element_type=None,
+  out_sharding=None,
+) -> jax.Array:
   """`lax.dot_general` in the CPU's form (call it where `use_cpu_kernels()`): inputs [..., K] x
   kernel [K, M] run as one [prod(...), K] x [K, M] matrix product, bfloat16/float16 ones with float32
   accumulation (`accumulating_matmul`); any other product as `lax.dot_general`.
@@ -117,16 +124,27 @@ def dot_general_as_matrix_product(lhs: jax.Array, rhs: jax.Array, dimension_numb
   transposed copy of the activations; as 2-D products the forward and backward of a ViT-S MLP layer
   ran 1.8x faster on the development CPU (`python -m lejepa_jax.bench train` shows the whole step).
   """
-  kwargs = dict(precision=precision, preferred_element_type=preferred_element_type,
-                out_sharding=out_sharding)
+  kwargs = dict(
+    precision=precision, preferred_element_type=preferred_element_type, out_sharding=out_sharding
+  )
   (lhs_contract, rhs_contract), batch = dimension_numbers
-  plain_product = (lhs.ndim >= 2 and rhs.ndim == 2 and out_sharding is None and batch == ((), ())
-                   and tuple(lhs_contract) == (lhs.ndim - 1,) and tuple(rhs_contract) == (0,))
+  plain_product = (
+    lhs.ndim >= 2
+    and rhs.ndim == 2
+    and out_sharding is None
+    and batch == ((), ())
+    and tuple(lhs_contract) == (lhs.ndim - 1,)
+    and tuple(rhs_contract) == (0,)
+  )
   if not plain_product:
     return jax.lax.dot_general(lhs, rhs, dimension_numbers, **kwargs)
   matrix = lhs.reshape(-1, lhs.shape[-1])
-  if (lhs.dtype == rhs.dtype and lhs.dtype in LOW_PRECISION and preferred_element_type is None
-      and precision is None):
+  if (
+    lhs.dtype == rhs.dtype
+    and lhs.dtype in LOW_PRECISION
+    and preferred_element_type is None
+    and precision is None
+  ):
     out = accumulating_matmul(matrix, rhs)
   else:
     out = jax.lax.dot_general(matrix, rhs, (((1,), (0,)), ((), ())), **kwargs)
@@ -141,8 +159,10 @@ def add_bias(y: jax.Array, bias: jax.Array) -> jax.Array:
   of its time there). Reverse mode only (a custom VJP).
   """
   if bias.shape != y.shape[-1:] or bias.dtype != y.dtype:
-    raise ValueError(f"add_bias takes y [..., N] and a bias [N] of y's dtype, got "
-                     f"{y.dtype}{list(y.shape)} and {bias.dtype}{list(bias.shape)}.")
+    raise ValueError(
+      f"add_bias takes y [..., N] and a bias [N] of y's dtype, got "
+      f"{y.dtype}{list(y.shape)} and {bias.dtype}{list(bias.shape)}."
+    )
   return y + bias
 
 
@@ -166,8 +186,15 @@ def _small_input_conv(lhs, rhs, strides, pads, precision):
   x = jnp.pad(lhs, ((0, 0), tuple(pads[0]), tuple(pads[1]), (0, 0)))
   out_h = (x.shape[1] - kh) // strides[0] + 1
   out_w = (x.shape[2] - kw) // strides[1] + 1
-  columns = [x[:, i:i + strides[0] * (out_h - 1) + 1:strides[0],
-               j:j + strides[1] * (out_w - 1) + 1:strides[1]] for i in range(kh) for j in range(kw)]
+  columns = [
+    x[
+      :,
+      i : i + strides[0] * (out_h - 1) + 1 : strides[0],
+      j : j + strides[1] * (out_w - 1) + 1 : strides[1],
+    ]
+    for i in range(kh)
+    for j in range(kw)
+  ]
   patches = jnp.concatenate(columns, axis=-1)  # [N, out_h, out_w, kh * kw * C_in], (i, j, c) order
   return jnp.dot(patches, rhs.reshape(-1, rhs.shape[-1]), precision=precision)
 
@@ -180,8 +207,18 @@ def conv_general_dilated(lhs, rhs, *args, **kwargs) -> jax.Array:
   return _routed_conv(lhs, rhs, *args, **kwargs)
 
 
-def _routed_conv(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilation=None,
-                 dimension_numbers=None, feature_group_count=1, precision=None, **kwargs):
+def _routed_conv(
+  lhs,
+  rhs,
+  window_strides,
+  padding,
+  lhs_dilation=None,
+  rhs_dilation=None,
+  dimension_numbers=None,
+  feature_group_count=1,
+  precision=None,
+  **kwargs,
+):
   """`lax.conv_general_dilated`, routing convolutions whose kernel exceeds the feature map to im2col.
 
   XLA's CPU backend falls back to a very slow generic loop when a kernel is larger than its input (a
@@ -189,13 +226,27 @@ def _routed_conv(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilat
   backward). The im2col form is exact and uses only slices and one matmul.
   """
   kernel = rhs.shape[:2]
-  simple = (feature_group_count == 1 and lhs.ndim == 4
-            and all(d == 1 for d in (lhs_dilation or (1, 1)) + tuple(rhs_dilation or (1, 1))))
+  simple = (
+    feature_group_count == 1
+    and lhs.ndim == 4
+    and all(d == 1 for d in (lhs_dilation or (1, 1)) + tuple(rhs_dilation or (1, 1)))
+  )
   if simple and (lhs.shape[1] < kernel[0] or lhs.shape[2] < kernel[1]):
-    pads = (jax.lax.padtype_to_pads(lhs.shape[1:3], kernel, window_strides, padding)
-            if isinstance(padding, str) else padding)
+    pads = (
+      jax.lax.padtype_to_pads(lhs.shape[1:3], kernel, window_strides, padding)
+      if isinstance(padding, str)
+      else padding
+    )
     return _small_input_conv(lhs, rhs, window_strides, pads, precision)
-  return jax.lax.conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=lhs_dilation,
-                                      rhs_dilation=rhs_dilation, dimension_numbers=dimension_numbers,
-                                      feature_group_count=feature_group_count, precision=precision,
-                                      **kwargs)
+  return jax.lax.conv_general_dilated(
+    lhs,
+    rhs,
+    window_strides,
+    padding,
+    lhs_dilation=lhs_dilation,
+    rhs_dilation=rhs_dilation,
+    dimension_numbers=dimension_numbers,
+    feature_group_count=feature_group_count,
+    precision=precision,
+    **kwargs,
+  )

@@ -20,14 +20,23 @@ class Projector(nnx.Module):
   """
 
   @layers.lazily_sharded
-  def __init__(self, in_dim: int, *, hidden_dim: int = 2048, out_dim: int = 128, num_layers: int = 3,
-               dtype=jnp.float32, rngs: nnx.Rngs):
+  def __init__(
+    self,
+    in_dim: int,
+    *,
+    hidden_dim: int = 2048,
+    out_dim: int = 128,
+    num_layers: int = 3,
+    dtype=jnp.float32,
+    rngs: nnx.Rngs,
+  ):
     if num_layers < 1:
       raise ValueError(f"projector.num_layers must be >= 1, got {num_layers}.")
     dims = [in_dim] + [hidden_dim] * (num_layers - 1)
     pairs = list(zip(dims[:-1], dims[1:]))
-    self.linears = nnx.List([layers.dense(a, b, ("embed", "mlp"), dtype=dtype, rngs=rngs)
-                             for a, b in pairs])
+    self.linears = nnx.List(
+      [layers.dense(a, b, ("embed", "mlp"), dtype=dtype, rngs=rngs) for a, b in pairs]
+    )
     self.norms = nnx.List([layers.batch_norm(b, dtype=dtype, rngs=rngs) for _, b in pairs])
     self.out = layers.dense(dims[-1], out_dim, ("mlp", "embed"), dtype=dtype, rngs=rngs)
     self.out_dim = out_dim

@@ -32,10 +32,12 @@ def lazily_sharded(init):
   The logical axis names stay in each variable's metadata; `lejepa_jax.scale.sharding.create_sharded`
   lays the variables out on a mesh (inside one jit), so building a model never needs a mesh in scope.
   """
+
   @functools.wraps(init)
   def wrapper(*args, **kwargs):
     with nnx.use_eager_sharding(False):
       init(*args, **kwargs)
+
   return wrapper
 
 
@@ -44,12 +46,19 @@ def lazily_sharded(init):
 _cpu_product_rewrites_apply = cpu_kernels.use_cpu_kernels
 
 
-def matrix_dot_general(lhs: jax.Array, rhs: jax.Array, dimension_numbers, precision=None,
-                       preferred_element_type=None, out_sharding=None) -> jax.Array:
+def matrix_dot_general(
+  lhs: jax.Array,
+  rhs: jax.Array,
+  dimension_numbers,
+  precision=None,
+  preferred_element_type=None,
+  out_sharding=None,
+) -> jax.Array:
   """`lax.dot_general` for Linear layers; where the CPU kernels apply,
   `cpu_kernels.dot_general_as_matrix_product` (one 2-D product, float32 accumulation)."""
-  kwargs = dict(precision=precision, preferred_element_type=preferred_element_type,
-                out_sharding=out_sharding)
+  kwargs = dict(
+    precision=precision, preferred_element_type=preferred_element_type, out_sharding=out_sharding
+  )
   if _cpu_product_rewrites_apply():
     return cpu_kernels.dot_general_as_matrix_product(lhs, rhs, dimension_numbers, **kwargs)
   return jax.lax.dot_general(lhs, rhs, dimension_numbers, **kwargs)
@@ -61,57 +70,112 @@ class Dense(nnx.Linear):
 
   def __call__(self, inputs: jax.Array, out_sharding: Any = None) -> jax.Array:
     low_precision = self.dtype is not None and jnp.dtype(self.dtype) in LOW_PRECISION
-    if (self.bias is None or out_sharding is not None or self.preferred_element_type is not None
-        or not low_precision or not _cpu_product_rewrites_apply()):
+    if (
+      self.bias is None
+      or out_sharding is not None
+      or self.preferred_element_type is not None
+      or not low_precision
+      or not _cpu_product_rewrites_apply()
+    ):
       return super().__call__(inputs, out_sharding)
-    inputs, kernel, bias = self.promote_dtype((inputs, self.kernel[...], self.bias[...]),
-                                              dtype=self.dtype)
-    y = self.dot_general(inputs, kernel, (((inputs.ndim - 1,), (0,)), ((), ())),
-                         precision=self.precision)
+    inputs, kernel, bias = self.promote_dtype(
+      (inputs, self.kernel[...], self.bias[...]), dtype=self.dtype
+    )
+    y = self.dot_general(
+      inputs, kernel, (((inputs.ndim - 1,), (0,)), ((), ())), precision=self.precision
+    )
     return add_bias(y, bias)
 
 
-def dense(in_features: int, out_features: int, axes: tuple[str | None, str | None], *,
-          dtype: Dtype, rngs: nnx.Rngs, use_bias: bool = True,
-          kernel_init=TRUNC_NORMAL) -> Dense:
+def dense(
+  in_features: int,
+  out_features: int,
+  axes: tuple[str | None, str | None],
+  *,
+  dtype: Dtype,
+  rngs: nnx.Rngs,
+  use_bias: bool = True,
+  kernel_init=TRUNC_NORMAL,
+) -> Dense:
   """A Linear layer whose kernel [in, out] carries logical axes `axes` (bias: `axes[1]`)."""
-  return Dense(in_features, out_features, use_bias=use_bias, dtype=dtype,
-               param_dtype=jnp.float32, kernel_init=kernel_init,
-               kernel_metadata={"out_sharding": axes},
-               bias_metadata={"out_sharding": (axes[1],)}, dot_general=matrix_dot_general,
-               rngs=rngs)
+  return Dense(
+    in_features,
+    out_features,
+    use_bias=use_bias,
+    dtype=dtype,
+    param_dtype=jnp.float32,
+    kernel_init=kernel_init,
+    kernel_metadata={"out_sharding": axes},
+    bias_metadata={"out_sharding": (axes[1],)},
+    dot_general=matrix_dot_general,
+    rngs=rngs,
+  )
 
 
-def conv(in_features: int, out_features: int, kernel_size: int, *, strides: int = 1,
-         padding: str | Sequence[tuple[int, int]] = "SAME", groups: int = 1, use_bias: bool = False,
-         dtype: Dtype, rngs: nnx.Rngs, kernel_init=None) -> nnx.Conv:
+def conv(
+  in_features: int,
+  out_features: int,
+  kernel_size: int,
+  *,
+  strides: int = 1,
+  padding: str | Sequence[tuple[int, int]] = "SAME",
+  groups: int = 1,
+  use_bias: bool = False,
+  dtype: Dtype,
+  rngs: nnx.Rngs,
+  kernel_init=None,
+) -> nnx.Conv:
   """A 2-D NHWC convolution with kernel [kh, kw, in/groups, out] on logical axes (conv_in, conv_out)."""
   kernel_init = kernel_init or nnx.initializers.variance_scaling(2.0, "fan_out", "normal")
-  return nnx.Conv(in_features, out_features, (kernel_size, kernel_size), strides=strides,
-                  padding=padding, feature_group_count=groups, use_bias=use_bias, dtype=dtype,
-                  param_dtype=jnp.float32, kernel_init=kernel_init,
-                  conv_general_dilated=conv_general_dilated,
-                  kernel_metadata={"out_sharding": (None, None, "conv_in", "conv_out")},
-                  bias_metadata={"out_sharding": ("conv_out",)}, rngs=rngs)
+  return nnx.Conv(
+    in_features,
+    out_features,
+    (kernel_size, kernel_size),
+    strides=strides,
+    padding=padding,
+    feature_group_count=groups,
+    use_bias=use_bias,
+    dtype=dtype,
+    param_dtype=jnp.float32,
+    kernel_init=kernel_init,
+    conv_general_dilated=conv_general_dilated,
+    kernel_metadata={"out_sharding": (None, None, "conv_in", "conv_out")},
+    bias_metadata={"out_sharding": ("conv_out",)},
+    rngs=rngs,
+  )
 
 
 def layer_norm(features: int, *, dtype: Dtype, rngs: nnx.Rngs, epsilon: float = 1e-6) -> nnx.LayerNorm:
-  return nnx.LayerNorm(features, epsilon=epsilon, dtype=dtype, param_dtype=jnp.float32,
-                       scale_metadata={"out_sharding": ("norm",)},
-                       bias_metadata={"out_sharding": ("norm",)}, rngs=rngs)
+  return nnx.LayerNorm(
+    features,
+    epsilon=epsilon,
+    dtype=dtype,
+    param_dtype=jnp.float32,
+    scale_metadata={"out_sharding": ("norm",)},
+    bias_metadata={"out_sharding": ("norm",)},
+    rngs=rngs,
+  )
 
 
-def batch_norm(features: int, *, dtype: Dtype, rngs: nnx.Rngs, zero_scale: bool = False
-               ) -> nnx.BatchNorm:
+def batch_norm(
+  features: int, *, dtype: Dtype, rngs: nnx.Rngs, zero_scale: bool = False
+) -> nnx.BatchNorm:
   """BatchNorm with PyTorch's defaults (momentum 0.1 there = 0.9 here, eps 1e-5).
 
   Under a batch-sharded `jax.jit` its statistics are those of the global batch: the mean over the
   sharded axis becomes a cross-device reduction, never a silent per-device estimate.
   """
-  return nnx.BatchNorm(features, momentum=0.9, epsilon=1e-5, dtype=dtype, param_dtype=jnp.float32,
-                       scale_init=nnx.initializers.zeros if zero_scale else nnx.initializers.ones,
-                       scale_metadata={"out_sharding": ("norm",)},
-                       bias_metadata={"out_sharding": ("norm",)}, rngs=rngs)
+  return nnx.BatchNorm(
+    features,
+    momentum=0.9,
+    epsilon=1e-5,
+    dtype=dtype,
+    param_dtype=jnp.float32,
+    scale_init=nnx.initializers.zeros if zero_scale else nnx.initializers.ones,
+    scale_metadata={"out_sharding": ("norm",)},
+    bias_metadata={"out_sharding": ("norm",)},
+    rngs=rngs,
+  )
 
 
 class DropPath(nnx.Module):
@@ -124,8 +188,9 @@ class DropPath(nnx.Module):
 
   def __init__(self, rate: float, ndim: int, *, rngs: nnx.Rngs):
     # A dropout mask broadcast over every non-batch axis drops whole samples.
-    self.dropout = (nnx.Dropout(rate, broadcast_dims=tuple(range(1, ndim)), rngs=rngs)
-                    if rate > 0 else None)
+    self.dropout = (
+      nnx.Dropout(rate, broadcast_dims=tuple(range(1, ndim)), rngs=rngs) if rate > 0 else None
+    )
 
   def __call__(self, x: jax.Array) -> jax.Array:
     return x if self.dropout is None else self.dropout(x)
@@ -143,12 +208,16 @@ def check_images(images: jax.Array, in_channels: int, model: str, multiple_of: i
   if images.ndim != 4:
     raise ValueError(f"{model} expects images of shape [N, H, W, C], got shape {images.shape}.")
   if images.shape[-1] != in_channels:
-    raise ValueError(f"{model} was built for {in_channels} input channels, got images with "
-                     f"{images.shape[-1]} (shape {images.shape}); set model.in_channels.")
+    raise ValueError(
+      f"{model} was built for {in_channels} input channels, got images with "
+      f"{images.shape[-1]} (shape {images.shape}); set model.in_channels."
+    )
   height, width = images.shape[1:3]
   if height % multiple_of or width % multiple_of:
-    raise ValueError(f"{model}: image size {height}x{width} is not divisible by the patch size "
-                     f"{multiple_of}; use crops whose sides are multiples of {multiple_of}.")
+    raise ValueError(
+      f"{model}: image size {height}x{width} is not divisible by the patch size "
+      f"{multiple_of}; use crops whose sides are multiples of {multiple_of}."
+    )
 
 
 class PooledConvNet(nnx.Module):
@@ -184,4 +253,3 @@ class PooledConvNet(nnx.Module):
   def patch_features(self, images: jax.Array) -> jax.Array:
     """The final feature map [N, H', W', out_dim] (for PCA pictures)."""
     return self.feature_map(images)
-

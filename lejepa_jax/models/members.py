@@ -86,8 +86,9 @@ def _unrolled_over_members(fn: Callable[..., Any]) -> Callable[..., Any]:
   return wrapped
 
 
-def conv(conv_fn: Callable[[jax.Array, jax.Array], jax.Array], lhs: jax.Array, rhs: jax.Array
-         ) -> jax.Array:
+def conv(
+  conv_fn: Callable[[jax.Array, jax.Array], jax.Array], lhs: jax.Array, rhs: jax.Array
+) -> jax.Array:
   """`conv_fn(lhs, rhs)` with the per-member vmap rule in the forward and the backward pass.
 
   The backward pass needs its own rule: differentiating under vmap would otherwise batch the

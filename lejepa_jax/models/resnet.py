@@ -10,9 +10,9 @@ from lejepa_jax.models import layers
 
 # variant -> (block type, blocks per stage)
 RESNET_DEPTHS = {
-    "18": ("basic", (2, 2, 2, 2)),
-    "34": ("basic", (3, 4, 6, 3)),
-    "50": ("bottleneck", (3, 4, 6, 3)),
+  "18": ("basic", (2, 2, 2, 2)),
+  "34": ("basic", (3, 4, 6, 3)),
+  "50": ("bottleneck", (3, 4, 6, 3)),
 }
 STAGE_MULTIPLES = (1, 2, 4, 8)  # stage widths relative to the stem width
 
@@ -22,8 +22,9 @@ class BasicBlock(nnx.Module):
 
   def __init__(self, in_ch: int, width: int, stride: int, *, dtype, rngs: nnx.Rngs):
     out_ch = width * self.expansion
-    self.conv1 = layers.conv(in_ch, width, 3, strides=stride, padding=((1, 1), (1, 1)),
-                             dtype=dtype, rngs=rngs)
+    self.conv1 = layers.conv(
+      in_ch, width, 3, strides=stride, padding=((1, 1), (1, 1)), dtype=dtype, rngs=rngs
+    )
     self.bn1 = layers.batch_norm(width, dtype=dtype, rngs=rngs)
     self.conv2 = layers.conv(width, out_ch, 3, padding=((1, 1), (1, 1)), dtype=dtype, rngs=rngs)
     self.bn2 = layers.batch_norm(out_ch, dtype=dtype, rngs=rngs)
@@ -41,8 +42,9 @@ class Bottleneck(nnx.Module):
     out_ch = width * self.expansion
     self.conv1 = layers.conv(in_ch, width, 1, dtype=dtype, rngs=rngs)
     self.bn1 = layers.batch_norm(width, dtype=dtype, rngs=rngs)
-    self.conv2 = layers.conv(width, width, 3, strides=stride, padding=((1, 1), (1, 1)),
-                             dtype=dtype, rngs=rngs)
+    self.conv2 = layers.conv(
+      width, width, 3, strides=stride, padding=((1, 1), (1, 1)), dtype=dtype, rngs=rngs
+    )
     self.bn2 = layers.batch_norm(width, dtype=dtype, rngs=rngs)
     self.conv3 = layers.conv(width, out_ch, 1, dtype=dtype, rngs=rngs)
     self.bn3 = layers.batch_norm(out_ch, dtype=dtype, rngs=rngs)
@@ -81,19 +83,27 @@ class ResNet(layers.PooledConvNet):
   """
 
   @layers.lazily_sharded
-  def __init__(self, variant: str = "50", *, in_channels: int = 3, small_stem: bool = False,
-               width: int = 64, dtype=jnp.float32, rngs: nnx.Rngs):
+  def __init__(
+    self,
+    variant: str = "50",
+    *,
+    in_channels: int = 3,
+    small_stem: bool = False,
+    width: int = 64,
+    dtype=jnp.float32,
+    rngs: nnx.Rngs,
+  ):
     if variant not in RESNET_DEPTHS:
       raise ValueError(f"Unknown ResNet variant {variant!r}: expected one of {list(RESNET_DEPTHS)}.")
     kind, depths = RESNET_DEPTHS[variant]
     block_cls = BasicBlock if kind == "basic" else Bottleneck
     self.in_channels, self.small_stem, self.dtype = in_channels, small_stem, dtype
     if small_stem:
-      self.stem = layers.conv(in_channels, width, 3, padding=((1, 1), (1, 1)), dtype=dtype,
-                              rngs=rngs)
+      self.stem = layers.conv(in_channels, width, 3, padding=((1, 1), (1, 1)), dtype=dtype, rngs=rngs)
     else:
-      self.stem = layers.conv(in_channels, width, 7, strides=2, padding=((3, 3), (3, 3)),
-                              dtype=dtype, rngs=rngs)
+      self.stem = layers.conv(
+        in_channels, width, 7, strides=2, padding=((3, 3), (3, 3)), dtype=dtype, rngs=rngs
+      )
     self.stem_bn = layers.batch_norm(width, dtype=dtype, rngs=rngs)
     blocks, channels = [], width
     stage_widths = [width * multiple for multiple in STAGE_MULTIPLES]

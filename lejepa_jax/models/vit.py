@@ -22,14 +22,14 @@ class ViTSize:
 
 # The standard definitions (Dosovitskiy et al. 2021; Touvron et al. 2021; Zhai et al. 2022 for g).
 VIT_SIZES = {
-    "Mi": ViTSize(64, 2, 128, 2),  # micro: not a standard size; for tests and CPU smoke runs
-    "Ti6": ViTSize(192, 6, 768, 3),  # ViT-Ti at half depth: not a standard size; for small CPUs
-    "Ti": ViTSize(192, 12, 768, 3),
-    "S": ViTSize(384, 12, 1536, 6),
-    "B": ViTSize(768, 12, 3072, 12),
-    "L": ViTSize(1024, 24, 4096, 16),
-    "H": ViTSize(1280, 32, 5120, 16),
-    "g": ViTSize(1408, 40, 6144, 16),
+  "Mi": ViTSize(64, 2, 128, 2),  # micro: not a standard size; for tests and CPU smoke runs
+  "Ti6": ViTSize(192, 6, 768, 3),  # ViT-Ti at half depth: not a standard size; for small CPUs
+  "Ti": ViTSize(192, 12, 768, 3),
+  "S": ViTSize(384, 12, 1536, 6),
+  "B": ViTSize(768, 12, 3072, 12),
+  "L": ViTSize(1024, 24, 4096, 16),
+  "H": ViTSize(1280, 32, 5120, 16),
+  "g": ViTSize(1408, 40, 6144, 16),
 }
 # 8, 14, 16: the published models' patches; 4 and 7 for 28-32 px images (Fashion-MNIST, CIFAR).
 PATCH_SIZES = (4, 7, 8, 14, 16)
@@ -38,10 +38,10 @@ PATCH_SIZES = (4, 7, 8, 14, 16)
 # "dots_with_no_batch_dims_saveable" also keeps the outputs of the weight matmuls (recomputing
 # attention scores, softmax, GELU, norms); "dots_saveable" keeps every matmul output.
 REMAT_POLICIES = {
-    "none": None,
-    "full": jax.checkpoint_policies.nothing_saveable,
-    "dots_saveable": jax.checkpoint_policies.dots_saveable,
-    "dots_with_no_batch_dims_saveable": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+  "none": None,
+  "full": jax.checkpoint_policies.nothing_saveable,
+  "dots_saveable": jax.checkpoint_policies.dots_saveable,
+  "dots_with_no_batch_dims_saveable": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
 }
 
 
@@ -49,8 +49,10 @@ def parse_variant(variant: str) -> tuple[ViTSize, int]:
   """'L/14' -> (the ViT-L size, patch 14)."""
   match = re.fullmatch(r"(\w+)/(\d+)", variant)
   if not match or match.group(1) not in VIT_SIZES or int(match.group(2)) not in PATCH_SIZES:
-    raise ValueError(f"Unknown ViT variant {variant!r}: expected '<size>/<patch>' with size in "
-                     f"{list(VIT_SIZES)} and patch in {list(PATCH_SIZES)}, e.g. 'S/16' or 'L/14'.")
+    raise ValueError(
+      f"Unknown ViT variant {variant!r}: expected '<size>/<patch>' with size in "
+      f"{list(VIT_SIZES)} and patch in {list(PATCH_SIZES)}, e.g. 'S/16' or 'L/14'."
+    )
   return VIT_SIZES[match.group(1)], int(match.group(2))
 
 
@@ -77,8 +79,9 @@ def attention(q: jax.Array, k: jax.Array, v: jax.Array) -> jax.Array:
   GPU/TPU: `jax.nn.dot_product_attention` (fused kernels where the platform has them). CPU:
   `head_major_attention`.
   """
-  return jax.lax.platform_dependent(q, k, v, cpu=head_major_attention,
-                                    default=jax.nn.dot_product_attention)
+  return jax.lax.platform_dependent(
+    q, k, v, cpu=head_major_attention, default=jax.nn.dot_product_attention
+  )
 
 
 def head_major_attention(q: jax.Array, k: jax.Array, v: jax.Array) -> jax.Array:
@@ -140,9 +143,19 @@ class ViT(nnx.Module):
   """
 
   @layers.lazily_sharded
-  def __init__(self, variant: str = "S/16", *, img_size: int = 224, in_channels: int = 3,
-               class_token: bool = True, num_registers: int = 0, drop_path: float = 0.0,
-               dtype=jnp.float32, remat: str = "none", rngs: nnx.Rngs):
+  def __init__(
+    self,
+    variant: str = "S/16",
+    *,
+    img_size: int = 224,
+    in_channels: int = 3,
+    class_token: bool = True,
+    num_registers: int = 0,
+    drop_path: float = 0.0,
+    dtype=jnp.float32,
+    remat: str = "none",
+    rngs: nnx.Rngs,
+  ):
     size, patch = parse_variant(variant)
     if remat not in REMAT_POLICIES:
       raise ValueError(f"model.remat must be one of {list(REMAT_POLICIES)}, got {remat!r}.")
@@ -152,17 +165,29 @@ class ViT(nnx.Module):
     self.num_prefix = int(class_token) + num_registers
     self.class_token, self.num_registers = class_token, num_registers
     self.dtype = dtype
-    self.patch_embed = layers.dense(patch * patch * in_channels, size.width, ("patch", "embed"),
-                                    dtype=dtype, rngs=rngs)
+    self.patch_embed = layers.dense(
+      patch * patch * in_channels, size.width, ("patch", "embed"), dtype=dtype, rngs=rngs
+    )
     init = layers.TRUNC_NORMAL
-    self.pos_embed = nnx.Param(init(rngs.params(), (1, self.grid**2, size.width)),
-                               out_sharding=(None, None, "embed"))
-    self.cls = (nnx.Param(init(rngs.params(), (1, 1, size.width)), out_sharding=(None, None, "embed"))
-                if class_token else None)
-    self.registers = (nnx.Param(init(rngs.params(), (1, num_registers, size.width)),
-                                out_sharding=(None, None, "embed")) if num_registers else None)
-    self.blocks = nnx.List([Block(size, rate, dtype=dtype, rngs=rngs)
-                            for rate in layers.drop_path_rates(drop_path, size.depth)])
+    self.pos_embed = nnx.Param(
+      init(rngs.params(), (1, self.grid**2, size.width)), out_sharding=(None, None, "embed")
+    )
+    self.cls = (
+      nnx.Param(init(rngs.params(), (1, 1, size.width)), out_sharding=(None, None, "embed"))
+      if class_token
+      else None
+    )
+    self.registers = (
+      nnx.Param(init(rngs.params(), (1, num_registers, size.width)), out_sharding=(None, None, "embed"))
+      if num_registers
+      else None
+    )
+    self.blocks = nnx.List(
+      [
+        Block(size, rate, dtype=dtype, rngs=rngs)
+        for rate in layers.drop_path_rates(drop_path, size.depth)
+      ]
+    )
     self.norm = layers.layer_norm(size.width, dtype=dtype, rngs=rngs)
 
   @property
@@ -189,13 +214,15 @@ class ViT(nnx.Module):
     gh, gw, p = height // self.patch, width // self.patch, self.patch
     patches = images.reshape(n, gh, p, gw, p, c).transpose(0, 1, 3, 2, 4, 5).reshape(n, gh * gw, -1)
     x = self.patch_embed(patches.astype(self.dtype)) + self._position_embeddings(gh, gw).astype(
-        self.dtype)
+      self.dtype
+    )
     prefix = []
     if self.cls is not None:
       prefix.append(jnp.broadcast_to(self.cls[...].astype(self.dtype), (n, 1, self.width)))
     if self.registers is not None:
-      prefix.append(jnp.broadcast_to(self.registers[...].astype(self.dtype),
-                                     (n, self.num_registers, self.width)))
+      prefix.append(
+        jnp.broadcast_to(self.registers[...].astype(self.dtype), (n, self.num_registers, self.width))
+      )
     return jnp.concatenate(prefix + [x], axis=1), (gh, gw)
 
   def _block(self, block: Block, x: jax.Array) -> jax.Array:
@@ -207,7 +234,7 @@ class ViT(nnx.Module):
   def _summary(self, tokens: jax.Array) -> jax.Array:
     """CLS token after the final norm, or the mean patch token without a CLS: [N, width]."""
     normed = self.norm(tokens)
-    return normed[:, 0] if self.class_token else jnp.mean(normed[:, self.num_prefix:], axis=1)
+    return normed[:, 0] if self.class_token else jnp.mean(normed[:, self.num_prefix :], axis=1)
 
   def __call__(self, images: jax.Array) -> tuple[jax.Array, jax.Array]:
     """images [N, H, W, C] -> (pooled [N, width] for the projector, features [N, 2 width] for probes).
@@ -229,7 +256,7 @@ class ViT(nnx.Module):
     maps = []
     for block in self.blocks:
       x = self._block(block, x)
-      maps.append(self.norm(x)[:, self.num_prefix:].reshape(x.shape[0], gh, gw, self.width))
+      maps.append(self.norm(x)[:, self.num_prefix :].reshape(x.shape[0], gh, gw, self.width))
     return maps
 
   def patch_features(self, images: jax.Array) -> jax.Array:

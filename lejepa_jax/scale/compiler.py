@@ -31,8 +31,11 @@ log = logging.getLogger("lejepa_jax")
 # which have no convolutions, are unchanged. On a 2-core Intel Xeon with AMX the same option took
 # that step from 2.72 to 2.14 s.
 AUTO: dict[str, dict[str, Any]] = {
-    "cpu": {"xla_cpu_experimental_ynn_fusion_type":
-            "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT,LIBRARY_FUSION_TYPE_REDUCE"},
+  "cpu": {
+    "xla_cpu_experimental_ynn_fusion_type": (
+      "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT,LIBRARY_FUSION_TYPE_REDUCE"
+    )
+  },
 }
 
 
@@ -63,8 +66,9 @@ def parse(setting: str, backend: str | None = None) -> dict[str, Any]:
       options[name.strip()] = _value(text)
     else:
       raise ValueError(
-          f"compiler_options: cannot read {item!r} in {setting!r}; use 'auto', 'none', or "
-          "'name=value' items separated by ';' (e.g. 'auto;xla_cpu_enable_fast_math=false').")
+        f"compiler_options: cannot read {item!r} in {setting!r}; use 'auto', 'none', or "
+        "'name=value' items separated by ';' (e.g. 'auto;xla_cpu_enable_fast_math=false')."
+      )
   return options
 
 
@@ -81,6 +85,10 @@ def options(config_or_setting: Any = "auto") -> dict[str, Any]:
   key = (setting, tuple(sorted(chosen.items())))
   if key not in _announced:
     _announced.add(key)
-    log.info("XLA compiler options (%s backend, compiler_options=%r): %s", jax.default_backend(),
-             setting, chosen or "XLA's defaults")
+    log.info(
+      "XLA compiler options (%s backend, compiler_options=%r): %s",
+      jax.default_backend(),
+      setting,
+      chosen or "XLA's defaults",
+    )
   return chosen

@@ -25,9 +25,12 @@ def initialize() -> None:
   multi-process (TPU VM pod workers).
   """
   import jax
-  kwargs = {key: int(os.environ[var]) for key, var in (("num_processes", "JAX_NUM_PROCESSES"),
-                                                       ("process_id", "JAX_PROCESS_ID"))
-            if os.environ.get(var)}
+
+  kwargs = {
+    key: int(os.environ[var])
+    for key, var in (("num_processes", "JAX_NUM_PROCESSES"), ("process_id", "JAX_PROCESS_ID"))
+    if os.environ.get(var)
+  }
   if os.environ.get("JAX_PLATFORMS", "").split(",")[0] == "cpu":
     # Without a collectives backend, CPU devices of different processes cannot reduce together.
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
@@ -51,12 +54,14 @@ def broadcast_from_process_0(steps_: list[int], stop: bool) -> tuple[list[int], 
   directory at its own moment (rotation may delete a step in between) and keeps its own clock.
   """
   import jax
+
   if jax.process_count() == 1:
     return steps_, stop
   from jax.experimental import multihost_utils
+
   message = np.full(MAX_BROADCAST_STEPS + 1, -1, np.int64)
   message[0] = int(stop)
   kept = sorted(steps_)[-MAX_BROADCAST_STEPS:]
-  message[1:1 + len(kept)] = kept
+  message[1 : 1 + len(kept)] = kept
   message = np.asarray(multihost_utils.broadcast_one_to_all(message))
   return [int(s) for s in message[1:] if s >= 0], bool(message[0])

@@ -39,11 +39,13 @@ from lejepa_jax.scale import sharding
 from lejepa_jax.training import steps, train_state
 
 FIT_FRACTION = 0.95  # the depth extrapolation reads a few percent low (module docstring)
-HBM_GIB = {"TPU v4": 32, "TPU v5p": 95, "TPU v5e": 16, "H100": 80, "A100 40GB": 40,
-           "A100 80GB": 80}
+HBM_GIB = {"TPU v4": 32, "TPU v5p": 95, "TPU v5e": 16, "H100": 80, "A100 40GB": 40, "A100 80GB": 80}
 # Generations a plan can compile for: (topology prefix, dimensions, libtpu chip configuration).
-TPU_GENERATIONS = {"v4": ("v4", 3, "megacore"), "v5p": ("v5p", 3, "megacore"),
-                   "v5e": ("v5e", 2, "default")}
+TPU_GENERATIONS = {
+  "v4": ("v4", 3, "megacore"),
+  "v5p": ("v5p", 3, "megacore"),
+  "v5e": ("v5e", 2, "default"),
+}
 
 
 def parse_mesh(text: str) -> dict[str, int]:
@@ -66,8 +68,9 @@ def images_per_device(config: ml_collections.ConfigDict, axes: Mapping[str, int]
   return config.data.global_batch_size // batch_devices(axes)
 
 
-def plan_config(config: ml_collections.ConfigDict, axes: Mapping[str, int],
-                per_device_batch: int | None, remat: str) -> ml_collections.ConfigDict:
+def plan_config(
+  config: ml_collections.ConfigDict, axes: Mapping[str, int], per_device_batch: int | None, remat: str
+) -> ml_collections.ConfigDict:
   """The config as the accelerators run it: bfloat16 compute ("auto"), the mesh, batch and remat."""
   config = copy.deepcopy(config)
   with config.unlocked():
@@ -79,8 +82,10 @@ def plan_config(config: ml_collections.ConfigDict, axes: Mapping[str, int],
       config.model.remat = remat
     config.mesh.axes = dict(axes)
   if config.data.global_batch_size % batch_devices(axes):
-    raise ValueError(f"data.global_batch_size={config.data.global_batch_size} does not split "
-                     f"over the {batch_devices(axes)} batch-axis devices of {dict(axes)}.")
+    raise ValueError(
+      f"data.global_batch_size={config.data.global_batch_size} does not split "
+      f"over the {batch_devices(axes)} batch-axis devices of {dict(axes)}."
+    )
   return config
 
 
@@ -100,8 +105,7 @@ def state_bytes(config: ml_collections.ConfigDict, axes: Mapping[str, int]) -> d
     return math.prod(spec.shard_shape(leaf.shape)) * leaf.dtype.itemsize  # (PRNG keys too)
 
   parts = {"model": [state[0]], "optimizer": [state[1]], "probe": [state[2], state[3]]}
-  return {name: sum(nbytes(leaf) for leaf in jax.tree.leaves(trees))
-          for name, trees in parts.items()}
+  return {name: sum(nbytes(leaf) for leaf in jax.tree.leaves(trees)) for name, trees in parts.items()}
 
 
 def batch_bytes(config: ml_collections.ConfigDict, per_device_batch: int) -> int:
@@ -126,24 +130,30 @@ def tpu_topology(generation: str, chips: int) -> str:
 def tpu_devices(generation: str, chips: int) -> list:
   """Compile-only devices of a TPU slice (libtpu, no TPU needed)."""
   from jax.experimental import topologies
+
   _, _, chip_config = TPU_GENERATIONS[generation]
   try:
-    return list(topologies.get_topology_desc(tpu_topology(generation, chips), platform="tpu",
-                                             chip_config_name=chip_config).devices)
+    return list(
+      topologies.get_topology_desc(
+        tpu_topology(generation, chips), platform="tpu", chip_config_name=chip_config
+      ).devices
+    )
   except RuntimeError as error:
-    raise RuntimeError("Compiling for TPU devices needs libtpu (`pip install 'jax[tpu]'`, works "
-                       f"without a TPU): {error}") from error
+    raise RuntimeError(
+      f"Compiling for TPU devices needs libtpu (`pip install 'jax[tpu]'`, works without a TPU): {error}"
+    ) from error
 
 
 def compiled_temporaries(config: ml_collections.ConfigDict, devices: Sequence) -> int:
   """Per-device temporary bytes of the train step compiled for `devices` on config.mesh.axes."""
   from jax.experimental import mesh_utils
+
   axes = dict(config.mesh.axes)
   # Any device order gives the same memory; splitting physical axes lets every shape through.
-  array = mesh_utils.create_device_mesh(tuple(axes.values()), devices,
-                                        allow_split_physical_axes=True)
-  mesh = jax.sharding.Mesh(array, tuple(axes), axis_types=(
-      sharding.AXIS_TYPES[config.mesh.axis_type],) * len(axes))
+  array = mesh_utils.create_device_mesh(tuple(axes.values()), devices, allow_split_physical_axes=True)
+  mesh = jax.sharding.Mesh(
+    array, tuple(axes), axis_types=(sharding.AXIS_TYPES[config.mesh.axis_type],) * len(axes)
+  )
   graphdef, state = sharding.abstract_state(lambda: train_state.build_train_objects(config), mesh)
   compiled = steps.compile_train_step(config, mesh, graphdef, state, config.data.global_batch_size)
   return compiled.memory_analysis().temp_size_in_bytes
@@ -173,8 +183,9 @@ def extrapolate(depths: tuple[int, int], values: tuple[int, int], depth: int) ->
   return round(values[1] + slope * (depth - depths[1]))
 
 
-def temporaries(config: ml_collections.ConfigDict, devices: Sequence,
-                depths: tuple[int, int] | None) -> int:
+def temporaries(
+  config: ml_collections.ConfigDict, devices: Sequence, depths: tuple[int, int] | None
+) -> int:
   """Temporaries of the full model, compiled directly or extrapolated from two reduced depths."""
   if depths is None or config.model.name != "vit":
     return compiled_temporaries(config, devices)
@@ -189,6 +200,7 @@ def temporaries(config: ml_collections.ConfigDict, devices: Sequence,
 @dataclasses.dataclass
 class Plan:
   """Per-device bytes of one (config, mesh, remat) and the accelerators they fit."""
+
   remat: str
   state: dict[str, int]
   batch: int
@@ -204,43 +216,62 @@ class Plan:
     return {name: self.total <= FIT_FRACTION * gib * 2**30 for name, gib in HBM_GIB.items()}
 
 
-def make_plan(config: ml_collections.ConfigDict, axes: Mapping[str, int], remat: str,
-              per_device_batch: int | None, devices: Sequence | None,
-              depths: tuple[int, int] | None) -> Plan:
+def make_plan(
+  config: ml_collections.ConfigDict,
+  axes: Mapping[str, int],
+  remat: str,
+  per_device_batch: int | None,
+  devices: Sequence | None,
+  depths: tuple[int, int] | None,
+) -> Plan:
   config = plan_config(config, axes, per_device_batch, remat)
   temps = None if devices is None else temporaries(config, devices, depths)
-  return Plan(remat, state_bytes(config, axes),
-              batch_bytes(config, images_per_device(config, axes)), temps)
+  return Plan(
+    remat, state_bytes(config, axes), batch_bytes(config, images_per_device(config, axes)), temps
+  )
 
 
 def format_plans(plans: Sequence[Plan], header: str) -> str:
   """A text table: one column per remat policy, GiB per device, and which accelerators fit."""
   gib = lambda b: "n/a" if b is None else f"{b / 2**30:.2f}"
-  rows = [("remat", [p.remat for p in plans]),
-          ("parameters + BN stats", [gib(p.state["model"]) for p in plans]),
-          ("optimizer state", [gib(p.state["optimizer"]) for p in plans]),
-          ("probe + batch", [gib(p.state["probe"] + p.batch) for p in plans]),
-          ("temporaries (peak)", [gib(p.temporaries) for p in plans]),
-          ("total", [gib(p.total) for p in plans])]
+  rows = [
+    ("remat", [p.remat for p in plans]),
+    ("parameters + BN stats", [gib(p.state["model"]) for p in plans]),
+    ("optimizer state", [gib(p.state["optimizer"]) for p in plans]),
+    ("probe + batch", [gib(p.state["probe"] + p.batch) for p in plans]),
+    ("temporaries (peak)", [gib(p.temporaries) for p in plans]),
+    ("total", [gib(p.total) for p in plans]),
+  ]
   footer = []
   if all(p.total is not None for p in plans):
-    rows += [(f"fits {name} ({size} GiB)", ["yes" if p.fits()[name] else "no" for p in plans])
-             for name, size in HBM_GIB.items()]
+    rows += [
+      (f"fits {name} ({size} GiB)", ["yes" if p.fits()[name] else "no" for p in plans])
+      for name, size in HBM_GIB.items()
+    ]
     footer = [f"(fits: total at most {FIT_FRACTION:.0%} of the accelerator's memory)"]
   width = max(len(label) for label, _ in rows) + 2
   column = max(len(c) for _, cells in rows for c in cells) + 2
-  lines = [header] + [label.ljust(width) + "".join(c.rjust(column) for c in cells)
-                      for label, cells in rows]
+  lines = [header] + [
+    label.ljust(width) + "".join(c.rjust(column) for c in cells) for label, cells in rows
+  ]
   return "\n".join(lines + footer)
 
 
-def header(config: ml_collections.ConfigDict, axes: Mapping[str, int], per_device_batch: int | None,
-           devices: Sequence | None, depths: tuple[int, int] | None, generation: str) -> str:
+def header(
+  config: ml_collections.ConfigDict,
+  axes: Mapping[str, int],
+  per_device_batch: int | None,
+  devices: Sequence | None,
+  depths: tuple[int, int] | None,
+  generation: str,
+) -> str:
   """The plan table's first line: model, mesh, images per device, what was compiled."""
   chips = math.prod(axes.values())
   per_device = images_per_device(plan_config(config, axes, per_device_batch, "none"), axes)
   where = "" if devices is None else f", compiled for TPU {tpu_topology(generation, chips)}"
   how = "" if depths is None or devices is None else f", depths {depths} extrapolated"
-  return (f"{config.model.name} {config.model.get('variant', '')}, mesh "
-          f"{' x '.join(f'{k}:{v}' for k, v in axes.items())} ({chips} devices), "
-          f"{per_device} images per device, GiB per device{where}{how}")
+  return (
+    f"{config.model.name} {config.model.get('variant', '')}, mesh "
+    f"{' x '.join(f'{k}:{v}' for k, v in axes.items())} ({chips} devices), "
+    f"{per_device} images per device, GiB per device{where}{how}"
+  )

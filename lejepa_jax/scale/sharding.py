@@ -24,21 +24,24 @@ LogicalRules = Sequence[tuple[str, Any]]
 
 BATCH_AXES = ("data", "fsdp")
 DEFAULT_RULES: LogicalRules = (
-    ("batch", BATCH_AXES),
-    ("embed", "fsdp"),
-    ("conv_out", "fsdp"),
-    ("mlp", "tensor"),
-    ("heads", "tensor"),
-    ("patch", None),
-    ("conv_in", None),
-    ("norm", None),
+  ("batch", BATCH_AXES),
+  ("embed", "fsdp"),
+  ("conv_out", "fsdp"),
+  ("mlp", "tensor"),
+  ("heads", "tensor"),
+  ("patch", None),
+  ("conv_in", None),
+  ("norm", None),
 )
 AXIS_TYPES = {"auto": AxisType.Auto, "explicit": AxisType.Explicit}
 
 
-def make_mesh(axes: Mapping[str, int], axis_type: str = "auto",
-              devices: Sequence[jax.Device] | None = None,
-              dcn_axes: Mapping[str, int] | None = None) -> jax.sharding.Mesh:
+def make_mesh(
+  axes: Mapping[str, int],
+  axis_type: str = "auto",
+  devices: Sequence[jax.Device] | None = None,
+  dcn_axes: Mapping[str, int] | None = None,
+) -> jax.sharding.Mesh:
   """A mesh over all (or the given) devices; one axis may be -1 to take the remaining devices.
 
   Args:
@@ -71,13 +74,16 @@ def _axis_sizes(axes: Mapping[str, int], num_devices: int) -> dict[str, int]:
       raise ValueError(f"Mesh {dict(axes)} does not divide the {num_devices} devices.")
     sizes[free[0]] = num_devices // fixed
   if math.prod(sizes.values()) != num_devices:
-    raise ValueError(f"Mesh {sizes} needs {math.prod(sizes.values())} devices, "
-                     f"but {num_devices} are available; use -1 for one axis to fill the rest.")
+    raise ValueError(
+      f"Mesh {sizes} needs {math.prod(sizes.values())} devices, "
+      f"but {num_devices} are available; use -1 for one axis to fill the rest."
+    )
   return sizes
 
 
-def hybrid_device_array(axes: Mapping[str, int], dcn_axes: Mapping[str, int],
-                        devices: Sequence[Any]) -> np.ndarray:
+def hybrid_device_array(
+  axes: Mapping[str, int], dcn_axes: Mapping[str, int], devices: Sequence[Any]
+) -> np.ndarray:
   """Devices laid out [axes[a] * dcn_axes[a] for each axis a]: granules side by side along the DCN
   axes, each granule's devices arranged for its fast interconnect along the ICI axes.
 
@@ -92,27 +98,33 @@ def hybrid_device_array(axes: Mapping[str, int], dcn_axes: Mapping[str, int],
   dcn_shape = tuple(int(dcn_axes.get(name, 1)) for name in axes)
   granules = math.prod(dcn_shape)
   if len(devices) % granules:
-    raise ValueError(f"mesh.dcn_axes {dict(dcn_axes)} ({granules} granules) does not divide the "
-                     f"{len(devices)} devices.")
+    raise ValueError(
+      f"mesh.dcn_axes {dict(dcn_axes)} ({granules} granules) does not divide the {len(devices)} devices."
+    )
   ici_shape = tuple(_axis_sizes(axes, len(devices) // granules).values())
   slices = {getattr(d, "slice_index", None) for d in devices}
   by_slice = None not in slices and len(slices) == granules
   if not by_slice and len({d.process_index for d in devices}) != granules:
-    raise ValueError(f"mesh.dcn_axes {dict(dcn_axes)} asks for {granules} granules, but the "
-                     f"devices span {len(slices)} slice(s) and "
-                     f"{len({d.process_index for d in devices})} process(es).")
-  return mesh_utils.create_hybrid_device_mesh(ici_shape, dcn_shape, devices,
-                                              process_is_granule=not by_slice)
+    raise ValueError(
+      f"mesh.dcn_axes {dict(dcn_axes)} asks for {granules} granules, but the "
+      f"devices span {len(slices)} slice(s) and "
+      f"{len({d.process_index for d in devices})} process(es)."
+    )
+  return mesh_utils.create_hybrid_device_mesh(
+    ici_shape, dcn_shape, devices, process_is_granule=not by_slice
+  )
 
 
 def rules_for_mesh(mesh: jax.sharding.Mesh, rules: LogicalRules = DEFAULT_RULES) -> LogicalRules:
   """Drops mesh axes that `mesh` does not have from the rules' targets."""
+
   def keep(target):
     if target is None:
       return None
     names = (target,) if isinstance(target, str) else tuple(target)
     kept = tuple(name for name in names if name in mesh.axis_names)
     return None if not kept else kept[0] if len(kept) == 1 else kept
+
   return tuple((logical, keep(target)) for logical, target in rules)
 
 
@@ -122,21 +134,24 @@ def batch_spec(mesh: jax.sharding.Mesh, rank: int = 1) -> P:
   return P(axes if axes else None, *([None] * (rank - 1)))
 
 
-def abstract_state(build: Callable[[], nnx.Module], mesh: jax.sharding.Mesh,
-                   rules: LogicalRules = DEFAULT_RULES):
+def abstract_state(
+  build: Callable[[], nnx.Module], mesh: jax.sharding.Mesh, rules: LogicalRules = DEFAULT_RULES
+):
   """(graphdef, state of ShapeDtypeStructs carrying NamedShardings) of `build()`; nothing allocated."""
   with jax.set_mesh(mesh), nnx.logical_axis_rules(rules_for_mesh(mesh, rules)):
     with nnx.use_eager_sharding(False):
       abstract = nnx.eval_shape(build)
     graphdef, state = nnx.split(abstract)
     shardings = nnx.get_named_sharding(state, mesh)
-  state = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
-                       state, shardings)
+  state = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), state, shardings)
   return graphdef, state
 
 
-def create_sharded(build: Callable[[], nnx.Module], mesh: jax.sharding.Mesh | None = None,
-                   rules: LogicalRules = DEFAULT_RULES) -> nnx.Module:
+def create_sharded(
+  build: Callable[[], nnx.Module],
+  mesh: jax.sharding.Mesh | None = None,
+  rules: LogicalRules = DEFAULT_RULES,
+) -> nnx.Module:
   """Creates `build()` inside one jit, with every variable laid out per the rules on `mesh`.
 
   The jit's outputs carry the target shardings, so no device ever holds a full copy of a sharded

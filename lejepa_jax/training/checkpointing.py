@@ -37,8 +37,11 @@ log = logging.getLogger("lejepa_jax")
 def flat_arrays(tree: Any, separator: str = ".") -> dict[str, Any]:
   """Flattens a nested dict of arrays to {"a.b.c": array}: the keys of saved and exported trees."""
   import jax
-  return {separator.join(str(getattr(k, "key", k)) for k in path): leaf
-          for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]}
+
+  return {
+    separator.join(str(getattr(k, "key", k)) for k in path): leaf
+    for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]
+  }
 
 
 def save_tree(directory: str | os.PathLike, tree: Any) -> None:
@@ -72,8 +75,9 @@ def restore_tree(directory: str | os.PathLike, target: Any) -> Any:
 STATE, DATA, CONFIG = "state", "data", "config"
 
 
-def training_manager(directory: str | os.PathLike, max_to_keep: int = 3, *, create: bool = True
-                     ) -> ocp.CheckpointManager:
+def training_manager(
+  directory: str | os.PathLike, max_to_keep: int = 3, *, create: bool = True
+) -> ocp.CheckpointManager:
   """Manager of the training run's checkpoints: the train state, the data iterator, the config.
 
   Every step it saves gets its digest; it keeps the newest `max_to_keep` steps, and more when they
@@ -82,16 +86,18 @@ def training_manager(directory: str | os.PathLike, max_to_keep: int = 3, *, crea
   open it any number of times.
   """
   import grain
+
   directory = os.path.abspath(directory)
   registry = ocp.handlers.DefaultCheckpointHandlerRegistry()
   registry.add(DATA, grain.checkpoint.CheckpointSave, grain.checkpoint.CheckpointHandler)
   registry.add(DATA, grain.checkpoint.CheckpointRestore, grain.checkpoint.CheckpointHandler)
   digests = _DigestWriter(directory)
   options = ocp.CheckpointManagerOptions(
-      create=create, preservation_policy=KeepLatestReadable(directory, max_to_keep),
-      async_options=ocp.AsyncOptions(post_finalization_callback=digests))
-  return _DigestingManager(directory, options=options, handler_registry=registry,
-                           digests=digests)
+    create=create,
+    preservation_policy=KeepLatestReadable(directory, max_to_keep),
+    async_options=ocp.AsyncOptions(post_finalization_callback=digests),
+  )
+  return _DigestingManager(directory, options=options, handler_registry=registry, digests=digests)
 
 
 # Digests -----------------------------------------------------------------------------------------
@@ -131,8 +137,11 @@ def file_digests(step_dir: str | os.PathLike) -> dict[str, dict]:
   """{path relative to `step_dir`: {"bytes": size, "sha256": hex}} of every file orbax and grain
   wrote there (not the digest itself, the commit marker and orbax's step metadata)."""
   root = pathlib.Path(step_dir)
-  return {f.relative_to(root).as_posix(): {"bytes": f.stat().st_size, "sha256": _sha256(f)}
-          for f in sorted(root.rglob("*")) if f.is_file() and f.name not in _UNDIGESTED}
+  return {
+    f.relative_to(root).as_posix(): {"bytes": f.stat().st_size, "sha256": _sha256(f)}
+    for f in sorted(root.rglob("*"))
+    if f.is_file() and f.name not in _UNDIGESTED
+  }
 
 
 def write_digest(step_dir: str | os.PathLike) -> None:
@@ -157,7 +166,8 @@ class _DigestWriter:
     # Before the commit the step lives in orbax's temporary directory (local disks); on object
     # stores orbax writes in place.
     written = sorted(self.directory.glob(f"{step}.orbax-checkpoint-tmp*")) or [
-        self.directory / str(step)]
+      self.directory / str(step)
+    ]
     write_digest(written[-1])
 
 
@@ -170,6 +180,7 @@ class _DigestingManager(ocp.CheckpointManager):
 
   def save(self, step: int, *args, **kwargs) -> bool:
     import jax
+
     primary = jax.process_index() == 0
     if primary:
       self._digests.pending.append(step)
@@ -188,27 +199,37 @@ def verify_step(directory: str | os.PathLike, step: int) -> bool:
   """
   step_dir = pathlib.Path(directory) / str(step)
   if not (step_dir / COMMIT_MARKER).exists():
-    raise DamagedCheckpointError(step, str(step_dir / COMMIT_MARKER), "the commit marker is missing "
-                                 "(the save never finished, or the file was removed)", "uncommitted")
+    raise DamagedCheckpointError(
+      step,
+      str(step_dir / COMMIT_MARKER),
+      "the commit marker is missing (the save never finished, or the file was removed)",
+      "uncommitted",
+    )
   digest_path = step_dir / DIGEST_FILE
   if not digest_path.exists():
     return False
   try:
     files = json.loads(digest_path.read_text())["files"]
   except (OSError, ValueError, KeyError) as e:
-    raise DamagedCheckpointError(step, str(digest_path), f"the digest cannot be read ({e})",
-                                 "bad-digest") from e
+    raise DamagedCheckpointError(
+      step, str(digest_path), f"the digest cannot be read ({e})", "bad-digest"
+    ) from e
   for name, want in files.items():
     path = step_dir / name
     if not path.is_file():
       raise DamagedCheckpointError(step, str(path), "the file is missing", "missing-file")
     size = path.stat().st_size
     if size != want["bytes"]:
-      raise DamagedCheckpointError(step, str(path), f"{size} bytes, {want['bytes']} were written",
-                                   "truncated" if size < want["bytes"] else "resized")
+      raise DamagedCheckpointError(
+        step,
+        str(path),
+        f"{size} bytes, {want['bytes']} were written",
+        "truncated" if size < want["bytes"] else "resized",
+      )
     if _sha256(path) != want["sha256"]:
-      raise DamagedCheckpointError(step, str(path), "its bytes differ from those written (SHA-256 "
-                                   "mismatch)", "altered")
+      raise DamagedCheckpointError(
+        step, str(path), "its bytes differ from those written (SHA-256 mismatch)", "altered"
+      )
   return True
 
 
@@ -231,15 +252,16 @@ class KeepLatestReadable:
   n: int | None
 
   def should_preserve(self, checkpoints: Sequence[Any], *, context: Any) -> list[bool]:
-    keep = list(ocp.checkpoint_managers.LatestN(self.n).should_preserve(checkpoints,
-                                                                      context=context))
-    if all(keep) or any(is_readable(self.directory, c.step)
-                        for c, kept in zip(reversed(checkpoints), reversed(keep)) if kept):
+    keep = list(ocp.checkpoint_managers.LatestN(self.n).should_preserve(checkpoints, context=context))
+    if all(keep) or any(
+      is_readable(self.directory, c.step)
+      for c, kept in zip(reversed(checkpoints), reversed(keep))
+      if kept
+    ):
       return keep
     for i in reversed(range(len(checkpoints))):
       if not keep[i] and is_readable(self.directory, checkpoints[i].step):
-        log.warning("keeping checkpoint step %d: the newer steps kept are damaged",
-                    checkpoints[i].step)
+        log.warning("keeping checkpoint step %d: the newer steps kept are damaged", checkpoints[i].step)
         keep[i] = True
         break
     return keep
@@ -258,23 +280,39 @@ def set_aside(directory: str | os.PathLike, step: int, kind: str) -> str:
   return target
 
 
-def save_training(manager: ocp.CheckpointManager, step: int, state: Any, data_iterator,
-                  config: dict) -> None:
+def save_training(
+  manager: ocp.CheckpointManager, step: int, state: Any, data_iterator, config: dict
+) -> None:
   """Saves asynchronously; call `manager.wait_until_finished()` before exiting."""
   import grain
-  manager.save(step, args=ocp.args.Composite(**{
-      STATE: ocp.args.StandardSave(state),
-      DATA: grain.checkpoint.CheckpointSave(data_iterator),
-      CONFIG: ocp.args.JsonSave(config)}))
+
+  manager.save(
+    step,
+    args=ocp.args.Composite(
+      **{
+        STATE: ocp.args.StandardSave(state),
+        DATA: grain.checkpoint.CheckpointSave(data_iterator),
+        CONFIG: ocp.args.JsonSave(config),
+      }
+    ),
+  )
 
 
-def restore_training(manager: ocp.CheckpointManager, step: int, abstract_state: Any,
-                     data_iterator) -> Any:
+def restore_training(
+  manager: ocp.CheckpointManager, step: int, abstract_state: Any, data_iterator
+) -> Any:
   """Restores the train state (onto `abstract_state`'s shardings) and the iterator in place."""
   import grain
-  restored = manager.restore(step, args=ocp.args.Composite(**{
-      STATE: ocp.args.StandardRestore(abstract_state),
-      DATA: grain.checkpoint.CheckpointRestore(data_iterator)}))
+
+  restored = manager.restore(
+    step,
+    args=ocp.args.Composite(
+      **{
+        STATE: ocp.args.StandardRestore(abstract_state),
+        DATA: grain.checkpoint.CheckpointRestore(data_iterator),
+      }
+    ),
+  )
   return restored[STATE]
 
 
@@ -284,6 +322,7 @@ def has_data_state(manager: ocp.CheckpointManager, step: int) -> bool:
   grain writes one state file per process, named by process index and count.
   """
   import jax
+
   name = f"process_{jax.process_index()}-of-{jax.process_count()}.json"
   return (manager.directory / str(step) / DATA / name).exists()
 
@@ -293,8 +332,9 @@ def restore_state_only(manager: ocp.CheckpointManager, step: int, abstract_state
 
   Without `abstract_state` the arrays come back as saved, on the default device.
   """
-  restored = manager.restore(step, args=ocp.args.Composite(**{
-      STATE: ocp.args.StandardRestore(abstract_state)}))
+  restored = manager.restore(
+    step, args=ocp.args.Composite(**{STATE: ocp.args.StandardRestore(abstract_state)})
+  )
   return restored[STATE]
 
 
@@ -306,13 +346,14 @@ def state_subtree_metadata(manager: ocp.CheckpointManager, step: int, key: str |
   finally:
     handler.close()
   if str(key) not in tree:
-    raise ValueError(f"the saved train state of step {step} has no item {key!r} (it has "
-                     f"{sorted(tree)}): it was not written by this trainer")
+    raise ValueError(
+      f"the saved train state of step {step} has no item {key!r} (it has "
+      f"{sorted(tree)}): it was not written by this trainer"
+    )
   return tree[str(key)]
 
 
-def restore_state_subtree(manager: ocp.CheckpointManager, step: int, key: str | int,
-                          target: Any) -> Any:
+def restore_state_subtree(manager: ocp.CheckpointManager, step: int, key: str | int, target: Any) -> Any:
   """The subtree `key` of `step`'s train state onto `target`'s shapes and shardings (an orbax
   partial restore: the rest of the saved state, e.g. the optimizer's moments, is never read)."""
   tree = {key: target}
@@ -326,4 +367,3 @@ def restore_config(manager: ocp.CheckpointManager, step: int) -> dict:
   """The config (as a dict) a training checkpoint was written with."""
   restored = manager.restore(step, args=ocp.args.Composite(**{CONFIG: ocp.args.JsonRestore()}))
   return restored[CONFIG]
-

@@ -23,6 +23,7 @@ class EventLog:
     self.enabled = jax.process_index() == 0
     if self.enabled:
       from tensorboardX import SummaryWriter
+
       os.makedirs(directory, exist_ok=True)
       self.tb = SummaryWriter(tensorboard_dir)
 

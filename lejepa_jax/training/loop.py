@@ -30,9 +30,17 @@ from lejepa_jax.training import (
 log = logging.getLogger("lejepa_jax")
 
 
-def run_steps(start: int, last_step: int, step_fn: Callable[[int], Any], *, log_every: int,
-              checkpoint_every: int, guard: preemption.PreemptionGuard,
-              on_log: Callable[[int, Any, float], None], on_save: Callable[[int], None]) -> int:
+def run_steps(
+  start: int,
+  last_step: int,
+  step_fn: Callable[[int], Any],
+  *,
+  log_every: int,
+  checkpoint_every: int,
+  guard: preemption.PreemptionGuard,
+  on_log: Callable[[int, Any, float], None],
+  on_save: Callable[[int], None],
+) -> int:
   """The step loop of a training run and of an ablation group: steps start + 1 .. last_step, or up
   to the step at which a preemption notice arrives; returns the last step taken (`start` if none).
 
@@ -68,26 +76,32 @@ def _check_finite(pending: list[tuple[int, Any]]) -> None:
     value, norm = float(value), float(norm)
     if not (math.isfinite(value) and math.isfinite(norm)):
       raise FloatingPointError(
-          f"Non-finite loss ({value}) or parameters (norm {norm}) at step {step}. The last good "
-          "checkpoint is kept; lower optim.lr or check the data, then rerun the same command to "
-          "resume from it.")
+        f"Non-finite loss ({value}) or parameters (norm {norm}) at step {step}. The last good "
+        "checkpoint is kept; lower optim.lr or check the data, then rerun the same command to "
+        "resume from it."
+      )
 
 
 def _setup(config, workdir, allow_config_change: bool = False):
   """Mesh, data iterator, sharded train state (restored if the workdir has a checkpoint)."""
-  mesh = sharding.make_mesh(dict(config.mesh.axes), config.mesh.axis_type,
-                            dcn_axes=dict(config.mesh.get("dcn_axes", {})))
+  mesh = sharding.make_mesh(
+    dict(config.mesh.axes), config.mesh.axis_type, dcn_axes=dict(config.mesh.get("dcn_axes", {}))
+  )
   local_batch = data.pipeline.local_batch_size(config.data.global_batch_size, jax.process_count())
   source = data.open_source(config.data.name, config.data.split, config.data.data_dir)
   iterator = resume.train_iterator(config, source)
   graphdef, state = nnx.split(
-      sharding.create_sharded(lambda: train_state.build_train_objects(config), mesh))
-  manager = checkpointing.training_manager(os.path.join(workdir, "checkpoints"),
-                                           config.keep_checkpoints)
+    sharding.create_sharded(lambda: train_state.build_train_objects(config), mesh)
+  )
+  manager = checkpointing.training_manager(os.path.join(workdir, "checkpoints"), config.keep_checkpoints)
   start, iterator = resume.resume(
-      manager, state, iterator, config, source,
-      check=lambda step: resume.check_same_experiment(manager, step, config, workdir,
-                                                      allow_config_change))
+    manager,
+    state,
+    iterator,
+    config,
+    source,
+    check=lambda step: resume.check_same_experiment(manager, step, config, workdir, allow_config_change),
+  )
   if start:
     log.info("resumed from step %d in %s", start, workdir)
   return mesh, local_batch, iterator, graphdef, state, manager, start
@@ -95,17 +109,29 @@ def _setup(config, workdir, allow_config_change: bool = False):
 
 def _log_line(step, total, m) -> None:
   eta = (total - step) * m["step_time_s"]
-  log.info("step %d/%d loss %.4f pred %.4f sigreg %.4f probe_acc %.3f lr %.2e | %.3f s/step "
-           "%.0f img/s ETA %.0f s", step, total, m["loss"], m["pred"], m["sigreg"],
-           m["probe_accuracy"], m["lr"], m["step_time_s"], m["images_per_s"], eta)
+  log.info(
+    "step %d/%d loss %.4f pred %.4f sigreg %.4f probe_acc %.3f lr %.2e | %.3f s/step "
+    "%.0f img/s ETA %.0f s",
+    step,
+    total,
+    m["loss"],
+    m["pred"],
+    m["sigreg"],
+    m["probe_accuracy"],
+    m["lr"],
+    m["step_time_s"],
+    m["images_per_s"],
+    eta,
+  )
 
 
 def _check_workdir(workdir: str) -> None:
   if "://" in workdir:
     raise ValueError(
-        f"--workdir={workdir}: the run directory must be a file system path (metrics, TensorBoard "
-        "events and reports are plain files). Mount the bucket (Cloud Storage FUSE: "
-        "launch/tpu_pod.sh mounts gs://BUCKET at ~/gcs) and pass the mounted path.")
+      f"--workdir={workdir}: the run directory must be a file system path (metrics, TensorBoard "
+      "events and reports are plain files). Mount the bucket (Cloud Storage FUSE: "
+      "launch/tpu_pod.sh mounts gs://BUCKET at ~/gcs) and pass the mounted path."
+    )
 
 
 def _write_config(config: ml_collections.ConfigDict, workdir: str) -> None:
@@ -115,8 +141,12 @@ def _write_config(config: ml_collections.ConfigDict, workdir: str) -> None:
       f.write(config.to_json(indent=2))
 
 
-def run(config: ml_collections.ConfigDict, workdir: str, stop_after: int | None = None,
-        allow_config_change: bool = False) -> dict[str, float]:
+def run(
+  config: ml_collections.ConfigDict,
+  workdir: str,
+  stop_after: int | None = None,
+  allow_config_change: bool = False,
+) -> dict[str, float]:
   """Trains (or resumes) in `workdir`; returns the last logged metrics.
 
   Args:
@@ -129,12 +159,17 @@ def run(config: ml_collections.ConfigDict, workdir: str, stop_after: int | None 
   """
   _check_workdir(workdir)
   os.makedirs(workdir, exist_ok=True)
-  mesh, local_batch, iterator, graphdef, state, manager, start = _setup(config, workdir,
-                                                                        allow_config_change)
+  mesh, local_batch, iterator, graphdef, state, manager, start = _setup(
+    config, workdir, allow_config_change
+  )
   _write_config(config, workdir)
   if start >= config.total_steps:
-    log.info("the run in %s already finished (step %d of %d); nothing to train", workdir, start,
-             config.total_steps)
+    log.info(
+      "the run in %s already finished (step %d of %d); nothing to train",
+      workdir,
+      start,
+      config.total_steps,
+    )
     manager.close()
     return {}
   compiled = steps.compile_train_step(config, mesh, graphdef, state, local_batch)
@@ -170,13 +205,25 @@ def run(config: ml_collections.ConfigDict, workdir: str, stop_after: int | None 
   def on_save(step: int) -> None:
     _check_finite(pending)
     pending.clear()
-    checkpointing.save_training(manager, step, train_state.to_savable(nnx.to_pure_dict(state)),
-                                iterator, json.loads(config.to_json()))
+    checkpointing.save_training(
+      manager,
+      step,
+      train_state.to_savable(nnx.to_pure_dict(state)),
+      iterator,
+      json.loads(config.to_json()),
+    )
 
   try:
-    run_steps(start, last_step, step_fn, log_every=config.log_every,
-              checkpoint_every=config.checkpoint_every, guard=guard, on_log=on_log,
-              on_save=on_save)
+    run_steps(
+      start,
+      last_step,
+      step_fn,
+      log_every=config.log_every,
+      checkpoint_every=config.checkpoint_every,
+      guard=guard,
+      on_log=on_log,
+      on_save=on_save,
+    )
   finally:
     manager.wait_until_finished()
     manager.close()

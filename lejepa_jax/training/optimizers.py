@@ -18,12 +18,13 @@ def lr_schedule(config, lr: float | jax.Array | None = None) -> optax.Schedule:
   o, total = config.optim, config.total_steps
   lr = o.lr if lr is None else lr
   return optax.warmup_cosine_decay_schedule(
-      0.0, lr, min(o.warmup_steps, max(total - 1, 1)), max(total, 2),
-      end_value=lr * o.final_lr_fraction)
+    0.0, lr, min(o.warmup_steps, max(total - 1, 1)), max(total, 2), end_value=lr * o.final_lr_fraction
+  )
 
 
-def make_optimizer(config, lr: float | jax.Array | None = None,
-                   weight_decay: float | jax.Array | None = None) -> optax.GradientTransformation:
+def make_optimizer(
+  config, lr: float | jax.Array | None = None, weight_decay: float | jax.Array | None = None
+) -> optax.GradientTransformation:
   """AdamW on `lr_schedule`; `lr` / `weight_decay` (floats or traced scalars) replace the config's.
 
   With `optim.clip_grad_norm` > 0 the gradients are first clipped to that global norm (off in the

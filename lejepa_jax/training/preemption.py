@@ -37,8 +37,10 @@ class PreemptionGuard:
 
   def _handle(self, signum, frame):
     del frame
-    log.warning("received signal %d: checkpointing and exiting after this step (again to "
-                "interrupt at once)", signum)
+    log.warning(
+      "received signal %d: checkpointing and exiting after this step (again to interrupt at once)",
+      signum,
+    )
     self.restore()
     if self._synced:
       os.kill(os.getpid(), signal.SIGTERM)  # to JAX's preemption notifier: every process stops
@@ -49,6 +51,7 @@ class PreemptionGuard:
     """Whether the loop should save `step` and leave (the same answer on every process)."""
     if self._synced and not self.requested:
       from jax.experimental import multihost_utils
+
       # The protocol wants a rising count that every process shares: the calls made so far (a
       # step restarts at 1 in each group of an ablation and at the restored step on a resume).
       self._calls += 1

@@ -20,11 +20,18 @@ log = logging.getLogger("lejepa_jax")
 
 def train_iterator(config, source, start_batch: int = 0):
   """This process's iterator of training batches over `source`, from global batch `start_batch`."""
-  return iter(data.train_dataset(
-      source, data.multicrop_from_config(config.data.to_dict()),
-      global_batch_size=config.data.global_batch_size, seed=config.seed,
-      process_index=jax.process_index(), process_count=jax.process_count(),
-      num_workers=config.data.num_workers, start_batch=start_batch))
+  return iter(
+    data.train_dataset(
+      source,
+      data.multicrop_from_config(config.data.to_dict()),
+      global_batch_size=config.data.global_batch_size,
+      seed=config.seed,
+      process_index=jax.process_index(),
+      process_count=jax.process_count(),
+      num_workers=config.data.num_workers,
+      start_batch=start_batch,
+    )
+  )
 
 
 def restore_into(manager, start, state, iterator, config, source):
@@ -38,16 +45,21 @@ def restore_into(manager, start, state, iterator, config, source):
   if checkpointing.has_data_state(manager, start):
     saved = checkpointing.restore_training(manager, start, abstract, iterator)
   else:
-    log.info("the data iterator of step %d was saved by another process count: the data continue "
-             "at global batch %d", start, start)
+    log.info(
+      "the data iterator of step %d was saved by another process count: the data continue "
+      "at global batch %d",
+      start,
+      start,
+    )
     saved = checkpointing.restore_state_only(manager, start, abstract)
     iterator = train_iterator(config, source, start_batch=start)
   nnx.replace_by_pure_dict(state, train_state.from_savable(saved, nnx.to_pure_dict(state)))
   return iterator
 
 
-def resume(manager, state, iterator, config, source,
-           check: Callable[[int], None] | None = None) -> tuple[int, Any]:
+def resume(
+  manager, state, iterator, config, source, check: Callable[[int], None] | None = None
+) -> tuple[int, Any]:
   """Restores the newest readable checkpoint of `manager` into `state`; returns (its step, the data
   iterator to continue with), or (0, `iterator`) when there is no checkpoint.
 
@@ -61,8 +73,11 @@ def resume(manager, state, iterator, config, source,
   for step in sorted(manager.all_steps(), reverse=True):
     try:
       if not checkpointing.verify_step(manager.directory, step):
-        log.warning("checkpoint step %d has no digest (written before checkpoints had one): "
-                    "restoring it unverified", step)
+        log.warning(
+          "checkpoint step %d has no digest (written before checkpoints had one): "
+          "restoring it unverified",
+          step,
+        )
       if check is not None:
         check(step)
       iterator = _restore_or_raise(manager, step, state, iterator, config, source)
@@ -74,10 +89,11 @@ def resume(manager, state, iterator, config, source,
     return step, iterator
   if damaged:
     raise UnreadableCheckpointsError(
-        f"No checkpoint in {manager.directory} can be restored:\n" + "\n".join(
-            f"  step {e.step}: {e.path}: {e.reason}" for e in damaged) +
-        "\nNothing was changed. Restore the files from a copy, or move the checkpoints directory "
-        "aside to train from the start.")
+      f"No checkpoint in {manager.directory} can be restored:\n"
+      + "\n".join(f"  step {e.step}: {e.path}: {e.reason}" for e in damaged)
+      + "\nNothing was changed. Restore the files from a copy, or move the checkpoints directory "
+      "aside to train from the start."
+    )
   return 0, iterator
 
 
@@ -91,8 +107,11 @@ def _restore_or_raise(manager, step, state, iterator, config, source):
     return restore_into(manager, step, state, iterator, config, source)
   except Exception as e:  # whatever the readers raise on bad bytes
     raise checkpointing.DamagedCheckpointError(
-        step, str(manager.directory / str(step)),
-        f"it could not be restored ({type(e).__name__}: {str(e)[:300]})", "unreadable") from e
+      step,
+      str(manager.directory / str(step)),
+      f"it could not be restored ({type(e).__name__}: {str(e)[:300]})",
+      "unreadable",
+    ) from e
 
 
 def _set_aside(manager, damaged: list) -> None:
@@ -106,15 +125,25 @@ def _set_aside(manager, damaged: list) -> None:
       log.warning("moved damaged checkpoint step %d to %s (unchanged)", e.step, target)
   if jax.process_count() > 1:
     from jax.experimental import multihost_utils
+
     multihost_utils.sync_global_devices("lejepa_jax: damaged checkpoints set aside")
   manager.reload()
 
 
 # Keys a resumed run may change: where and how it runs, not what it trains. (Not
 # data.num_workers: the saved data-iterator state is laid out per worker.)
-RESUMABLE_CHANGES = ("log_every", "checkpoint_every", "keep_checkpoints", "data.data_dir",
-                     "data.eval_crop_fraction", "mesh.", "model.remat", "compiler_options",
-                     "member_convolutions", "data.skip_bad_records")
+RESUMABLE_CHANGES = (
+  "log_every",
+  "checkpoint_every",
+  "keep_checkpoints",
+  "data.data_dir",
+  "data.eval_crop_fraction",
+  "mesh.",
+  "model.remat",
+  "compiler_options",
+  "member_convolutions",
+  "data.skip_bad_records",
+)
 
 
 def _flat(tree: dict, prefix: str = "") -> dict[str, Any]:
@@ -145,6 +174,7 @@ def config_changes(saved: dict, config: ml_collections.ConfigDict) -> list[str]:
 def _defaults(model_name: str | None) -> dict[str, Any]:
   """Flat defaults of the config tree, with the model options of `model_name`'s family."""
   from lejepa_jax import config_lib
+
   flat = _flat(json.loads(config_lib.base_config().to_json()))
   for option, value in config_lib.MODEL_OPTIONS.get(model_name, {}).items():
     flat[f"model.{option}"] = value
@@ -160,7 +190,8 @@ def check_same_experiment(manager, start: int, config, workdir: str, allow_chang
   listing = "; ".join(changes)
   if not allow_change:
     raise ValueError(
-        f"{workdir} holds a run whose config differs from this one ({listing}). Use another "
-        f"--workdir for a new experiment, or pass --allow_config_change to continue this run from "
-        f"step {start} with the new values. Nothing was changed in {workdir}.")
+      f"{workdir} holds a run whose config differs from this one ({listing}). Use another "
+      f"--workdir for a new experiment, or pass --allow_config_change to continue this run from "
+      f"step {start} with the new values. Nothing was changed in {workdir}."
+    )
   log.warning("continuing the run from step %d with a changed config: %s", start, listing)

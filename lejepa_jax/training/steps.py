@@ -36,8 +36,9 @@ def normalize(images: jax.Array, mean, std) -> jax.Array:
   return (images - jnp.asarray(mean, jnp.float32)) / jnp.asarray(std, jnp.float32)
 
 
-def prepare_views(views: jax.Array, key: jax.Array, mean, std,
-                  device_augment: Augment | None) -> jax.Array:
+def prepare_views(
+  views: jax.Array, key: jax.Array, mean, std, device_augment: Augment | None
+) -> jax.Array:
   """uint8 views [N, V, H, W, C] -> normalised float32, photometric ops first if done on device."""
   if device_augment is not None:
     views = device_augment_lib.augment_views(views, key, device_augment)
@@ -51,15 +52,23 @@ def _embed_views(model, views: jax.Array) -> tuple[jax.Array, jax.Array]:
   return pooled.reshape(n, v, -1), features.reshape(n, v, -1)
 
 
-def lejepa_objective(model, batch: Mapping[str, jax.Array], key: jax.Array,
-                     loss_config: Mapping[str, Any], num_global: int, mean, std,
-                     device_augment: Augment | None = None):
+def lejepa_objective(
+  model,
+  batch: Mapping[str, jax.Array],
+  key: jax.Array,
+  loss_config: Mapping[str, Any],
+  num_global: int,
+  mean,
+  std,
+  device_augment: Augment | None = None,
+):
   """Loss and its parts for a multi-crop batch; also returns the global views' probe features.
 
   `key` draws the SIGReg directions; on-device augmentation (if any) uses keys folded from it.
   """
   views = lambda name, i: prepare_views(
-      batch[name], jax.random.fold_in(key, i), mean, std, device_augment)
+    batch[name], jax.random.fold_in(key, i), mean, std, device_augment
+  )
   pooled_g, features_g = _embed_views(model, views("global", 1))
   pooled = pooled_g
   if batch["local"].shape[1]:
@@ -80,9 +89,10 @@ def _accumulated_grads(model, batch, key, objective, num_micro: int):
   size = n // num_micro
   total_grads, outs = None, []
   for i in range(num_micro):
-    micro = jax.tree.map(lambda x: x[i * size:(i + 1) * size], batch)
-    out, grads = nnx.value_and_grad(lambda m: objective(m, micro, jax.random.fold_in(key, 100 + i)),
-                                    has_aux=True)(model)
+    micro = jax.tree.map(lambda x: x[i * size : (i + 1) * size], batch)
+    out, grads = nnx.value_and_grad(
+      lambda m: objective(m, micro, jax.random.fold_in(key, 100 + i)), has_aux=True
+    )(model)
     total_grads = grads if total_grads is None else jax.tree.map(jnp.add, total_grads, grads)
     outs.append(out)
   (loss, (parts, _)), features = outs[0], [o[1][1] for o in outs]
@@ -92,9 +102,20 @@ def _accumulated_grads(model, batch, key, objective, num_micro: int):
   return (loss, (parts, jnp.concatenate(features, axis=0))), grads
 
 
-def train_step(graphdef, state, batch, key, *, loss_config, num_global, mean, std,
-               device_augment: Augment | None = None, grad_accum_steps: int = 1,
-               tx: optax.GradientTransformation | None = None):
+def train_step(
+  graphdef,
+  state,
+  batch,
+  key,
+  *,
+  loss_config,
+  num_global,
+  mean,
+  std,
+  device_augment: Augment | None = None,
+  grad_accum_steps: int = 1,
+  tx: optax.GradientTransformation | None = None,
+):
   """One step: (state, metrics). `key` is this step's key (fold_in(seed key, step)).
 
   `tx` replaces the encoder optimizer's transformation for this step; it must keep the state's
@@ -109,11 +130,11 @@ def train_step(graphdef, state, batch, key, *, loss_config, num_global, mean, st
     return lejepa_objective(model, batch, key, loss_config, num_global, mean, std, device_augment)
 
   if grad_accum_steps > 1:
-    (loss, (parts, features)), grads = _accumulated_grads(model, batch, key, objective,
-                                                          grad_accum_steps)
+    (loss, (parts, features)), grads = _accumulated_grads(model, batch, key, objective, grad_accum_steps)
   else:
     (loss, (parts, features)), grads = nnx.value_and_grad(
-        lambda m: objective(m, batch, key), has_aux=True)(model)
+      lambda m: objective(m, batch, key), has_aux=True
+    )(model)
   optimizer.update(model, grads)
 
   # The probe reads stop-gradient features of the first global view: labels never reach the encoder.
@@ -125,41 +146,55 @@ def train_step(graphdef, state, batch, key, *, loss_config, num_global, mean, st
 
   (probe_loss, logits), probe_grads = nnx.value_and_grad(probe_loss_fn, has_aux=True)(probe)
   probe_optimizer.update(probe, probe_grads)
-  metrics = {"loss": loss, "pred": parts["pred"], "sigreg": parts["sigreg"],
-             "probe_loss": probe_loss,
-             "probe_accuracy": jnp.mean(jnp.argmax(logits, -1) == batch["label"]),
-             "grad_norm": optax.tree.norm(grads),
-             "param_norm": optax.tree.norm(nnx.state(model, nnx.Param))}
+  metrics = {
+    "loss": loss,
+    "pred": parts["pred"],
+    "sigreg": parts["sigreg"],
+    "probe_loss": probe_loss,
+    "probe_accuracy": jnp.mean(jnp.argmax(logits, -1) == batch["label"]),
+    "grad_norm": optax.tree.norm(grads),
+    "param_norm": optax.tree.norm(nnx.state(model, nnx.Param)),
+  }
   return nnx.state((model, optimizer, probe, probe_optimizer)), metrics
 
 
-def abstract_batch(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh, local_batch: int
-                   ) -> dict[str, jax.ShapeDtypeStruct]:
+def abstract_batch(
+  config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh, local_batch: int
+) -> dict[str, jax.ShapeDtypeStruct]:
   """Abstract global batch for ahead-of-time compilation: {"global": [n, Vg, H, W, C] uint8,
   "local": [n, Vl, h, w, C] uint8, "label": [n] int32}, n = local_batch * process_count, sharded
   over the mesh's batch axes."""
   d = config.data
   n = local_batch * jax.process_count()
-  shapes = {"global": (n, d.global_views["count"], d.global_views["size"], d.global_views["size"],
-                       d.channels),
-            "local": (n, d.local_views["count"], d.local_views["size"], d.local_views["size"],
-                      d.channels),
-            "label": (n,)}
+  shapes = {
+    "global": (n, d.global_views["count"], d.global_views["size"], d.global_views["size"], d.channels),
+    "local": (n, d.local_views["count"], d.local_views["size"], d.local_views["size"], d.channels),
+    "label": (n,),
+  }
   dtypes = {"global": jnp.uint8, "local": jnp.uint8, "label": jnp.int32}
-  return {k: jax.ShapeDtypeStruct(s, dtypes[k], sharding=jax.sharding.NamedSharding(
-      mesh, sharding.batch_spec(mesh, len(s)))) for k, s in shapes.items()}
+  return {
+    k: jax.ShapeDtypeStruct(
+      s, dtypes[k], sharding=jax.sharding.NamedSharding(mesh, sharding.batch_spec(mesh, len(s)))
+    )
+    for k, s in shapes.items()
+  }
 
 
 def step_options(config: ml_collections.ConfigDict) -> dict[str, Any]:
   """The keyword arguments of `train_step` that the config fixes."""
-  return dict(loss_config=dict(config.loss), num_global=config.data.global_views["count"],
-              mean=tuple(config.data.mean), std=tuple(config.data.std),
-              device_augment=data.device_augment_from_config(config.data),
-              grad_accum_steps=config.grad_accum_steps)
+  return dict(
+    loss_config=dict(config.loss),
+    num_global=config.data.global_views["count"],
+    mean=tuple(config.data.mean),
+    std=tuple(config.data.std),
+    device_augment=data.device_augment_from_config(config.data),
+    grad_accum_steps=config.grad_accum_steps,
+  )
 
 
-def compile_train_step(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh, graphdef,
-                       state, local_batch: int):
+def compile_train_step(
+  config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh, graphdef, state, local_batch: int
+):
   """The train step jitted with the state donated and layouts kept, compiled ahead of time.
 
   Logs the compiled per-device memory. Call as `compiled(state, batch, step_key)`.
@@ -171,10 +206,14 @@ def compile_train_step(config: ml_collections.ConfigDict, mesh: jax.sharding.Mes
   jitted = jax.jit(step, donate_argnums=0, out_shardings=(state_shardings, replicated))
   key = jax.eval_shape(lambda: jax.random.key(0))  # abstract too: no device is touched
   with jax.set_mesh(mesh):
-    compiled = jitted.lower(train_state.abstract_tree(state), abstract_batch(config, mesh, local_batch),
-                            key).compile(compiler_options=compiler.options(config))
+    compiled = jitted.lower(
+      train_state.abstract_tree(state), abstract_batch(config, mesh, local_batch), key
+    ).compile(compiler_options=compiler.options(config))
   memory = compiled.memory_analysis()
   if memory is not None:
-    log.info("train step compiled: %.1f MiB arguments, %.1f MiB temporaries per device",
-             memory.argument_size_in_bytes / 2**20, memory.temp_size_in_bytes / 2**20)
+    log.info(
+      "train step compiled: %.1f MiB arguments, %.1f MiB temporaries per device",
+      memory.argument_size_in_bytes / 2**20,
+      memory.temp_size_in_bytes / 2**20,
+    )
   return compiled

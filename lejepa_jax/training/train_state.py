@@ -36,14 +36,17 @@ def build_train_objects(config: ml_collections.ConfigDict, seed: int | jax.Array
 def to_savable(tree):
   """Typed PRNG keys -> their raw uint32 data (checkpoints hold plain arrays)."""
   return jax.tree.map(
-      lambda x: jax.random.key_data(x) if jnp.issubdtype(x.dtype, jax.dtypes.prng_key) else x, tree)
+    lambda x: jax.random.key_data(x) if jnp.issubdtype(x.dtype, jax.dtypes.prng_key) else x, tree
+  )
 
 
 def from_savable(saved, like):
   """Inverse of to_savable: raw key data back to typed keys where `like` holds keys."""
   return jax.tree.map(
-      lambda s, l: jax.random.wrap_key_data(s) if jnp.issubdtype(l.dtype, jax.dtypes.prng_key)
-      else s, saved, like)
+    lambda s, l: jax.random.wrap_key_data(s) if jnp.issubdtype(l.dtype, jax.dtypes.prng_key) else s,
+    saved,
+    like,
+  )
 
 
 def abstract_tree(tree):

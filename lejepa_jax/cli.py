@@ -86,6 +86,16 @@ def parse(
       args = flag_values([prog, *argv])[1:]
   except flags.Error as e:
     usage_error(flag_values, prog, str(e))
+  except (AttributeError, KeyError) as e:  # a --config.<key> override the config does not have
+    key = str(e).strip("\"'")
+    if not any(arg.startswith("--") and "." in arg.split("=")[0] and key in arg for arg in argv):
+      raise  # from inside a config file, not from an override
+    usage_error(
+      flag_values,
+      prog,
+      f"the config has no key {key!r} (a --config.<key>=value override "
+      "names a field that does not exist: check its spelling and nesting)",
+    )
   if len(args) > len(positional):
     usage_error(flag_values, prog, f"unrecognized arguments: {' '.join(args[len(positional) :])}")
   if len(args) < len(positional):

@@ -36,6 +36,7 @@ def _exported_train_step(config, platforms):
     return jax.export.export(jax.jit(step), platforms=platforms)(state, batch, key)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("family", ["vit", "resnet"])
 def test_the_train_step_lowers_for_gpus_and_tpus(devices, data_dir, family):
   config = tiny_config(data_dir, 2) if family == "vit" else _resnet_config(data_dir)

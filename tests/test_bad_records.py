@@ -182,6 +182,7 @@ def absl_flags_parsed():
     flags.FLAGS.unparse_flags()
 
 
+@pytest.mark.slow
 def test_bad_record_in_a_grain_worker_reaches_the_main_process_intact(
   dataset, tmp_path, absl_flags_parsed
 ):

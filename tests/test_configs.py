@@ -24,6 +24,7 @@ def load(path):
   return module
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: os.path.basename(p))
 @pytest.mark.parametrize("arg", [None, "runlocal"])
 def test_config_builds_its_encoder(path, arg):

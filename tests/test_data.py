@@ -132,6 +132,7 @@ def test_multicrop_views_shapes_and_determinism(folder_dataset):
   assert not np.array_equal(next(iter(make(1)))["global"], batch["global"])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("process_count", [2, 4])
 def test_global_batches_do_not_depend_on_the_process_count(folder_dataset, process_count):
   """Hosts' batches concatenated in process order are the 1-process batches: examples and crops."""

@@ -60,6 +60,7 @@ def test_lejepa_loss_matches_reference(combine, views):
   np.testing.assert_allclose(loss, total, rtol=1e-5)
 
 
+@pytest.mark.slow
 def test_lejepa_gradient_matches_finite_differences():
   z = np.random.default_rng(3).standard_normal((6, 3, 4))
   key = jax.random.key(1)
@@ -76,6 +77,7 @@ def test_lejepa_gradient_matches_finite_differences():
   np.testing.assert_allclose(got, ref.numerical_gradient(reference, z), rtol=2e-4, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_vmap_over_sigreg_weights_and_keys_matches_loop():
   z = jax.random.normal(jax.random.key(0), (32, 4, 8))
   weights = jnp.array([0.0, 0.02, 0.05, 0.2, 1.0])

@@ -39,6 +39,7 @@ PUBLISHED = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name,variant", sorted(PUBLISHED))
 def test_parameter_counts_match_published_sizes(name, variant):
   count = models.count_params(name, variant)
@@ -86,6 +87,7 @@ def test_forward_shapes(which):
   assert features.shape == (3, EXPECTED_DIMS[which]) and projections.shape == (3, 8)
 
 
+@pytest.mark.slow
 def test_resnet_stage_maps_split_the_block_chain_at_stage_ends():
   resnet = models.build_backbone(
     dict(name="resnet", variant="18", small_stem=True, width=8, in_channels=1), nnx.Rngs(0)
@@ -106,6 +108,7 @@ def test_resnet_stage_maps_split_the_block_chain_at_stage_ends():
   np.testing.assert_allclose(resnet.feature_map(images), ends[-1], rtol=1e-6)
 
 
+@pytest.mark.slow
 def test_vit_and_convnext_stage_maps():
   vit = models.ViT("Ti/16", img_size=32, rngs=nnx.Rngs(0))
   images = jax.random.uniform(jax.random.key(1), (2, 32, 48, 3))
@@ -123,6 +126,7 @@ def test_vit_and_convnext_stage_maps():
   assert shapes == [(1, 16, 16, 40), (1, 8, 8, 80), (1, 4, 4, 160), (1, 2, 2, 320)]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("which", ["vit", "vit_registers_no_cls", "resnet18_small"])
 def test_forward_is_finite_and_embed_matches(which):
   config = dict(TINY[which], projector=dict(hidden_dim=32, out_dim=8))
@@ -143,6 +147,7 @@ def test_projector_structure_is_linear_bn_relu_twice_then_linear():
   np.testing.assert_allclose(projector(x), projector(x.reshape(12, 16)).reshape(4, 3, 8), rtol=1e-6)
 
 
+@pytest.mark.slow
 def test_one_vit_takes_global_and_local_crops():
   vit = models.ViT("Ti/16", img_size=64, rngs=nnx.Rngs(0))
   vit.eval()
@@ -175,6 +180,7 @@ def test_vit_features_are_last_two_summary_tokens():
   np.testing.assert_allclose(pooled, features[:, 192:], rtol=1e-6)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("which", ["vit", "resnet18_small", "convnextv2"])
 def test_bfloat16_compute_keeps_float32_params(which):
   config = dict(TINY[which], projector=dict(hidden_dim=32, out_dim=8))
@@ -260,6 +266,7 @@ def test_small_input_convolution_equals_xla_convolution(size, stride, padding):
     np.testing.assert_allclose(g_ours, g_xla, rtol=1e-4, atol=1e-3)
 
 
+@pytest.mark.slow
 def test_cpu_attention_equals_jax_dot_product_attention():
   from lejepa_jax.models import vit
 
@@ -342,6 +349,7 @@ def test_bfloat16_products_accumulate_in_float32_and_so_do_their_gradients(k, n)
   )
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("use_bias", [True, False])
 def test_bfloat16_dense_equals_nnx_linear_also_under_vmap(use_bias):
   """layers.Dense (bfloat16 on the CPU: accumulating_matmul + add_bias) against nnx.Linear with the
@@ -381,6 +389,7 @@ def test_bfloat16_dense_equals_nnx_linear_also_under_vmap(use_bias):
       )
 
 
+@pytest.mark.slow
 def test_bfloat16_cpu_product_forms_are_as_accurate_as_plain_autodiff(monkeypatch):
   """The whole LeJEPA gradient of a bfloat16 ViT with the CPU product forms (accumulating_matmul,
   add_bias) against the same model differentiated by plain autodiff (forms switched off), both
@@ -412,6 +421,7 @@ def test_bfloat16_cpu_product_forms_are_as_accurate_as_plain_autodiff(monkeypatc
   np.testing.assert_allclose(np.linalg.norm(forms), np.linalg.norm(plain), rtol=0.01)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("remat", ["full", "dots_with_no_batch_dims_saveable"])
 def test_remat_changes_memory_not_values(remat):
   """Rematerialised blocks give the same outputs and gradients, drop-path masks included."""

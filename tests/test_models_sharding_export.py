@@ -31,6 +31,7 @@ def _train_forward(encoder, images):
   "mesh_axes,axis_type",
   [({"data": 8}, "auto"), ({"data": 2, "fsdp": 4}, "auto"), ({"data": 8}, "explicit")],
 )
+@pytest.mark.slow
 def test_sharded_forward_equals_unsharded_with_global_batchnorm(devices, mesh_axes, axis_type):
   images = jax.random.uniform(jax.random.key(0), (16, 16, 16, 1))
   # Make per-device batches differ strongly, so per-device BatchNorm statistics would show.
@@ -51,6 +52,7 @@ def test_sharded_forward_equals_unsharded_with_global_batchnorm(devices, mesh_ax
   )
 
 
+@pytest.mark.slow
 def test_fsdp_params_are_created_sharded(devices):
   mesh = sharding.make_mesh({"data": 2, "fsdp": 4})
   encoder = models.create_encoder(VIT, mesh=mesh)
@@ -59,6 +61,7 @@ def test_fsdp_params_are_created_sharded(devices):
   assert kernel.addressable_shards[0].data.shape == (192 // 4, 768)
 
 
+@pytest.mark.slow
 def test_vit_l14_under_fsdp_holds_an_eighth_of_its_bytes_per_device(devices):
   mesh = sharding.make_mesh({"fsdp": 8})
   _, state = sharding.abstract_state(
@@ -94,6 +97,7 @@ def _eval_forward(encoder, images):
   return encoder(images)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("config", [RESNET, VIT], ids=["resnet", "vit"])
 def test_export_round_trip_is_bit_exact(tmp_path, config):
   encoder, images = _trained_bn_encoder(config)
@@ -107,6 +111,7 @@ def test_export_round_trip_is_bit_exact(tmp_path, config):
     export.save_encoder(encoder, config, path)
 
 
+@pytest.mark.slow
 def test_backbone_only_export_loads_onto_a_mesh(tmp_path, devices):
   encoder, images = _trained_bn_encoder(RESNET)
   path = export.save_encoder(encoder, RESNET, str(tmp_path / "backbone"), with_projector=False)

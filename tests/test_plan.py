@@ -21,6 +21,7 @@ def _tiny_config():
   return config_lib.load_config_file(os.path.join(ROOT, "tests", "tiny_config.py"))
 
 
+@pytest.mark.slow
 def test_state_bytes_equal_the_real_sharded_train_state(devices):
   config = _tiny_config()
   mesh = sharding.make_mesh({"data": 1, "fsdp": 8})

@@ -7,6 +7,7 @@ import shutil
 import helpers
 import jax
 import numpy as np
+import pytest
 
 from lejepa_jax import export
 from lejepa_jax.evaluation import restore
@@ -57,6 +58,7 @@ def test_saved_checkpoint_and_export_hold_the_same_encoder():
   )
 
 
+@pytest.mark.slow
 def test_saved_run_resumes(data_dir, tmp_path):
   """The saved train state, data iterator and config restore and train on (same tiny dataset)."""
   workdir = str(tmp_path / "run")

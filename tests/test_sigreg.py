@@ -51,6 +51,7 @@ def test_wide_quadrature_converges_to_closed_form():
   assert _max_rel_err(narrow, closed) > 10 * _max_rel_err(wide, closed)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("num_samples", [16, 64, 256, 1024, 4096])
 def test_gaussian_embeddings_score_the_expected_value(num_samples):
   # E[EP] = sum_k w_k (1 - exp(-t_k^2)) for N(0, 1) samples, whatever N
@@ -116,6 +117,7 @@ def test_gradients_are_finite_everywhere(case):
   assert np.isfinite(float(value)) and np.all(np.isfinite(np.asarray(grad)))
 
 
+@pytest.mark.slow
 def test_per_sample_gradient_is_bounded_for_large_inputs():
   x = 100.0 * jax.random.normal(jax.random.key(0), (256, 64))
   per_slice = jax.grad(lambda v: losses.epps_pulley(v).sum())(x)  # d EP_m / d x[n, m]

@@ -3,6 +3,7 @@ the same way, step after step (FSDP parameters stay split, nothing is gathered o
 
 import jax
 import numpy as np
+import pytest
 from flax import nnx
 from helpers import tiny_config
 from jax.sharding import PartitionSpec as P
@@ -11,6 +12,7 @@ from lejepa_jax.scale import sharding
 from lejepa_jax.training import steps, train_state
 
 
+@pytest.mark.slow
 def test_the_compiled_step_keeps_the_shardings_of_the_state(devices, data_dir):
   config = tiny_config(data_dir, 2)  # mesh data 4 x fsdp 2 on the 8 simulated devices
   mesh = sharding.make_mesh(dict(config.mesh.axes), config.mesh.axis_type)

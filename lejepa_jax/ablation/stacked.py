@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import functools
-import logging
 from collections.abc import Sequence
 
 import jax
@@ -21,7 +20,6 @@ from lejepa_jax.models import members as members_lib
 from lejepa_jax.scale import compiler, sharding
 from lejepa_jax.training import optimizers, steps, train_state
 
-log = logging.getLogger("lejepa_jax")
 MEMBER_AXIS = "member"
 
 
@@ -112,13 +110,7 @@ def compile_members_step(
       steps.abstract_batch(config, mesh, local_batch),
       jax.ShapeDtypeStruct((), jnp.int32),
     ).compile(compiler_options=compiler.options(config))
-  memory = compiled.memory_analysis()
-  if memory is not None:
-    log.info(
-      "members step compiled: %.1f MiB arguments, %.1f MiB temporaries per device",
-      memory.argument_size_in_bytes / 2**20,
-      memory.temp_size_in_bytes / 2**20,
-    )
+  steps.log_compiled_memory(compiled, "members step")
   return compiled
 
 

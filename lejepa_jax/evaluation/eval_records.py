@@ -4,14 +4,11 @@ writer (jsonl + TensorBoard) and the console table."""
 from __future__ import annotations
 
 import json
-import logging
 import os
 
 import jax
 
 from lejepa_jax.training import event_log
-
-log = logging.getLogger("lejepa_jax")
 
 
 class EvalRecord:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import functools
-import logging
 from collections.abc import Iterator
 
 import jax
@@ -17,7 +16,6 @@ from lejepa_jax.evaluation import evaluators, progress
 from lejepa_jax.scale import compiler
 from lejepa_jax.training import steps
 
-log = logging.getLogger("lejepa_jax")
 FEATURE_KINDS = ("embed", "feature_map")
 # Decoded evaluation splits up to this size stay in memory for the job: every encoder it evaluates
 # (baselines, each checkpoint) reads the same crops, and decoding them took about 40% of an

@@ -20,7 +20,6 @@ parameters replicated; accuracy is top-1 on the centre crops of the evaluation s
 from __future__ import annotations
 
 import functools
-import logging
 import math
 import time
 from collections.abc import Iterable
@@ -38,8 +37,6 @@ from lejepa_jax.evaluation import progress
 from lejepa_jax.models import vit
 from lejepa_jax.scale import sharding
 from lejepa_jax.training import steps
-
-log = logging.getLogger("lejepa_jax")
 
 OPTIONS = dict(
   epochs=2.0,

@@ -1,20 +1,9 @@
-r"""Export a trained encoder as a plain Flax variables tree (+ JSON config) and load it back in one call.
-
-From a training run's checkpoint (the latest, or --step):
+r"""Export a trained encoder from a training run's checkpoint (the latest, or --step).
 
     python -m lejepa_jax.export --workdir=<training workdir> --out=exported/vit_s16 [--step=N] \
         [--with_projector] [--safetensors]
 
-On-disk format of an exported encoder directory:
-
-    config.json        {"format": "lejepa_jax.encoder", "version": 1, "model": {model config},
-                        "with_projector": bool}
-    variables/         orbax checkpoint of {"params": {...}, "batch_stats": {...}}: nested dicts of
-                       float32 arrays keyed by module path, e.g. params/backbone/blocks/0/attn/qkv/kernel
-    model.safetensors  (optional, `export_safetensors`) the same arrays, keys joined by ".", e.g.
-                       "params.backbone.blocks.0.attn.qkv.kernel", "batch_stats.backbone.stem_bn.mean"
-
-Kernels are laid out [in, out] for Linear and [kh, kw, in, out] for convolutions (Flax convention).
+The directory it writes, and `load_encoder` that reads it back: lejepa_jax/export/encoder_files.py.
 """
 
 from __future__ import annotations

@@ -209,11 +209,17 @@ def compile_train_step(
     compiled = jitted.lower(
       train_state.abstract_tree(state), abstract_batch(config, mesh, local_batch), key
     ).compile(compiler_options=compiler.options(config))
+  log_compiled_memory(compiled, "train step")
+  return compiled
+
+
+def log_compiled_memory(compiled, what: str) -> None:
+  """Logs a compiled program's per-device argument and temporary memory (where XLA reports it)."""
   memory = compiled.memory_analysis()
   if memory is not None:
     log.info(
-      "train step compiled: %.1f MiB arguments, %.1f MiB temporaries per device",
+      "%s compiled: %.1f MiB arguments, %.1f MiB temporaries per device",
+      what,
       memory.argument_size_in_bytes / 2**20,
       memory.temp_size_in_bytes / 2**20,
     )
-  return compiled

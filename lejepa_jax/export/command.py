@@ -1,7 +1,7 @@
 r"""Export a trained encoder from a training run's checkpoint (the latest, or --step).
 
     python -m lejepa_jax.export --workdir=<training workdir> --out=exported/vit_s16 [--step=N] \
-        [--with_projector] [--safetensors]
+        [--with_projector] [--safetensors] [--timm]
 
 The directory it writes, and `load_encoder` that reads it back: lejepa_jax/export/encoder_files.py.
 """
@@ -28,6 +28,14 @@ _SAFETENSORS = flags.DEFINE_bool(
   "safetensors", False, "also write OUT/model.safetensors", flag_values=_FLAGS
 )
 
+_TIMM = flags.DEFINE_bool(
+  "timm",
+  False,
+  "also write the backbone for PyTorch: OUT/timm_model.safetensors, a state_dict the timm model "
+  "in OUT/timm.json loads strictly (lejepa_jax.export.create_timm_model)",
+  flag_values=_FLAGS,
+)
+
 
 def main(argv: list[str] | None = None) -> None:
   """The command line (module docstring); `argv` without the program name, None: sys.argv[1:]."""
@@ -39,6 +47,7 @@ def main(argv: list[str] | None = None) -> None:
       _STEP.value,
       with_projector=_WITH_PROJECTOR.value,
       safetensors=_SAFETENSORS.value,
+      timm=_TIMM.value,
     )
   except (FileNotFoundError, FileExistsError, ValueError, RuntimeError) as e:
     raise SystemExit(f"error: {e}") from None

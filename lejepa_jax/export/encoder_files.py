@@ -3,7 +3,7 @@ r"""Export a trained encoder as a plain Flax variables tree (+ JSON config) and 
 From a training run's checkpoint (the latest, or --step):
 
     python -m lejepa_jax.export --workdir=<training workdir> --out=exported/vit_s16 [--step=N] \
-        [--with_projector] [--safetensors]
+        [--with_projector] [--safetensors] [--timm]
 
 On-disk format of an exported encoder directory:
 
@@ -13,6 +13,9 @@ On-disk format of an exported encoder directory:
                        float32 arrays keyed by module path, e.g. params/backbone/blocks/0/attn/qkv/kernel
     model.safetensors  (optional, `export_safetensors`) the same arrays, keys joined by ".", e.g.
                        "params.backbone.blocks.0.attn.qkv.kernel", "batch_stats.backbone.stem_bn.mean"
+    timm_model.safetensors, timm.json
+                       (optional, `--timm`) the backbone as a PyTorch timm model's state_dict, and
+                       the timm model that loads it: lejepa_jax/export/timm_files.py
 
 Kernels are laid out [in, out] for Linear and [kh, kw, in, out] for convolutions (Flax convention).
 """
@@ -30,6 +33,7 @@ from flax import nnx
 
 from lejepa_jax import models
 from lejepa_jax.evaluation import restore
+from lejepa_jax.export import timm_files
 from lejepa_jax.scale import sharding
 from lejepa_jax.training import checkpointing
 
@@ -158,13 +162,17 @@ def export_run(
   *,
   with_projector: bool = False,
   safetensors: bool = False,
+  timm: bool = False,
 ) -> str:
   """Exports the encoder of a training run's checkpoint (the latest when `step` is None) to `out`
-  (+ `out/model.safetensors`); returns the export's absolute path. Reads the model only
+  (+ `out/model.safetensors`; + the backbone for PyTorch, `out/timm_model.safetensors` and
+  `out/timm.json`: `timm_files`); returns the export's absolute path. Reads the model only
   (`lejepa_jax.restore.restore_encoder`, whose errors it raises)."""
   encoder, config, step = restore.restore_encoder(workdir, step)
   directory = save_encoder(encoder, config.model, out, with_projector=with_projector)
   if safetensors:
     # From the export itself, so the file holds exactly what the directory does (projector or not).
     export_safetensors(load_encoder(directory), os.path.join(directory, "model.safetensors"))
+  if timm:
+    timm_files.export_timm(load_encoder(directory), read_config(directory)["model"], directory)
   return directory

@@ -109,7 +109,7 @@ class ConvNeXtV2(layers.PooledConvNet):
         f"Unknown ConvNeXt-V2 variant {variant!r}: expected one of {list(CONVNEXT_V2_SIZES)}."
       )
     depths, dims = CONVNEXT_V2_SIZES[variant]
-    self.in_channels, self.dtype, self.out_dim = in_channels, dtype, dims[-1]
+    self.variant, self.in_channels, self.dtype, self.out_dim = variant, in_channels, dtype, dims[-1]
     self.stem = layers.conv(
       in_channels,
       dims[0],

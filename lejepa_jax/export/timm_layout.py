@@ -1,0 +1,412 @@
+r"""lejepa_jax backbones in PyTorch/timm's layout, both ways: an encoder's arrays as a timm `state_dict`
+that `timm.create_model(name, **kwargs)` loads with `strict=True`, and a timm `state_dict` back into
+a lejepa_jax encoder (to continue training or to compare).
+
+One table per family says where each array goes; both directions read it, so they cannot disagree.
+
+    family       timm model                 how the architecture is matched
+    ResNet       resnet18 / 34 / 50         in_chans, channels from `width`; the small stem (3x3,
+                                            stride 1, no max-pool) has no timm equivalent: conv1
+                                            becomes Conv2d(C, 64, 3, 1, 1, bias=False) and maxpool
+                                            nn.Identity() (`create_timm_model` does it)
+    ViT          vit_<size>_patch<P>_...    embed_dim, depth, heads, mlp_ratio, patch, img_size,
+                                            registers; position embeddings cover the patches only
+                                            (`no_embed_class=True`); without a CLS token the summary
+                                            is the mean normalised patch token (`global_pool="avg"`,
+                                            `fc_norm=False`)
+    ConvNeXt-V2  convnextv2_<variant>       in_chans
+
+What matches: `timm_model(images_nchw)` (eval mode, `num_classes=0`) equals the backbone's pooled
+output, the vector the projector reads (ViT: the CLS token after the final norm), for images of the
+ViT's `img_size` (timm resizes position embeddings with PyTorch's bicubic kernel, lejepa_jax with
+JAX's: other sizes differ slightly). Tested in tests/test_timm_interop.py. The projector stays in
+the lejepa_jax export; it has no timm counterpart.
+
+timm's ResNet stem has 64 channels whatever the stage widths. A lejepa_jax ResNet of another `width`
+is written into it exactly: the stem's extra channels have zero weights and zero BatchNorm scale and
+shift (so they carry zeros), and where lejepa_jax's first block has no projection shortcut, timm's
+(64 -> width) is an identity (1x1 weights picking the first `width` channels, BatchNorm scale 1,
+shift 0, mean 0, variance 1 - eps). Reading such a state_dict back crops the padding.
+
+Array conventions: Linear [in, out] -> weight [out, in]; convolutions [kh, kw, in, out] -> weight
+[out, in, kh, kw]; the ViT patch embedding, a Linear over (row, column, channel)-flattened patches,
+becomes timm's strided Conv2d; BatchNorm statistics become running_mean / running_var with a
+num_batches_tracked of 0 (eval mode does not read it).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any
+
+import numpy as np
+from flax import nnx
+
+from lejepa_jax import models
+from lejepa_jax.models import convnext, resnet, vit
+
+# lejepa_jax ViT size -> the timm model of that size (its name; the kwargs pin every dimension, so
+# the non-standard test sizes borrow a neighbour's name).
+_VIT_NAMES = {
+  "Mi": "vit_tiny_patch16_224",
+  "Ti6": "vit_tiny_patch16_224",
+  "Ti": "vit_tiny_patch16_224",
+  "S": "vit_small_patch16_224",
+  "B": "vit_base_patch16_224",
+  "L": "vit_large_patch16_224",
+  "H": "vit_huge_patch14_224",
+  "g": "vit_giant_patch14_224",
+}
+# timm's ResNet stem width (fixed for its plain and small stems; `stem_width` only sets deep stems)
+TIMM_RESNET_STEM = 64
+_BN_EPS = 1e-5  # lejepa_jax's and PyTorch's BatchNorm epsilon
+# nnx variable names -> torch parameter / buffer names
+_LEAF_NAMES = {
+  "kernel": "weight",
+  "scale": "weight",
+  "bias": "bias",
+  "mean": "running_mean",
+  "var": "running_var",
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class TimmSpec:
+  """What builds the matching timm model.
+
+  Attributes:
+    name: the `timm.create_model` name.
+    kwargs: its keyword arguments (JSON types; lists stand for tuples).
+    small_stem: the ResNet small stem: replace conv1 and maxpool after creating the model.
+  """
+
+  name: str
+  kwargs: dict[str, Any]
+  small_stem: bool = False
+
+  def as_json(self) -> dict[str, Any]:
+    """{"model_name", "kwargs", and for the small stem "replace_modules": {attribute: {"type": a
+    torch.nn class name, "args", "kwargs"}}}: what PyTorch code needs to build the model."""
+    out: dict[str, Any] = {"model_name": self.name, "kwargs": self.kwargs}
+    if self.small_stem:
+      conv_args = [self.kwargs["in_chans"], TIMM_RESNET_STEM, 3]
+      conv_kwargs = {"stride": 1, "padding": 1, "bias": False}
+      out["replace_modules"] = {
+        "conv1": {"type": "Conv2d", "args": conv_args, "kwargs": conv_kwargs},
+        "maxpool": {"type": "Identity", "args": [], "kwargs": {}},
+      }
+    return out
+
+
+def timm_spec(model_config: Mapping[str, Any]) -> TimmSpec:
+  """The timm model matching a lejepa_jax model config (`build_encoder`'s), with `num_classes=0`."""
+  name = model_config["name"]
+  in_chans = int(model_config.get("in_channels", 3))
+  if name == "resnet":
+    variant = model_config.get("variant", "50")
+    width = int(model_config.get("width", 64))
+    kwargs = {
+      "in_chans": in_chans,
+      "channels": [width * m for m in resnet.STAGE_MULTIPLES],
+      "num_classes": 0,
+    }
+    return TimmSpec(f"resnet{variant}", kwargs, bool(model_config.get("small_stem", False)))
+  if name == "vit":
+    variant = model_config.get("variant", "S/16")
+    size, patch = vit.parse_variant(variant)
+    class_token = bool(model_config.get("class_token", True))
+    kwargs = {
+      "img_size": int(model_config.get("img_size", 224)),
+      "patch_size": patch,
+      "in_chans": in_chans,
+      "embed_dim": size.width,
+      "depth": size.depth,
+      "num_heads": size.num_heads,
+      "mlp_ratio": size.mlp_dim / size.width,
+      "class_token": class_token,
+      "reg_tokens": int(model_config.get("num_registers", 0)),
+      "no_embed_class": True,
+      "global_pool": "token" if class_token else "avg",
+      "fc_norm": False,
+      "num_classes": 0,
+    }
+    return TimmSpec(_VIT_NAMES[variant.split("/")[0]], kwargs)
+  if name == "convnextv2":
+    variant = model_config.get("variant", "tiny")
+    if variant not in convnext.CONVNEXT_V2_SIZES:
+      raise ValueError(f"Unknown ConvNeXt-V2 variant {variant!r}.")
+    return TimmSpec(f"convnextv2_{variant}", {"in_chans": in_chans, "num_classes": 0})
+  raise ValueError(f"No timm layout for model.name {name!r}; known: resnet, vit, convnextv2.")
+
+
+# --- where each array goes ------------------------------------------------------------------------
+
+
+def _resnet_key(backbone: resnet.ResNet, path: tuple[str, ...]) -> str:
+  head, rest = path[0], path[1:]
+  if head == "stem":
+    return "conv1"
+  if head == "stem_bn":
+    return "bn1"
+  block, module = int(rest[0]), rest[1:]
+  stage, index = _stage_of(block, backbone.depths)
+  prefix = f"layer{stage + 1}.{index}"
+  if module[0] == "shortcut":
+    return f"{prefix}.downsample." + {"conv": "0", "bn": "1"}[module[1]]
+  return f"{prefix}.{module[0]}"
+
+
+def _stage_of(block: int, depths: tuple[int, ...]) -> tuple[int, int]:
+  for stage, depth in enumerate(depths):
+    if block < depth:
+      return stage, block
+    block -= depth
+  raise ValueError(f"block {block} beyond the network's depths {depths}")
+
+
+_VIT_BLOCK_MODULES = {
+  "norm1": "norm1",
+  "norm2": "norm2",
+  "attn.qkv": "attn.qkv",
+  "attn.out": "attn.proj",
+  "mlp.fc1": "mlp.fc1",
+  "mlp.fc2": "mlp.fc2",
+}
+
+
+def _vit_key(backbone: vit.ViT, path: tuple[str, ...]) -> str:
+  head = path[0]
+  if head == "blocks":
+    return f"blocks.{path[1]}." + _VIT_BLOCK_MODULES[".".join(path[2:])]
+  return {"patch_embed": "patch_embed.proj", "norm": "norm"}[head]
+
+
+_CONVNEXT_BLOCK_MODULES = {
+  "dwconv": "conv_dw",
+  "norm": "norm",
+  "pwconv1": "mlp.fc1",
+  "pwconv2": "mlp.fc2",
+  "grn": "mlp.grn",
+}
+
+
+def _convnext_key(backbone: convnext.ConvNeXtV2, path: tuple[str, ...]) -> str:
+  head = path[0]
+  if head in ("stem", "stem_norm"):
+    return {"stem": "stem.0", "stem_norm": "stem.1"}[head]
+  if head == "head_norm":
+    return "head.norm"
+  stage, index, module = int(path[1]), int(path[2]), path[3]
+  if stage > 0 and index == 0:  # the stage's downsampling layer comes first in lejepa_jax's list
+    return f"stages.{stage}.downsample." + {"norm": "0", "conv": "1"}[module]
+  block = index - (1 if stage > 0 else 0)
+  return f"stages.{stage}.blocks.{block}." + _CONVNEXT_BLOCK_MODULES[module]
+
+
+_MODULE_KEYS: dict[type, Callable[[Any, tuple[str, ...]], str]] = {
+  resnet.ResNet: _resnet_key,
+  vit.ViT: _vit_key,
+  convnext.ConvNeXtV2: _convnext_key,
+}
+# whole-array parameters of the ViT (no module around them)
+_VIT_ARRAYS = {"pos_embed": "pos_embed", "cls": "cls_token", "registers": "reg_token"}
+_GRN_LEAVES = {"gamma": "weight", "beta": "bias"}
+# timm defines its small ConvNeXt-V2s with `conv_mlp=True`: the pointwise MLP as 1x1 convolutions,
+# weights [out, in, 1, 1]; the larger ones as Linear layers, [out, in].
+_CONVNEXT_CONV_MLP = ("atto", "femto", "pico", "nano")
+
+
+def _timm_key(backbone: nnx.Module, path: tuple[str, ...]) -> str:
+  """The timm state_dict key of the backbone variable at `path` (nnx path, leaf last)."""
+  if isinstance(backbone, vit.ViT) and len(path) == 1:
+    return _VIT_ARRAYS[path[0]]
+  leaf = path[-1]
+  module_key = _MODULE_KEYS[type(backbone)](backbone, path[:-1])
+  return f"{module_key}.{_GRN_LEAVES.get(leaf) or _LEAF_NAMES[leaf]}"
+
+
+def _backbone_variables(backbone: nnx.Module) -> Iterator[tuple[tuple[str, ...], nnx.Variable]]:
+  for kind in (nnx.Param, nnx.BatchStat):
+    for path, variable in nnx.to_flat_state(nnx.state(backbone, kind)):
+      yield tuple(map(str, path)), variable
+
+
+def _is_pointwise_conv(backbone: nnx.Module, path: tuple[str, ...]) -> bool:
+  return (
+    isinstance(backbone, convnext.ConvNeXtV2)
+    and backbone.variant in _CONVNEXT_CONV_MLP
+    and path[-2:] in (("pwconv1", "kernel"), ("pwconv2", "kernel"))
+  )
+
+
+def _to_torch(backbone: nnx.Module, path: tuple[str, ...], value: np.ndarray) -> np.ndarray:
+  if isinstance(backbone, vit.ViT) and path == ("patch_embed", "kernel"):
+    p, c = backbone.patch, backbone.in_channels
+    return value.reshape(p, p, c, -1).transpose(3, 2, 0, 1)  # [(p, p, c), W] -> [W, c, p, p]
+  if _is_pointwise_conv(backbone, path):
+    return value.T[:, :, None, None]
+  if path[-1] == "kernel":
+    return value.T if value.ndim == 2 else value.transpose(3, 2, 0, 1)
+  return value
+
+
+def _from_torch(backbone: nnx.Module, path: tuple[str, ...], value: np.ndarray) -> np.ndarray:
+  if isinstance(backbone, vit.ViT) and path == ("patch_embed", "kernel"):
+    return value.transpose(2, 3, 1, 0).reshape(-1, value.shape[0])
+  if _is_pointwise_conv(backbone, path) and value.ndim == 4:
+    return value[:, :, 0, 0].T
+  if path[-1] == "kernel":
+    return value.T if value.ndim == 2 else value.transpose(2, 3, 1, 0)
+  return value
+
+
+def _batch_norm_counters(backbone: nnx.Module) -> list[str]:
+  """timm keys of the BatchNorm step counters (torch buffers with no lejepa_jax counterpart)."""
+  return sorted(
+    {
+      _timm_key(backbone, path).rsplit(".", 1)[0] + ".num_batches_tracked"
+      for path, _ in _backbone_variables(backbone)
+      if path[-1] == "mean"
+    }
+  )
+
+
+# --- the ResNet stem in timm's 64 channels ----------------------------------------------------------
+
+
+def _first_block_projects(backbone: resnet.ResNet) -> bool:
+  return backbone.blocks[0].shortcut.project
+
+
+def _pad_resnet_stem(backbone: resnet.ResNet, state: dict[str, np.ndarray]) -> None:
+  """Widens a `width`-channel stem to timm's 64 channels in place (module docstring)."""
+  extra = TIMM_RESNET_STEM - backbone.stem_bn.num_features
+  if extra == 0:
+    return
+
+  def pad(key: str, axis: int, value: float = 0.0) -> None:
+    widths = [(0, 0)] * state[key].ndim
+    widths[axis] = (0, extra)
+    state[key] = np.pad(state[key], widths, constant_values=value)
+
+  pad("conv1.weight", 0)
+  for name in ("weight", "bias", "running_mean"):
+    pad(f"bn1.{name}", 0)
+  pad("bn1.running_var", 0, 1.0)
+  pad("layer1.0.conv1.weight", 1)
+  if _first_block_projects(backbone):
+    pad("layer1.0.downsample.0.weight", 1)
+    return
+  out = state["layer1.0.conv1.weight"].shape[0]  # == width for basic blocks
+  state["layer1.0.downsample.0.weight"] = np.eye(out, TIMM_RESNET_STEM, dtype=np.float32)[
+    :, :, None, None
+  ]
+  state["layer1.0.downsample.1.weight"] = np.ones(out, np.float32)
+  state["layer1.0.downsample.1.bias"] = np.zeros(out, np.float32)
+  state["layer1.0.downsample.1.running_mean"] = np.zeros(out, np.float32)
+  state["layer1.0.downsample.1.running_var"] = np.full(out, 1 - _BN_EPS, np.float32)
+  state["layer1.0.downsample.1.num_batches_tracked"] = np.zeros((), np.int64)
+
+
+def _is_identity_projection(backbone: resnet.ResNet, state: Mapping[str, np.ndarray]) -> bool:
+  """Whether layer1.0's projection is the identity `_pad_resnet_stem` writes (always true where
+  lejepa_jax's first block projects too: that one is a real projection)."""
+  if _first_block_projects(backbone):
+    return True
+  prefix = "layer1.0.downsample."
+  weight = state[prefix + "0.weight"][:, :, 0, 0]
+  scale = state[prefix + "1.weight"] / np.sqrt(state[prefix + "1.running_var"] + _BN_EPS)
+  shift = state[prefix + "1.bias"] - state[prefix + "1.running_mean"] * scale
+  return (
+    np.array_equal(weight, np.eye(*weight.shape))
+    and np.allclose(scale, 1, atol=1e-6)
+    and np.allclose(shift, 0, atol=1e-6)
+  )
+
+
+def _crop_resnet_stem(backbone: resnet.ResNet, state: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+  """The inverse of `_pad_resnet_stem`: a 64-channel timm stem back to `width` channels. Refuses a
+  stem whose extra channels carry anything (no `width`-channel network computes the same)."""
+  width = backbone.stem_bn.num_features
+  if width == TIMM_RESNET_STEM or "bn1.weight" not in state:
+    return state
+  state = dict(state)
+  padding = [state["conv1.weight"][width:], state["bn1.weight"][width:], state["bn1.bias"][width:]]
+  if any(np.any(p != 0) for p in padding) or not _is_identity_projection(backbone, state):
+    raise ValueError(
+      f"The timm ResNet's stem has {TIMM_RESNET_STEM} channels in use; this model config's stem has "
+      f"{width} (model.width): build the lejepa_jax model with width {TIMM_RESNET_STEM}."
+    )
+  state["conv1.weight"] = state["conv1.weight"][:width]
+  for name in ("weight", "bias", "running_mean", "running_var"):
+    state[f"bn1.{name}"] = state[f"bn1.{name}"][:width]
+  state["layer1.0.conv1.weight"] = state["layer1.0.conv1.weight"][:, :width]
+  if _first_block_projects(backbone):
+    state["layer1.0.downsample.0.weight"] = state["layer1.0.downsample.0.weight"][:, :width]
+  else:
+    for key in [k for k in state if k.startswith("layer1.0.downsample.")]:
+      del state[key]
+  return state
+
+
+# --- the two directions -----------------------------------------------------------------------------
+
+
+def to_timm_state_dict(backbone: nnx.Module) -> dict[str, np.ndarray]:
+  """A backbone's arrays as a timm state_dict: {key: float32 array in torch layout}."""
+  state = {
+    _timm_key(backbone, path): np.ascontiguousarray(
+      _to_torch(backbone, path, np.asarray(variable.get_value(), np.float32))
+    )
+    for path, variable in _backbone_variables(backbone)
+  }
+  for key in _batch_norm_counters(backbone):
+    state[key] = np.zeros((), np.int64)
+  if isinstance(backbone, resnet.ResNet):
+    _pad_resnet_stem(backbone, state)
+  return state
+
+
+def load_timm_state_dict(backbone: nnx.Module, state_dict: Mapping[str, Any]) -> None:
+  """Assigns a timm state_dict (arrays or torch tensors) to `backbone` in place, strictly: every
+  key must be used and every variable found, with its shape."""
+  arrays = {key: np.asarray(value) for key, value in state_dict.items()}
+  if isinstance(backbone, resnet.ResNet):
+    arrays = _crop_resnet_stem(backbone, arrays)
+  unused = set(arrays) - set(_batch_norm_counters(backbone))
+  problems = []
+  for path, variable in _backbone_variables(backbone):
+    key = _timm_key(backbone, path)
+    if key not in arrays:
+      problems.append(f"missing {key}")
+      continue
+    unused.discard(key)
+    value = _from_torch(backbone, path, arrays[key].astype(np.float32))
+    if value.shape != variable.get_value().shape:
+      problems.append(f"{key}: shape {arrays[key].shape} does not fit {variable.get_value().shape}")
+      continue
+    variable.set_value(value)
+  problems += [f"unexpected {key}" for key in sorted(unused)]
+  if problems:
+    raise ValueError(
+      "The timm state_dict does not match this model config (build the timm model with the "
+      "kwargs `timm_spec` gives):\n  " + "\n  ".join(problems[:20])
+    )
+
+
+def encoder_from_timm(
+  state_dict: Mapping[str, Any], model_config: Mapping[str, Any], seed: int = 0
+) -> models.Encoder:
+  """A lejepa_jax encoder whose backbone holds a timm state_dict's weights.
+
+  Args:
+    state_dict: timm's `model.state_dict()` (tensors or arrays), for the model `timm_spec(model_config)`
+      describes.
+    model_config: the lejepa_jax model config; its projector (if any) starts from `seed`'s
+      initialisation, since timm has none.
+    seed: initialisation seed of what timm does not hold.
+  """
+  encoder = models.create_encoder(model_config, seed=seed)
+  load_timm_state_dict(encoder.backbone, state_dict)
+  return encoder

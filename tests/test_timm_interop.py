@@ -1,0 +1,171 @@
+"""lejepa_jax encoders and PyTorch timm models hold the same network: the export loads into
+`timm.create_model` strictly and computes the same pooled features (timm's own forward pass is the
+reference), and a timm state_dict loads back into a lejepa_jax encoder that computes timm's features."""
+
+import os
+
+import helpers
+import jax
+import numpy as np
+import pytest
+from flax import nnx
+
+from lejepa_jax import export, models
+from lejepa_jax.export import timm_layout
+
+torch = pytest.importorskip("torch")
+timm = pytest.importorskip("timm")
+
+# A tiny member of every family and stem: (model config, image side).
+CASES = {
+  "resnet18_small_stem": (
+    {"name": "resnet", "variant": "18", "small_stem": True, "width": 8, "in_channels": 1},
+    28,
+  ),
+  "resnet50_imagenet_stem": ({"name": "resnet", "variant": "50", "width": 8}, 64),
+  "vit_cls_registers": (
+    {"name": "vit", "variant": "Mi/4", "img_size": 16, "num_registers": 2, "in_channels": 1},
+    16,
+  ),
+  "vit_mean_token": ({"name": "vit", "variant": "Mi/8", "img_size": 32, "class_token": False}, 32),
+  "convnextv2_atto": ({"name": "convnextv2", "variant": "atto", "in_channels": 3}, 64),
+}
+
+
+# The cases that compile for several seconds each: outside the fast loop (`-m "not slow"`).
+SLOW_CASES = ("resnet50_imagenet_stem", "convnextv2_atto")
+ALL_CASES = [pytest.param(c, marks=[pytest.mark.slow] if c in SLOW_CASES else []) for c in sorted(CASES)]
+
+
+def _config(case: str, **overrides) -> dict:
+  return {**CASES[case][0], "dtype": "float32", "projector": None, **overrides}
+
+
+def _timm_width(case: str) -> dict:
+  """timm's ResNets have a 64-channel stem: the width a timm model can come from."""
+  return {"width": 64} if CASES[case][0]["name"] == "resnet" else {}
+
+
+def _images(case: str, seed: int = 0) -> np.ndarray:
+  config, side = CASES[case]
+  channels = config.get("in_channels", 3)
+  return np.random.default_rng(seed).normal(size=(3, side, side, channels)).astype(np.float32)
+
+
+def _randomise(encoder: nnx.Module, seed: int) -> None:
+  """Every variable away from its initial value (zero biases and GRN scales, unit BN statistics
+  would hide a misplaced array): parameters get noise, variances stay positive."""
+  rng = np.random.default_rng(seed)
+  for kind in (nnx.Param, nnx.BatchStat):
+    for path, variable in nnx.to_flat_state(nnx.state(encoder, kind)):
+      value = np.asarray(variable.get_value())
+      noise = rng.normal(scale=0.1, size=value.shape).astype(np.float32)
+      if path[-1] == "var":
+        variable.set_value(np.exp(noise * 3))
+      else:
+        variable.set_value(value + noise)
+
+
+@nnx.jit
+def _pooled(encoder: models.Encoder, images: jax.Array) -> jax.Array:
+  return encoder.backbone(images)[0]
+
+
+def _jax_pooled(encoder: models.Encoder, images: np.ndarray) -> np.ndarray:
+  encoder.eval()
+  return np.asarray(_pooled(encoder, images))
+
+
+def _torch_pooled(model, images: np.ndarray) -> np.ndarray:
+  with torch.no_grad():
+    return model.eval()(torch.from_numpy(images.transpose(0, 3, 1, 2).copy())).numpy()
+
+
+def _assert_close(actual: np.ndarray, reference: np.ndarray) -> None:
+  """Equal to 1e-4 of the reference's scale."""
+  assert actual.shape == reference.shape
+  scale = np.abs(reference).max()
+  assert scale > 0
+  np.testing.assert_allclose(actual, reference, rtol=0, atol=1e-4 * scale)
+
+
+def _timm_model(config: dict):
+  spec = timm_layout.timm_spec(config)
+  model = timm.create_model(spec.name, **spec.kwargs)
+  for name, module in spec.as_json().get("replace_modules", {}).items():
+    setattr(model, name, getattr(torch.nn, module["type"])(*module["args"], **module["kwargs"]))
+  return model
+
+
+@pytest.mark.parametrize("case", ALL_CASES)
+def test_exported_backbone_runs_in_timm_with_the_same_features(case, tmp_path):
+  config = _config(case)
+  encoder = models.create_encoder(config, seed=1)
+  _randomise(encoder, seed=2)
+  x = _images(case)
+  ours = _jax_pooled(encoder, x)
+  export.save_encoder(encoder, config, str(tmp_path / "export"))
+  export.export_timm(encoder, config, str(tmp_path / "export"))
+  model = export.create_timm_model(str(tmp_path / "export"))  # strict load, from the files alone
+  _assert_close(_torch_pooled(model, x), ours)
+
+
+@pytest.mark.parametrize("case", ALL_CASES)
+def test_timm_state_dict_loads_into_an_encoder_with_the_same_features(case):
+  config = _config(case, **_timm_width(case))
+  torch.manual_seed(3)
+  model = _timm_model(config)
+  for module in model.modules():  # timm initialises BN statistics to 0 and 1: move them
+    if isinstance(module, torch.nn.BatchNorm2d):
+      module.running_mean.normal_(0, 0.1)
+      module.running_var.uniform_(0.5, 2.0)
+  x = _images(case, seed=4)
+  reference = _torch_pooled(model, x)
+  encoder = export.encoder_from_timm(model.state_dict(), config)
+  _assert_close(_jax_pooled(encoder, x), reference)
+
+
+def test_a_narrow_resnet_round_trips_through_timms_64_channel_stem():
+  """A width-8 ResNet written into timm's 64-channel stem (zero channels, an identity projection)
+  reads back as the same arrays; a real 64-channel stem does not fit it and is refused. (The
+  bottleneck ResNet's padded stem is checked by its features in timm, above.)"""
+  config = _config("resnet18_small_stem")
+  encoder = models.create_encoder(config, seed=1)
+  _randomise(encoder, seed=2)
+  state = export.to_timm_state_dict(encoder.backbone)
+  assert state["conv1.weight"].shape[0] == 64
+  assert _timm_model(config).state_dict()["conv1.weight"].shape == state["conv1.weight"].shape
+  back = export.encoder_from_timm(state, config, seed=7)
+  for kind in (nnx.Param, nnx.BatchStat):
+    ours, theirs = (dict(nnx.to_flat_state(nnx.state(e, kind))) for e in (encoder, back))
+    assert ours.keys() == theirs.keys()
+    for path in ours:
+      np.testing.assert_array_equal(ours[path].get_value(), theirs[path].get_value(), err_msg=path)
+  with pytest.raises(ValueError, match="stem has 64 channels in use"):
+    export.encoder_from_timm(_timm_model(config).state_dict(), config)
+
+
+def test_a_mismatched_state_dict_is_refused_naming_the_keys():
+  config = _config("resnet18_small_stem", width=64)
+  state = _timm_model(config).state_dict()
+  state.pop("layer2.0.downsample.0.weight")
+  state["extra.weight"] = torch.zeros(3)
+  with pytest.raises(
+    ValueError, match=r"missing layer2\.0\.downsample\.0\.weight(.|\n)*unexpected extra"
+  ):
+    export.encoder_from_timm(state, config)
+  with pytest.raises(ValueError, match="does not fit"):
+    export.encoder_from_timm(_timm_model(config).state_dict(), {**config, "in_channels": 3})
+
+
+@pytest.mark.slow
+def test_export_command_writes_a_timm_model_of_a_training_run(tmp_path):
+  """`python -m lejepa_jax.export --timm` on a real run's checkpoint (tests/data): the PyTorch model
+  computes the exported encoder's pooled features."""
+  run = os.path.join(helpers.ROOT, "tests", "data", "written_by_043f0af", "run")
+  out = str(tmp_path / "export")
+  export.main([f"--workdir={run}", f"--out={out}", "--timm"])
+  encoder = export.load_encoder(out)
+  x = np.random.default_rng(5).normal(size=(4, 16, 16, 3)).astype(np.float32)
+  ours = _jax_pooled(encoder, x)
+  _assert_close(_torch_pooled(export.create_timm_model(out), x), ours)

@@ -169,3 +169,26 @@ def test_export_command_writes_a_timm_model_of_a_training_run(tmp_path):
   x = np.random.default_rng(5).normal(size=(4, 16, 16, 3)).astype(np.float32)
   ours = _jax_pooled(encoder, x)
   _assert_close(_torch_pooled(export.create_timm_model(out), x), ours)
+
+
+LAYOUT_CASES = {
+  "resnet34": {"name": "resnet", "variant": "34", "width": 16},
+  "vit_ti14_registers": {"name": "vit", "variant": "Ti/14", "img_size": 28, "num_registers": 4},
+  "convnextv2_tiny": {"name": "convnextv2", "variant": "tiny"},  # Linear MLP layout in timm
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case", sorted(LAYOUT_CASES))
+def test_more_variants_load_into_timm_strictly(case):
+  """The variants the feature tests above do not run: the export loads into timm's model strictly
+  (every key, every shape) and reads back as the same arrays."""
+  config = {**LAYOUT_CASES[case], "dtype": "float32", "projector": None}
+  encoder = models.create_encoder(config, seed=1)
+  state = export.to_timm_state_dict(encoder.backbone)
+  _timm_model(config).load_state_dict({k: torch.from_numpy(v) for k, v in state.items()}, strict=True)
+  back = export.encoder_from_timm(state, config, seed=2)
+  for (path, ours), (_, theirs) in zip(
+    nnx.to_flat_state(nnx.state(encoder, nnx.Param)), nnx.to_flat_state(nnx.state(back, nnx.Param))
+  ):
+    np.testing.assert_array_equal(ours.get_value(), theirs.get_value(), err_msg=str(path))

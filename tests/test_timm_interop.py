@@ -90,7 +90,8 @@ def _assert_close(actual: np.ndarray, reference: np.ndarray) -> None:
 
 
 def _timm_model(config: dict):
-  spec = timm_layout.timm_spec(config)
+  abstract = nnx.eval_shape(lambda: models.build_backbone(config, nnx.Rngs(0)))
+  spec = timm_layout.timm_spec(abstract)
   model = timm.create_model(spec.name, **spec.kwargs)
   for name, module in spec.as_json().get("replace_modules", {}).items():
     setattr(model, name, getattr(torch.nn, module["type"])(*module["args"], **module["kwargs"]))
@@ -105,7 +106,7 @@ def test_exported_backbone_runs_in_timm_with_the_same_features(case, tmp_path):
   x = _images(case)
   ours = _jax_pooled(encoder, x)
   export.save_encoder(encoder, config, str(tmp_path / "export"))
-  export.export_timm(encoder, config, str(tmp_path / "export"))
+  export.export_timm(encoder, str(tmp_path / "export"))
   model = export.create_timm_model(str(tmp_path / "export"))  # strict load, from the files alone
   _assert_close(_torch_pooled(model, x), ours)
 

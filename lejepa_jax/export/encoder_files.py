@@ -174,5 +174,5 @@ def export_run(
     # From the export itself, so the file holds exactly what the directory does (projector or not).
     export_safetensors(load_encoder(directory), os.path.join(directory, "model.safetensors"))
   if timm:
-    timm_files.export_timm(load_encoder(directory), read_config(directory)["model"], directory)
+    timm_files.export_timm(load_encoder(directory), directory)
   return directory

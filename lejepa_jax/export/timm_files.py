@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Any
 
 from lejepa_jax.export import timm_layout
 from lejepa_jax.models import Encoder
@@ -32,12 +31,12 @@ STATE_FILE = "timm_model.safetensors"
 SPEC_FILE = "timm.json"
 
 
-def export_timm(encoder: Encoder, model_config: dict[str, Any], directory: str) -> str:
+def export_timm(encoder: Encoder, directory: str) -> str:
   """Writes `directory/timm_model.safetensors` and `directory/timm.json` for `encoder`'s backbone;
   returns the safetensors path."""
   from safetensors.numpy import save_file
 
-  spec = timm_layout.timm_spec(model_config)
+  spec = timm_layout.timm_spec(encoder.backbone)
   path = os.path.join(directory, STATE_FILE)
   save_file(timm_layout.to_timm_state_dict(encoder.backbone), path, metadata={"format": "timm"})
   with open(os.path.join(directory, SPEC_FILE), "w") as f:

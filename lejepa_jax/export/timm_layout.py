@@ -99,45 +99,41 @@ class TimmSpec:
     return out
 
 
-def timm_spec(model_config: Mapping[str, Any]) -> TimmSpec:
-  """The timm model matching a lejepa_jax model config (`build_encoder`'s), with `num_classes=0`."""
-  name = model_config["name"]
-  in_chans = int(model_config.get("in_channels", 3))
-  if name == "resnet":
-    variant = model_config.get("variant", "50")
-    width = int(model_config.get("width", 64))
+def timm_spec(backbone: nnx.Module) -> TimmSpec:
+  """The timm model (with `num_classes=0`) holding the same network as a lejepa_jax backbone.
+
+  Read off the module, so an abstract one does (`nnx.eval_shape(lambda: build_backbone(...))`)."""
+  if isinstance(backbone, resnet.ResNet):
+    width = backbone.stem_bn.num_features
     kwargs = {
-      "in_chans": in_chans,
+      "in_chans": backbone.in_channels,
       "channels": [width * m for m in resnet.STAGE_MULTIPLES],
       "num_classes": 0,
     }
-    return TimmSpec(f"resnet{variant}", kwargs, bool(model_config.get("small_stem", False)))
-  if name == "vit":
-    variant = model_config.get("variant", "S/16")
-    size, patch = vit.parse_variant(variant)
-    class_token = bool(model_config.get("class_token", True))
+    return TimmSpec(f"resnet{backbone.variant}", kwargs, backbone.small_stem)
+  if isinstance(backbone, vit.ViT):
+    size, patch = vit.parse_variant(backbone.variant)
     kwargs = {
-      "img_size": int(model_config.get("img_size", 224)),
+      "img_size": backbone.grid * patch,
       "patch_size": patch,
-      "in_chans": in_chans,
+      "in_chans": backbone.in_channels,
       "embed_dim": size.width,
       "depth": size.depth,
       "num_heads": size.num_heads,
       "mlp_ratio": size.mlp_dim / size.width,
-      "class_token": class_token,
-      "reg_tokens": int(model_config.get("num_registers", 0)),
+      "class_token": backbone.class_token,
+      "reg_tokens": backbone.num_registers,
       "no_embed_class": True,
-      "global_pool": "token" if class_token else "avg",
+      "global_pool": "token" if backbone.class_token else "avg",
       "fc_norm": False,
       "num_classes": 0,
     }
-    return TimmSpec(_VIT_NAMES[variant.split("/")[0]], kwargs)
-  if name == "convnextv2":
-    variant = model_config.get("variant", "tiny")
-    if variant not in convnext.CONVNEXT_V2_SIZES:
-      raise ValueError(f"Unknown ConvNeXt-V2 variant {variant!r}.")
-    return TimmSpec(f"convnextv2_{variant}", {"in_chans": in_chans, "num_classes": 0})
-  raise ValueError(f"No timm layout for model.name {name!r}; known: resnet, vit, convnextv2.")
+    return TimmSpec(_VIT_NAMES[backbone.variant.split("/")[0]], kwargs)
+  if isinstance(backbone, convnext.ConvNeXtV2):
+    return TimmSpec(
+      f"convnextv2_{backbone.variant}", {"in_chans": backbone.in_channels, "num_classes": 0}
+    )
+  raise ValueError(f"No timm layout for {type(backbone).__name__}; known: ResNet, ViT, ConvNeXtV2.")
 
 
 # --- where each array goes ------------------------------------------------------------------------
@@ -357,7 +353,7 @@ def to_timm_state_dict(backbone: nnx.Module) -> dict[str, np.ndarray]:
   """A backbone's arrays as a timm state_dict: {key: float32 array in torch layout}."""
   state = {
     _timm_key(backbone, path): np.ascontiguousarray(
-      _to_torch(backbone, path, np.asarray(variable.get_value(), np.float32))
+      _to_torch(backbone, path, np.array(variable.get_value(), np.float32))  # a writable copy
     )
     for path, variable in _backbone_variables(backbone)
   }
@@ -390,8 +386,8 @@ def load_timm_state_dict(backbone: nnx.Module, state_dict: Mapping[str, Any]) ->
   problems += [f"unexpected {key}" for key in sorted(unused)]
   if problems:
     raise ValueError(
-      "The timm state_dict does not match this model config (build the timm model with the "
-      "kwargs `timm_spec` gives):\n  " + "\n  ".join(problems[:20])
+      "The timm state_dict does not match this model config (build the timm model "
+      "`timm_spec(encoder.backbone)` describes):\n  " + "\n  ".join(problems[:20])
     )
 
 
@@ -401,7 +397,7 @@ def encoder_from_timm(
   """A lejepa_jax encoder whose backbone holds a timm state_dict's weights.
 
   Args:
-    state_dict: timm's `model.state_dict()` (tensors or arrays), for the model `timm_spec(model_config)`
+    state_dict: timm's `model.state_dict()` (tensors or arrays), for the model `timm_spec(backbone)`
       describes.
     model_config: the lejepa_jax model config; its projector (if any) starts from `seed`'s
       initialisation, since timm has none.

@@ -97,7 +97,7 @@ class ResNet(layers.PooledConvNet):
       raise ValueError(f"Unknown ResNet variant {variant!r}: expected one of {list(RESNET_DEPTHS)}.")
     kind, depths = RESNET_DEPTHS[variant]
     block_cls = BasicBlock if kind == "basic" else Bottleneck
-    self.in_channels, self.small_stem, self.dtype = in_channels, small_stem, dtype
+    self.variant, self.in_channels, self.small_stem, self.dtype = variant, in_channels, small_stem, dtype
     if small_stem:
       self.stem = layers.conv(in_channels, width, 3, padding=((1, 1), (1, 1)), dtype=dtype, rngs=rngs)
     else:

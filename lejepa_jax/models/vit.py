@@ -160,7 +160,7 @@ class ViT(nnx.Module):
     if remat not in REMAT_POLICIES:
       raise ValueError(f"model.remat must be one of {list(REMAT_POLICIES)}, got {remat!r}.")
     self.remat = remat
-    self.patch, self.width, self.in_channels = patch, size.width, in_channels
+    self.variant, self.patch, self.width, self.in_channels = variant, patch, size.width, in_channels
     self.grid = img_size // patch
     self.num_prefix = int(class_token) + num_registers
     self.class_token, self.num_registers = class_token, num_registers

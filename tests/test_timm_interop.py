@@ -2,6 +2,7 @@
 `timm.create_model` strictly and computes the same pooled features (timm's own forward pass is the
 reference), and a timm state_dict loads back into a lejepa_jax encoder that computes timm's features."""
 
+import json
 import os
 
 import helpers
@@ -29,11 +30,12 @@ CASES = {
   ),
   "vit_mean_token": ({"name": "vit", "variant": "Mi/8", "img_size": 32, "class_token": False}, 32),
   "convnextv2_atto": ({"name": "convnextv2", "variant": "atto", "in_channels": 3}, 64),
+  "convnextv2_tiny": ({"name": "convnextv2", "variant": "tiny"}, 32),  # timm: Linear MLP layout
 }
 
 
 # The cases that compile for several seconds each: outside the fast loop (`-m "not slow"`).
-SLOW_CASES = ("resnet50_imagenet_stem", "convnextv2_atto")
+SLOW_CASES = ("resnet50_imagenet_stem", "convnextv2_atto", "convnextv2_tiny")
 ALL_CASES = [pytest.param(c, marks=[pytest.mark.slow] if c in SLOW_CASES else []) for c in sorted(CASES)]
 
 
@@ -116,10 +118,15 @@ def test_timm_state_dict_loads_into_an_encoder_with_the_same_features(case):
   config = _config(case, **_timm_width(case))
   torch.manual_seed(3)
   model = _timm_model(config)
-  for module in model.modules():  # timm initialises BN statistics to 0 and 1: move them
-    if isinstance(module, torch.nn.BatchNorm2d):
-      module.running_mean.normal_(0, 0.1)
-      module.running_var.uniform_(0.5, 2.0)
+  # timm starts residual branches, GRN, tokens and norms at zeros and ones, which would hide a
+  # misplaced array: every float parameter and buffer gets noise, variances stay positive.
+  with torch.no_grad():
+    for name, tensor in list(model.named_parameters()) + list(model.named_buffers()):
+      if tensor.is_floating_point():
+        if name.endswith("running_var"):
+          tensor.uniform_(0.5, 2.0)
+        else:
+          tensor.add_(0.1 * torch.randn_like(tensor))
   x = _images(case, seed=4)
   reference = _torch_pooled(model, x)
   encoder = export.encoder_from_timm(model.state_dict(), config)
@@ -142,7 +149,7 @@ def test_a_narrow_resnet_round_trips_through_timms_64_channel_stem():
     assert ours.keys() == theirs.keys()
     for path in ours:
       np.testing.assert_array_equal(ours[path].get_value(), theirs[path].get_value(), err_msg=path)
-  with pytest.raises(ValueError, match="stem has 64 channels in use"):
+  with pytest.raises(ValueError, match="uses all 64 channels of its stem"):
     export.encoder_from_timm(_timm_model(config).state_dict(), config)
 
 
@@ -155,7 +162,9 @@ def test_a_mismatched_state_dict_is_refused_naming_the_keys():
     ValueError, match=r"missing layer2\.0\.downsample\.0\.weight(.|\n)*unexpected extra"
   ):
     export.encoder_from_timm(state, config)
-  with pytest.raises(ValueError, match="does not fit"):
+  with pytest.raises(
+    ValueError, match=r"shape \(64, 1, 3, 3\), this model config needs \(64, 3, 3, 3\)"
+  ):
     export.encoder_from_timm(_timm_model(config).state_dict(), {**config, "in_channels": 3})
 
 
@@ -166,6 +175,9 @@ def test_export_command_writes_a_timm_model_of_a_training_run(tmp_path):
   run = os.path.join(helpers.ROOT, "tests", "data", "written_by_043f0af", "run")
   out = str(tmp_path / "export")
   export.main([f"--workdir={run}", f"--out={out}", "--timm"])
+  # The run's input standardisation travels with the timm model (3 channels, as the run trained).
+  preprocessing = json.load(open(os.path.join(out, "timm.json")))["input"]
+  assert len(preprocessing["mean"]) == len(preprocessing["std"]) == 3
   encoder = export.load_encoder(out)
   x = np.random.default_rng(5).normal(size=(4, 16, 16, 3)).astype(np.float32)
   ours = _jax_pooled(encoder, x)
@@ -175,21 +187,36 @@ def test_export_command_writes_a_timm_model_of_a_training_run(tmp_path):
 LAYOUT_CASES = {
   "resnet34": {"name": "resnet", "variant": "34", "width": 16},
   "vit_ti14_registers": {"name": "vit", "variant": "Ti/14", "img_size": 28, "num_registers": 4},
-  "convnextv2_tiny": {"name": "convnextv2", "variant": "tiny"},  # Linear MLP layout in timm
 }
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("case", sorted(LAYOUT_CASES))
 def test_more_variants_load_into_timm_strictly(case):
-  """The variants the feature tests above do not run: the export loads into timm's model strictly
-  (every key, every shape) and reads back as the same arrays."""
+  """Variants the feature tests above do not run (ResNet-34 with the ImageNet stem and a cropped
+  narrow stem, ViT patch 14 with 4 registers): the export loads into timm's model strictly (every
+  key, every shape) and reads back as the same arrays, parameters and BatchNorm statistics."""
   config = {**LAYOUT_CASES[case], "dtype": "float32", "projector": None}
   encoder = models.create_encoder(config, seed=1)
+  _randomise(encoder, seed=2)
   state = export.to_timm_state_dict(encoder.backbone)
   _timm_model(config).load_state_dict({k: torch.from_numpy(v) for k, v in state.items()}, strict=True)
   back = export.encoder_from_timm(state, config, seed=2)
-  for (path, ours), (_, theirs) in zip(
-    nnx.to_flat_state(nnx.state(encoder, nnx.Param)), nnx.to_flat_state(nnx.state(back, nnx.Param))
-  ):
-    np.testing.assert_array_equal(ours.get_value(), theirs.get_value(), err_msg=str(path))
+  for kind in (nnx.Param, nnx.BatchStat):
+    ours, theirs = (dict(nnx.to_flat_state(nnx.state(e, kind))) for e in (encoder, back))
+    assert ours.keys() == theirs.keys()
+    for path in ours:
+      np.testing.assert_array_equal(ours[path].get_value(), theirs[path].get_value(), err_msg=str(path))
+
+
+@pytest.mark.parametrize(
+  "config",
+  [
+    {"name": "resnet", "variant": "18", "width": 128},
+    {"name": "resnet", "variant": "50", "width": 16},  # timm's first block would not project
+  ],
+)
+def test_a_resnet_timm_cannot_hold_is_refused_naming_the_reason(config):
+  abstract = nnx.eval_shape(lambda: models.build_backbone(config, nnx.Rngs(0)))
+  with pytest.raises(ValueError, match="has no timm equivalent"):
+    timm_layout.timm_spec(abstract)

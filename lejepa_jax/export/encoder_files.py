@@ -33,7 +33,7 @@ from flax import nnx
 
 from lejepa_jax import models
 from lejepa_jax.evaluation import restore
-from lejepa_jax.export import timm_files
+from lejepa_jax.export import timm_files, timm_layout
 from lejepa_jax.scale import sharding
 from lejepa_jax.training import checkpointing
 
@@ -169,10 +169,13 @@ def export_run(
   `out/timm.json`: `timm_files`); returns the export's absolute path. Reads the model only
   (`lejepa_jax.restore.restore_encoder`, whose errors it raises)."""
   encoder, config, step = restore.restore_encoder(workdir, step)
+  if timm:  # refuse a model timm cannot hold before writing anything
+    timm_layout.timm_spec(encoder.backbone)
   directory = save_encoder(encoder, config.model, out, with_projector=with_projector)
   if safetensors:
     # From the export itself, so the file holds exactly what the directory does (projector or not).
     export_safetensors(load_encoder(directory), os.path.join(directory, "model.safetensors"))
   if timm:
-    timm_files.export_timm(load_encoder(directory), directory)
+    preprocessing = {"mean": list(config.data.mean), "std": list(config.data.std)}
+    timm_files.export_timm(load_encoder(directory), directory, preprocessing)
   return directory

@@ -5,7 +5,8 @@ In PyTorch, with this package installed:
 
     from lejepa_jax.export import create_timm_model
     model = create_timm_model("exported/fmnist")        # eval mode, strict load
-    features = model(images_nchw)                       # the backbone's pooled output
+    features = model(images_nchw)   # the backbone's pooled output; images standardised as in
+                                    # training (timm.json's "input": mean, std)
 
 or with torch, timm and safetensors alone (what `create_timm_model` does):
 
@@ -31,23 +32,33 @@ STATE_FILE = "timm_model.safetensors"
 SPEC_FILE = "timm.json"
 
 
-def export_timm(encoder: Encoder, directory: str) -> str:
+def export_timm(encoder: Encoder, directory: str, preprocessing: dict | None = None) -> str:
   """Writes `directory/timm_model.safetensors` and `directory/timm.json` for `encoder`'s backbone;
-  returns the safetensors path."""
+  returns the safetensors path.
+
+  Args:
+    encoder: the encoder (its backbone is written; `timm_layout.timm_spec` refuses what timm lacks).
+    directory: an existing directory.
+    preprocessing: recorded as timm.json's "input", e.g. {"mean": [...], "std": [...]} of training.
+  """
   from safetensors.numpy import save_file
 
   spec = timm_layout.timm_spec(encoder.backbone)
   path = os.path.join(directory, STATE_FILE)
-  save_file(timm_layout.to_timm_state_dict(encoder.backbone), path, metadata={"format": "timm"})
+  # "pt": the metadata safetensors.torch itself writes
+  save_file(timm_layout.to_timm_state_dict(encoder.backbone), path, metadata={"format": "pt"})
+  meta = {**spec.as_json(), "state_dict": STATE_FILE}
+  if preprocessing:
+    meta["input"] = preprocessing
   with open(os.path.join(directory, SPEC_FILE), "w") as f:
-    json.dump({**spec.as_json(), "state_dict": STATE_FILE}, f, indent=2)
+    json.dump(meta, f, indent=2)
   return path
 
 
 def create_timm_model(directory: str):
   """The timm model of an export written with `--timm`, weights loaded strictly, in eval mode.
 
-  Needs torch and timm (`pip install -e '.[test]'` brings both)."""
+  Needs torch and timm (`pip install -e '.[torch]'`)."""
   import safetensors.torch
   import timm
   import torch

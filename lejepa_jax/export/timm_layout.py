@@ -9,24 +9,31 @@ One table per family says where each array goes; both directions read it, so the
                                             stride 1, no max-pool) has no timm equivalent: conv1
                                             becomes Conv2d(C, 64, 3, 1, 1, bias=False) and maxpool
                                             nn.Identity() (`create_timm_model` does it)
-    ViT          vit_<size>_patch<P>_...    embed_dim, depth, heads, mlp_ratio, patch, img_size,
+    ViT          vit_<size>_patch16_224     embed_dim, depth, heads, mlp_ratio, patch, img_size,
                                             registers; position embeddings cover the patches only
                                             (`no_embed_class=True`); without a CLS token the summary
                                             is the mean normalised patch token (`global_pool="avg"`,
                                             `fc_norm=False`)
     ConvNeXt-V2  convnextv2_<variant>       in_chans
 
+The kwargs decide the architecture; the name only picks timm's model function (a ViT-Mi/4 is written
+as vit_tiny_patch16_224 with its own dimensions), and timm's default preprocessing for that name does
+not apply: standardise images as in training (`timm.json`'s "input", when the export came from a run).
+
 What matches: `timm_model(images_nchw)` (eval mode, `num_classes=0`) equals the backbone's pooled
-output, the vector the projector reads (ViT: the CLS token after the final norm), for images of the
-ViT's `img_size` (timm resizes position embeddings with PyTorch's bicubic kernel, lejepa_jax with
-JAX's: other sizes differ slightly). Tested in tests/test_timm_interop.py. The projector stays in
-the lejepa_jax export; it has no timm counterpart.
+output, the vector the projector reads (ViT: the CLS token after the final norm). The timm ViT takes
+only `img_size` inputs (lejepa_jax's takes any multiple of the patch, resizing its position
+embeddings). Tested in tests/test_timm_interop.py. The projector stays in the lejepa_jax export; it
+has no timm counterpart.
 
 timm's ResNet stem has 64 channels whatever the stage widths. A lejepa_jax ResNet of another `width`
 is written into it exactly: the stem's extra channels have zero weights and zero BatchNorm scale and
 shift (so they carry zeros), and where lejepa_jax's first block has no projection shortcut, timm's
 (64 -> width) is an identity (1x1 weights picking the first `width` channels, BatchNorm scale 1,
-shift 0, mean 0, variance 1 - eps). Reading such a state_dict back crops the padding.
+shift 0, mean 0, variance 1 - eps, a scale of 1 to float32 rounding). Reading such a state_dict back
+crops the padding. The padding is exact in eval mode only: trained in PyTorch, the added BatchNorm
+would normalise with batch statistics and the zero channels would learn, and the result would no
+longer read back; keep those modules in eval mode (or frozen) when fine-tuning there.
 
 Array conventions: Linear [in, out] -> weight [out, in]; convolutions [kh, kw, in, out] -> weight
 [out, in, kh, kw]; the ViT patch embedding, a Linear over (row, column, channel)-flattened patches,
@@ -105,6 +112,7 @@ def timm_spec(backbone: nnx.Module) -> TimmSpec:
   Read off the module, so an abstract one does (`nnx.eval_shape(lambda: build_backbone(...))`)."""
   if isinstance(backbone, resnet.ResNet):
     width = backbone.stem_bn.num_features
+    _check_resnet_fits_timm(backbone)
     kwargs = {
       "in_chans": backbone.in_channels,
       "channels": [width * m for m in resnet.STAGE_MULTIPLES],
@@ -134,6 +142,22 @@ def timm_spec(backbone: nnx.Module) -> TimmSpec:
       f"convnextv2_{backbone.variant}", {"in_chans": backbone.in_channels, "num_classes": 0}
     )
   raise ValueError(f"No timm layout for {type(backbone).__name__}; known: ResNet, ViT, ConvNeXtV2.")
+
+
+def _check_resnet_fits_timm(backbone: resnet.ResNet) -> None:
+  """timm's ResNet stem has 64 channels, and its first block projects exactly when 64 differs from
+  the first stage's output: lejepa_jax ResNets that cannot be written into that are refused."""
+  width = backbone.stem_bn.num_features
+  first_out = width * type(backbone.blocks[0]).expansion
+  if width > TIMM_RESNET_STEM or (
+    _first_block_projects(backbone) and first_out == TIMM_RESNET_STEM and width != TIMM_RESNET_STEM
+  ):
+    raise ValueError(
+      f"A ResNet-{backbone.variant} of width {width} has no timm equivalent: timm's stem has "
+      f"{TIMM_RESNET_STEM} channels, so timm holds widths up to {TIMM_RESNET_STEM} (for ResNet-50, "
+      f"not 16, where timm's first block has no projection). Export another width, or use the "
+      "Flax export (without --timm)."
+    )
 
 
 # --- where each array goes ------------------------------------------------------------------------
@@ -305,12 +329,11 @@ def _pad_resnet_stem(backbone: resnet.ResNet, state: dict[str, np.ndarray]) -> N
   state["layer1.0.downsample.1.num_batches_tracked"] = np.zeros((), np.int64)
 
 
-def _is_identity_projection(backbone: resnet.ResNet, state: Mapping[str, np.ndarray]) -> bool:
-  """Whether layer1.0's projection is the identity `_pad_resnet_stem` writes (always true where
-  lejepa_jax's first block projects too: that one is a real projection)."""
-  if _first_block_projects(backbone):
-    return True
+def _is_identity_projection(state: Mapping[str, np.ndarray]) -> bool:
+  """Whether layer1.0's projection is the identity `_pad_resnet_stem` writes for basic blocks."""
   prefix = "layer1.0.downsample."
+  if prefix + "0.weight" not in state:
+    return False
   weight = state[prefix + "0.weight"][:, :, 0, 0]
   scale = state[prefix + "1.weight"] / np.sqrt(state[prefix + "1.running_var"] + _BN_EPS)
   shift = state[prefix + "1.bias"] - state[prefix + "1.running_mean"] * scale
@@ -329,10 +352,18 @@ def _crop_resnet_stem(backbone: resnet.ResNet, state: dict[str, np.ndarray]) -> 
     return state
   state = dict(state)
   padding = [state["conv1.weight"][width:], state["bn1.weight"][width:], state["bn1.bias"][width:]]
-  if any(np.any(p != 0) for p in padding) or not _is_identity_projection(backbone, state):
+  if any(np.any(p != 0) for p in padding):
     raise ValueError(
-      f"The timm ResNet's stem has {TIMM_RESNET_STEM} channels in use; this model config's stem has "
-      f"{width} (model.width): build the lejepa_jax model with width {TIMM_RESNET_STEM}."
+      f"The timm ResNet uses all {TIMM_RESNET_STEM} channels of its stem, and a lejepa_jax ResNet's "
+      f"stem is as wide as its first stage ({width} here, model.width): only a state_dict whose "
+      f"stem channels beyond {width} are zero (what `--timm` writes) fits. A standard timm ResNet "
+      f"loads into model.width={TIMM_RESNET_STEM}."
+    )
+  if not _first_block_projects(backbone) and not _is_identity_projection(state):
+    raise ValueError(
+      "The timm ResNet's first block projects its input (layer1.0.downsample), and this model "
+      f"config's first block (width {width}) has no projection: only the identity projection "
+      "`--timm` writes fits."
     )
   state["conv1.weight"] = state["conv1.weight"][:width]
   for name in ("weight", "bias", "running_mean", "running_var"):
@@ -364,10 +395,18 @@ def to_timm_state_dict(backbone: nnx.Module) -> dict[str, np.ndarray]:
   return state
 
 
+def _as_numpy(value: Any) -> np.ndarray:
+  """A torch tensor (any device or dtype, with or without grad) or array as a NumPy array."""
+  if hasattr(value, "detach"):
+    value = value.detach().cpu()
+    return value.numpy() if not value.is_floating_point() else value.float().numpy()
+  return np.asarray(value)
+
+
 def load_timm_state_dict(backbone: nnx.Module, state_dict: Mapping[str, Any]) -> None:
   """Assigns a timm state_dict (arrays or torch tensors) to `backbone` in place, strictly: every
   key must be used and every variable found, with its shape."""
-  arrays = {key: np.asarray(value) for key, value in state_dict.items()}
+  arrays = {key: _as_numpy(value) for key, value in state_dict.items()}
   if isinstance(backbone, resnet.ResNet):
     arrays = _crop_resnet_stem(backbone, arrays)
   unused = set(arrays) - set(_batch_norm_counters(backbone))
@@ -378,11 +417,11 @@ def load_timm_state_dict(backbone: nnx.Module, state_dict: Mapping[str, Any]) ->
       problems.append(f"missing {key}")
       continue
     unused.discard(key)
-    value = _from_torch(backbone, path, arrays[key].astype(np.float32))
-    if value.shape != variable.get_value().shape:
-      problems.append(f"{key}: shape {arrays[key].shape} does not fit {variable.get_value().shape}")
+    expected = _to_torch(backbone, path, np.zeros(variable.get_value().shape, np.float32)).shape
+    if arrays[key].shape != expected:
+      problems.append(f"{key}: shape {arrays[key].shape}, this model config needs {expected}")
       continue
-    variable.set_value(value)
+    variable.set_value(_from_torch(backbone, path, arrays[key].astype(np.float32)))
   problems += [f"unexpected {key}" for key in sorted(unused)]
   if problems:
     raise ValueError(
@@ -402,7 +441,10 @@ def encoder_from_timm(
     model_config: the lejepa_jax model config; its projector (if any) starts from `seed`'s
       initialisation, since timm has none.
     seed: initialisation seed of what timm does not hold.
+
+  Returns the encoder in eval mode, as `load_encoder` does (`.train()` before training it further).
   """
   encoder = models.create_encoder(model_config, seed=seed)
   load_timm_state_dict(encoder.backbone, state_dict)
+  encoder.eval()
   return encoder

@@ -12,7 +12,7 @@ import pytest
 from flax import nnx
 
 from lejepa_jax import export, models
-from lejepa_jax.export import timm_layout
+from lejepa_jax.export import timm_files, timm_layout
 
 torch = pytest.importorskip("torch")
 timm = pytest.importorskip("timm")
@@ -93,11 +93,7 @@ def _assert_close(actual: np.ndarray, reference: np.ndarray) -> None:
 
 def _timm_model(config: dict):
   abstract = nnx.eval_shape(lambda: models.build_backbone(config, nnx.Rngs(0)))
-  spec = timm_layout.timm_spec(abstract)
-  model = timm.create_model(spec.name, **spec.kwargs)
-  for name, module in spec.as_json().get("replace_modules", {}).items():
-    setattr(model, name, getattr(torch.nn, module["type"])(*module["args"], **module["kwargs"]))
-  return model
+  return timm_files.timm_model_from_spec(timm_layout.timm_spec(abstract).as_json())
 
 
 @pytest.mark.parametrize("case", ALL_CASES)

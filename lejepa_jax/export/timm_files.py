@@ -60,8 +60,6 @@ def create_timm_model(directory: str):
 
   Needs torch and timm (`pip install -e '.[torch]'`)."""
   import safetensors.torch
-  import timm
-  import torch
 
   spec_path = os.path.join(directory, SPEC_FILE)
   if not os.path.exists(spec_path):
@@ -70,9 +68,19 @@ def create_timm_model(directory: str):
     )
   with open(spec_path) as f:
     spec = json.load(f)
-  model = timm.create_model(spec["model_name"], **spec["kwargs"])
-  for name, module in spec.get("replace_modules", {}).items():
-    setattr(model, name, getattr(torch.nn, module["type"])(*module["args"], **module["kwargs"]))
+  model = timm_model_from_spec(spec)
   state = safetensors.torch.load_file(os.path.join(directory, spec["state_dict"]))
   model.load_state_dict(state, strict=True)
   return model.eval()
+
+
+def timm_model_from_spec(spec: dict):
+  """The (randomly initialised) timm model a `TimmSpec.as_json()` dict describes, small-stem
+  replacements applied."""
+  import timm
+  import torch
+
+  model = timm.create_model(spec["model_name"], **spec["kwargs"])
+  for name, module in spec.get("replace_modules", {}).items():
+    setattr(model, name, getattr(torch.nn, module["type"])(*module["args"], **module["kwargs"]))
+  return model

@@ -51,6 +51,13 @@ _WIDTH = flags.DEFINE_integer(
   "ResNet width (default: config's); small widths show per-op overhead",
   flag_values=_FLAGS,
 )
+_VARIANT = flags.DEFINE_string(
+  "variant",
+  None,
+  "model variant (default: config's), e.g. Mi/7 with --recipe vit: a ViT small enough that per-op "
+  "overhead dominates",
+  flag_values=_FLAGS,
+)
 _STEPS = flags.DEFINE_integer("steps", 3, "timed steps per side", flag_values=_FLAGS)
 _RUN_STEPS = flags.DEFINE_integer(
   "run_steps",
@@ -83,7 +90,7 @@ def synthetic_batch(config, mesh) -> dict[str, jax.Array]:
   }
 
 
-def time_vmapped(config, lambdas, steps: int, member_convolutions: str) -> dict[str, float]:
+def time_vmapped(config, lambdas, timed_steps: int, member_convolutions: str) -> dict[str, float]:
   """Set-up and step seconds of the members as one program (ablate's vmapped step), with the
   members' convolutions run as `member_convolutions` says ("per_member" or "grouped")."""
   config = config.copy_and_resolve_references()
@@ -103,10 +110,10 @@ def time_vmapped(config, lambdas, steps: int, member_convolutions: str) -> dict[
       holder["state"], metrics = compiled(holder["state"], hparams, batch, np.int32(1))
     jax.block_until_ready(metrics)
 
-  return {"setup": setup, "step": common.median_seconds(step, steps)}
+  return {"setup": setup, "step": common.median_seconds(step, timed_steps)}
 
 
-def time_sequential(config, lambdas, steps: int) -> dict[str, float]:
+def time_sequential(config, lambdas, timed_steps: int) -> dict[str, float]:
   """Set-up and step seconds summed over one separately compiled run per member."""
   totals = {"setup": 0.0, "step": 0.0}
   for member in sweep_plan.plan_sweep(config, [("loss.sigreg_weight", list(lambdas))])[0].members:
@@ -126,7 +133,7 @@ def time_sequential(config, lambdas, steps: int) -> dict[str, float]:
         holder["state"], metrics = compiled(holder["state"], batch, jax.random.key(0))
       jax.block_until_ready(metrics)
 
-    totals["step"] += common.median_seconds(step, steps)
+    totals["step"] += common.median_seconds(step, timed_steps)
     print(f"  sequential: {member.name} done", flush=True)
   return totals
 
@@ -200,7 +207,15 @@ def main(argv: list[str] | None = None) -> None:
     return
   config = default_cpu_config(_RECIPE.value)
   config.update_from_flattened_dict(
-    {k: v for k, v in (("data.global_batch_size", _BATCH.value), ("model.width", _WIDTH.value)) if v}
+    {
+      k: v
+      for k, v in (
+        ("data.global_batch_size", _BATCH.value),
+        ("model.width", _WIDTH.value),
+        ("model.variant", _VARIANT.value),
+      )
+      if v
+    }
   )
   lambdas = LAMBDAS[: _MEMBERS.value]
   run_steps = _RUN_STEPS.value or config.total_steps

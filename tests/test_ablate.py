@@ -127,6 +127,10 @@ def test_members_equal_separately_trained_runs_step_for_step(ablation, data_dir,
     for step in a:
       for key in ("loss", "pred", "sigreg", "probe_loss", "grad_norm", "lr"):
         np.testing.assert_allclose(a[step][key], b[step][key], rtol=2e-4, err_msg=f"{name} {key}")
+    # The members' training clock runs forward in every line, continued across the fixture's resume
+    # after step 2 as a single run's is.
+    seconds = [a[step]["train_seconds"] for step in sorted(a)]
+    assert all(0 < s < t for s, t in zip(seconds, seconds[1:])), seconds
     _assert_states_close(_state(member_dir, STEPS), _state(alone, STEPS))
 
 

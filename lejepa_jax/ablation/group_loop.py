@@ -38,6 +38,7 @@ import dataclasses
 import json
 import logging
 import os
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -46,7 +47,7 @@ import ml_collections
 import numpy as np
 from flax import nnx
 
-from lejepa_jax import data
+from lejepa_jax import data, reports
 from lejepa_jax.ablation import member_outputs, stacked, sweep_plan
 from lejepa_jax.evaluation import eval_records, restore
 from lejepa_jax.evaluation import job as evaluation_job
@@ -114,7 +115,9 @@ def _save(run: GroupRun, outputs: Sequence[member_outputs.MemberOutputs], extrac
       out.save(step, extract(run.state, np.int32(i)), run.iterator)
 
 
-def _log_step(run: GroupRun, outputs, step: int, metrics, step_time: float) -> None:
+def _log_step(
+  run: GroupRun, outputs, step: int, metrics, step_time: float, train_seconds: float
+) -> None:
   values = jax.device_get(metrics)
   config = run.group.config
   for i, out in enumerate(outputs):
@@ -122,6 +125,7 @@ def _log_step(run: GroupRun, outputs, step: int, metrics, step_time: float) -> N
     row["lr"] = float(optimizers.lr_schedule(out.member.config)(step - 1))
     row["step_time_s"] = step_time
     row["images_per_s"] = config.data.global_batch_size / step_time
+    row["train_seconds"] = train_seconds
     out.write(step, row)
   losses = " ".join(f"{float(v):.4f}" for v in values["loss"][: len(outputs)])
   log.info(
@@ -150,6 +154,11 @@ def train_group(
     return run.start
   compiled = stacked.compile_members_step(config, run.mesh, run.graphdef, run.state, run.hparams)
 
+  # Wall-clock seconds of training, as a single run's metrics record them (training.loop.run): the
+  # members share one clock, continued across resumes from the first member's last line.
+  seconds_before = reports.train_seconds_at(outputs[0].dir, run.start)
+  loop_start = time.perf_counter()
+
   def step_fn(step: int) -> dict[str, jax.Array]:
     batch = data.to_global_batch(next(run.iterator), run.mesh)
     with jax.set_mesh(run.mesh):
@@ -163,7 +172,9 @@ def train_group(
     log_every=config.log_every,
     checkpoint_every=config.checkpoint_every,
     guard=guard,
-    on_log=lambda step, metrics, step_time: _log_step(run, outputs, step, metrics, step_time),
+    on_log=lambda step, metrics, step_time: _log_step(
+      run, outputs, step, metrics, step_time, seconds_before + time.perf_counter() - loop_start
+    ),
     on_save=lambda step: _save(run, outputs, extract, step),
   )
 

@@ -19,7 +19,7 @@ from flax import nnx
 
 from lejepa_jax import cli
 from lejepa_jax.ablation import stacked, sweep_plan
-from lejepa_jax.bench import common
+from lejepa_jax.bench import ablate_end_to_end, common
 from lejepa_jax.bench.train import default_cpu_config
 from lejepa_jax.models import members as members_lib
 from lejepa_jax.scale import compiler, sharding
@@ -64,6 +64,19 @@ _RUN_STEPS = flags.DEFINE_integer(
   None,
   "steps of the end-to-end estimate (default: the config's total_steps)",
   flag_values=_FLAGS,
+)
+_END_TO_END = flags.DEFINE_bool(
+  "end_to_end",
+  False,
+  "time the commands instead: N `lejepa_jax.main` processes against one `lejepa_jax.ablate` "
+  "on the prepared data (bench/ablate_end_to_end.py)",
+  flag_values=_FLAGS,
+)
+_MEASURED_STEPS = flags.DEFINE_integer(
+  "measured_steps", 100, "--end_to_end: steps each side really trains", flag_values=_FLAGS
+)
+_DATA_DIR = flags.DEFINE_string(
+  "data_dir", "data/tfds", "--end_to_end: the prepared Fashion-MNIST", flag_values=_FLAGS
 )
 _MEMBER_CONVOLUTIONS = flags.DEFINE_list(
   "member_convolutions",
@@ -206,17 +219,16 @@ def main(argv: list[str] | None = None) -> None:
     print(member_convolution_table())
     return
   config = default_cpu_config(_RECIPE.value)
-  config.update_from_flattened_dict(
-    {
-      k: v
-      for k, v in (
-        ("data.global_batch_size", _BATCH.value),
-        ("model.width", _WIDTH.value),
-        ("model.variant", _VARIANT.value),
-      )
-      if v
-    }
-  )
+  overrides = {
+    k: v
+    for k, v in (
+      ("data.global_batch_size", _BATCH.value),
+      ("model.width", _WIDTH.value),
+      ("model.variant", _VARIANT.value),
+    )
+    if v
+  }
+  config.update_from_flattened_dict(overrides)
   lambdas = LAMBDAS[: _MEMBERS.value]
   run_steps = _RUN_STEPS.value or config.total_steps
   print(f"# batched ablation ({common.machine_description()})", flush=True)
@@ -226,6 +238,12 @@ def main(argv: list[str] | None = None) -> None:
     f"{config.model.get('width', '-')}, batch {config.data.global_batch_size}",
     flush=True,
   )
+  if _END_TO_END.value:
+    table = ablate_end_to_end.run(
+      _RECIPE.value, lambdas, _MEASURED_STEPS.value, run_steps, _DATA_DIR.value, overrides
+    )
+    print(table)
+    return
   sides = {}
   for strategy in _MEMBER_CONVOLUTIONS.value:
     sides[f"one vmapped program, {strategy} convolutions"] = time_vmapped(

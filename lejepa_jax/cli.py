@@ -81,6 +81,10 @@ def parse(
     print(help_text(flag_values, prog, doc))
     raise SystemExit(0)
   flag_values.unparse_flags()
+  # ml_collections defines a flag per `--config.<key>` override while parsing; drop an earlier call's,
+  # or repeating an override in-process fails as a flag "defined twice".
+  for name in [name for name in flag_values if "." in name]:
+    delattr(flag_values, name)
   try:
     with _as_sys_argv([prog, *argv]):
       args = flag_values([prog, *argv])[1:]

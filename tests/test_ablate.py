@@ -127,10 +127,13 @@ def test_members_equal_separately_trained_runs_step_for_step(ablation, data_dir,
     for step in a:
       for key in ("loss", "pred", "sigreg", "probe_loss", "grad_norm", "lr"):
         np.testing.assert_allclose(a[step][key], b[step][key], rtol=2e-4, err_msg=f"{name} {key}")
-    # The members' training clock runs forward in every line, continued across the fixture's resume
-    # after step 2 as a single run's is.
+    # The members' training clock runs forward in every line; in the group the fixture resumed after
+    # step 2 it continues from step 2's reading (step 3's line adds exactly its own step time).
     seconds = [a[step]["train_seconds"] for step in sorted(a)]
     assert all(0 < s < t for s, t in zip(seconds, seconds[1:])), seconds
+    if name.startswith("num_slices=16"):
+      continued = a[3]["train_seconds"] - a[3]["step_time_s"]
+      assert continued == pytest.approx(a[2]["train_seconds"], abs=0.05), (name, a[2], a[3])
     _assert_states_close(_state(member_dir, STEPS), _state(alone, STEPS))
 
 

@@ -42,6 +42,9 @@ def test_config_overrides_are_read_from_the_arguments_given_not_sys_argv(capsys)
   assert config.value.total_steps == 7
   cli.parse(values, [f"--config={path}"], prog="p", doc="d")  # a second parse starts afresh
   assert config.value.total_steps == 1400  # the file's own value
+  for steps in (5, 6):  # the same override again, in one process (main(argv) called twice)
+    cli.parse(values, [f"--config={path}", f"--config.total_steps={steps}"], prog="p", doc="d")
+    assert config.value.total_steps == steps
   with pytest.raises(SystemExit) as done:
     cli.parse(values, [f"--config={path}", "--config.no_such_key=1"], prog="p", doc="d")
   assert done.value.code == 2

@@ -21,7 +21,9 @@ follow the base config's seed and are shared by every member, so a member traine
 Layout of DIR:
   ablation_spec.json           the base config, the members and their groups (a rerun must match)
   checkpoints/<group>/<step>/  the group's stacked state and the data iterator (for resuming)
-  members/<name>/              a training workdir per member: metrics.jsonl, tensorboard/,
+  members/<name>/              a training workdir per member: metrics.jsonl (its train_seconds is
+                               the group's clock: the members train together, so a member's minutes
+                               are those of all its group's members), tensorboard/,
                                checkpoints/ (saved with the member's own config, so the evaluation
                                job and export read it like any run), summary.json, curves.png and
                                selection.json (RankMe, SIGReg, online-probe accuracy on eval data)

@@ -1,5 +1,11 @@
 """Batched ablation against sequential runs: N members as one vmapped program vs N separate runs.
 
+With `--end_to_end` it times the commands instead (`lejepa_jax/bench/ablate_end_to_end.py`): N
+`python -m lejepa_jax.main` processes against one `python -m lejepa_jax.ablate` on the prepared
+Fashion-MNIST (`--data_dir`), `--measured_steps` each, extended to `--run_steps`; `--steps` and
+`--member_convolutions` do not apply there (the ablation uses the config's `member_convolutions`).
+Otherwise (below) it times the programs in this process:
+
 Members: a lambda sweep on the default CPU config (configs/fashion_mnist.py, optionally with another
 batch size). Both sides use the real steps, compiled ahead of time: the vmapped members step of
 `lejepa_jax.ablate` and `steps.compile_train_step` once per member (a separate run compiles its own
@@ -73,10 +79,17 @@ _END_TO_END = flags.DEFINE_bool(
   flag_values=_FLAGS,
 )
 _MEASURED_STEPS = flags.DEFINE_integer(
-  "measured_steps", 100, "--end_to_end: steps each side really trains", flag_values=_FLAGS
+  "measured_steps",
+  100,
+  "--end_to_end: steps each side really trains",
+  lower_bound=2,
+  flag_values=_FLAGS,
 )
 _DATA_DIR = flags.DEFINE_string(
-  "data_dir", "data/tfds", "--end_to_end: the prepared Fashion-MNIST", flag_values=_FLAGS
+  "data_dir",
+  "data/tfds",
+  "--end_to_end: the prepared Fashion-MNIST (relative to the current directory)",
+  flag_values=_FLAGS,
 )
 _MEMBER_CONVOLUTIONS = flags.DEFINE_list(
   "member_convolutions",
@@ -239,8 +252,16 @@ def main(argv: list[str] | None = None) -> None:
     flush=True,
   )
   if _END_TO_END.value:
+    if run_steps < _MEASURED_STEPS.value:
+      raise SystemExit(f"--run_steps ({run_steps}) must be at least --measured_steps.")
     table = ablate_end_to_end.run(
-      _RECIPE.value, lambdas, _MEASURED_STEPS.value, run_steps, _DATA_DIR.value, overrides
+      _RECIPE.value,
+      lambdas,
+      _MEASURED_STEPS.value,
+      run_steps,
+      config.log_every,
+      _DATA_DIR.value,
+      overrides,
     )
     print(table)
     return

@@ -1,18 +1,25 @@
 """Batched ablation against sequential runs, end to end: the commands a user runs, timed by the clock.
 
 `python -m lejepa_jax.bench ablate --end_to_end` runs N members of a lambda sweep of
-configs/fashion_mnist.py two ways on the prepared Fashion-MNIST data, each as its own process:
+configs/fashion_mnist.py two ways on the prepared Fashion-MNIST data, each side as fresh processes:
 N times `python -m lejepa_jax.main` (one run per lambda) and once `python -m lejepa_jax.ablate`
-(one vmapped program). Everything a user waits for is in the wall clock: interpreter start and
-imports, opening the data, compilation, the data pipeline (one per run, one per ablation), the
-steps, checkpoints, and the ablation's report. Each run really trains `--run_steps` steps; the
-steady step time from the runs' metrics (`train_seconds`) extends the measurement to the config's
-whole schedule: estimate(T) = wall - S * step + T * step, per side.
+(one vmapped program, with its report: RankMe and the online probe on `--eval_examples` images per
+member, which the single runs do not compute). The wall clock holds everything a user waits for:
+interpreter start and imports, opening the data, compilation, the data pipeline (one per run, one
+for the whole ablation), the steps, a checkpoint at the end. Each side trains `--measured_steps`
+steps (S); the steady step time from the runs' metrics (`train_seconds` between the first and the
+last metrics line) extends the measurement to `--run_steps` (T, default the config's schedule):
+
+  estimate(T) = wall(S) - S * step + T * step,   per side.
+
+The estimate leaves out the schedule's intermediate checkpoints (the default saves at step 700 as
+well as at the end): one more save per run, and one stacked plus N member saves for the ablation.
 """
 
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -26,12 +33,14 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 CONFIG = os.path.join(ROOT, "configs", "fashion_mnist.py")
 
 
-def _overrides(steps: int, data_dir: str, extra: dict[str, object]) -> list[str]:
+def _overrides(steps: int, log_every: int, data_dir: str, extra: dict[str, object]) -> list[str]:
+  """`--config.key=value` flags of a measured run: S steps, one checkpoint, at least two metrics
+  lines (the steady step time needs two), the given data and model overrides."""
   settings = {
     "total_steps": steps,
     "checkpoint_every": steps,
     "keep_checkpoints": 1,
-    "log_every": max(1, min(20, steps // 4)),  # at least two lines for the steady step time
+    "log_every": min(log_every, max(1, steps // 2)),
     "data.data_dir": data_dir,
     **extra,
   }
@@ -39,81 +48,87 @@ def _overrides(steps: int, data_dir: str, extra: dict[str, object]) -> list[str]
 
 
 def _timed(command: list[str], log_path: str) -> float:
-  """Wall seconds of `command` (a fresh process); its output goes to `log_path`."""
+  """Wall seconds of `command` (a fresh process, run from the repository root); its output goes to
+  `log_path`. A failed command raises with the end of that output."""
   start = time.perf_counter()
   with open(log_path, "w") as log:
     done = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT, check=False)
   if done.returncode:
-    raise RuntimeError(f"{' '.join(command)} failed (exit {done.returncode}); its output: {log_path}")
+    with open(log_path) as log:
+      tail = "".join(log.readlines()[-30:])
+    raise RuntimeError(f"{' '.join(command)} failed (exit {done.returncode}); its output ends:\n{tail}")
   return time.perf_counter() - start
 
 
 def steady_step_seconds(workdir: str) -> float:
-  """Seconds per step after the first logged step, from a run's `train_seconds` (training.loop)."""
+  """Seconds per step between a run's first and last metrics lines (their `train_seconds`)."""
   rows = [r for r in reports.read_metrics(workdir) if "train_seconds" in r]
   if len(rows) < 2:
-    raise RuntimeError(f"{workdir}: fewer than two metrics lines; give more --run_steps.")
+    raise RuntimeError(f"{workdir}: fewer than two metrics lines; give more --measured_steps.")
   first, last = rows[0], rows[-1]
   return (last["train_seconds"] - first["train_seconds"]) / (last["step"] - first["step"])
 
 
-def time_sequential_runs(
-  recipe: str, lambdas: Sequence[str], steps: int, data_dir: str, extra: dict, scratch: str
-) -> dict[str, float]:
-  """Wall seconds of one `lejepa_jax.main` process per lambda, summed, and their steady step sum."""
-  wall = step = 0.0
+def sequential_commands(
+  recipe: str, lambdas: Sequence[str], overrides: list[str], scratch: str
+) -> list[tuple[str, list[str]]]:
+  """(workdir, command) of one `lejepa_jax.main` run per lambda."""
+  runs = []
   for value in lambdas:
     workdir = os.path.join(scratch, f"run_lambda={value}")
-    command = [
-      sys.executable,
-      "-m",
-      "lejepa_jax.main",
-      f"--config={CONFIG}:recipe={recipe}",
-      f"--workdir={workdir}",
-      *_overrides(steps, data_dir, {**extra, "loss.sigreg_weight": value}),
-    ]
-    wall += _timed(command, workdir + ".log")
-    step += steady_step_seconds(workdir)
-    print(f"  sequential: lambda {value} done", flush=True)
-  return {"wall": wall, "step": step}
+    runs.append(
+      (
+        workdir,
+        [
+          sys.executable,
+          "-m",
+          "lejepa_jax.main",
+          f"--config={CONFIG}:recipe={recipe}",
+          f"--workdir={workdir}",
+          *overrides,
+          f"--config.loss.sigreg_weight={value}",
+        ],
+      )
+    )
+  return runs
 
 
-def time_ablation(
-  recipe: str, lambdas: Sequence[str], steps: int, data_dir: str, extra: dict, scratch: str
-) -> dict[str, float]:
-  """Wall seconds of one `lejepa_jax.ablate` process training every lambda, and its steady step."""
+def ablation_command(
+  recipe: str, lambdas: Sequence[str], overrides: list[str], scratch: str
+) -> tuple[str, list[str]]:
+  """(workdir, command) of one `lejepa_jax.ablate` over every lambda."""
   workdir = os.path.join(scratch, "ablation")
-  command = [
+  return workdir, [
     sys.executable,
     "-m",
     "lejepa_jax.ablate",
     f"--config={CONFIG}:recipe={recipe}",
     f"--workdir={workdir}",
     f"--sweep=loss.sigreg_weight={','.join(lambdas)}",
-    *_overrides(steps, data_dir, extra),
+    *overrides,
   ]
-  wall = _timed(command, workdir + ".log")
-  first_member = sorted(os.listdir(os.path.join(workdir, "members")))[0]
-  return {"wall": wall, "step": steady_step_seconds(os.path.join(workdir, "members", first_member))}
 
 
-def end_to_end_table(sequential: dict, ablation: dict, members: int, steps: int, schedule: int) -> str:
-  """Markdown rows: measured wall clock of `steps`, steady s/step, and the `schedule` estimate."""
+def end_to_end_table(
+  sequential: dict[str, float], ablation: dict[str, float], members: int, steps: int, schedule: int
+) -> str:
+  """Markdown rows per side ({"wall": s, "step": s/step}): the measured wall clock of `steps`, the
+  part outside the steps, the steady step, and the `schedule` estimate; then the speed-ups."""
   estimate = lambda r: r["wall"] + (schedule - steps) * r["step"]
-  rows = []
-  for name, r in (
-    (f"{members} x python -m lejepa_jax.main", sequential),
-    ("python -m lejepa_jax.ablate", ablation),
-  ):
-    rows.append(
-      [
-        name,
-        f"{r['wall']:.0f}",
-        f"{r['wall'] - steps * r['step']:.0f}",
-        f"{r['step']:.3f}",
-        f"{estimate(r):.0f}",
-      ]
-    )
+  sides = (
+    (f"{members} x `python -m lejepa_jax.main`", sequential),
+    ("`python -m lejepa_jax.ablate` (with its report)", ablation),
+  )
+  rows = [
+    [
+      name,
+      f"{r['wall']:.0f}",
+      f"{r['wall'] - steps * r['step']:.0f}",
+      f"{r['step']:.3f}",
+      f"{estimate(r):.0f}",
+    ]
+    for name, r in sides
+  ]
   rows.append(
     [
       "speed-up",
@@ -140,18 +155,30 @@ def run(
   lambdas: Sequence[str],
   steps: int,
   schedule: int,
+  log_every: int,
   data_dir: str,
   extra: dict[str, object],
 ) -> str:
-  """Both sides in a scratch directory (removed after); returns the table."""
-  if not os.path.isdir(os.path.join(os.path.abspath(data_dir), "fashion_mnist")):
+  """Both sides (the ablation first, after one untimed start of Python and JAX so neither side
+  meets a cold file cache) in a scratch directory, removed on success; returns the table."""
+  data_dir = os.path.abspath(data_dir)
+  if not os.path.isdir(os.path.join(data_dir, "fashion_mnist")):
     raise SystemExit(
       f"bench ablate --end_to_end trains on Fashion-MNIST and found none in {data_dir}; prepare it "
       f"with `python -m lejepa_jax.data.prepare fashion_mnist --out={data_dir}` or pass --data_dir."
     )
-  data_dir = os.path.abspath(data_dir)
-  with tempfile.TemporaryDirectory(prefix="bench_ablate_") as scratch:
-    ablation = time_ablation(recipe, lambdas, steps, data_dir, extra, scratch)
-    print("  ablation done", flush=True)
-    sequential = time_sequential_runs(recipe, lambdas, steps, data_dir, extra, scratch)
+  scratch = tempfile.mkdtemp(prefix="bench_ablate_")
+  overrides = _overrides(steps, log_every, data_dir, extra)
+  _timed([sys.executable, "-m", "lejepa_jax.main", "--help"], os.path.join(scratch, "warm.log"))
+  workdir, command = ablation_command(recipe, lambdas, overrides, scratch)
+  ablation = {"wall": _timed(command, workdir + ".log")}
+  first_member = sorted(os.listdir(os.path.join(workdir, "members")))[0]
+  ablation["step"] = steady_step_seconds(os.path.join(workdir, "members", first_member))
+  print("  ablation done", flush=True)
+  sequential = {"wall": 0.0, "step": 0.0}
+  for workdir, command in sequential_commands(recipe, lambdas, overrides, scratch):
+    sequential["wall"] += _timed(command, workdir + ".log")
+    sequential["step"] += steady_step_seconds(workdir)
+    print(f"  sequential: {os.path.basename(workdir)} done", flush=True)
+  shutil.rmtree(scratch)
   return end_to_end_table(sequential, ablation, len(lambdas), steps, schedule)

@@ -192,13 +192,14 @@ def run(
 
   def on_log(step: int, metrics: dict[str, jax.Array], step_time: float) -> None:
     nonlocal last
+    seconds = seconds_before + time.perf_counter() - loop_start  # the clock at the step, as step_time
     _check_finite(pending)
     pending.clear()
     last = {k: float(v) for k, v in jax.device_get(metrics).items()}
     last["lr"] = float(schedule(step - 1))
     last["step_time_s"] = step_time
     last["images_per_s"] = config.data.global_batch_size / step_time
-    last["train_seconds"] = seconds_before + time.perf_counter() - loop_start
+    last["train_seconds"] = seconds
     writer.write(step, last)
     _log_line(step, config.total_steps, last)
 

@@ -60,8 +60,7 @@ _WIDTH = flags.DEFINE_integer(
 _VARIANT = flags.DEFINE_string(
   "variant",
   None,
-  "model variant (default: config's), e.g. Mi/7 with --recipe vit: a ViT small enough that per-op "
-  "overhead dominates",
+  "model variant (default: config's), e.g. Mi/7 with --recipe vit: a ViT of width 64 and depth 2",
   flag_values=_FLAGS,
 )
 _STEPS = flags.DEFINE_integer("steps", 3, "timed steps per side", flag_values=_FLAGS)

@@ -40,7 +40,6 @@ import dataclasses
 import json
 import logging
 import os
-import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -156,11 +155,6 @@ def train_group(
     return run.start
   compiled = stacked.compile_members_step(config, run.mesh, run.graphdef, run.state, run.hparams)
 
-  # Wall-clock seconds of training, as a single run's metrics record them (training.loop.run): the
-  # members share one clock, continued across resumes from the first member's last line.
-  seconds_before = reports.train_seconds_at(outputs[0].dir, run.start)
-  loop_start = time.perf_counter()
-
   def step_fn(step: int) -> dict[str, jax.Array]:
     batch = data.to_global_batch(next(run.iterator), run.mesh)
     with jax.set_mesh(run.mesh):
@@ -174,10 +168,12 @@ def train_group(
     log_every=config.log_every,
     checkpoint_every=config.checkpoint_every,
     guard=guard,
-    on_log=lambda step, metrics, step_time: _log_step(
-      run, outputs, step, metrics, step_time, seconds_before + time.perf_counter() - loop_start
+    on_log=lambda step, metrics, step_time, seconds: _log_step(
+      run, outputs, step, metrics, step_time, seconds
     ),
     on_save=lambda step: _save(run, outputs, extract, step),
+    # The members share one clock, continued across resumes from the first member's last line.
+    seconds_before=reports.train_seconds_at(outputs[0].dir, run.start),
   )
 
 

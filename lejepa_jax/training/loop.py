@@ -38,25 +38,29 @@ def run_steps(
   log_every: int,
   checkpoint_every: int,
   guard: preemption.PreemptionGuard,
-  on_log: Callable[[int, Any, float], None],
+  on_log: Callable[[int, Any, float, float], None],
   on_save: Callable[[int], None],
+  seconds_before: float = 0.0,
 ) -> int:
   """The step loop of a training run and of an ablation group: steps start + 1 .. last_step, or up
   to the step at which a preemption notice arrives; returns the last step taken (`start` if none).
 
   `step_fn(step)` dispatches one step and returns its metrics (device arrays, not waited for: steps
   run asynchronously). Every `log_every` steps and at the last one, `on_log(step, metrics, seconds
-  per step since the previous log)`; every `checkpoint_every` steps and at the last one,
-  `on_save(step)` (after `on_log` when both fall on one step).
+  per step since the previous log, train_seconds)`; every `checkpoint_every` steps and at the last
+  one, `on_save(step)` (after `on_log` when both fall on one step). `train_seconds` is the wall-clock
+  seconds of training at that step: `seconds_before` (a resumed run's reading at `start`) plus the
+  time since this loop began, so the clock continues across resumes.
   """
-  window, step = (start, time.perf_counter()), start
+  loop_start = time.perf_counter()
+  window, step = (start, loop_start), start
   for step in range(start + 1, last_step + 1):
     metrics = step_fn(step)
     stopping = guard.stop_at(step) or step == last_step
     if step % log_every == 0 or stopping:
       jax.block_until_ready(metrics)  # time finished work
       now = time.perf_counter()
-      on_log(step, metrics, (now - window[1]) / (step - window[0]))
+      on_log(step, metrics, (now - window[1]) / (step - window[0]), seconds_before + now - loop_start)
       window = (step, now)
     if step % checkpoint_every == 0 or stopping:
       on_save(step)
@@ -180,7 +184,7 @@ def run(
   pending, last = [], {}
   # Wall-clock seconds of training (the loop, data included; not start-up or compile), continued
   # across resumes from the last metrics line at or before the restored step.
-  seconds_before, loop_start = reports.train_seconds_at(workdir, start), time.perf_counter()
+  seconds_before = reports.train_seconds_at(workdir, start)
 
   def step_fn(step: int) -> dict[str, jax.Array]:
     nonlocal state
@@ -190,9 +194,8 @@ def run(
     pending.append((step, metrics["loss"], metrics["param_norm"]))
     return metrics
 
-  def on_log(step: int, metrics: dict[str, jax.Array], step_time: float) -> None:
+  def on_log(step: int, metrics: dict[str, jax.Array], step_time: float, seconds: float) -> None:
     nonlocal last
-    seconds = seconds_before + time.perf_counter() - loop_start  # the clock at the step, as step_time
     _check_finite(pending)
     pending.clear()
     last = {k: float(v) for k, v in jax.device_get(metrics).items()}
@@ -224,6 +227,7 @@ def run(
       guard=guard,
       on_log=on_log,
       on_save=on_save,
+      seconds_before=seconds_before,
     )
   finally:
     manager.wait_until_finished()

@@ -16,7 +16,6 @@ from lejepa_jax import config_lib
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   args = config_lib.parse_arg(arg, epochs=800.0, **config_lib.RUNLOCAL_ARGS)
   c = config_lib.base_config()
-  c.data.name = "imagenette"
   c.data.global_batch_size = 256
   c.data.global_views = dict(count=4, size=128, scale=(0.08, 1.0))
   c.data.local_views = dict(count=0, size=64, scale=(0.05, 0.3))
@@ -25,6 +24,6 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.model.projector = dict(hidden_dim=2048, out_dim=16, num_layers=3)
   c.loss.sigreg_weight = 0.02
   c.optim.lr = 2e-3
-  train_examples, c.probe.num_classes = config_lib.DATASETS["imagenette"]
-  config_lib.set_schedule(c, args["epochs"], train_examples)
+  data = config_lib.set_dataset(c, "imagenette")
+  config_lib.set_schedule(c, args["epochs"], data.train_examples)
   return config_lib.finish(c, args)

@@ -16,7 +16,6 @@ from lejepa_jax import config_lib
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   args = config_lib.parse_arg(arg, dataset="imagenet2012", epochs=100.0, **config_lib.RUNLOCAL_ARGS)
   c = config_lib.base_config()
-  c.data.name = args["dataset"]
   c.data.global_views = dict(count=4, size=224, scale=(0.08, 1.0))
   c.data.local_views = dict(count=0, size=96, scale=(0.05, 0.3))
   c.model = config_lib.model_config(
@@ -24,13 +23,14 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   )
   c.loss.sigreg_weight = 0.02
   c.optim.weight_decay = 5e-4
-  train_examples, c.probe.num_classes = dataset_sizes(args["dataset"])
-  config_lib.set_schedule(c, args["epochs"], train_examples)
+  data = config_lib.set_dataset(c, known_dataset(args["dataset"]))
+  config_lib.set_schedule(c, args["epochs"], data.train_examples)
   return config_lib.finish(c, args)
 
 
-def dataset_sizes(name: str) -> tuple[int, int]:
-  """(training examples, classes): the schedule's epochs and the probe need both; never guessed."""
+def known_dataset(name: str) -> str:
+  """`name` if config_lib.DATASETS knows its sizes (the schedule's epochs and the probe need both;
+  never guessed), else an error saying how to train on another dataset."""
   if name not in config_lib.DATASETS:
     raise ValueError(
       f"configs/resnet50.py does not know dataset={name!r} (known: "
@@ -38,4 +38,4 @@ def dataset_sizes(name: str) -> tuple[int, int]:
       f"--config.data.name={name} --config.total_steps=N --config.optim.warmup_steps=N "
       "--config.probe.num_classes=N."
     )
-  return config_lib.DATASETS[name]
+  return name

@@ -7,6 +7,7 @@ arguments it accepts (`parse_arg`); any other name, or a value of the wrong type
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import ml_collections
@@ -193,9 +194,67 @@ def base_config() -> ml_collections.ConfigDict:
   return c
 
 
-# Known training sets: (training examples, classes); the schedule's epochs and the probe need both.
-DATASETS = {"imagenet2012": (1_281_167, 1000), "imagenette": (9_469, 10)}
-IMAGENET_TRAIN_EXAMPLES = DATASETS["imagenet2012"][0]
+@dataclasses.dataclass(frozen=True)
+class Dataset:
+  """A training set the configs know: where its records are and the sizes the schedule and probe need.
+
+  tfds_name: the TFDS name `data.name` reads (TFDS's own builder, or an image folder prepared under
+  that name); train_examples: images per epoch of `train_split` (the schedule's epochs); prepare:
+  how to make it readable offline, printed in docs and errors.
+  """
+
+  tfds_name: str
+  train_examples: int
+  num_classes: int
+  eval_split: str = "test"
+  train_split: str = "train"
+  prepare: str = "TFDS: `tfds build {name} --file_format=array_record --data_dir=DATA_DIR`"
+
+
+_FOLDER = (
+  "image folder: `python -m lejepa_jax.data.prepare folder --name={name} --source=DIR "
+  "--out=DATA_DIR` (DIR/train/<class>/*.jpg, DIR/{split}/<class>/*.jpg)"
+)
+# Known training sets; the schedule's epochs and the probe need both sizes. Image counts are the
+# TFDS split sizes, or the paper's (Table 5's header) where it names no public split.
+DATASETS = {
+  "imagenet2012": Dataset("imagenet2012", 1_281_167, 1000, "validation"),
+  "imagenette": Dataset("imagenette", 9_469, 10, "validation"),
+  "cifar10": Dataset("cifar10", 50_000, 10),
+  "cifar100": Dataset("cifar100", 50_000, 100),
+  "flowers102": Dataset("oxford_flowers102", 1_020, 102),
+  "food101": Dataset("food101", 75_750, 101, "validation"),
+  "dtd": Dataset("dtd", 1_880, 47),
+  "cars": Dataset("cars196", 8_144, 196),
+  "pets": Dataset("oxford_iiit_pet", 3_680, 37),
+  # Not in TFDS: prepared from an image folder (the preparation command names the layout).
+  "aircraft": Dataset("fgvc_aircraft", 6_667, 100, prepare=_FOLDER),
+  "galaxy10": Dataset("galaxy10_decals", 11_008, 10, prepare=_FOLDER),
+  "imagenet10": Dataset("imagenet10", 13_000, 10, "validation", prepare=_FOLDER),
+  "imagenet100": Dataset("imagenet100", 126_689, 100, "validation", prepare=_FOLDER),
+}
+IMAGENET_TRAIN_EXAMPLES = DATASETS["imagenet2012"].train_examples
+
+
+def dataset(name: str) -> Dataset:
+  """The known dataset `name` (a key of DATASETS); an unknown one is an error listing them."""
+  if name not in DATASETS:
+    raise ValueError(f"Unknown dataset {name!r}; known: {sorted(DATASETS)}.")
+  return DATASETS[name]
+
+
+def preparation(name: str) -> str:
+  """How to make dataset `name` readable offline (its TFDS build or image-folder preparation)."""
+  d = dataset(name)
+  return d.prepare.format(name=d.tfds_name, split=d.eval_split)
+
+
+def set_dataset(c: ml_collections.ConfigDict, name: str) -> Dataset:
+  """Points the config's data and probe at the known dataset `name`; returns it for the schedule."""
+  d = dataset(name)
+  c.data.name, c.data.split, c.data.eval_split = d.tfds_name, d.train_split, d.eval_split
+  c.probe.num_classes = d.num_classes
+  return d
 
 
 def imagenet_vit_config(arg: str | None, variant: str, fsdp: int) -> ml_collections.ConfigDict:
@@ -287,6 +346,14 @@ def probe_config() -> ml_collections.ConfigDict:
   c.linear = dict(epochs=30, batch_size=256, lr=1e-3, weight_decay=1e-6)
   c.knn = dict(k=20, temperature=0.07)
   c.fewshot = dict(shots=(1, 5, 10), seeds=5, ridge=1e-2)
+  # The linear protocol on k examples per class (the paper's k-shot columns), `seeds` draws each.
+  c.linear_shots = dict(
+    shots=(1, 10), seeds=3, min_steps=300, epochs=30, batch_size=256, lr=1e-3, weight_decay=1e-6
+  )
+  # Transfer: probe a known dataset (DATASETS) instead of the run's own, e.g. "dtd" ("": the run's);
+  # data_dir: where it is prepared ("": the run's data.data_dir).
+  c.dataset = ""
+  c.data_dir = ""
   c.label_free = dict(num_slices=1024, max_examples=10000)
   c.pictures = dict(num_images=8, num_points=2000)
   # "finetune" (not in the default list): the whole encoder + a linear head

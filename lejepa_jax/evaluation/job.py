@@ -18,6 +18,7 @@ The checkpoints are read by `lejepa_jax.restore` (shared with `lejepa_jax.export
 
 from __future__ import annotations
 
+import copy
 import logging
 import os
 import time
@@ -43,6 +44,22 @@ def evaluator_names(probe: ml_collections.ConfigDict) -> list[str]:
     if name not in ENCODER_EVALUATORS:
       evaluators.get(name)  # raises on unknown names before anything is extracted
   return names
+
+
+def probed_config(config: ml_collections.ConfigDict, probe: ml_collections.ConfigDict):
+  """The run's config reading the data the probe config names: the run's own dataset, or for
+  transfer (`probe.dataset`) another known dataset's splits and classes, at the run's resolution
+  and input normalisation."""
+  if not probe.get("dataset"):
+    return config
+  from lejepa_jax import config_lib
+
+  config = copy.deepcopy(config)
+  with config.unlocked():
+    config_lib.set_dataset(config, probe.dataset)
+    if probe.get("data_dir"):
+      config.data.data_dir = probe.data_dir
+  return config
 
 
 def run_evaluators(
@@ -121,6 +138,7 @@ def evaluate_checkpoint(
   """Restores one checkpoint, extracts features once, runs the evaluators, records the step."""
   names = evaluator_names(probe)
   encoder, config, step = restore.restore_encoder(workdir, step, mesh)
+  config = probed_config(config, probe)
   label = f"checkpoint step {step}"
   log.info("%s: evaluating (%s)", label, ", ".join(names))
   # Frozen features only when an evaluator reads them (fine-tuning alone does not).
@@ -153,7 +171,7 @@ def evaluate_baselines(
   todo = [b for b in wanted if b not in record.data["baselines"]]
   if not todo:
     return {}
-  config = restore.latest_config(workdir)
+  config = probed_config(restore.latest_config(workdir), probe)
   names = [n for n in evaluator_names(probe) if n != "pictures"]
   out = {}
   for baseline in todo:

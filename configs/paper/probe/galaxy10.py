@@ -1,0 +1,26 @@
+r"""The paper's evaluation of configs/paper/galaxy10.py (Table 3): the linear protocol on the frozen
+backbone with 1, 2, 5, 10, 100 and 1000 training examples per class (3 seeds each) and with all of
+them; `:finetune` fine-tunes the whole encoder with a linear head on all training examples instead.
+
+    python -m lejepa_jax.evaluate --config=configs/paper/probe/galaxy10.py[:finetune] --workdir=DIR
+
+Table 3's k-shot fine-tuning columns are not run: the fine-tuning job reads the first N examples,
+not k per class. Left out by the paper: the probe's epochs and learning rate (lejepa_jax's
+defaults: 30 epochs, at least 300 steps for the k-shot sets, lr 1e-3; fine-tuning: 100 epochs) and
+how the k examples are drawn (uniformly per class, a fresh draw per seed).
+"""
+
+from lejepa_jax import config_lib, recipes
+
+
+def get_config(arg: str | None = None):
+  args = config_lib.parse_arg(arg, finetune=False)
+  if args["finetune"]:
+    return recipes.probe_config(
+      "paper_galaxy10_finetune", evaluators="finetune", finetune=dict(epochs=100.0)
+    )
+  return recipes.probe_config(
+    "paper_galaxy10",
+    evaluators="linear,linear_shots",
+    linear_shots=dict(shots=(1, 2, 5, 10, 100, 1000), seeds=3),
+  )

@@ -309,7 +309,7 @@ def apply_runlocal(
   c.mesh.axes = dict(data=-1)
   small = {
     "vit": dict(variant="Mi/8", img_size=32),
-    "resnet": dict(variant="18", small_stem=True),
+    "resnet": dict(variant="18", small_stem=True, width=16),
     "convnextv2": dict(variant="atto"),
   }[c.model.name]
   for key, value in small.items():

@@ -8,12 +8,11 @@ import jax
 import jax.numpy as jnp
 import pytest
 from flax import nnx
-from helpers import tiny_config
+from helpers import exported_train_step, tiny_config
 
 from lejepa_jax import config_lib
 from lejepa_jax.evaluation import extraction
-from lejepa_jax.scale import sharding
-from lejepa_jax.training import steps, train_state
+from lejepa_jax.training import train_state
 
 ACCELERATORS = ("cuda", "tpu")
 
@@ -26,27 +25,17 @@ def _resnet_config(data_dir):
   return config
 
 
-def _exported_train_step(config, platforms):
-  mesh = sharding.make_mesh(dict(config.mesh.axes), config.mesh.axis_type)
-  graphdef, state = sharding.abstract_state(lambda: train_state.build_train_objects(config), mesh)
-  step = functools.partial(steps.train_step, graphdef, **steps.step_options(config))
-  batch = steps.abstract_batch(config, mesh, config.data.global_batch_size)
-  key = jax.eval_shape(lambda: jax.random.key(0))
-  with jax.set_mesh(mesh):
-    return jax.export.export(jax.jit(step), platforms=platforms)(state, batch, key)
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("family", ["vit", "resnet"])
 def test_the_train_step_lowers_for_gpus_and_tpus(devices, data_dir, family):
   config = tiny_config(data_dir, 2) if family == "vit" else _resnet_config(data_dir)
-  exported = _exported_train_step(config, ACCELERATORS)
+  exported = exported_train_step(config, ACCELERATORS)
   assert exported.platforms == ACCELERATORS and exported.nr_devices == 8
   text = exported.mlir_module()
   assert "stablehlo" in text
   if family == "vit":  # the accelerators' attention, not the CPU's head-major form
     assert "head_major_attention" not in text
-    assert "head_major_attention" in _exported_train_step(config, ("cpu",)).mlir_module()
+    assert "head_major_attention" in exported_train_step(config, ("cpu",)).mlir_module()
 
 
 def test_the_feature_function_lowers_for_gpus_and_tpus(data_dir):

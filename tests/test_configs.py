@@ -14,7 +14,10 @@ from ml_collections import config_flags
 from lejepa_jax import config_lib, models
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-CONFIGS = sorted(glob.glob(os.path.join(ROOT, "configs", "*.py")))
+CONFIGS = sorted(
+  glob.glob(os.path.join(ROOT, "configs", "*.py"))
+  + glob.glob(os.path.join(ROOT, "configs", "paper", "*.py"))
+)
 
 
 def load(path):
@@ -25,15 +28,15 @@ def load(path):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: os.path.basename(p))
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: os.path.relpath(p, ROOT))
 @pytest.mark.parametrize("arg", [None, "runlocal"])
 def test_config_builds_its_encoder(path, arg):
   module = load(path)
   assert module.__doc__.strip().splitlines()[0]
   # The command to run this very file: the training job, or the batched ablation for sweep configs.
-  name = os.path.basename(path)
+  name = os.path.relpath(path, ROOT)
   assert any(
-    f"python -m lejepa_jax.{job} --config=configs/{name}" in module.__doc__ for job in ("main", "ablate")
+    f"python -m lejepa_jax.{job} --config={name}" in module.__doc__ for job in ("main", "ablate")
   )
   config = module.get_config(arg)
   reference = config_lib.base_config()
@@ -92,7 +95,7 @@ def test_boolean_arguments_are_parsed_not_truthy():
     get_config("runlocal=maybe")
 
 
-@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: os.path.basename(p))
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: os.path.relpath(p, ROOT))
 def test_every_config_names_its_accepted_arguments(path):
   get_config = load(path).get_config
   with pytest.raises(ValueError, match=r"Unknown config argument 'runloca'.*runlocal=False"):
@@ -129,7 +132,7 @@ def test_model_options_are_the_models_own():
     assert config_lib.MODEL_OPTIONS[name] == {k: signature[k].default for k in keys}, name
 
 
-@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: os.path.basename(p))
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: os.path.relpath(p, ROOT))
 def test_every_model_option_is_settable_from_the_command_line(path):
   config = parse_command_line(f"--config={path}")
   options = config_lib.MODEL_OPTIONS[config.model.name]

@@ -449,3 +449,33 @@ def test_evaluation_crops_follow_the_configs_eval_crop_fraction(structured_data)
     np.testing.assert_array_equal(got, want)
     crops.append(got)
   assert not np.array_equal(*crops)  # the whole image vs its central half
+
+
+def test_per_class_sample_draws_k_of_each_class_and_a_new_draw_per_seed():
+  labels = np.repeat(np.arange(5), 20)
+  labels[20:38] = 0  # class 1 keeps only 2 examples
+  idx = evaluators.per_class_sample(labels, 3, 5, seed=0)
+  counts = np.bincount(labels[idx], minlength=5)
+  assert counts.tolist() == [3, 2, 3, 3, 3]  # a class with fewer than k gives all it has
+  assert len(set(idx.tolist())) == len(idx)
+  assert not np.array_equal(np.sort(idx), np.sort(evaluators.per_class_sample(labels, 3, 5, seed=1)))
+
+
+def test_linear_shots_learns_separable_classes_from_few_examples():
+  """Four Gaussian blobs 8 standard deviations apart: 1 example per class already separates them,
+  and the minimum step count trains the probe although an epoch of 4 examples is one step."""
+  rng = np.random.default_rng(0)
+  centres = rng.normal(size=(4, 16)) * 8
+  train_y, test_y = rng.integers(0, 4, 400), rng.integers(0, 4, 200)
+  fs = evaluators.FeatureSet(
+    (centres[train_y] + rng.normal(size=(400, 16))).astype(np.float32),
+    train_y,
+    (centres[test_y] + rng.normal(size=(200, 16))).astype(np.float32),
+    test_y,
+    4,
+  )
+  result = evaluators.linear_shots(fs, shots=(1, 5), seeds=2, min_steps=200, lr=1e-2)
+  assert set(result) == {"1shot", "1shot_std", "5shot", "5shot_std"}
+  assert result["1shot"] > 0.9 and result["5shot"] > 0.95
+  # With no training to speak of, the probe stays near chance: the step floor is what trains it.
+  assert evaluators.linear_shots(fs, shots=(1,), seeds=1, min_steps=1, epochs=1, lr=1e-6)["1shot"] < 0.6

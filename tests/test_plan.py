@@ -105,3 +105,68 @@ def test_plan_table_says_which_accelerators_fit():
   assert fits_v4.split()[-2:] == ["no", "yes"]
   unknown = memory_plan.format_plans([memory_plan.Plan("none", state, 0, None)], "header")
   assert "n/a" in unknown and "fits" not in unknown
+
+
+def test_program_cost_counts_a_two_layer_mlp_gradient_as_hand_arithmetic():
+  """Forward x@W1, relu, @W2: 2BIH + 2BHO; the weights' gradients add dW2, dH and dW1: 2BHO + 2BHO +
+  2BIH. The rest (relu, its mask, the squares and sum) is O(BH), under 1% here. (The loss squares the
+  output so that its gradient is data, not a constant JAX folds into a cheaper program.)"""
+  import jax
+  import jax.numpy as jnp
+
+  from lejepa_jax.scale import cost_plan
+
+  b, i, h, o = 64, 256, 512, 128
+  loss = lambda w1, w2, x: 0.5 * jnp.sum((jax.nn.relu(x @ w1) @ w2) ** 2)
+  spec = lambda *shape: jax.ShapeDtypeStruct(shape, jnp.float32)
+  cost = cost_plan.program_cost(jax.grad(loss, argnums=(0, 1)), (spec(i, h), spec(h, o), spec(b, i)), b)
+  hand = 4 * b * i * h + 6 * b * h * o
+  assert hand <= cost.flops <= 1.01 * hand
+  assert cost.bytes_accessed >= 4 * (i * h + h * o + b * i)  # reads every input at least once
+
+
+def test_train_step_flops_grow_linearly_with_the_batch():
+  """Every per-example term (encoder, projector, SIGReg's N x M x knots, the probe) is linear in
+  the batch: equal increments between batches 8, 16 and 24 (the optimizer's cost is the offset)."""
+  from lejepa_jax.scale import cost_plan
+
+  costs = []
+  for batch in (8, 16, 24):
+    config = _tiny_config()
+    config.data.global_batch_size = batch
+    costs.append(cost_plan.train_step_cost(config))
+  assert [c.global_batch for c in costs] == [8, 16, 24]
+  step = costs[1].flops - costs[0].flops
+  assert step > 0 and costs[2].flops - costs[1].flops == pytest.approx(step, rel=1e-6)
+  assert costs[0].flops - step > 0  # the batch-independent part (optimizer update, ...) is positive
+
+
+def test_run_estimate_is_the_roofline_by_hand():
+  from lejepa_jax.scale import cost_plan
+
+  chip = cost_plan.Chip("test chip", peak_flops=100e12, memory_bandwidth=1e12, memory_gib=16)
+  cost = cost_plan.StepCost(flops=8e14, bytes_accessed=1e13, global_batch=512)
+  run = cost_plan.estimate(cost, 1000, chip, devices=8, mfu=0.5, worker_images_per_s=100)
+  assert run.compute_seconds == pytest.approx(8e14 / (8 * 100e12 * 0.5))  # 2 s
+  assert run.step_seconds == pytest.approx(2.0) and run.bound == "compute (assumed)"
+  assert run.run_hours == pytest.approx(1000 * 2.0 / 3600)
+  assert run.images_per_s == pytest.approx(256) and run.workers == 3  # ceil(256 / 100)
+  # A compiled program moving 3e12 bytes per device takes 3 s at 1e12 bytes/s: memory-bound.
+  slow = cost_plan.estimate(cost, 1000, chip, 8, 0.5, 100, bytes_per_device=3e12)
+  assert slow.step_seconds == pytest.approx(3.0) and slow.bound == "memory"
+  assert slow.workers == 2  # ceil(512 / 3 / 100)
+  with pytest.raises(ValueError, match="MFU"):
+    cost_plan.estimate(cost, 1000, chip, 8, mfu=1.5)
+  table = cost_plan.format_estimate(cost, 1000, [run, slow])
+  assert "8 x test chip" in table and "2.000" in table and "3.000" in table
+
+
+def test_plan_command_prints_the_cost_of_a_paper_config(capsys):
+  from lejepa_jax import plan
+
+  plan.main(["--config=configs/paper/cifar10.py", "--mesh=data:8", "--cost_only", "--chips=h100,v5p"])
+  out = capsys.readouterr().out
+  assert "8 x H100 SXM" in out and "8 x TPU v5p" in out and "CPU input workers" in out
+  # ResNet-18 at 224 px, 8 views: about 1.8 GMAC forward per view; training about 3x forward.
+  per_image = float(out.split("TFLOP for 512 images (")[1].split(" GFLOP")[0])
+  assert 8 * 3 * 2 * 1.8 * 0.8 < per_image < 8 * 3 * 2 * 1.8 * 1.2

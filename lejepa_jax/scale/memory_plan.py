@@ -144,8 +144,18 @@ def tpu_devices(generation: str, chips: int) -> list:
     ) from error
 
 
-def compiled_temporaries(config: ml_collections.ConfigDict, devices: Sequence) -> int:
-  """Per-device temporary bytes of the train step compiled for `devices` on config.mesh.axes."""
+@dataclasses.dataclass(frozen=True)
+class Compiled:
+  """Per-device numbers of a train step compiled for TPU devices: peak temporary bytes, and XLA's
+  cost analysis of the partitioned, fused program (FLOPs and bytes accessed per device)."""
+
+  temporaries: int
+  flops: float
+  bytes_accessed: float
+
+
+def compiled_step(config: ml_collections.ConfigDict, devices: Sequence) -> Compiled:
+  """The train step compiled for `devices` on config.mesh.axes: its per-device numbers."""
   from jax.experimental import mesh_utils
 
   axes = dict(config.mesh.axes)
@@ -156,7 +166,12 @@ def compiled_temporaries(config: ml_collections.ConfigDict, devices: Sequence) -
   )
   graphdef, state = sharding.abstract_state(lambda: train_state.build_train_objects(config), mesh)
   compiled = steps.compile_train_step(config, mesh, graphdef, state, config.data.global_batch_size)
-  return compiled.memory_analysis().temp_size_in_bytes
+  cost = compiled.cost_analysis() or {}
+  return Compiled(
+    compiled.memory_analysis().temp_size_in_bytes,
+    float(cost.get("flops", 0.0)),
+    float(cost.get("bytes accessed", 0.0)),
+  )
 
 
 @contextlib.contextmanager
@@ -177,24 +192,29 @@ def vit_depth(config: ml_collections.ConfigDict, depth: int) -> Iterator[ml_coll
     del vit.VIT_SIZES[name]
 
 
-def extrapolate(depths: tuple[int, int], values: tuple[int, int], depth: int) -> int:
-  """The line through (depths[i], values[i]) at `depth`: each added block adds the same bytes."""
+def extrapolate(depths: tuple[int, int], values: tuple[float, float], depth: int) -> float:
+  """The line through (depths[i], values[i]) at `depth`: each added block adds the same amount."""
   slope = (values[1] - values[0]) / (depths[1] - depths[0])
-  return round(values[1] + slope * (depth - depths[1]))
+  return values[1] + slope * (depth - depths[1])
 
 
-def temporaries(
+def compiled_full_depth(
   config: ml_collections.ConfigDict, devices: Sequence, depths: tuple[int, int] | None
-) -> int:
-  """Temporaries of the full model, compiled directly or extrapolated from two reduced depths."""
+) -> Compiled:
+  """The full model's compiled numbers, compiled directly or extrapolated from two reduced depths
+  (temporaries, FLOPs and bytes each grow by the same amount per identical block)."""
   if depths is None or config.model.name != "vit":
-    return compiled_temporaries(config, devices)
-  values = []
+    return compiled_step(config, devices)
+  reduced = []
   for depth in depths:
-    with vit_depth(config, depth) as reduced:
-      values.append(compiled_temporaries(reduced, devices))
+    with vit_depth(config, depth) as cut:
+      reduced.append(compiled_step(cut, devices))
   full_depth = vit.parse_variant(config.model.variant)[0].depth
-  return extrapolate(depths, tuple(values), full_depth)
+  at_full = {
+    field.name: extrapolate(depths, tuple(getattr(c, field.name) for c in reduced), full_depth)
+    for field in dataclasses.fields(Compiled)
+  }
+  return Compiled(round(at_full.pop("temporaries")), **at_full)
 
 
 @dataclasses.dataclass
@@ -205,6 +225,7 @@ class Plan:
   state: dict[str, int]
   batch: int
   temporaries: int | None
+  compiled: Compiled | None = None  # the TPU program's numbers, where libtpu compiled it
 
   @property
   def total(self) -> int | None:
@@ -225,9 +246,13 @@ def make_plan(
   depths: tuple[int, int] | None,
 ) -> Plan:
   config = plan_config(config, axes, per_device_batch, remat)
-  temps = None if devices is None else temporaries(config, devices, depths)
+  compiled = None if devices is None else compiled_full_depth(config, devices, depths)
   return Plan(
-    remat, state_bytes(config, axes), batch_bytes(config, images_per_device(config, axes)), temps
+    remat,
+    state_bytes(config, axes),
+    batch_bytes(config, images_per_device(config, axes)),
+    None if compiled is None else compiled.temporaries,
+    compiled,
   )
 
 

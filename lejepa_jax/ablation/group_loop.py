@@ -27,7 +27,7 @@ Layout of DIR:
                                checkpoints/ (saved with the member's own config, so the evaluation
                                job and export read it like any run), summary.json, curves.png and
                                selection.json (RankMe, SIGReg, online-probe accuracy on eval data)
-  ablation.json, ablation.png  the label-free model-selection report (lejepa_jax.ablation_report)
+  ablation.json, ablation.png  the label-free model-selection report (lejepa_jax.ablation.report)
 
 Rerunning the same command resumes every group from its latest checkpoint; once all are done it
 only rewrites the report (e.g. after `python -m lejepa_jax.evaluate --workdir=DIR/members/<name>`).

@@ -5,15 +5,15 @@ r"""The evaluation job: frozen-feature probes on a training run's checkpoints.
 
 Restores the model only (no optimizer state is read) from the run's orbax checkpoints onto this
 job's devices (any count), extracts frozen features once per checkpoint and runs the evaluators the
-probe config names (`lejepa_jax.evaluators`, plus "pictures"). Without --step it evaluates the
-latest checkpoint; a --step the run does not have is an error listing the steps it has. With
---follow it waits for the first checkpoint, then keeps watching the workdir while training runs and
-evaluates every new checkpoint once (the evaluated steps are recorded, so a restarted job carries
-on); a checkpoint whose files cannot be read is skipped with a message, and one that the run's
+probe config names (`lejepa_jax.evaluation.evaluators`, plus "pictures"). Without --step it
+evaluates the latest checkpoint; a --step the run does not have is an error listing the steps it
+has. With --follow it waits for the first checkpoint, then keeps watching the workdir while training
+runs and evaluates every new checkpoint once (the evaluated steps are recorded, so a restarted job
+carries on); a checkpoint whose files cannot be read is skipped with a message, and one that the run's
 checkpoint rotation removed before its turn is passed over. Nothing under `checkpoints/` is ever
 changed. Results: `workdir/eval/<evaluator>.jsonl`, TensorBoard scalars in
 `workdir/eval/tensorboard`, pictures in `workdir/eval/pictures`, a table on the console.
-The checkpoints are read by `lejepa_jax.restore` (shared with `lejepa_jax.export`).
+The checkpoints are read by `lejepa_jax.evaluation.restore` (shared with `lejepa_jax.export`).
 """
 
 from __future__ import annotations

@@ -167,7 +167,7 @@ def export_run(
   """Exports the encoder of a training run's checkpoint (the latest when `step` is None) to `out`
   (+ `out/model.safetensors`; + the backbone for PyTorch, `out/timm_model.safetensors` and
   `out/timm.json`: `timm_files`); returns the export's absolute path. Reads the model only
-  (`lejepa_jax.restore.restore_encoder`, whose errors it raises)."""
+  (`lejepa_jax.evaluation.restore.restore_encoder`, whose errors it raises)."""
   encoder, config, step = restore.restore_encoder(workdir, step)
   if timm:  # refuse a model timm cannot hold before writing anything
     timm_layout.timm_spec(encoder.backbone)

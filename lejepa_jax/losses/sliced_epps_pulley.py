@@ -69,8 +69,9 @@ def _rotations(x: jax.Array, dt: float, num_knots: int):
     yield k, cos_k, sin_k
 
 
-# The sums over N are split into this many interleaved partial sums (at most), of 2 * (K - 1) terms
-# each, so the partials take the same memory whatever num_knots is.
+# The sums over N are split into B contiguous blocks of samples, each block's partial sums of the
+# 2 * (K - 1) terms added at the end; B is chosen so that the B * 2 * (K - 1) partials number at most
+# this many, so they take the same memory whatever num_knots is.
 _PARTIAL_SUMS_BUDGET = 1024
 
 

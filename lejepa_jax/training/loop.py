@@ -69,7 +69,7 @@ def run_steps(
   return step
 
 
-def _check_finite(pending: list[tuple[int, Any]]) -> None:
+def _check_finite(pending: list[tuple[int, jax.Array, jax.Array]]) -> None:
   """FloatingPointError at the first step whose loss or updated parameters are not finite.
 
   `pending`: (step, loss, norm of the parameters after the step's update). The loss is computed

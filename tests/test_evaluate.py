@@ -479,3 +479,40 @@ def test_linear_shots_learns_separable_classes_from_few_examples():
   assert result["1shot"] > 0.9 and result["5shot"] > 0.95
   # With no training to speak of, the probe stays near chance: the step floor is what trains it.
   assert evaluators.linear_shots(fs, shots=(1,), seeds=1, min_steps=1, epochs=1, lr=1e-6)["1shot"] < 0.6
+
+
+def test_every_evaluator_is_found_by_name_through_one_registry():
+  """One registry, one signature `run(subject, **options)`; the job names no evaluator itself."""
+  import inspect
+
+  from lejepa_jax.evaluation import registry
+
+  assert set(registry.EVALUATORS) == {
+    "linear", "knn", "fewshot", "linear_shots", "label_free", "pictures", "finetune"
+  }  # fmt: skip
+  for name, evaluator in registry.EVALUATORS.items():
+    assert evaluator.needs in registry.SERVES_ALL, name
+    assert next(iter(inspect.signature(evaluator.run).parameters)) == "subject", name
+  source = inspect.getsource(evaluation_job)
+  for name in registry.EVALUATORS:  # no comparison with, or tuple of, an evaluator's name
+    assert not re.search(rf'(==|!=)\s*"{name}"|\bin\s*[(\[{{][^)\]}}]*"{name}"', source), name
+  assert not re.search(r"^[A-Z_]+ = \(\s*\"", source, re.M)  # no module-level tuple of names
+  with pytest.raises(ValueError, match="finetune"):  # the error lists every evaluator
+    registry.get("linaer")
+
+
+def test_a_subject_runs_the_evaluators_it_serves_and_extracts_features_once():
+  from lejepa_jax.evaluation import registry
+
+  rng = np.random.default_rng(0)
+  fs = evaluators.FeatureSet(
+    rng.normal(size=(40, 8)), rng.integers(0, 2, 40), rng.normal(size=(20, 8)), rng.integers(0, 2, 20), 2
+  )
+  calls = []
+  probe = config_lib.probe_config()
+  subject = registry.Subject(
+    "pixels", None, probe, lambda: calls.append(1) or fs, serves=frozenset({registry.FEATURES})
+  )
+  results = evaluation_job.run_evaluators(subject, ["knn", "label_free", "fewshot", "finetune"])
+  assert set(results) == {"knn", "fewshot"} and len(calls) == 1
+  assert results["knn"] == evaluators.knn(fs, **probe.knn)

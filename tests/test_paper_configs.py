@@ -15,7 +15,7 @@ import pytest
 from helpers import ROOT, exported_train_step
 
 from lejepa_jax import config_lib, recipes
-from lejepa_jax.evaluation import job
+from lejepa_jax.evaluation import job, registry
 from lejepa_jax.training import loop
 
 TRAINING = sorted(
@@ -63,7 +63,7 @@ def test_every_training_config_has_its_probe_config_beside_it():
     assert name in PROBES, f"configs/paper/probe/{name}.py is missing"
   for name in PROBES:
     p = probe(name)
-    assert job.evaluator_names(p) and p.features == "embed", name
+    assert registry.names(p) and p.features == "embed", name
   for dataset in paper.TABLE2_DATASETS:  # Table 2's transfer probe reads each of its datasets
     p = probe("in1k_transfer", f"dataset={dataset}")
     assert config_lib.dataset(p.dataset) and tuple(p.linear_shots["shots"]) == paper.TABLE2_SHOTS
@@ -115,8 +115,8 @@ def test_galaxy10_names_table3_and_its_probe_reads_table3s_shots():
   assert config("galaxy10").model.variant == "34"  # Figure 1's and Table 3's best in-domain backbone
   frozen = probe("galaxy10")
   assert tuple(frozen.linear_shots["shots"]) == paper.TABLE3_SHOTS
-  assert "linear" in job.evaluator_names(frozen) and frozen.linear_shots["seeds"] == 3
-  assert job.evaluator_names(probe("galaxy10", "finetune")) == ["finetune"]
+  assert "linear" in registry.names(frozen) and frozen.linear_shots["seeds"] == 3
+  assert registry.names(probe("galaxy10", "finetune")) == ["finetune"]
 
 
 def test_imagenet100_cells_of_tables_7_and_4():

@@ -1,7 +1,9 @@
 """Frozen-feature evaluators, one API: `evaluator(features: FeatureSet, **options) -> {metric: value}`.
 
 The evaluation job (`lejepa_jax.evaluate`) extracts features once per checkpoint and calls the
-evaluators its config names; each is usable on its own with any [n, F] features and labels.
+evaluators its config names, by name through `lejepa_jax.evaluation.registry` (which also holds the
+evaluators that need the encoder: pictures, finetune); each function here is usable on its own with
+any [n, F] features and labels.
 
   - linear:     LayerNorm + Linear trained with AdamW (warmup + cosine) -> top-1 (top-5).
   - knn:        k nearest neighbours by cosine similarity, temperature-weighted votes -> top-1.
@@ -14,7 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
@@ -247,18 +249,3 @@ def label_free(
       losses.sigreg(jnp.asarray(z, jnp.float32), jax.random.key(seed), num_slices=num_slices)
     )
   return result
-
-
-EVALUATORS: dict[str, Callable[..., dict[str, float]]] = {
-  "linear": linear,
-  "knn": knn,
-  "fewshot": fewshot,
-  "linear_shots": linear_shots,
-  "label_free": label_free,
-}
-
-
-def get(name: str) -> Callable[..., dict[str, float]]:
-  if name not in EVALUATORS:
-    raise ValueError(f"Unknown evaluator {name!r}; available: {sorted(EVALUATORS)} (and 'pictures').")
-  return EVALUATORS[name]

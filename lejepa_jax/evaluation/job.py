@@ -5,7 +5,7 @@ r"""The evaluation job: frozen-feature probes on a training run's checkpoints.
 
 Restores the model only (no optimizer state is read) from the run's orbax checkpoints onto this
 job's devices (any count), extracts frozen features once per checkpoint and runs the evaluators the
-probe config names (`lejepa_jax.evaluation.evaluators`, plus "pictures"). Without --step it
+probe config names, by name (`lejepa_jax.evaluation.registry`). Without --step it
 evaluates the latest checkpoint; a --step the run does not have is an error listing the steps it
 has. With --follow it waits for the first checkpoint, then keeps watching the workdir while training
 runs and evaluates every new checkpoint once (the evaluated steps are recorded, so a restarted job
@@ -25,25 +25,13 @@ import time
 
 import jax
 import ml_collections
-import numpy as np
-from flax import nnx
 
 from lejepa_jax import reports
-from lejepa_jax.evaluation import eval_records, evaluators, extraction, restore
+from lejepa_jax.evaluation import eval_records, evaluators, extraction, registry, restore
 from lejepa_jax.scale import distributed
-from lejepa_jax.training import preemption, steps
+from lejepa_jax.training import preemption
 
 log = logging.getLogger("lejepa_jax")
-# Evaluators that need the encoder and images, not frozen features: run beside run_evaluators.
-ENCODER_EVALUATORS = ("pictures", "finetune")
-
-
-def evaluator_names(probe: ml_collections.ConfigDict) -> list[str]:
-  names = [n.strip() for n in probe.evaluators.split(",") if n.strip()]
-  for name in names:
-    if name not in ENCODER_EVALUATORS:
-      evaluators.get(name)  # raises on unknown names before anything is extracted
-  return names
 
 
 def probed_config(config: ml_collections.ConfigDict, probe: ml_collections.ConfigDict):
@@ -62,69 +50,27 @@ def probed_config(config: ml_collections.ConfigDict, probe: ml_collections.Confi
   return config
 
 
-def run_evaluators(
-  fs: evaluators.FeatureSet, probe: ml_collections.ConfigDict, names: list[str], label: str = ""
-) -> dict[str, dict[str, float]]:
-  """{evaluator: {metric: value}} for the named evaluators (pictures are drawn separately)."""
+def run_evaluators(subject: registry.Subject, names: list[str]) -> dict[str, dict[str, float]]:
+  """{evaluator: {metric: value}} for the named evaluators the subject serves, each with the probe
+  config's options of its name."""
   results = {}
   for name in names:
-    if name in ENCODER_EVALUATORS:
+    evaluator = registry.get(name)
+    if evaluator.needs not in subject.serves:
       continue
-    options = dict(probe[name]) if name in probe else {}
+    options = dict(subject.probe[name]) if name in subject.probe else {}
     start = time.perf_counter()
-    results[name] = evaluators.get(name)(fs, **options)
+    metrics = evaluator.run(subject, **options)
     log.info(
       "%s: %s in %.1f s: %s",
-      label or "features",
+      subject.label,
       name,
       time.perf_counter() - start,
-      eval_records.format_metrics(results[name]),
+      eval_records.format_metrics(metrics) or "done",
     )
+    if metrics:
+      results[name] = metrics
   return results
-
-
-def run_finetune(encoder, config, probe: ml_collections.ConfigDict, label: str = "") -> dict[str, float]:
-  """`finetune.finetune` of the encoder's backbone with the probe config's options and splits."""
-  from lejepa_jax.evaluation import finetune  # only when asked
-
-  start = time.perf_counter()
-  options = dict(probe.finetune) if "finetune" in probe else {}
-  eval_limit = extraction.example_limit(probe.eval_examples)
-  results = finetune.finetune(
-    encoder.backbone,
-    config,
-    extraction.eval_batches(config, config.data.eval_split, eval_limit),
-    num_classes=int(config.probe.num_classes),
-    train_examples=extraction.example_limit(probe.train_examples),
-    **options,
-  )
-  log.info(
-    "%s: finetune in %.1f s: %s",
-    label or "encoder",
-    time.perf_counter() - start,
-    eval_records.format_metrics(results),
-  )
-  return results
-
-
-def draw_pictures(encoder, config, fs: evaluators.FeatureSet, probe, out_prefix: str) -> list[str]:
-  """PCA of patch features as RGB next to the inputs, and a 2-D embedding plot coloured by class."""
-  batch = next(
-    extraction.eval_batches(
-      config, config.data.eval_split, probe.pictures["num_images"], probe.pictures["num_images"]
-    )
-  )
-  images = batch["image"][batch["valid"]]
-  mean, std = tuple(config.data.mean), tuple(config.data.std)
-  patches = nnx.jit(lambda m, x: m.backbone.patch_features(steps.normalize(x, mean, std)))(
-    encoder, images
-  )
-  os.makedirs(os.path.dirname(out_prefix), exist_ok=True)
-  paths = [out_prefix + "_patch_pca.png", out_prefix + "_embedding.png"]
-  reports.plot_patch_pca(images, np.asarray(patches, np.float32), paths[0])
-  n = probe.pictures["num_points"]
-  reports.plot_embedding_2d(fs.test_x[:n], fs.test_y[:n], paths[1])
-  return paths
 
 
 def evaluate_checkpoint(
@@ -135,22 +81,22 @@ def evaluate_checkpoint(
   record: eval_records.EvalRecord,
   mesh: jax.sharding.Mesh | None = None,
 ) -> dict[str, dict[str, float]]:
-  """Restores one checkpoint, extracts features once, runs the evaluators, records the step."""
-  names = evaluator_names(probe)
+  """Restores one checkpoint, runs the evaluators (features extracted once, when first read),
+  records the step."""
+  names = registry.names(probe)
   encoder, config, step = restore.restore_encoder(workdir, step, mesh)
   config = probed_config(config, probe)
   label = f"checkpoint step {step}"
   log.info("%s: evaluating (%s)", label, ", ".join(names))
-  # Frozen features only when an evaluator reads them (fine-tuning alone does not).
-  needs_features = any(n != "finetune" for n in names)
-  fs = extraction.feature_set(encoder, config, probe, label) if needs_features else None
-  results = run_evaluators(fs, probe, names, label) if needs_features else {}
-  if "finetune" in names:
-    results["finetune"] = run_finetune(encoder, config, probe, label)
-  if "pictures" in names and jax.process_index() == 0:
-    draw_pictures(
-      encoder, config, fs, probe, os.path.join(workdir, "eval", "pictures", f"{probe.name}_step{step}")
-    )
+  subject = registry.Subject(
+    label,
+    config,
+    probe,
+    lambda: extraction.feature_set(encoder, config, probe, label),
+    encoder,
+    pictures_prefix=os.path.join(workdir, "eval", "pictures", f"{probe.name}_step{step}"),
+  )
+  results = run_evaluators(subject, names)
   writer.write(step, "checkpoint", results)
   record.mark_done(step, int(config.total_steps))
   return results
@@ -172,22 +118,36 @@ def evaluate_baselines(
   if not todo:
     return {}
   config = probed_config(restore.latest_config(workdir), probe)
-  names = [n for n in evaluator_names(probe) if n != "pictures"]
+  names = registry.names(probe)
   out = {}
   for baseline in todo:
     log.info("baseline %s: evaluating (%s)", baseline, ", ".join(names))
-    if baseline == "pixels":
-      fs = _pixel_feature_set(config, probe)
-      names_here = [n for n in names if n != "label_free"]
-    else:
-      fs = extraction.feature_set(
-        restore.random_init_encoder(config, mesh), config, probe, f"baseline {baseline}"
-      )
-      names_here = names
-    out[baseline] = run_evaluators(fs, probe, names_here, f"baseline {baseline}")
+    out[baseline] = run_evaluators(_baseline_subject(baseline, config, probe, mesh), names)
     writer.write(0, baseline, out[baseline])
     record.mark_baseline(baseline)
   return out
+
+
+def _baseline_subject(baseline: str, config, probe, mesh) -> registry.Subject:
+  """Raw pixels serve the frozen-feature evaluators; the untrained encoder its features too."""
+  label = f"baseline {baseline}"
+  if baseline == "pixels":
+    return registry.Subject(
+      label,
+      config,
+      probe,
+      lambda: _pixel_feature_set(config, probe),
+      serves=frozenset({registry.FEATURES}),
+    )
+  encoder = restore.random_init_encoder(config, mesh)
+  return registry.Subject(
+    label,
+    config,
+    probe,
+    lambda: extraction.feature_set(encoder, config, probe, label),
+    encoder,
+    serves=frozenset({registry.FEATURES, registry.ENCODER_FEATURES}),
+  )
 
 
 def _pixel_feature_set(config, probe) -> evaluators.FeatureSet:

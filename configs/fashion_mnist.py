@@ -3,7 +3,7 @@ r"""The embedded default: LeJEPA on Fashion-MNIST, sized for time-to-accuracy on
     python -m lejepa_jax.main --config=configs/fashion_mnist.py --workdir=workdirs/fashion_mnist \
         --config.data.data_dir=data/tfds
 
-Prepare the data once with `python -m lejepa_jax.data.prepare fashion_mnist --out=data/tfds`
+Prepare the data once with `python -m lejepa_jax.prepare fashion_mnist --out=data/tfds`
 (`bash launch/demo.sh` does both, then evaluates). `--config=configs/fashion_mnist.py:runlocal`
 runs about a minute.
 

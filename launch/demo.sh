@@ -16,7 +16,7 @@ if [ ! -d "$data_dir/fashion_mnist" ]; then
       || echo "[demo] apt could not install dataset-fashion-mnist"
   fi
   if [ -d "$idx_dir" ]; then
-    python -m lejepa_jax.data.prepare fashion_mnist --source="$idx_dir" --out="$data_dir"
+    python -m lejepa_jax.prepare fashion_mnist --source="$idx_dir" --out="$data_dir"
   else
     echo "[demo] no local Fashion-MNIST files: asking TFDS to download fashion_mnist (needs a network)"
     python -c "import tensorflow_datasets as tfds, sys; tfds.data_source('fashion_mnist', \

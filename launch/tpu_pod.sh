@@ -33,7 +33,7 @@
 # TFDS cannot open gs:// paths, and the trainer's logs are plain files. The run directory is
 # gs://BUCKET/lejepa/RUN_NAME (~/gcs/lejepa/RUN_NAME on the workers): checkpoints, metrics.jsonl,
 # TensorBoard events. The data is read from gs://BUCKET/tensorflow_datasets (prepare it once with
-# `python -m lejepa_jax.data.prepare`, then copy it there with `gcloud storage cp -r`).
+# `python -m lejepa_jax.prepare`, then copy it there with `gcloud storage cp -r`).
 set -euo pipefail
 repo_root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 tpu_name="${TPU_NAME:-lejepa}"

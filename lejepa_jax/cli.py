@@ -1,6 +1,6 @@
 """The command line of every entry point: absl flags, parsed the same way, and one logging set-up.
 
-Every command (`lejepa_jax.main`, `evaluate`, `ablate`, `plan`, `export`, `data.prepare`,
+Every command (`lejepa_jax.main`, `evaluate`, `ablate`, `plan`, `export`, `prepare`,
 `examples.hidden_structure`, `bench`) defines its flags on a `flags.FlagValues()` of its own (so
 importing several of them together is fine, and `main` can run repeatedly in one process, as tests
 do) and its `main(argv=None)` reads them with `parse`:

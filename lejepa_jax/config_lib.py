@@ -212,7 +212,7 @@ class Dataset:
 
 
 _FOLDER = (
-  "image folder: `python -m lejepa_jax.data.prepare folder --name={name} --source=DIR "
+  "image folder: `python -m lejepa_jax.prepare folder --name={name} --source=DIR "
   "--out=DATA_DIR` (DIR/train/<class>/*.jpg, DIR/{split}/<class>/*.jpg)"
 )
 # Known training sets; the schedule's epochs and the probe need both sizes. Image counts are the
@@ -328,6 +328,21 @@ def apply_runlocal(
   return c
 
 
+# The fine-tuning evaluator's options and their defaults (lejepa_jax/evaluation/finetune.py: the
+# recipe they set).
+FINETUNE_OPTIONS = dict(
+  epochs=2.0,
+  batch_size=128,
+  lr=1e-3,
+  weight_decay=0.05,
+  layer_decay=0.75,
+  warmup_fraction=0.1,
+  label_smoothing=0.1,
+  crop_scale=(0.35, 1.0),
+  seed=0,
+)
+
+
 def probe_config() -> ml_collections.ConfigDict:
   """Every key an evaluation (probe) config can set (configs/probe/*.py), with the defaults."""
   c = ml_collections.ConfigDict()
@@ -358,9 +373,7 @@ def probe_config() -> ml_collections.ConfigDict:
   c.pictures = dict(num_images=8, num_points=2000)
   # "finetune" (not in the default list): the whole encoder + a linear head
   # (lejepa_jax/evaluation/finetune.py).
-  from lejepa_jax.evaluation import finetune
-
-  c.finetune = dict(finetune.OPTIONS)
+  c.finetune = dict(FINETUNE_OPTIONS)
   c.poll_seconds = 30.0  # --follow: how often to look for new checkpoints
   c.idle_timeout = 7200.0  # --follow: give up after this long without a new checkpoint
   return c

@@ -12,6 +12,7 @@ import pytest
 from array_record.python import array_record_module
 
 from lejepa_jax import data
+from lejepa_jax import prepare as prepare_command
 from lejepa_jax.data import augment, prepare
 
 NUM_IMAGES = 8
@@ -105,7 +106,7 @@ def _identity_multicrop(skip=False):
 def _check_message(message, path):
   assert path in message and f"index {BAD} in that file" in message
   assert f"record {BAD} of dataset 'bad_records' split 'train'" in message
-  assert "lejepa_jax.data.prepare folder --name=bad_records" in message
+  assert "lejepa_jax.prepare folder --name=bad_records" in message
   assert "data.skip_bad_records=True" in message
 
 
@@ -252,7 +253,7 @@ def test_prepare_stops_at_a_bad_image_and_names_it(bad_folder, tmp_path):
 
 def test_prepare_skip_bad_images_lists_and_counts_them(bad_folder, tmp_path, capsys):
   out = str(tmp_path / "tfds")
-  prepare.main(
+  prepare_command.main(
     ["folder", "--name=folder_with_bad", f"--source={bad_folder}", f"--out={out}", "--skip_bad_images"]
   )
   err = capsys.readouterr().err

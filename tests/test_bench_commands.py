@@ -28,7 +28,7 @@ def test_bench_ablate_times_both_sides_and_prints_the_speed_up(capsys):
 
 
 def test_bench_ablate_end_to_end_without_the_data_says_how_to_prepare_it(tmp_path):
-  with pytest.raises(SystemExit, match="python -m lejepa_jax.data.prepare fashion_mnist"):
+  with pytest.raises(SystemExit, match="python -m lejepa_jax.prepare fashion_mnist"):
     ablate.main(["--end_to_end", f"--data_dir={tmp_path}", "--members=2"])
 
 

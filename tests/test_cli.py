@@ -16,7 +16,7 @@ COMMANDS = [
   "lejepa_jax.ablate",
   "lejepa_jax.plan",
   "lejepa_jax.export.command",
-  "lejepa_jax.data.prepare",
+  "lejepa_jax.prepare",
 ]
 
 

@@ -227,7 +227,7 @@ def test_eval_pipeline_sees_every_example_exactly_once(folder_dataset, process_c
 
 
 def test_missing_dataset_says_what_to_run(tmp_path):
-  with pytest.raises(data.DataError, match="lejepa_jax.data.prepare fashion_mnist"):
+  with pytest.raises(data.DataError, match="lejepa_jax.prepare fashion_mnist"):
     data.open_source("fashion_mnist", "train", str(tmp_path))
   with pytest.raises(data.DataError, match="prepare folder --name=not_there"):
     data.open_source("not_there", "train", str(tmp_path))

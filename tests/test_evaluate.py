@@ -16,13 +16,13 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from lejepa_jax import config_lib, reports
+from lejepa_jax import config_lib, data, plots
 from lejepa_jax import evaluate as evaluate_entry
 from lejepa_jax.data import prepare
 from lejepa_jax.evaluation import eval_records, evaluators, extraction, restore
 from lejepa_jax.evaluation import job as evaluation_job
 from lejepa_jax.scale import sharding
-from lejepa_jax.training import checkpointing, loop, steps
+from lejepa_jax.training import checkpointing, loop
 
 pytestmark = pytest.mark.slow  # end-to-end runs: `-m "not slow"` leaves them out
 
@@ -205,7 +205,7 @@ def test_feature_map_probe_reads_the_last_stages_concatenated(devices, trained_r
   )
   # Reference: the backbone's last two block maps of the same normalised centre crops, flattened.
   images = next(extraction.eval_batches(config, "train", limit=8))["image"][:8]
-  normalised = steps.normalize(images, tuple(config.data.mean), tuple(config.data.std))
+  normalised = data.normalize(images, tuple(config.data.mean), tuple(config.data.std))
   maps = encoder.backbone.stage_maps(normalised)
   want = np.concatenate([np.asarray(m).reshape(8, -1) for m in maps[-2:]], axis=1)
   assert features.shape == (8, 2 * 4 * 64) and len(labels) == 8
@@ -290,7 +290,7 @@ def test_baselines_and_pictures_are_written(devices, trained_run, tmp_path):
 
 def test_time_to_accuracy_places_checkpoints_at_their_training_minutes(tmp_path, monkeypatch):
   workdir = str(tmp_path)
-  assert not reports.plot_time_to_accuracy(workdir, "default", str(tmp_path / "none.png"))
+  assert not eval_records.plot_time_to_accuracy(workdir, "default", str(tmp_path / "none.png"))
   with open(tmp_path / "metrics.jsonl", "w") as f:
     for step in (10, 20, 30):
       f.write(json.dumps({"step": step, "probe_accuracy": 0.5, "train_seconds": 6.0 * step}) + "\n")
@@ -305,15 +305,15 @@ def test_time_to_accuracy_places_checkpoints_at_their_training_minutes(tmp_path,
         json.dumps({"step": step, "encoder": encoder, "probe_config": "default", "top1": top1}) + "\n"
       )
   drawn = {}
-  original = reports.plt.Axes.plot
+  original = plots.pyplot().Axes.plot
 
   def record(ax, x, y, *args, **kwargs):
     drawn[kwargs.get("label")] = (list(x), list(y))
     return original(ax, x, y, *args, **kwargs)
 
-  monkeypatch.setattr(reports.plt.Axes, "plot", record)
+  monkeypatch.setattr(plots.pyplot().Axes, "plot", record)
   path = str(tmp_path / "tta.png")
-  assert reports.plot_time_to_accuracy(workdir, "default", path)
+  assert eval_records.plot_time_to_accuracy(workdir, "default", path)
   # The random-init encoder is minute 0; step 15 lies halfway between the logged steps 10 (1 min)
   # and 20 (2 min); step 30 at 3 min.
   x, y = drawn["linear probe, test set (minute 0: random init)"]

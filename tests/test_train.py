@@ -222,8 +222,8 @@ def test_a_finite_loss_with_non_finite_updated_parameters_stops_the_run():
 
 
 def test_metrics_reader_skips_a_line_cut_short_by_a_kill(tmp_path):
-  from lejepa_jax import reports
+  from lejepa_jax.training import event_log
 
   with open(tmp_path / "metrics.jsonl", "w") as f:
     f.write('{"step": 1, "loss": 0.5}\n{"step": 2, "loss": 0.4}\n{"step": 3, "lo')
-  assert [row["step"] for row in reports.read_metrics(str(tmp_path))] == [1, 2]
+  assert [row["step"] for row in event_log.read_metrics(str(tmp_path))] == [1, 2]

@@ -28,7 +28,7 @@ Data: Galaxy10 (section 6.3: "11,000 training samples across 10 galaxy types"; T
 paper names neither the release nor the split; 11,008 matches neither Galaxy10 SDSS (21,785 images,
 69 px) nor Galaxy10 DECaLS (17,736, 256 px). lejepa_jax reads Galaxy10 DECaLS (the authors' later
 data library's choice) from an image folder, DIR/train/<class>/ and DIR/test/<class>/ with the
-paper's 11,008 training images: `python -m lejepa_jax.data.prepare folder --name=galaxy10_decals
+paper's 11,008 training images: `python -m lejepa_jax.prepare folder --name=galaxy10_decals
 --source=DIR --out=DATA_DIR`.
 
 Settings: section 6.3, "we use the default hyper-parameters and pretrain for 400 epochs"

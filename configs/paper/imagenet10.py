@@ -28,7 +28,7 @@ linear probe 0.81 raw, 0.99 with the loss * lambda^-0.4; Figure 19: 99.16%) come
 prints the Spearman correlations.
 
 Data: an image folder of 10 ImageNet-1k classes (the paper names neither the classes nor the split;
-13,000 training images is 1,300 per class): `python -m lejepa_jax.data.prepare folder
+13,000 training images is 1,300 per class): `python -m lejepa_jax.prepare folder
 --name=imagenet10 --source=DIR --out=DATA_DIR` with DIR/train/<class>/ and DIR/validation/<class>/.
 
 Settings (lejepa_jax.recipes: the paper's section 6.1 recipe): 8 global views of 224 px (ConvNets

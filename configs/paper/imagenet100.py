@@ -22,7 +22,7 @@ one row is one command: `python -m lejepa_jax.ablate --config=configs/paper/imag
 --workdir=DIR --sweep=loss.sigreg_weight=0.01,0.02,0.025`.
 
 Data: ImageNet-100 (the paper names no class list; the common one is CMC's, Tian et al. 2019), an
-image folder of those 100 ImageNet-1k classes: `python -m lejepa_jax.data.prepare folder
+image folder of those 100 ImageNet-1k classes: `python -m lejepa_jax.prepare folder
 --name=imagenet100 --source=DIR --out=DATA_DIR` with DIR/train/<class>/ and DIR/validation/<class>/.
 
 Settings (lejepa_jax.recipes, section 6.1): 224 px views, all global for ResNet-50 (Algorithm 2), 2

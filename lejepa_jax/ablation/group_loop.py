@@ -48,11 +48,19 @@ import ml_collections
 import numpy as np
 from flax import nnx
 
-from lejepa_jax import data, reports
+from lejepa_jax import data
 from lejepa_jax.ablation import member_outputs, stacked, sweep_plan
 from lejepa_jax.evaluation import eval_records, restore
 from lejepa_jax.evaluation import job as evaluation_job
-from lejepa_jax.training import checkpointing, loop, optimizers, preemption, resume, train_state
+from lejepa_jax.training import (
+  checkpointing,
+  event_log,
+  loop,
+  optimizers,
+  preemption,
+  resume,
+  train_state,
+)
 
 log = logging.getLogger("lejepa_jax")
 
@@ -173,7 +181,7 @@ def train_group(
     ),
     on_save=lambda step: _save(run, outputs, extract, step),
     # The members share one clock, continued across resumes from the first member's last line.
-    seconds_before=reports.train_seconds_at(outputs[0].dir, run.start),
+    seconds_before=event_log.train_seconds_at(outputs[0].dir, run.start),
   )
 
 

@@ -12,7 +12,6 @@ from collections.abc import Sequence
 import numpy as np
 from flax import nnx
 
-from lejepa_jax import reports
 from lejepa_jax.ablation import sweep_plan
 from lejepa_jax.evaluation import evaluators
 from lejepa_jax.training import checkpointing, event_log, train_state
@@ -82,6 +81,6 @@ def write_selection(outputs: Sequence[MemberOutputs], results: dict[str, np.ndar
     }
     with open(os.path.join(out.dir, "selection.json"), "w") as f:
       json.dump(row, f, indent=2)
-    rows = reports.read_metrics(out.dir)
+    rows = event_log.read_metrics(out.dir)
     if rows:
-      reports.write_summary(out.dir, rows[-1])
+      event_log.write_summary(out.dir, rows[-1])

@@ -31,7 +31,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from lejepa_jax import reports
+from lejepa_jax import plots
+from lejepa_jax.training import event_log
 
 FINAL_FRACTION = 0.1
 ACCURACIES = ("linear_top1", "knn_top1", "online_eval_acc", "online_train_acc")
@@ -89,7 +90,7 @@ def member_row(workdir: str, member) -> dict:
   row = {
     "name": member.name,
     **member.hparams(),
-    **final_metrics(reports.read_metrics(directory)),
+    **final_metrics(event_log.read_metrics(directory)),
     "online_eval_acc": selection["online_probe_eval_accuracy"],
     "linear_top1": probe_accuracy(directory, "linear"),
     "knn_top1": probe_accuracy(directory, "knn"),
@@ -134,7 +135,7 @@ def correlations_by_step(workdir: str, rows: Sequence[dict], alpha: float) -> di
     directory = os.path.join(workdir, "members", row["name"])
     per_member[row["name"]] = (
       {r["step"]: r["top1"] for r in _probe_rows(directory, "linear")},
-      reports.read_metrics(directory),
+      event_log.read_metrics(directory),
     )
   common = set.intersection(*(set(linear) for linear, _ in per_member.values())) if rows else set()
   out = {}
@@ -199,7 +200,7 @@ def format_table(rows: Sequence[dict], spearmans: dict[str, dict]) -> str:
 
 def plot(rows: Sequence[dict], path: str, alpha: float, accuracy: str) -> None:
   """Accuracy against the loss (left) and loss * lambda^-alpha (right), coloured by lambda."""
-  import matplotlib.pyplot as plt  # reports sets Agg
+  plt = plots.pyplot()
 
   lambdas = sorted({r["sigreg_weight"] for r in rows})
   colours = plt.get_cmap("viridis")(np.linspace(0, 1, max(len(lambdas), 2)))
@@ -240,13 +241,13 @@ def plot_curves(workdir: str, rows: Sequence[dict], path: str, alpha: float) -> 
   """Per member over training: the loss, the loss * lambda^-alpha, the online probe's accuracy
   (from metrics.jsonl), and the evaluation job's linear accuracy of each evaluated checkpoint:
   where along training the loss does or does not rank the members as their accuracy does."""
-  import matplotlib.pyplot as plt  # reports sets Agg
+  plt = plots.pyplot()
 
   fig, axes = plt.subplots(1, 3, figsize=(15, 4))
   colours = plt.get_cmap("viridis")(np.linspace(0, 1, max(len(rows), 2)))
   for row, colour in zip(rows, colours):
     directory = os.path.join(workdir, "members", row["name"])
-    metrics = reports.read_metrics(directory)
+    metrics = event_log.read_metrics(directory)
     steps = [m["step"] for m in metrics]
     lam = row["sigreg_weight"]
     axes[0].plot(steps, [m["loss"] for m in metrics], color=colour, label=row["name"])

@@ -127,7 +127,7 @@ def evaluate_members(
   def forward(state, images):
     model, _, probe, _ = nnx.merge(graphdef, state)
     model.eval()
-    features, projections = model(steps.normalize(images, mean, std))
+    features, projections = model(data.normalize(images, mean, std))
     return features, projections, jnp.argmax(probe(features), -1)
 
   # Replicated results: every process runs the program and can read them.

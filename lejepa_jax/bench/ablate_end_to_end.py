@@ -26,8 +26,8 @@ import tempfile
 import time
 from collections.abc import Sequence
 
-from lejepa_jax import reports
 from lejepa_jax.bench import common
+from lejepa_jax.training import event_log
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 CONFIG = os.path.join(ROOT, "configs", "fashion_mnist.py")
@@ -62,7 +62,7 @@ def _timed(command: list[str], log_path: str) -> float:
 
 def steady_step_seconds(workdir: str) -> float:
   """Seconds per step between a run's first and last metrics lines (their `train_seconds`)."""
-  rows = [r for r in reports.read_metrics(workdir) if "train_seconds" in r]
+  rows = [r for r in event_log.read_metrics(workdir) if "train_seconds" in r]
   if len(rows) < 2:
     raise RuntimeError(f"{workdir}: fewer than two metrics lines; give more --measured_steps.")
   first, last = rows[0], rows[-1]
@@ -165,7 +165,7 @@ def run(
   if not os.path.isdir(os.path.join(data_dir, "fashion_mnist")):
     raise SystemExit(
       f"bench ablate --end_to_end trains on Fashion-MNIST and found none in {data_dir}; prepare it "
-      f"with `python -m lejepa_jax.data.prepare fashion_mnist --out={data_dir}` or pass --data_dir."
+      f"with `python -m lejepa_jax.prepare fashion_mnist --out={data_dir}` or pass --data_dir."
     )
   scratch = tempfile.mkdtemp(prefix="bench_ablate_")
   overrides = _overrides(steps, log_every, data_dir, extra)

@@ -6,6 +6,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from lejepa_jax.data.augment import Augment, CenterCrop, MultiCrop, Views
+from lejepa_jax.data.normalization import normalize as normalize  # the package API
 from lejepa_jax.data.pipeline import (
   BadRecordError,
   DataError,

@@ -49,8 +49,8 @@ class BadRecordError(DataError):
 def prepare_command(name: str, out: str) -> str:
   """The command that writes dataset `name` into TFDS data_dir `out`."""
   if name == "fashion_mnist":
-    return f"python -m lejepa_jax.data.prepare fashion_mnist --out={out}"
-  return f"python -m lejepa_jax.data.prepare folder --name={name} --source=<image folder> --out={out}"
+    return f"python -m lejepa_jax.prepare fashion_mnist --out={out}"
+  return f"python -m lejepa_jax.prepare folder --name={name} --source=<image folder> --out={out}"
 
 
 class FirstRecords:

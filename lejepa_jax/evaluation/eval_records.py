@@ -90,3 +90,20 @@ def format_metrics(metrics: dict[str, float]) -> str:
   return ", ".join(
     f"{k} {v:.4g}" if k.startswith(numbers) else f"{k} {100 * v:.2f}%" for k, v in metrics.items()
   )
+
+
+def plot_time_to_accuracy(workdir: str, probe_name: str, path: str) -> bool:
+  """DIR/eval/time_to_accuracy_<probe>.png from the run's metrics and the evaluations of probe config
+  `probe_name` (`plots.plot_time_to_accuracy`); False before there is anything to draw."""
+  from lejepa_jax import plots
+
+  evaluations = {
+    name: [
+      r
+      for r in event_log.read_jsonl(os.path.join(workdir, "eval", f"{name}.jsonl"))
+      if r.get("probe_config") == probe_name
+    ]
+    for name in plots.EVALUATOR_STYLES
+  }
+  title = f"time to accuracy ({os.path.basename(os.path.normpath(workdir))}, probe config {probe_name})"
+  return plots.plot_time_to_accuracy(event_log.read_metrics(workdir), evaluations, title, path)

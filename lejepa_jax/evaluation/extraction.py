@@ -14,7 +14,6 @@ from flax import nnx
 from lejepa_jax import data
 from lejepa_jax.evaluation import evaluators, progress
 from lejepa_jax.scale import compiler
-from lejepa_jax.training import steps
 
 FEATURE_KINDS = ("embed", "feature_map")
 # Decoded evaluation splits up to this size stay in memory for the job: every encoder it evaluates
@@ -89,7 +88,7 @@ def feature_function(mean: tuple, std: tuple, kind: str, stages: int):
   (probe features [n, F], projections [n, K] or None), what evaluation compiles (and what
   tests/test_accelerator_lowering.py lowers for GPUs and TPUs)."""
   return lambda graphdef, state, x: _forward(
-    nnx.merge(graphdef, state), steps.normalize(x, mean, std), kind, stages
+    nnx.merge(graphdef, state), data.normalize(x, mean, std), kind, stages
   )
 
 
@@ -170,7 +169,7 @@ def pixel_features(config, split: str, limit: int | None = None) -> tuple[np.nda
   features, labels = [], []
   for batch in eval_batches(config, split, limit):
     valid = batch["valid"]
-    pixels = np.asarray(steps.normalize(batch["image"][valid], mean, std))
+    pixels = np.asarray(data.normalize(batch["image"][valid], mean, std))
     features.append(pixels.reshape(len(pixels), -1))
     labels.append(batch["label"][valid])
   return np.concatenate(features), np.concatenate(labels)

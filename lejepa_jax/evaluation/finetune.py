@@ -4,8 +4,8 @@ the paper reports next to frozen probes.
     python -m lejepa_jax.evaluate --config=configs/probe/fashion_mnist.py:finetune --workdir=DIR
 
 `finetune` among a probe config's evaluators runs it on the checkpoint being evaluated (not on the
-baselines); its options are `probe.finetune` (`OPTIONS`, the defaults). Results sit beside the
-frozen probes in `DIR/eval/finetune.jsonl`.
+baselines); its options are `probe.finetune` (`config_lib.FINETUNE_OPTIONS`, the defaults). Results
+sit beside the frozen probes in `DIR/eval/finetune.jsonl`.
 
 Recipe, the paper's fine-tuning protocol scaled to small datasets: AdamW with linear warmup and
 cosine decay; layer-wise lr decay for ViTs (block i of L trains at lr * decay^(L - i), the patch and
@@ -32,23 +32,10 @@ import numpy as np
 import optax
 from flax import nnx
 
-from lejepa_jax import data
+from lejepa_jax import config_lib, data
 from lejepa_jax.evaluation import progress
 from lejepa_jax.models import vit
 from lejepa_jax.scale import sharding
-from lejepa_jax.training import steps
-
-OPTIONS = dict(
-  epochs=2.0,
-  batch_size=128,
-  lr=1e-3,
-  weight_decay=0.05,
-  layer_decay=0.75,
-  warmup_fraction=0.1,
-  label_smoothing=0.1,
-  crop_scale=(0.35, 1.0),
-  seed=0,
-)
 
 
 class Classifier(nnx.Module):
@@ -111,7 +98,7 @@ def _train_step(graphdef, state, images, labels, *, mean, std, num_classes, smoo
   targets = optax.smooth_labels(jax.nn.one_hot(labels, num_classes), smoothing)
 
   def loss_fn(model):
-    logits = model(steps.normalize(images, mean, std))
+    logits = model(data.normalize(images, mean, std))
     return optax.softmax_cross_entropy(logits, targets).mean()
 
   loss, grads = nnx.value_and_grad(loss_fn)(model)
@@ -122,7 +109,7 @@ def _train_step(graphdef, state, images, labels, *, mean, std, num_classes, smoo
 def _predict(graphdef, state, images, *, mean, std):
   model, _ = nnx.merge(graphdef, state)
   model.eval()
-  return jnp.argmax(model(steps.normalize(images, mean, std)), axis=-1)
+  return jnp.argmax(model(data.normalize(images, mean, std)), axis=-1)
 
 
 def _views(config: ml_collections.ConfigDict, options: dict) -> Any:
@@ -153,8 +140,8 @@ def finetune(
   `train_examples`); returns {"top1": accuracy on `eval_batches` ({"image" uint8 [n, H, W, C],
   "label" [n], "valid" [n]}, e.g. evaluate.eval_batches), "loss_start", "loss_end": the mean
   training loss of the first and last tenth of the steps, "steps", "seconds"}. `options`: see
-  `OPTIONS`."""
-  options = {**OPTIONS, **options}
+  `config_lib.FINETUNE_OPTIONS`."""
+  options = {**config_lib.FINETUNE_OPTIONS, **options}
   mesh = mesh or sharding.make_mesh({"data": -1})
   source = data.open_source(config.data.name, config.data.split, config.data.data_dir)
   n = min(len(source), train_examples or len(source))

@@ -26,7 +26,6 @@ import time
 import jax
 import ml_collections
 
-from lejepa_jax import reports
 from lejepa_jax.evaluation import eval_records, evaluators, extraction, registry, restore
 from lejepa_jax.scale import distributed
 from lejepa_jax.training import preemption
@@ -289,6 +288,6 @@ def run(
   finally:
     writer.close()
   picture = os.path.join(workdir, "eval", f"time_to_accuracy_{probe.name}.png")
-  if jax.process_index() == 0 and reports.plot_time_to_accuracy(workdir, probe.name, picture):
+  if jax.process_index() == 0 and eval_records.plot_time_to_accuracy(workdir, probe.name, picture):
     log.info("accuracy against minutes of training: %s", picture)
   return writer.rows

@@ -9,9 +9,8 @@ import jax
 import numpy as np
 from flax import nnx
 
-from lejepa_jax import reports
+from lejepa_jax import data, plots
 from lejepa_jax.evaluation import extraction
-from lejepa_jax.training import steps
 
 
 def draw(
@@ -32,11 +31,11 @@ def draw(
   batch = next(extraction.eval_batches(config, config.data.eval_split, num_images, num_images))
   images = batch["image"][batch["valid"]]
   mean, std = tuple(config.data.mean), tuple(config.data.std)
-  patches = nnx.jit(lambda m, x: m.backbone.patch_features(steps.normalize(x, mean, std)))(
+  patches = nnx.jit(lambda m, x: m.backbone.patch_features(data.normalize(x, mean, std)))(
     encoder, images
   )
   os.makedirs(os.path.dirname(out_prefix), exist_ok=True)
   paths = [out_prefix + "_patch_pca.png", out_prefix + "_embedding.png"]
-  reports.plot_patch_pca(images, np.asarray(patches, np.float32), paths[0])
-  reports.plot_embedding_2d(test_x[:num_points], test_y[:num_points], paths[1])
+  plots.plot_patch_pca(images, np.asarray(patches, np.float32), paths[0])
+  plots.plot_embedding_2d(test_x[:num_points], test_y[:num_points], paths[1])
   return paths

@@ -1,4 +1,5 @@
-"""The one writer of a job's numbers: JSON lines and TensorBoard scalars, on process 0 only.
+"""The one writer of a job's numbers, JSON lines and TensorBoard scalars on process 0 only, and their
+readers (metrics rows, the training clock of a resumed run, the run's summary).
 
 Training writes `metrics.jsonl` and `tensorboard/` (`MetricsWriter`), the evaluation job
 `eval/<evaluator>.jsonl` and `eval/tensorboard/` (`evaluation.eval_records.ResultsWriter`), each
@@ -54,3 +55,45 @@ class MetricsWriter(EventLog):
   def write(self, step: int, metrics: dict[str, float]) -> None:
     self.append("metrics", {"step": step, **metrics})
     self.scalars("train", metrics, step)
+
+
+def read_jsonl(path: str) -> list[dict]:
+  """Rows of a JSON-lines file ([] if it does not exist); a line cut short by a kill is skipped."""
+  rows = []
+  if os.path.exists(path):
+    with open(path) as f:
+      for line in f:
+        try:
+          rows.append(json.loads(line))
+        except json.JSONDecodeError:
+          continue
+  return rows
+
+
+def read_metrics(workdir: str) -> list[dict]:
+  """Rows of a run's metrics.jsonl, the last row per step (a resumed run may repeat steps)."""
+  rows = {row["step"]: row for row in read_jsonl(os.path.join(workdir, "metrics.jsonl"))}
+  return [rows[k] for k in sorted(rows)]
+
+
+def train_seconds_at(workdir: str, step: int) -> float:
+  """Training seconds recorded by the last metrics line at or before `step` (0 if none): where a
+  resumed run's clock continues."""
+  seconds = [r.get("train_seconds", 0.0) for r in read_metrics(workdir) if r["step"] <= step]
+  return float(seconds[-1]) if seconds else 0.0
+
+
+def write_summary(workdir: str, last: dict) -> None:
+  """DIR/summary.json (the last logged metrics, the best online probe accuracy) and curves.png."""
+  from lejepa_jax import plots
+
+  rows = read_metrics(workdir)
+  summary = {
+    "final": last,
+    "steps_logged": len(rows),
+    "best_probe_accuracy": max((r["probe_accuracy"] for r in rows), default=None),
+  }
+  with open(os.path.join(workdir, "summary.json"), "w") as f:
+    json.dump(summary, f, indent=2)
+  if rows:
+    plots.plot_curves(rows, os.path.join(workdir, "curves.png"))

@@ -15,7 +15,7 @@ import jax
 import ml_collections
 from flax import nnx
 
-from lejepa_jax import data, reports
+from lejepa_jax import data
 from lejepa_jax.scale import sharding
 from lejepa_jax.training import (
   checkpointing,
@@ -184,7 +184,7 @@ def run(
   pending, last = [], {}
   # Wall-clock seconds of training (the loop, data included; not start-up or compile), continued
   # across resumes from the last metrics line at or before the restored step.
-  seconds_before = reports.train_seconds_at(workdir, start)
+  seconds_before = event_log.train_seconds_at(workdir, start)
 
   def step_fn(step: int) -> dict[str, jax.Array]:
     nonlocal state
@@ -235,5 +235,5 @@ def run(
     writer.close()
     guard.restore()
   if jax.process_index() == 0 and last:
-    reports.write_summary(workdir, last)
+    event_log.write_summary(workdir, last)
   return last

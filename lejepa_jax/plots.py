@@ -1,33 +1,29 @@
-"""Reports: summary.json and a PNG of the training curves at the end of a run (process 0 only), and
-the evaluation job's pictures (PCA of patch features, 2-D embedding plot)."""
+"""Pictures, drawn from numbers the caller has read: the training curves, accuracy against minutes of
+training, PCA of patch features and 2-D embeddings. PNG files only; matplotlib is imported (with its
+file-only backend) when a picture is first drawn, not when this module is imported."""
 
 from __future__ import annotations
 
-import json
+import functools
 import os
 
-import matplotlib
 import numpy as np
 
-matplotlib.use("Agg")  # files only, no display
-import matplotlib.pyplot as plt
 
+@functools.cache
+def pyplot():
+  """matplotlib.pyplot on the Agg backend (files, no display), imported on first use."""
+  import matplotlib
 
-def read_metrics(workdir: str) -> list[dict]:
-  """Rows of metrics.jsonl, the last row per step (a resumed run may repeat steps)."""
-  rows = {row["step"]: row for row in read_jsonl(os.path.join(workdir, "metrics.jsonl"))}
-  return [rows[k] for k in sorted(rows)]
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
 
-
-def train_seconds_at(workdir: str, step: int) -> float:
-  """Training seconds recorded by the last metrics line at or before `step` (0 if none): where a
-  resumed run's clock continues."""
-  seconds = [r.get("train_seconds", 0.0) for r in read_metrics(workdir) if r["step"] <= step]
-  return float(seconds[-1]) if seconds else 0.0
+  return plt
 
 
 def plot_curves(rows: list[dict], path: str) -> None:
   """Loss and its two terms (left), online probe accuracy (right), against the step."""
+  plt = pyplot()
   steps = [r["step"] for r in rows]
   fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.5))
   for key, style in (("loss", "-"), ("pred", "--"), ("sigreg", ":")):
@@ -45,30 +41,20 @@ def plot_curves(rows: list[dict], path: str) -> None:
   plt.close(fig)
 
 
-def read_jsonl(path: str) -> list[dict]:
-  """Rows of a JSON-lines file ([] if it does not exist); a line cut short by a kill is skipped."""
-  rows = []
-  if os.path.exists(path):
-    with open(path) as f:
-      for line in f:
-        try:
-          rows.append(json.loads(line))
-        except json.JSONDecodeError:
-          continue
-  return rows
+EVALUATOR_STYLES = {"linear": ("o-", "linear probe"), "knn": ("s-", "kNN")}
 
 
-_EVALUATOR_STYLES = {"linear": ("o-", "linear probe"), "knn": ("s-", "kNN")}
-
-
-def plot_time_to_accuracy(workdir: str, probe_name: str, path: str) -> bool:
-  """Accuracy against minutes of training: the online probe (training batches, from
-  metrics.jsonl), and the evaluation job's linear and kNN test accuracy of each evaluated checkpoint
-  (eval/<evaluator>.jsonl rows of probe config `probe_name`), next to the pixel and random-init
-  levels. Returns False (and draws nothing) before there is anything to draw."""
-  train = [r for r in read_metrics(workdir) if "train_seconds" in r]
+def plot_time_to_accuracy(
+  train: list[dict], evaluations: dict[str, list[dict]], title: str, path: str
+) -> bool:
+  """Accuracy against minutes of training: the online probe (`train`: metrics rows with
+  train_seconds), and the linear and kNN test accuracy of each evaluated checkpoint (`evaluations`:
+  {evaluator: its eval rows}), next to the pixel and random-init levels. Returns False (and draws
+  nothing) before there is anything to draw."""
+  train = [r for r in train if "train_seconds" in r]
   if not train:
     return False
+  plt = pyplot()
   steps = np.array([r["step"] for r in train], float)
   minutes = np.array([r["train_seconds"] for r in train]) / 60
   fig, ax = plt.subplots(figsize=(7, 4.5))
@@ -79,12 +65,8 @@ def plot_time_to_accuracy(workdir: str, probe_name: str, path: str) -> bool:
     lw=1,
     label="online probe (augmented training batches)",
   )
-  for evaluator, (style, name) in _EVALUATOR_STYLES.items():
-    rows = [
-      r
-      for r in read_jsonl(os.path.join(workdir, "eval", f"{evaluator}.jsonl"))
-      if r.get("probe_config") == probe_name
-    ]
+  for evaluator, (style, name) in EVALUATOR_STYLES.items():
+    rows = evaluations.get(evaluator, [])
     points = sorted((r["step"], r["top1"]) for r in rows if r["encoder"] == "checkpoint")
     # The encoder at random initialisation is the run at minute 0.
     points = [(0, r["top1"]) for r in rows if r["encoder"] == "random_init"][-1:] + points
@@ -100,9 +82,7 @@ def plot_time_to_accuracy(workdir: str, probe_name: str, path: str) -> bool:
           ax.axhline(100 * r["top1"], color=line.get_color(), ls="--", lw=1, label=f"{name}, raw pixels")
   ax.set_xlabel("minutes of training")
   ax.set_ylabel("top-1 accuracy (%)")
-  ax.set_title(
-    f"time to accuracy ({os.path.basename(os.path.normpath(workdir))}, probe config {probe_name})"
-  )
+  ax.set_title(title)
   ax.legend(fontsize=7, loc="lower right")
   ax.grid(alpha=0.3)
   fig.tight_layout()
@@ -110,19 +90,6 @@ def plot_time_to_accuracy(workdir: str, probe_name: str, path: str) -> bool:
   fig.savefig(path, dpi=100)
   plt.close(fig)
   return True
-
-
-def write_summary(workdir: str, last: dict) -> None:
-  rows = read_metrics(workdir)
-  summary = {
-    "final": last,
-    "steps_logged": len(rows),
-    "best_probe_accuracy": max((r["probe_accuracy"] for r in rows), default=None),
-  }
-  with open(os.path.join(workdir, "summary.json"), "w") as f:
-    json.dump(summary, f, indent=2)
-  if rows:
-    plot_curves(rows, os.path.join(workdir, "curves.png"))
 
 
 def _pca(x: np.ndarray, k: int) -> np.ndarray:
@@ -140,6 +107,7 @@ def plot_patch_pca(images: np.ndarray, patches: np.ndarray, path: str) -> None:
     patches: [n, h, w, D] patch features (ViT tokens or a ConvNet's final map); the PCA is fitted on
       the patches of all n images together, so colours are comparable across images.
   """
+  plt = pyplot()
   n, h, w, d = patches.shape
   rgb = _pca(patches.reshape(-1, d).astype(np.float64), 3)
   rgb = (rgb - rgb.min(0)) / np.maximum(rgb.max(0) - rgb.min(0), 1e-12)
@@ -159,6 +127,7 @@ def plot_patch_pca(images: np.ndarray, patches: np.ndarray, path: str) -> None:
 
 def plot_embedding_2d(features: np.ndarray, labels: np.ndarray, path: str) -> None:
   """Scatter of features [n, F] on their first two principal components, coloured by label [n]."""
+  plt = pyplot()
   xy = _pca(features.astype(np.float64), 2)
   fig, ax = plt.subplots(figsize=(5, 4.5))
   points = ax.scatter(xy[:, 0], xy[:, 1], c=labels, cmap="tab10", s=4)

@@ -1,0 +1,1 @@
+"""Batched ablations: sweep plans, stacked members trained under jax.vmap, the report."""

@@ -1,0 +1,1 @@
+"""The evaluation job: restored encoders, frozen features, the evaluators by name (registry.py)."""

@@ -1,0 +1,1 @@
+"""Scale: meshes and logical-axis rules, multi-process start-up, compiler options, run plans."""

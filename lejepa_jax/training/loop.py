@@ -3,6 +3,7 @@ loop itself, shared with the ablation's group loop."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
@@ -145,6 +146,61 @@ def _write_config(config: ml_collections.ConfigDict, workdir: str) -> None:
       f.write(config.to_json(indent=2))
 
 
+@dataclasses.dataclass
+class _Session:
+  """One training session between its set-up and its end: the state the step loop's three calls
+  (`step`, `log`, `save`) advance and read, in the order run_steps makes them."""
+
+  config: ml_collections.ConfigDict
+  mesh: jax.sharding.Mesh
+  compiled: Any  # the train step, compiled ahead of time: (state, batch, key) -> (state, metrics)
+  state: Any
+  iterator: Any
+  manager: Any
+  writer: event_log.MetricsWriter
+  pending: list = dataclasses.field(default_factory=list)  # (step, loss, param_norm) not yet checked
+  last: dict = dataclasses.field(default_factory=dict)  # the last logged metrics
+
+  def __post_init__(self):
+    self.schedule = optimizers.lr_schedule(self.config)
+    self.seed_key = jax.random.key(self.config.seed)
+
+  def step(self, step: int) -> dict[str, jax.Array]:
+    """Dispatches step `step` (not waited for) and returns its metrics."""
+    batch = data.to_global_batch(next(self.iterator), self.mesh)
+    with jax.set_mesh(self.mesh):
+      self.state, metrics = self.compiled(self.state, batch, jax.random.fold_in(self.seed_key, step))
+    self.pending.append((step, metrics["loss"], metrics["param_norm"]))
+    return metrics
+
+  def log(self, step: int, metrics: dict[str, jax.Array], step_time: float, seconds: float) -> None:
+    """Checks the steps since the last check, then writes and prints this step's metrics."""
+    self._check_pending()
+    last = {k: float(v) for k, v in jax.device_get(metrics).items()}
+    last["lr"] = float(self.schedule(step - 1))
+    last["step_time_s"] = step_time
+    last["images_per_s"] = self.config.data.global_batch_size / step_time
+    last["train_seconds"] = seconds
+    self.writer.write(step, last)
+    _log_line(step, self.config.total_steps, last)
+    self.last = last
+
+  def save(self, step: int) -> None:
+    """Checks the steps since the last check (no non-finite state is saved), then checkpoints."""
+    self._check_pending()
+    checkpointing.save_training(
+      self.manager,
+      step,
+      train_state.to_savable(nnx.to_pure_dict(self.state)),
+      self.iterator,
+      json.loads(self.config.to_json()),
+    )
+
+  def _check_pending(self) -> None:
+    _check_finite(self.pending)
+    self.pending.clear()
+
+
 def run(
   config: ml_collections.ConfigDict,
   workdir: str,
@@ -177,63 +233,28 @@ def run(
     manager.close()
     return {}
   compiled = steps.compile_train_step(config, mesh, graphdef, state, local_batch)
-  schedule = optimizers.lr_schedule(config)
-  writer, guard = event_log.MetricsWriter(workdir), preemption.PreemptionGuard()
-  seed_key = jax.random.key(config.seed)
+  session = _Session(config, mesh, compiled, state, iterator, manager, event_log.MetricsWriter(workdir))
+  guard = preemption.PreemptionGuard()
   last_step = config.total_steps if stop_after is None else min(stop_after, config.total_steps)
-  pending, last = [], {}
-  # Wall-clock seconds of training (the loop, data included; not start-up or compile), continued
-  # across resumes from the last metrics line at or before the restored step.
-  seconds_before = event_log.train_seconds_at(workdir, start)
-
-  def step_fn(step: int) -> dict[str, jax.Array]:
-    nonlocal state
-    batch = data.to_global_batch(next(iterator), mesh)
-    with jax.set_mesh(mesh):
-      state, metrics = compiled(state, batch, jax.random.fold_in(seed_key, step))
-    pending.append((step, metrics["loss"], metrics["param_norm"]))
-    return metrics
-
-  def on_log(step: int, metrics: dict[str, jax.Array], step_time: float, seconds: float) -> None:
-    nonlocal last
-    _check_finite(pending)
-    pending.clear()
-    last = {k: float(v) for k, v in jax.device_get(metrics).items()}
-    last["lr"] = float(schedule(step - 1))
-    last["step_time_s"] = step_time
-    last["images_per_s"] = config.data.global_batch_size / step_time
-    last["train_seconds"] = seconds
-    writer.write(step, last)
-    _log_line(step, config.total_steps, last)
-
-  def on_save(step: int) -> None:
-    _check_finite(pending)
-    pending.clear()
-    checkpointing.save_training(
-      manager,
-      step,
-      train_state.to_savable(nnx.to_pure_dict(state)),
-      iterator,
-      json.loads(config.to_json()),
-    )
-
   try:
     run_steps(
       start,
       last_step,
-      step_fn,
+      session.step,
       log_every=config.log_every,
       checkpoint_every=config.checkpoint_every,
       guard=guard,
-      on_log=on_log,
-      on_save=on_save,
-      seconds_before=seconds_before,
+      on_log=session.log,
+      on_save=session.save,
+      # Wall-clock seconds of training (the loop, data included; not start-up or compile),
+      # continued across resumes from the last metrics line at or before the restored step.
+      seconds_before=event_log.train_seconds_at(workdir, start),
     )
   finally:
     manager.wait_until_finished()
     manager.close()
-    writer.close()
+    session.writer.close()
     guard.restore()
-  if jax.process_index() == 0 and last:
-    event_log.write_summary(workdir, last)
-  return last
+  if jax.process_index() == 0 and session.last:
+    event_log.write_summary(workdir, session.last)
+  return session.last

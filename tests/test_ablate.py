@@ -19,8 +19,6 @@ from lejepa_jax.evaluation import extraction, restore
 from lejepa_jax.evaluation import job as evaluation_job
 from lejepa_jax.training import checkpointing, loop
 
-pytestmark = pytest.mark.slow  # end-to-end runs: `-m "not slow"` leaves them out
-
 STEPS = 3
 # 8 members: 2 programs (num_slices changes shapes) of 4 members (lambda x lr, traced).
 SWEEPS = [
@@ -108,6 +106,7 @@ def test_plan_groups_shape_changing_values_into_separate_programs(data_dir):
     sweep_plan.plan_sweep(tiny_config(data_dir), [("loss.sigreg_weight", ["0.1", "1.5"])])
 
 
+@pytest.mark.slow
 def test_members_equal_separately_trained_runs_step_for_step(ablation, data_dir, tmp_path):
   workdir, _ = ablation
   assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == ["num_slices=16", "num_slices=32"]
@@ -137,6 +136,7 @@ def test_members_equal_separately_trained_runs_step_for_step(ablation, data_dir,
     _assert_states_close(_state(member_dir, STEPS), _state(alone, STEPS))
 
 
+@pytest.mark.slow
 def test_a_member_checkpoint_loads_into_the_evaluation_job(ablation):
   workdir, _ = ablation
   member_dir = os.path.join(workdir, "members", "num_slices=32,sigreg_weight=0.5,lr=1e-3")
@@ -154,6 +154,7 @@ def test_a_member_checkpoint_loads_into_the_evaluation_job(ablation):
   assert 0.0 <= results["linear"]["top1"] <= 1.0
 
 
+@pytest.mark.slow
 def test_report_has_every_member_and_rerunning_picks_up_the_linear_probe(ablation, data_dir):
   workdir, report = ablation
   assert len(report["members"]) == 8
@@ -193,6 +194,7 @@ def test_spearman_matches_scipy_with_ties():
   assert np.isnan(ablation_report.spearman([1, 2], [3, 4]))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("input_batched", [True, False])
 def test_per_member_convolutions_equal_vmapped_ones_without_grouping(input_batched):
   from lejepa_jax.models import layers, members
@@ -236,6 +238,7 @@ def test_member_convolution_strategy_is_chosen_by_backend_or_setting():
     members.strategy("separate", "cpu")
 
 
+@pytest.mark.slow
 def test_a_probe_config_evaluates_every_member_once_and_the_report_correlates_its_accuracy(
   ablation, data_dir
 ):

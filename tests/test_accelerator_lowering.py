@@ -40,7 +40,7 @@ def test_the_train_step_lowers_for_gpus_and_tpus(devices, data_dir, family):
 
 def test_the_feature_function_lowers_for_gpus_and_tpus(data_dir):
   config = tiny_config(data_dir)
-  graphdef, state = nnx.split(train_state.build_train_objects(config)[0])
+  graphdef, state = nnx.split(train_state.build_train_objects(config).model)
   forward = extraction.feature_function(tuple(config.data.mean), tuple(config.data.std), "embed", 1)
   images = jax.ShapeDtypeStruct((4, 16, 16, 3), jnp.uint8)
   exported = jax.export.export(jax.jit(functools.partial(forward, graphdef)), platforms=ACCELERATORS)(

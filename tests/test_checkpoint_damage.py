@@ -19,8 +19,6 @@ from lejepa_jax import export
 from lejepa_jax.evaluation import restore
 from lejepa_jax.training import checkpointing, loop, resume
 
-pytestmark = pytest.mark.slow  # end-to-end runs: `-m "not slow"` leaves them out
-
 TOTAL, SAVED = 12, (4, 8)
 
 
@@ -120,6 +118,7 @@ def _iterator_state(step_dir):
   [_truncate, _delete, _overwrite, _uncommit, _iterator_state],
   ids=lambda f: f.__name__.strip("_"),
 )
+@pytest.mark.slow
 def test_a_damaged_latest_step_resumes_from_the_one_before_and_ends_as_an_uninterrupted_run(
   runs, data_dir, tmp_path, caplog, damage
 ):
@@ -147,6 +146,7 @@ def test_a_damaged_latest_step_resumes_from_the_one_before_and_ends_as_an_uninte
   assert checkpointing.verify_step(os.path.join(workdir, "checkpoints"), SAVED[-1])
 
 
+@pytest.mark.slow
 def test_when_no_step_is_readable_one_error_lists_them_all_and_nothing_changes(runs, data_dir, tmp_path):
   _, stopped = runs
   workdir = _copy(stopped, tmp_path)
@@ -161,6 +161,7 @@ def test_when_no_step_is_readable_one_error_lists_them_all_and_nothing_changes(r
   assert _snapshot(workdir) == before
 
 
+@pytest.mark.slow
 def test_retention_keeps_the_newest_intact_step_when_the_newer_ones_are_damaged(runs, tmp_path):
   _, stopped = runs
   directory = os.path.join(_copy(stopped, tmp_path), "checkpoints")
@@ -176,6 +177,7 @@ def test_retention_keeps_the_newest_intact_step_when_the_newer_ones_are_damaged(
   assert policy.should_preserve(infos, context=None) == [True, True]
 
 
+@pytest.mark.slow
 def test_a_step_written_without_a_digest_restores_unverified(runs, data_dir, tmp_path):
   want, stopped = runs
   workdir = _copy(stopped, tmp_path)
@@ -187,6 +189,7 @@ def test_a_step_written_without_a_digest_restores_unverified(runs, data_dir, tmp
     np.testing.assert_array_equal(got, expected)
 
 
+@pytest.mark.slow
 def test_evaluation_refuses_a_damaged_step_and_export_takes_the_newest_intact_one(runs, tmp_path):
   _, stopped = runs
   workdir = _copy(stopped, tmp_path)
@@ -202,6 +205,7 @@ def test_evaluation_refuses_a_damaged_step_and_export_takes_the_newest_intact_on
     np.testing.assert_array_equal(got, expected)
 
 
+@pytest.mark.slow
 def test_an_ablation_group_resumes_from_its_newest_intact_step(devices, data_dir, tmp_path):
   from lejepa_jax.ablation import group_loop
 

@@ -24,8 +24,6 @@ from lejepa_jax.evaluation import job as evaluation_job
 from lejepa_jax.scale import sharding
 from lejepa_jax.training import checkpointing, loop
 
-pytestmark = pytest.mark.slow  # end-to-end runs: `-m "not slow"` leaves them out
-
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -182,6 +180,7 @@ def _copy_run(trained_run, tmp_path):
   return workdir
 
 
+@pytest.mark.slow
 def test_evaluating_a_checkpoint_beats_chance_on_any_mesh(devices, trained_run, tmp_path):
   workdir = _copy_run(trained_run, tmp_path)
   results = evaluation_job.evaluate(workdir, step=3)
@@ -197,6 +196,7 @@ def test_evaluating_a_checkpoint_beats_chance_on_any_mesh(devices, trained_run, 
   np.testing.assert_allclose(features[0], features[1], rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_feature_map_probe_reads_the_last_stages_concatenated(devices, trained_run):
   mesh = sharding.make_mesh({"data": 1}, devices=jax.devices()[:1])
   encoder, config, _ = restore.restore_encoder(trained_run, mesh=mesh)
@@ -233,6 +233,7 @@ def _rows(workdir, name="linear"):
   return [json.loads(line) for line in open(os.path.join(workdir, "eval", f"{name}.jsonl"))]
 
 
+@pytest.mark.slow
 def test_follow_evaluates_each_checkpoint_once_and_skips_unreadable_ones(
   devices, trained_run, tmp_path, caplog, monkeypatch
 ):
@@ -265,6 +266,7 @@ def test_follow_evaluates_each_checkpoint_once_and_skips_unreadable_ones(
   assert "delete" not in record["skipped"]["3"].lower()  # advice that never risks saved work
 
 
+@pytest.mark.slow
 def test_baselines_and_pictures_are_written(devices, trained_run, tmp_path):
   workdir = _copy_run(trained_run, tmp_path)
   probe = _fast_probe(evaluators="linear,fewshot,label_free,pictures", baselines="pixels,random_init")
@@ -332,6 +334,7 @@ def _snapshot(directory):
   return out
 
 
+@pytest.mark.slow
 def test_a_missing_step_lists_the_steps_there_are_and_changes_nothing(trained_run, tmp_path):
   workdir = _copy_run(trained_run, tmp_path)
   before = _snapshot(workdir)
@@ -351,6 +354,7 @@ def test_a_missing_step_lists_the_steps_there_are_and_changes_nothing(trained_ru
   assert "<training workdir> \\\n        [--step=N" in evaluate_entry.__doc__  # --help keeps the usage
 
 
+@pytest.mark.slow
 def test_no_checkpoints_is_a_clear_error_and_creates_nothing(trained_run, tmp_path, caplog):
   typo = tmp_path / "typo"
   with pytest.raises(FileNotFoundError, match=re.escape(f"{typo}/checkpoints does not exist")):
@@ -384,6 +388,7 @@ def _flat(tree):
   }
 
 
+@pytest.mark.slow
 def test_restore_reads_the_model_and_no_optimizer_state(devices, trained_run, monkeypatch):
   reads = []
   real = checkpointing.training_manager
@@ -413,6 +418,7 @@ def test_restore_reads_the_model_and_no_optimizer_state(devices, trained_run, mo
     np.testing.assert_array_equal(restored[key], value)
 
 
+@pytest.mark.slow
 def test_export_command_writes_the_checkpoints_backbone(devices, trained_run, tmp_path, capsys):
   from safetensors.numpy import load_file
 
@@ -433,6 +439,7 @@ def test_export_command_writes_the_checkpoints_backbone(devices, trained_run, tm
     export.main([f"--workdir={trained_run}", f"--out={out}"])
 
 
+@pytest.mark.slow
 def test_evaluation_crops_follow_the_configs_eval_crop_fraction(structured_data):
   from lejepa_jax import data
   from lejepa_jax.data import augment

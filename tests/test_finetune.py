@@ -11,8 +11,6 @@ from lejepa_jax.evaluation import evaluators, extraction, finetune
 from lejepa_jax.evaluation import job as evaluation_job
 from lejepa_jax.training import loop, train_state
 
-pytestmark = pytest.mark.slow  # trains a model
-
 
 @pytest.fixture(scope="module")
 def quadrant_data(tmp_path_factory):
@@ -32,10 +30,11 @@ def quadrant_data(tmp_path_factory):
   return out
 
 
+@pytest.mark.slow
 def test_finetuning_lowers_the_loss_and_beats_the_frozen_linear_probe(devices, quadrant_data):
   config = tiny_config(quadrant_data)
   config.data.global_views = dict(count=2, size=16, scale=(0.9, 1.0))
-  encoder = train_state.build_train_objects(config)[0]
+  encoder = train_state.build_train_objects(config).model
   encoder.eval()
   x, y, _ = extraction.extract_features(encoder, config, config.data.eval_split)
   frozen = evaluators.linear(evaluators.FeatureSet(x, y, x, y, 4), epochs=30)["top1"]
@@ -67,6 +66,7 @@ def test_layer_wise_decay_scales_each_vit_block_by_its_depth():
   assert finetune.layer_scale(path("backbone", "stem", "kernel"), None, 0.5) == 1.0
 
 
+@pytest.mark.slow
 def test_the_evaluation_job_fine_tunes_a_checkpoint_beside_the_frozen_probes(
   devices, quadrant_data, tmp_path
 ):

@@ -9,9 +9,8 @@ import pytest
 
 from lejepa_jax.examples import hidden_structure
 
-pytestmark = pytest.mark.slow  # end-to-end runs: `-m "not slow"` leaves them out
 
-
+@pytest.mark.slow
 def test_hidden_structure_writes_its_report_and_epps_pulley_decreases(tmp_path):
   results = hidden_structure.run(
     str(tmp_path),

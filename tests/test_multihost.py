@@ -21,8 +21,6 @@ from lejepa_jax.evaluation import job as evaluation_job
 from lejepa_jax.scale import sharding
 from lejepa_jax.training import checkpointing, loop, train_state
 
-pytestmark = pytest.mark.slow  # end-to-end runs: `-m "not slow"` leaves them out
-
 STEPS = ("--config.total_steps=4", "--config.checkpoint_every=2")
 
 
@@ -117,6 +115,7 @@ def _assert_states_close(workdir_a, workdir_b, step):
   assert compared > 50
 
 
+@pytest.mark.slow
 def test_two_processes_equal_one_and_the_checkpoint_resumes_on_one(devices, data_dir, tmp_path):
   single, multi = str(tmp_path / "single"), str(tmp_path / "multi")
   config = tiny_config(data_dir, 4)
@@ -171,6 +170,7 @@ def test_two_processes_equal_one_and_the_checkpoint_resumes_on_one(devices, data
   assert abs(rows[-1]["top1"] - alone["knn"]["top1"]) < 0.05, (rows[-1], alone)
 
 
+@pytest.mark.slow
 def test_sigterm_to_one_process_stops_every_process_at_one_step_and_the_rerun_ends_as_if_uninterrupted(
   devices, data_dir, tmp_path
 ):
@@ -226,6 +226,7 @@ def test_sigterm_to_one_process_stops_every_process_at_one_step_and_the_rerun_en
     np.testing.assert_array_equal(x, y)
 
 
+@pytest.mark.slow
 def test_a_member_sharded_ablation_on_two_processes_equals_one_process(devices, data_dir, tmp_path):
   from lejepa_jax.ablation import group_loop
 

@@ -25,13 +25,21 @@ def _tiny_config():
 def test_state_bytes_equal_the_real_sharded_train_state(devices):
   config = _tiny_config()
   mesh = sharding.make_mesh({"data": 1, "fsdp": 8})
-  objects = sharding.create_sharded(lambda: train_state.build_train_objects(config), mesh)
-  real = [
-    max(sharding.bytes_per_device(train_state.to_savable(nnx.to_pure_dict(nnx.state(o)))).values())
-    for o in objects
-  ]
+  trained = sharding.create_sharded(lambda: train_state.build_train_objects(config), mesh)
+  real = {
+    name: max(
+      sharding.bytes_per_device(
+        train_state.to_savable(nnx.to_pure_dict(nnx.state(getattr(trained, name))))
+      ).values()
+    )
+    for name in train_state.FIELDS
+  }
   planned = memory_plan.state_bytes(config, {"data": 1, "fsdp": 8})
-  assert planned == {"model": real[0], "optimizer": real[1], "probe": real[2] + real[3]}
+  assert planned == {
+    "model": real["model"],
+    "optimizer": real["optimizer"],
+    "probe": real["probe"] + real["probe_optimizer"],
+  }
   # A data axis replicates the state: a 32 x 8 pod holds the same bytes per device.
   assert memory_plan.state_bytes(config, {"data": 32, "fsdp": 8}) == planned
   unsharded = memory_plan.state_bytes(config, {"data": 8})

@@ -16,8 +16,6 @@ from helpers import read_metrics as _metrics
 
 from lejepa_jax.training import checkpointing, loop, optimizers, resume
 
-pytestmark = pytest.mark.slow  # end-to-end runs: `-m "not slow"` leaves them out
-
 
 def _main(data_dir, workdir, *flags, wait=True):
   """`python -m lejepa_jax.main` in a fresh process with 8 simulated CPU devices."""
@@ -46,6 +44,7 @@ def _final_params(workdir, step):
   return jax.tree.leaves(restored)
 
 
+@pytest.mark.slow
 def test_resumed_run_equals_uninterrupted_run(devices, data_dir, tmp_path):
   straight, resumed = str(tmp_path / "straight"), str(tmp_path / "resumed")
   loop.run(tiny_config(data_dir, 6), straight)
@@ -73,6 +72,7 @@ def test_resumed_run_equals_uninterrupted_run(devices, data_dir, tmp_path):
   assert os.path.getsize(os.path.join(straight, "curves.png")) > 0
 
 
+@pytest.mark.slow
 def test_sigterm_checkpoints_and_exits_cleanly(data_dir, tmp_path):
   workdir = str(tmp_path / "preempted")
   process = _main(data_dir, workdir, "--config.total_steps=10000", wait=False)
@@ -89,6 +89,7 @@ def test_sigterm_checkpoints_and_exits_cleanly(data_dir, tmp_path):
   manager.close()
 
 
+@pytest.mark.slow
 def test_non_finite_loss_stops_with_the_step_and_keeps_the_checkpoint(devices, data_dir, tmp_path):
   workdir = str(tmp_path / "run")
   loop.run(tiny_config(data_dir, 6), workdir, stop_after=3)
@@ -157,6 +158,7 @@ def test_a_bucket_url_workdir_is_refused_with_the_mounted_alternative(data_dir):
     loop.run(tiny_config(data_dir, 2), "gs://bucket/run")
 
 
+@pytest.mark.slow
 def test_unknown_model_key_fails_before_compiling(devices, data_dir, tmp_path):
   config = tiny_config(data_dir, 2)
   config.model.patch_size = 4
@@ -178,6 +180,7 @@ def test_on_device_augmentation_is_applied_in_the_step():
   np.testing.assert_allclose(plain, (unit - 0.5) / 0.25, rtol=1e-6, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_training_with_on_device_augmentation_runs(devices, data_dir, tmp_path):
   config = tiny_config(data_dir, 2)
   config.data.augment_on_device = True
@@ -185,6 +188,7 @@ def test_training_with_on_device_augmentation_runs(devices, data_dir, tmp_path):
   assert np.isfinite(metrics["loss"])
 
 
+@pytest.mark.slow
 def test_gradient_accumulation_runs_and_logs_a_finite_loss(devices, data_dir, tmp_path):
   config = tiny_config(data_dir, 2)
   config.grad_accum_steps = 2
@@ -195,6 +199,7 @@ def test_gradient_accumulation_runs_and_logs_a_finite_loss(devices, data_dir, tm
     loop.run(config, str(tmp_path / "accum_bad"))
 
 
+@pytest.mark.slow
 def test_bfloat16_compute_trains_like_float32_on_a_sharded_mesh(devices, data_dir, tmp_path):
   """bfloat16 compute (the accelerator recipes' dtype; on the CPU its products and their gradients go
   through cpu_kernels.accumulating_matmul and cpu_kernels.add_bias) on the data x FSDP mesh: the
@@ -227,3 +232,84 @@ def test_metrics_reader_skips_a_line_cut_short_by_a_kill(tmp_path):
   with open(tmp_path / "metrics.jsonl", "w") as f:
     f.write('{"step": 1, "loss": 0.5}\n{"step": 2, "loss": 0.4}\n{"step": 3, "lo')
   assert [row["step"] for row in event_log.read_metrics(str(tmp_path))] == [1, 2]
+
+
+def _step_inputs(config, seed=0):
+  """(graphdef, state, batch, key) of config's train step on one device: a random uint8 batch."""
+  from flax import nnx
+
+  from lejepa_jax.training import train_state
+
+  graphdef, state = nnx.split(train_state.build_train_objects(config))
+  rng = np.random.default_rng(seed)
+  d, n = config.data, config.data.global_batch_size
+  batch = {
+    "global": rng.integers(0, 256, (n, 2, d.global_views["size"], d.global_views["size"], 3), np.uint8),
+    "local": rng.integers(0, 256, (n, 2, d.local_views["size"], d.local_views["size"], 3), np.uint8),
+    "label": rng.integers(0, 4, n).astype(np.int32),
+  }
+  return graphdef, state, batch, jax.random.key(seed)
+
+
+@pytest.mark.slow  # compiles the train step twice
+def test_gradient_accumulation_averages_the_micro_batches_gradients():
+  """grad_accum_steps=2: the loss is the mean of the two halves' objectives (each with its own key,
+  fold_in(key, 100 + i)) and the gradient the mean of their gradients; a step that ignored the
+  setting would report the full batch's, which differ."""
+  from flax import nnx
+
+  from lejepa_jax.training import steps
+
+  config = tiny_config("unused", 1)
+  graphdef, state, batch, key = _step_inputs(config)
+  options = steps.step_options(config)
+  _, accumulated = jax.jit(
+    lambda s: steps.train_step(graphdef, s, batch, key, **{**options, "grad_accum_steps": 2})
+  )(state)
+  _, full = jax.jit(lambda s: steps.train_step(graphdef, s, batch, key, **options))(state)
+
+  model = nnx.merge(graphdef, state).model
+  model.train()
+  halves = [jax.tree.map(lambda x: x[i * 4 : (i + 1) * 4], batch) for i in range(2)]
+  opts = {k: options[k] for k in ("loss_config", "num_global", "mean", "std", "device_augment")}
+  outs = [
+    nnx.value_and_grad(
+      lambda m: steps.lejepa_objective(m, half, jax.random.fold_in(key, 100 + i), **opts), has_aux=True
+    )(model)
+    for i, half in enumerate(halves)
+  ]
+  loss = np.mean([float(o[0][0]) for o in outs])
+  grad_norm = float(optax.tree.norm(jax.tree.map(lambda a, b: (a + b) / 2, outs[0][1], outs[1][1])))
+  np.testing.assert_allclose(float(accumulated["loss"]), loss, rtol=1e-5)
+  np.testing.assert_allclose(float(accumulated["grad_norm"]), grad_norm, rtol=1e-4)
+  assert abs(float(full["loss"]) - loss) > 1e-4 * abs(loss)
+
+
+@pytest.mark.slow  # compiles the train step twice
+def test_on_device_augmentation_reaches_the_step_and_changes_the_loss():
+  """augment_on_device: the step gets the photometric part (the host keeps crops and flips) and
+  applies it; the same batch and key without it gives another loss."""
+  from lejepa_jax import data
+  from lejepa_jax.training import steps
+
+  config = tiny_config("unused", 1)
+  config.data.augment = dict(config.data.augment, solarize=1.0)
+  config.data.augment_on_device = True
+  device_augment = steps.step_options(config)["device_augment"]
+  assert device_augment is not None and device_augment.solarize == 1.0
+  assert data.multicrop_from_config(config.data).aug.solarize == 0  # not twice
+  config.data.augment_on_device = False
+  assert steps.step_options(config)["device_augment"] is None
+  graphdef, state, batch, key = _step_inputs(config)
+  options = steps.step_options(config)
+  losses = [
+    float(
+      jax.jit(
+        lambda s, aug=aug: steps.train_step(
+          graphdef, s, batch, key, **{**options, "device_augment": aug}
+        )
+      )(state)[1]["loss"]
+    )
+    for aug in (device_augment, None)
+  ]
+  assert abs(losses[0] - losses[1]) > 1e-4 * abs(losses[1])

@@ -125,10 +125,10 @@ def evaluate_members(
   mean, std = tuple(config.data.mean), tuple(config.data.std)
 
   def forward(state, images):
-    model, _, probe, _ = nnx.merge(graphdef, state)
-    model.eval()
-    features, projections = model(data.normalize(images, mean, std))
-    return features, projections, jnp.argmax(probe(features), -1)
+    trained = nnx.merge(graphdef, state)
+    trained.model.eval()
+    features, projections = trained.model(data.normalize(images, mean, std))
+    return features, projections, jnp.argmax(trained.probe(features), -1)
 
   # Replicated results: every process runs the program and can read them.
   run = jax.jit(jax.vmap(forward, in_axes=(0, None)), out_shardings=NamedSharding(mesh, P()))

@@ -155,15 +155,15 @@ def restore_encoder(workdir: str, step: int | None = None, mesh: jax.sharding.Me
 def _restore_model(manager, step: int, config, mesh: jax.sharding.Mesh):
   """(graphdef, state) of the model saved at `step`; its optimizer moments are not read."""
   # Abstract: nothing is allocated (nor initialised) before the saved arrays are read.
-  model = lambda: train_state.build_train_objects(config)[train_state.MODEL]
+  model = lambda: train_state.build_train_objects(config).model
   graphdef, state = sharding.abstract_state(model, mesh)
   like = nnx.to_pure_dict(state)
   target = _savable_abstract(like)
   with _reading(manager, step):
-    saved_metadata = checkpointing.state_subtree_metadata(manager, step, train_state.MODEL)
+    saved_metadata = checkpointing.state_subtree_metadata(manager, step, train_state.saved_key("model"))
   _check_same_model(saved_metadata, target, step)
   with _reading(manager, step):
-    saved = checkpointing.restore_state_subtree(manager, step, train_state.MODEL, target)
+    saved = checkpointing.restore_state_subtree(manager, step, train_state.saved_key("model"), target)
   nnx.replace_by_pure_dict(state, train_state.from_savable(saved, like))
   return graphdef, state
 
@@ -211,7 +211,7 @@ def random_init_encoder(config: ml_collections.ConfigDict, mesh: jax.sharding.Me
   """The encoder of `config` as training initialises it (step 0), in eval mode: a baseline."""
   mesh = mesh or sharding.make_mesh({"data": -1})
   # Only the model leaves the jit: the optimizer state built alongside it is never materialised.
-  model = lambda: train_state.build_train_objects(config)[train_state.MODEL]
+  model = lambda: train_state.build_train_objects(config).model
   encoder = sharding.create_sharded(model, mesh)
   encoder.eval()
   return encoder

@@ -104,7 +104,11 @@ def state_bytes(config: ml_collections.ConfigDict, axes: Mapping[str, int]) -> d
     spec = jax.sharding.NamedSharding(target, leaf.sharding.spec)
     return math.prod(spec.shard_shape(leaf.shape)) * leaf.dtype.itemsize  # (PRNG keys too)
 
-  parts = {"model": [state[0]], "optimizer": [state[1]], "probe": [state[2], state[3]]}
+  parts = {
+    "model": [state["model"]],
+    "optimizer": [state["optimizer"]],
+    "probe": [state["probe"], state["probe_optimizer"]],
+  }
   return {name: sum(nbytes(leaf) for leaf in jax.tree.leaves(trees)) for name, trees in parts.items()}
 
 

@@ -70,26 +70,34 @@ def lejepa_objective(
 
 
 def _accumulated_grads(model, batch, key, objective, num_micro: int):
-  """Mean gradients over `num_micro` micro-batches of the batch (unrolled; BatchNorm statistics update
-  after each). SIGReg and BatchNorm then see micro-batches, which changes the objective: use it only
-  when the batch does not fit, and prefer more devices."""
+  """Mean gradients over `num_micro` contiguous micro-batches of the batch, one `lax.scan` step each
+  (the program's size stays that of one micro-batch); BatchNorm statistics update after each.
+  SIGReg and BatchNorm then see micro-batches, which changes the objective: use it only when the
+  batch does not fit, and prefer more devices."""
   n = batch["label"].shape[0]
   if n % num_micro:
     raise ValueError(f"grad_accum_steps={num_micro} must divide the batch size {n}.")
-  size = n // num_micro
-  total_grads, outs = None, []
-  for i in range(num_micro):
-    micro = jax.tree.map(lambda x: x[i * size : (i + 1) * size], batch)
+  micro_batches = jax.tree.map(lambda x: x.reshape(num_micro, n // num_micro, *x.shape[1:]), batch)
+  graphdef, model_state = nnx.split(model)
+  zeros = jax.tree.map(jnp.zeros_like, nnx.state(model, nnx.Param))
+
+  def micro_step(carry, inputs):
+    model_state, grad_sum = carry
+    i, micro = inputs
+    m = nnx.merge(graphdef, model_state)
     out, grads = nnx.value_and_grad(
       lambda m: objective(m, micro, jax.random.fold_in(key, 100 + i)), has_aux=True
-    )(model)
-    total_grads = grads if total_grads is None else jax.tree.map(jnp.add, total_grads, grads)
-    outs.append(out)
-  (loss, (parts, _)), features = outs[0], [o[1][1] for o in outs]
-  loss = jnp.mean(jnp.stack([o[0] for o in outs]))
-  parts = {k: jnp.mean(jnp.stack([o[1][0][k] for o in outs])) for k in parts}
-  grads = jax.tree.map(lambda g: g / num_micro, total_grads)
-  return (loss, (parts, jnp.concatenate(features, axis=0))), grads
+    )(m)
+    return (nnx.state(m), jax.tree.map(jnp.add, grad_sum, grads)), out
+
+  (model_state, grad_sum), (losses_, (parts, features)) = jax.lax.scan(
+    micro_step, (model_state, zeros), (jnp.arange(num_micro), micro_batches)
+  )
+  nnx.update(model, model_state)  # the BatchNorm statistics after the last micro-batch
+  parts = {k: jnp.mean(v) for k, v in parts.items()}
+  features = features.reshape(n, *features.shape[2:])
+  grads = jax.tree.map(lambda g: g / num_micro, grad_sum)
+  return (jnp.mean(losses_), (parts, features)), grads
 
 
 def train_step(
@@ -111,7 +119,8 @@ def train_step(
   `tx` replaces the encoder optimizer's transformation for this step; it must keep the state's
   structure (e.g. `optimizers.make_optimizer` with traced per-member lr / weight decay under vmap).
   """
-  model, optimizer, probe, probe_optimizer = nnx.merge(graphdef, state)
+  trained = nnx.merge(graphdef, state)
+  model, optimizer, probe = trained.model, trained.optimizer, trained.probe
   model.train()
   if tx is not None:
     optimizer.tx = tx
@@ -135,7 +144,7 @@ def train_step(
     return optax.softmax_cross_entropy_with_integer_labels(logits, batch["label"]).mean(), logits
 
   (probe_loss, logits), probe_grads = nnx.value_and_grad(probe_loss_fn, has_aux=True)(probe)
-  probe_optimizer.update(probe, probe_grads)
+  trained.probe_optimizer.update(probe, probe_grads)
   metrics = {
     "loss": loss,
     "pred": parts["pred"],
@@ -145,7 +154,7 @@ def train_step(
     "grad_norm": optax.tree.norm(grads),
     "param_norm": optax.tree.norm(nnx.state(model, nnx.Param)),
   }
-  return nnx.state((model, optimizer, probe, probe_optimizer)), metrics
+  return nnx.state(trained), metrics
 
 
 def abstract_batch(

@@ -7,30 +7,10 @@ Prepare the data once with `python -m lejepa_jax.prepare fashion_mnist --out=dat
 (`bash launch/demo.sh` does both, then evaluates). `--config=configs/fashion_mnist.py:runlocal`
 runs about a minute.
 
-The recipe was chosen for time-to-accuracy by a measured sweep (`:recipe=NAME` trains a row;
-docs/results.md has the table and commands). Each row trained for about 5 minutes on a 2-core AMD
-EPYC (AVX-512) and was evaluated with the paper's protocol: the pooled embedding
-(`configs/probe/default.py`), probes fitted on all 60,000 training images, Fashion-MNIST test set
-(linear / kNN top-1):
-
-  recipe        model, views per image                              steps  linear  kNN
-  multicrop     ResNet-18 w16, out 64, lambda 0.05; 2x28 + 2x14 px    400    78.78   78.30
-  four_global   same; 4x28 px                                         280    80.08   79.97
-  proj64        same; 2x28 px                                         500    81.57   81.39
-  lr5e-3        same, lr 5e-3                                         500    80.90   80.96
-  scale04       same, crop scale 0.4-1                                500    81.40   80.94
-  batch64       same, batch 64                                       1000    81.65   82.14
-  vit           ViT-Ti6/7, out 64, lambda 0.05; 2x28 px               600    74.80   77.30
-  default       ResNet-18 w16, out 16, lambda 0.02; 2x28 px           500    82.13   82.00
-
-- Two global views and no local ones: at this budget more images beat more views per image (the
-  14 px local crops cover 5-25% of a 28 px image and slowed learning).
-- ResNet-18 at width 16: XLA's CPU convolutions run at 30-70 GFLOP/s at these channel counts, and
-  width 32 (the previous default, `multicrop_w32`) costs 2.7x the time per step.
-- The ConvNet over a small ViT: at equal training time the ViT's pooled features trail by 7 points
-  (linear); ViTs are what the ImageNet configs train.
-- Projector output 16 and lambda 0.02, the authors' small-scale settings, came out on top; lr,
-  crop scale and batch size moved the result by less than a point.
+The recipe was chosen for time-to-accuracy on a 2-core CPU by a measured sweep; `:recipe=NAME`
+trains a row of it (RECIPES below), and `:recipe=long` the default given an hour. What each reaches,
+with the commands and the machine: docs/results.md (the embedded default, its recipe sweep, the
+default given an hour).
 """
 
 import ml_collections

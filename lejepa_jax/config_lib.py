@@ -321,7 +321,10 @@ def apply_runlocal(
     if c.data.global_views["size"] > 32
     else (c.data.global_views["size"], c.data.local_views["size"])
   )
-  c.data.global_views = dict(c.data.global_views, size=sizes[0])
+  # At most 2 global views (ConvNet recipes take all 4-8 views global): the run stays a minute long.
+  c.data.global_views = dict(
+    c.data.global_views, size=sizes[0], count=min(2, c.data.global_views["count"])
+  )
   c.data.local_views = dict(c.data.local_views, size=sizes[1], count=min(2, c.data.local_views["count"]))
   c.model.projector = dict(hidden_dim=64, out_dim=16, num_layers=3)
   c.loss.num_slices = 128

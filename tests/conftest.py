@@ -40,3 +40,31 @@ def devices():
   devs = jax.devices()
   assert len(devs) == 8, "tests/conftest.py must run before anything imports jax"
   return devs
+
+
+# Modules by their measured time on 2 cores, longest first (pytest --durations on the full suite).
+# launch/test.sh distributes whole modules over the workers (--dist loadscope: a module's fixtures,
+# e.g. trained runs, are built once) in this order, so the long multi-process and end-to-end modules
+# start at once and the short ones fill in around them instead of leaving one worker idle at the end.
+LONGEST_FIRST = (
+  "test_multihost",
+  "test_ablate",
+  "test_paper_configs",
+  "test_checkpoint_damage",
+  "test_train",
+  "test_timm_interop",
+  "test_models_sharding_export",
+  "test_models",
+  "test_evaluate",
+  "test_configs",
+  "test_bench_commands",
+  "test_finetune",
+  "test_bad_records",
+  "test_data",
+)
+
+
+def pytest_collection_modifyitems(config, items):
+  rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
+  module = lambda item: os.path.splitext(os.path.basename(str(item.fspath)))[0]
+  items.sort(key=lambda item: rank.get(module(item), len(rank)))  # stable: file order within

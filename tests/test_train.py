@@ -268,16 +268,17 @@ def test_gradient_accumulation_averages_the_micro_batches_gradients():
   )(state)
   _, full = jax.jit(lambda s: steps.train_step(graphdef, s, batch, key, **options))(state)
 
-  model = nnx.merge(graphdef, state).model
-  model.train()
-  halves = [jax.tree.map(lambda x: x[i * 4 : (i + 1) * 4], batch) for i in range(2)]
   opts = {k: options[k] for k in ("loss_config", "num_global", "mean", "std", "device_augment")}
-  outs = [
-    nnx.value_and_grad(
-      lambda m: steps.lejepa_objective(m, half, jax.random.fold_in(key, 100 + i), **opts), has_aux=True
-    )(model)
-    for i, half in enumerate(halves)
-  ]
+
+  @jax.jit
+  def half_loss_and_grads(state, i):
+    model = nnx.merge(graphdef, state).model
+    model.train()
+    half = jax.tree.map(lambda x: jax.lax.dynamic_slice_in_dim(x, i * 4, 4), batch)
+    objective = lambda m: steps.lejepa_objective(m, half, jax.random.fold_in(key, 100 + i), **opts)
+    return nnx.value_and_grad(objective, has_aux=True)(model)
+
+  outs = [half_loss_and_grads(state, i) for i in range(2)]
   loss = np.mean([float(o[0][0]) for o in outs])
   grad_norm = float(optax.tree.norm(jax.tree.map(lambda a, b: (a + b) / 2, outs[0][1], outs[1][1])))
   np.testing.assert_allclose(float(accumulated["loss"]), loss, rtol=1e-5)

@@ -48,9 +48,9 @@ def _final_params(workdir, step):
 def test_resumed_run_equals_uninterrupted_run(devices, data_dir, tmp_path):
   straight, resumed = str(tmp_path / "straight"), str(tmp_path / "resumed")
   loop.run(tiny_config(data_dir, 6), straight)
-  _main(data_dir, resumed, "--stop_after=3")  # a fresh process, leaving after step 3
+  loop.run(tiny_config(data_dir, 6), resumed, stop_after=3)  # leaves after step 3
   assert os.path.isdir(os.path.join(resumed, "checkpoints", "3"))
-  _main(data_dir, resumed)  # another fresh process resumes and finishes
+  _main(data_dir, resumed)  # a fresh process resumes and finishes
   a, b = _metrics(straight), _metrics(resumed)
   assert sorted(a) == sorted(b) == list(range(1, 7))
   for step in range(1, 7):

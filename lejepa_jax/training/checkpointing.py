@@ -131,6 +131,12 @@ def training_manager(
   registry.add(DATA, grain.checkpoint.CheckpointRestore, grain.checkpoint.CheckpointHandler)
   digests = _DigestWriter(directory)
   options = ocp.CheckpointManagerOptions(
+    # The processes meet at barriers named by step; an ablation's group and member managers save the
+    # same step at once, so each directory's barriers get their own names (every process passes the
+    # same directory).
+    multiprocessing_options=ocp.options.MultiprocessingOptions(
+      barrier_sync_key_prefix=hashlib.sha256(directory.encode()).hexdigest()[:16]
+    ),
     create=create,
     preservation_policy=KeepLatestReadable(directory, max_to_keep),
     async_options=ocp.AsyncOptions(post_finalization_callback=digests),

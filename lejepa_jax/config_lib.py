@@ -343,6 +343,9 @@ FINETUNE_OPTIONS = dict(
   label_smoothing=0.1,
   crop_scale=(0.35, 1.0),
   seed=0,
+  min_steps=0,  # at least this many steps (k-shot runs: a few examples make few steps an epoch)
+  shots=(),  # k-shot runs after the full one: k training examples per class (Table 3)
+  seeds=3,  # draws of the k examples per k, each with its own fine-tuning seed
 )
 
 

@@ -84,3 +84,45 @@ def test_the_evaluation_job_fine_tunes_a_checkpoint_beside_the_frozen_probes(
   assert set(results) == {"finetune"} and results["finetune"]["steps"] == 128 // 32
   rows = [json.loads(line) for line in open(os.path.join(workdir, "eval", "finetune.jsonl"))]
   assert rows[-1]["step"] == 2 and rows[-1]["top1"] == results["finetune"]["top1"]
+
+
+def test_chosen_records_are_k_of_each_class_read_from_the_source(quadrant_data):
+  from lejepa_jax import data
+
+  source = data.open_source("unit_train", "train", quadrant_data)
+  labels = data.record_labels(source, chunk=48)  # chunks that do not divide the 128 records
+  assert labels.shape == (128,) and np.bincount(labels).tolist() == [32] * 4  # as the fixture wrote
+  for seed in (0, 1):
+    indices = evaluators.per_class_sample(labels, 3, 4, seed)
+    chosen = data.ChosenRecords(source, indices)
+    records = [chosen[i] for i in range(len(chosen))]
+    assert np.bincount([r["label"] for r in records]).tolist() == [3] * 4
+    for record, index in zip(records, indices):
+      assert record["image"] == source[int(index)]["image"]
+    assert chosen.__getitems__([0, 5]) == [records[0], records[5]]
+  draws = [set(evaluators.per_class_sample(labels, 3, 4, seed).tolist()) for seed in (0, 1)]
+  assert draws[0] != draws[1]
+
+
+@pytest.mark.slow
+def test_k_shot_fine_tuning_trains_each_draw_on_k_examples_per_class(devices, quadrant_data):
+  config = tiny_config(quadrant_data)
+  encoder = train_state.build_train_objects(config).model
+  results = finetune.evaluate(
+    encoder.backbone,
+    config,
+    lambda: extraction.eval_batches(config, config.data.eval_split),
+    num_classes=4,
+    train_examples=32,
+    shots=(1, 2),
+    seeds=2,
+    epochs=24.0,
+    batch_size=32,
+    min_steps=4,
+  )
+  # Steps: max(2, ceil(epochs x examples / batch), min_steps), so they tell how many examples ran.
+  assert results["steps"] == 24  # the full run on its first 32 examples
+  assert results["1shot_steps"] == 4  # 4 examples: 3 steps, raised to min_steps
+  assert results["2shot_steps"] == 6  # 8 examples: 24 x 8 / 32
+  for k in (1, 2):
+    assert 0 <= results[f"{k}shot"] <= 1 and results[f"{k}shot_std"] >= 0

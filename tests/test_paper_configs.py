@@ -116,7 +116,9 @@ def test_galaxy10_names_table3_and_its_probe_reads_table3s_shots():
   frozen = probe("galaxy10")
   assert tuple(frozen.linear_shots["shots"]) == paper.TABLE3_SHOTS
   assert "linear" in registry.names(frozen) and frozen.linear_shots["seeds"] == 3
-  assert registry.names(probe("galaxy10", "finetune")) == ["finetune"]
+  finetuned = probe("galaxy10", "finetune")
+  assert registry.names(finetuned) == ["finetune"]
+  assert tuple(finetuned.finetune["shots"]) == paper.TABLE3_SHOTS and finetuned.finetune["seeds"] == 3
 
 
 def test_imagenet100_cells_of_tables_7_and_4():

@@ -9,10 +9,12 @@ from lejepa_jax.data.augment import Augment, CenterCrop, MultiCrop, Views
 from lejepa_jax.data.normalization import normalize as normalize  # the package API
 from lejepa_jax.data.pipeline import (
   BadRecordError,
+  ChosenRecords,
   DataError,
   FirstRecords,
   eval_dataset,
   open_source,
+  record_labels,
   to_global_batch,
   train_dataset,
 )
@@ -69,6 +71,7 @@ __all__ = [
   "Augment",
   "BadRecordError",
   "CenterCrop",
+  "ChosenRecords",
   "DataError",
   "FirstRecords",
   "MultiCrop",
@@ -77,6 +80,7 @@ __all__ = [
   "eval_dataset",
   "multicrop_from_config",
   "open_source",
+  "record_labels",
   "to_global_batch",
   "train_dataset",
 ]

@@ -70,6 +70,33 @@ class FirstRecords:
     return self.source.__getitems__(indices)
 
 
+class ChosenRecords:
+  """The records of a random-access source at `indices`, in that order: record i here is record
+  `indices[i]` there (a fine-tuning run on k examples per class)."""
+
+  def __init__(self, records, indices):
+    self.records, self.indices = records, np.asarray(indices, np.int64)
+
+  def __len__(self) -> int:
+    return len(self.indices)
+
+  def __getitem__(self, index):
+    return self.records[int(self.indices[index])]
+
+  def __getitems__(self, indices):
+    return self.records.__getitems__([int(self.indices[i]) for i in indices])
+
+
+def record_labels(source, chunk: int = 1024) -> np.ndarray:
+  """The "label" of every record of `source`, [len(source)] int64, read `chunk` records at a time
+  (the images stay encoded)."""
+  labels = np.empty(len(source), np.int64)
+  for start in range(0, len(source), chunk):
+    stop = min(start + chunk, len(source))
+    labels[start:stop] = [int(r["label"]) for r in source.__getitems__(range(start, stop))]
+  return labels
+
+
 def open_source(name: str, split: str, data_dir: str | None):
   """A TFDS ArrayRecord data source whose images stay encoded (decoded by the pipeline's workers)."""
   import tensorflow_datasets as tfds

@@ -15,6 +15,11 @@ pipeline as pretraining (one view per image, the crop scale from the options; co
 is not used). The head reads the backbone's pooled output (a ViT's final CLS token, a ConvNet's
 pooled map) and starts at zero. The batch is sharded over every device (mesh axis "data"), the
 parameters replicated; accuracy is top-1 on the centre crops of the evaluation split.
+
+k-shot fine-tuning (the paper's Table 3): with `shots=(1, 10, ...)` the evaluator also fine-tunes a
+fresh copy of the backbone on k random training examples of each class, `seeds` draws per k (draw s
+picks the examples with seed s and fine-tunes with seed `seed + s`), and reports `{k}shot` (mean
+top-1 over the draws) and `{k}shot_std`, as the `linear_shots` probe does for the frozen backbone.
 """
 
 from __future__ import annotations
@@ -22,7 +27,7 @@ from __future__ import annotations
 import functools
 import math
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import jax
@@ -33,7 +38,7 @@ import optax
 from flax import nnx
 
 from lejepa_jax import config_lib, data
-from lejepa_jax.evaluation import progress
+from lejepa_jax.evaluation import evaluators, progress
 from lejepa_jax.models import vit
 from lejepa_jax.scale import sharding
 
@@ -133,25 +138,33 @@ def finetune(
   *,
   num_classes: int,
   train_examples: int | None = None,
+  train_indices: Sequence[int] | None = None,
   mesh: jax.sharding.Mesh | None = None,
   **options,
 ) -> dict[str, float]:
   """Fine-tunes a copy of `backbone` with a new head on `config`'s training split (its first
-  `train_examples`); returns {"top1": accuracy on `eval_batches` ({"image" uint8 [n, H, W, C],
-  "label" [n], "valid" [n]}, e.g. evaluate.eval_batches), "loss_start", "loss_end": the mean
-  training loss of the first and last tenth of the steps, "steps", "seconds"}. `options`: see
-  `config_lib.FINETUNE_OPTIONS`."""
+  `train_examples`, or the records at `train_indices`); returns {"top1": accuracy on `eval_batches`
+  ({"image" uint8 [n, H, W, C], "label" [n], "valid" [n]}, e.g. evaluate.eval_batches),
+  "loss_start", "loss_end": the mean training loss of the first and last tenth of the steps,
+  "steps", "seconds"}. `options`: see `config_lib.FINETUNE_OPTIONS` (`shots` and `seeds` are
+  `evaluate`'s)."""
   options = {**config_lib.FINETUNE_OPTIONS, **options}
   mesh = mesh or sharding.make_mesh({"data": -1})
   source = data.open_source(config.data.name, config.data.split, config.data.data_dir)
+  if train_indices is not None:
+    source = data.ChosenRecords(source, train_indices)
   n = min(len(source), train_examples or len(source))
   batch = int(options["batch_size"])
-  total = max(2, math.ceil(options["epochs"] * n / batch))
+  total = max(2, math.ceil(options["epochs"] * n / batch), int(options["min_steps"]))
   model = Classifier(nnx.clone(backbone), num_classes, rngs=nnx.Rngs(options["seed"]))
   depth = len(model.backbone.blocks) if isinstance(model.backbone, vit.ViT) else None
   optimizer = nnx.Optimizer(model, make_optimizer(depth, total, options), wrt=nnx.Param)
   graphdef, state = nnx.split((model, optimizer))
-  state = jax.device_put(state, jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec()))
+  # A copy, never the caller's buffers: the step donates the state, and `nnx.clone` shares arrays
+  # with `backbone`, which later runs (k-shot draws, other evaluators) read again.
+  replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+  # (`device_put(..., may_alias=False)` still hands device 0 the caller's buffer here.)
+  state = jax.device_put(jax.tree.map(jnp.copy, state), replicated)
   norm = dict(mean=tuple(config.data.mean), std=tuple(config.data.std))
   step = jax.jit(
     functools.partial(
@@ -190,6 +203,56 @@ def finetune(
     "steps": total,
     "seconds": time.perf_counter() - start,
   }
+
+
+def evaluate(
+  backbone: nnx.Module,
+  config: ml_collections.ConfigDict,
+  eval_batches: Callable[[], Iterable[dict]],
+  *,
+  num_classes: int,
+  train_examples: int | None = None,
+  shots: Sequence[int] = (),
+  seeds: int = 3,
+  mesh: jax.sharding.Mesh | None = None,
+  **options,
+) -> dict[str, float]:
+  """The fine-tuning evaluator: `finetune` on the training split (its first `train_examples`), then
+  for each k in `shots` `seeds` runs on k examples per class (module doc): that run's results plus
+  {"{k}shot": mean top-1, "{k}shot_std": its standard deviation over the draws, "{k}shot_steps":
+  the steps of each of those runs}. `eval_batches` makes the evaluation batches anew for each run."""
+  results = finetune(
+    backbone,
+    config,
+    eval_batches(),
+    num_classes=num_classes,
+    train_examples=train_examples,
+    mesh=mesh,
+    **options,
+  )
+  if not shots:
+    return results
+  source = data.open_source(config.data.name, config.data.split, config.data.data_dir)
+  labels = data.record_labels(source)
+  seed = int(options.pop("seed", config_lib.FINETUNE_OPTIONS["seed"]))
+  for k in shots:
+    runs = [
+      finetune(
+        backbone,
+        config,
+        eval_batches(),
+        num_classes=num_classes,
+        train_indices=evaluators.per_class_sample(labels, int(k), num_classes, draw),
+        mesh=mesh,
+        seed=seed + draw,
+        **options,
+      )
+      for draw in range(int(seeds))
+    ]
+    top1 = [run["top1"] for run in runs]
+    results[f"{k}shot"], results[f"{k}shot_std"] = float(np.mean(top1)), float(np.std(top1))
+    results[f"{k}shot_steps"] = runs[0]["steps"]
+  return results
 
 
 def _accuracy(graphdef, state, eval_batches: Iterable[dict], mesh, norm) -> float:

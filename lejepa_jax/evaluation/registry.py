@@ -69,16 +69,15 @@ def _pictures(subject: Subject, **options) -> dict[str, float]:
 
 
 def _finetune(subject: Subject, **options) -> dict[str, float]:
-  """`finetune.finetune` of the subject's backbone on the probe config's splits."""
+  """`finetune.evaluate` of the subject's backbone on the probe config's splits."""
   from lejepa_jax.evaluation import extraction, finetune  # only when asked
 
   config, probe = subject.config, subject.probe
-  return finetune.finetune(
+  limit = extraction.example_limit(probe.eval_examples)
+  return finetune.evaluate(
     subject.encoder.backbone,
     config,
-    extraction.eval_batches(
-      config, config.data.eval_split, extraction.example_limit(probe.eval_examples)
-    ),
+    lambda: extraction.eval_batches(config, config.data.eval_split, limit),
     num_classes=int(config.probe.num_classes),
     train_examples=extraction.example_limit(probe.train_examples),
     **options,

@@ -42,25 +42,30 @@ def devices():
   return devs
 
 
-# Modules by their measured time on 2 cores, longest first (pytest --durations on the full suite).
+# Modules by their measured time on 2 cores, longest first (pytest --durations=0 on the full suite,
+# cold compilation cache, the machine otherwise idle).
 # launch/test.sh distributes whole modules over the workers (--dist loadscope: a module's fixtures,
 # e.g. trained runs, are built once) in this order, so the long multi-process and end-to-end modules
 # start at once and the short ones fill in around them instead of leaving one worker idle at the end.
 LONGEST_FIRST = (
   "test_multihost",
-  "test_ablate",
   "test_paper_configs",
-  "test_checkpoint_damage",
+  "test_models",
   "test_train",
   "test_timm_interop",
+  "test_ablate",
+  "test_checkpoint_damage",
   "test_models_sharding_export",
-  "test_models",
   "test_evaluate",
-  "test_configs",
-  "test_bench_commands",
   "test_finetune",
-  "test_bad_records",
+  "test_bench_commands",
+  "test_configs",
+  "test_normality",
+  "test_sigreg",
+  "test_lejepa_loss",
+  "test_losses_sharding",
   "test_data",
+  "test_plan",
 )
 
 

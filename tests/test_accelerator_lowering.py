@@ -38,6 +38,7 @@ def test_the_train_step_lowers_for_gpus_and_tpus(devices, data_dir, family):
     assert "head_major_attention" in exported_train_step(config, ("cpu",)).mlir_module()
 
 
+@pytest.mark.slow
 def test_the_feature_function_lowers_for_gpus_and_tpus(data_dir):
   config = tiny_config(data_dir)
   graphdef, state = nnx.split(train_state.build_train_objects(config).model)

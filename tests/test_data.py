@@ -255,6 +255,7 @@ def test_photometric_ops_follow_their_definitions():
   assert np.abs(gray[..., 0] - luma).max() <= 1.0 and np.all(gray[..., 0] == gray[..., 2])
 
 
+@pytest.mark.slow
 def test_device_augmentation_is_deterministic_and_in_range():
   views = np.random.default_rng(0).integers(0, 256, (2, 3, 16, 16, 3)).astype(np.uint8)
   aug = augment.Augment(color_jitter=1.0, grayscale=0.5, blur=1.0, solarize=0.5)

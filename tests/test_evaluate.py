@@ -51,6 +51,7 @@ def test_knn_matches_brute_force_reference():
   assert got == pytest.approx(np.mean(want == test_y))
 
 
+@pytest.mark.slow
 def test_evaluators_pass_features_as_arguments_not_constants():
   """Features closed over by a jitted function become constants of the program: gigabytes of copies
   for large feature maps. With a 1 KB threshold JAX warns about any such capture."""
@@ -126,6 +127,7 @@ def test_rankme_of_equal_singular_values_is_the_rank(rank):
   assert evaluators.rankme(x) == pytest.approx(rank, rel=1e-3)
 
 
+@pytest.mark.slow
 def test_label_free_tells_collapse_from_gaussian_embeddings():
   rng = np.random.default_rng(4)
   gaussian = rng.normal(size=(2000, 16)).astype(np.float32)
@@ -468,6 +470,7 @@ def test_per_class_sample_draws_k_of_each_class_and_a_new_draw_per_seed():
   assert not np.array_equal(np.sort(idx), np.sort(evaluators.per_class_sample(labels, 3, 5, seed=1)))
 
 
+@pytest.mark.slow
 def test_linear_shots_learns_separable_classes_from_few_examples():
   """Four Gaussian blobs 8 standard deviations apart: 1 example per class already separates them,
   and the minimum step count trains the probe although an epoch of 4 examples is one step."""

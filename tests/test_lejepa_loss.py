@@ -129,7 +129,10 @@ def test_lejepa_loss_rejects_bad_input_at_trace_time(kwargs, match):
     )
 
 
-@pytest.mark.parametrize("module", ["lejepa", "normality", "prediction", "sliced_epps_pulley"])
+@pytest.mark.parametrize(
+  "module",
+  ["lejepa", "normality", "prediction", pytest.param("sliced_epps_pulley", marks=pytest.mark.slow)],
+)
 def test_the_docstring_examples_run_and_show_what_they_say(module):
   import doctest
   import importlib

@@ -37,6 +37,7 @@ def _all_reduce_shapes(hlo: str) -> list[str]:
 
 @pytest.mark.parametrize("axis_type", AXIS_TYPES)
 @pytest.mark.parametrize("views", ["per_view", "pooled"])
+@pytest.mark.slow
 def test_sharded_loss_and_gradients_equal_unsharded(devices, axis_type, views):
   z, key = _embeddings(64), jax.random.key(3)
   step = _loss_fn(views)
@@ -53,6 +54,7 @@ def test_sharded_loss_and_gradients_equal_unsharded(devices, axis_type, views):
 
 
 @pytest.mark.parametrize("axis_type", AXIS_TYPES)
+@pytest.mark.slow
 def test_only_batch_size_independent_reductions_cross_devices(devices, axis_type):
   mesh = _mesh(axis_type)
   hlos = {}

@@ -139,6 +139,7 @@ def test_forward_is_finite_and_embed_matches(which):
   assert np.all(np.isfinite(np.asarray(features)))
 
 
+@pytest.mark.slow
 def test_projector_structure_is_linear_bn_relu_twice_then_linear():
   projector = models.Projector(16, hidden_dim=32, out_dim=8, rngs=nnx.Rngs(0))
   assert [l.kernel.shape for l in projector.linears] == [(16, 32), (32, 32)]
@@ -167,6 +168,7 @@ def test_one_vit_takes_global_and_local_crops():
   np.testing.assert_allclose(vit._position_embeddings(6, 3), 0.7, rtol=1e-5)
 
 
+@pytest.mark.slow
 def test_vit_features_are_last_two_summary_tokens():
   vit = models.ViT("Ti/16", img_size=32, rngs=nnx.Rngs(0))
   images = jax.random.uniform(jax.random.key(1), (2, 32, 32, 3))
@@ -243,7 +245,12 @@ def test_bad_model_configs_name_the_problem(config, match):
 
 @pytest.mark.parametrize(
   "size,stride,padding",
-  [(2, 1, ((1, 1), (1, 1))), (2, 1, "SAME"), (3, 2, ((1, 1), (1, 1))), (1, 1, "SAME")],
+  [
+    pytest.param(2, 1, ((1, 1), (1, 1)), marks=pytest.mark.slow),
+    (2, 1, "SAME"),
+    pytest.param(3, 2, ((1, 1), (1, 1)), marks=pytest.mark.slow),
+    (1, 1, "SAME"),
+  ],
 )
 def test_small_input_convolution_equals_xla_convolution(size, stride, padding):
   from lejepa_jax.models import layers
@@ -290,6 +297,7 @@ def test_cpu_attention_equals_jax_dot_product_attention():
     np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_linear_layers_on_token_inputs_match_the_plain_product_and_its_gradient():
   from lejepa_jax.models import layers
 

@@ -125,6 +125,7 @@ def test_backbone_only_export_loads_onto_a_mesh(tmp_path, devices):
   np.testing.assert_allclose(features, _eval_forward(encoder, images)[0], rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_safetensors_export_holds_every_variable(tmp_path):
   from safetensors.numpy import load_file
 

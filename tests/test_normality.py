@@ -161,6 +161,7 @@ def test_gradient_matches_finite_differences_of_reference(name):
   np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-6 * np.abs(want).max())
 
 
+@pytest.mark.slow
 def test_values_and_gradients_are_finite_on_degenerate_columns():
   x = np.zeros((16, 3), np.float32)
   x[:, 1] = 2.5  # constant
@@ -254,6 +255,7 @@ def test_sorting_gathers_columns_when_they_do_not_divide_over_devices(devices):
   assert _collectives(hlo)[0][0].startswith("f32[64,12]")
 
 
+@pytest.mark.slow
 def test_lejepa_loss_with_a_sorting_test_is_the_same_sharded(devices):
   axis_type = AxisType.Explicit  # the mode where the loss itself must lay the columns out
   z, key = _columns((64, 4, 16), seed=6), jax.random.key(2)
@@ -620,6 +622,7 @@ def test_official_values_and_gradients_are_finite_on_degenerate_columns():
     assert np.isfinite(float(value)) and np.all(np.isfinite(np.asarray(grad))), name
 
 
+@pytest.mark.slow
 def test_convention_is_chosen_by_name_in_get_test_and_sliced():
   x = _columns((40, 5), seed=26)
   official = normality.get_test("watson@official")

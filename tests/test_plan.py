@@ -133,6 +133,7 @@ def test_program_cost_counts_a_two_layer_mlp_gradient_as_hand_arithmetic():
   assert cost.bytes_accessed >= 4 * (i * h + h * o + b * i)  # reads every input at least once
 
 
+@pytest.mark.slow
 def test_train_step_flops_grow_linearly_with_the_batch():
   """Every per-example term (encoder, projector, SIGReg's N x M x knots, the probe) is linear in
   the batch: equal increments between batches 8, 16 and 24 (the optimizer's cost is the offset)."""
@@ -169,6 +170,7 @@ def test_run_estimate_is_the_roofline_by_hand():
   assert "8 x test chip" in table and "2.000" in table and "3.000" in table
 
 
+@pytest.mark.slow
 def test_plan_command_prints_the_cost_of_a_paper_config(capsys):
   from lejepa_jax import plan
 

@@ -35,6 +35,7 @@ def _flat_variables(encoder) -> dict[str, np.ndarray]:
   return flat
 
 
+@pytest.mark.slow
 def test_saved_checkpoint_and_export_hold_the_same_encoder():
   from safetensors.numpy import load_file
 

@@ -40,6 +40,7 @@ def test_leading_axes_are_batch_axes():
     assert _max_rel_err(got[i, j], ref.epps_pulley(x[i, j])) < 1e-5
 
 
+@pytest.mark.slow
 def test_wide_quadrature_converges_to_closed_form():
   x = np.random.default_rng(1).standard_normal((64, 6)).astype(np.float32) * [[0.5, 1, 1, 2, 1, 3]]
   x[:, 2] += 1.0
@@ -64,6 +65,7 @@ def test_gaussian_embeddings_score_the_expected_value(num_samples):
   assert abs(value - expected) < 0.08 * expected, (value, expected)
 
 
+@pytest.mark.slow
 def test_non_gaussian_embeddings_score_far_higher():
   n, d = 1024, 4
   key = jax.random.key(3)

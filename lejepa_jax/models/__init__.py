@@ -74,11 +74,12 @@ def build_encoder(config: Mapping[str, Any], rngs: nnx.Rngs) -> Encoder:
   """
   config = dict(config)
   projector_config = config.get("projector", {})
+  if projector_config is not None:  # checked before the backbone is built: a typo fails at once
+    projector_config = dict(projector_config)
+    _check_keys(projector_config, PROJECTOR_KEYS, "model.projector")
   backbone = build_backbone(config, rngs)
   if projector_config is None:
     return Encoder(backbone, None)
-  projector_config = dict(projector_config)
-  _check_keys(projector_config, PROJECTOR_KEYS, "model.projector")
   projector = Projector(
     backbone.pooled_dim, dtype=_dtype(config.get("dtype", "auto")), rngs=rngs, **projector_config
   )

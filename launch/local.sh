@@ -19,10 +19,11 @@
 #   COORDINATOR_PORT=        free localhost port for the coordinator (default: one picked at random)
 #   PYTHON=python            interpreter with lejepa_jax installed (default: ./.venv/bin/python if any)
 #   LOG_DIR=                 if set, process i writes its output to LOG_DIR/process_i.log
+#   XLA_FLAGS=               passed on to every process, before the simulated device count
 set -euo pipefail
 
 usage() {
-  sed -n '2,21p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
+  sed -n '2,22p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
 }
 
 # Prints why, then the usage, to stderr, and exits before anything has run.
@@ -67,7 +68,7 @@ cleanup() {
 trap cleanup INT TERM
 
 for ((i = 0; i < num_processes; i++)); do
-  env_vars=(JAX_PLATFORMS=cpu "XLA_FLAGS=--xla_force_host_platform_device_count=$devices"
+  env_vars=(JAX_PLATFORMS=cpu "XLA_FLAGS=${XLA_FLAGS:+$XLA_FLAGS }--xla_force_host_platform_device_count=$devices"
             "JAX_COORDINATOR_ADDRESS=127.0.0.1:$port" "JAX_NUM_PROCESSES=$num_processes"
             "JAX_PROCESS_ID=$i")
   cmd=(env "${env_vars[@]}" "$python_bin" -m "$module" "${job_flags[@]}")

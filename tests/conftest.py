@@ -3,15 +3,24 @@
 import os
 import tempfile
 
+# The tests' programs compile at LLVM -O0: the suite spends most of its time compiling tiny
+# programs that then run a few steps. Measured on the 2-core AMD EPYC, tests/test_evaluate.py with
+# a cold cache: 87 s at XLA's default -O3, 58-61 s at -O0. Tests assert properties (equalities
+# between two runs, references, bounds), never the bits of one optimisation level; the demo in
+# .ci/run and every user run compile at the default level. Processes the tests start get the same
+# flag (tests/helpers.py `xla_flags`, with their own device count; launch/local.sh passes it on).
 os.environ["XLA_FLAGS"] = (
-  os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
+  os.environ.get("XLA_FLAGS", "")
+  + " --xla_backend_optimization_level=0 --xla_force_host_platform_device_count=8"
 ).strip()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 # One on-disk compilation cache for the run's pytest workers and the processes tests start: many
 # tests compile the same tiny programs (the cold cache took tests/test_train.py from 113 to 83 s).
+# Every program is cached, not only those over JAX's default 1 s: at -O0 most compile faster.
 os.environ.setdefault(
   "JAX_COMPILATION_CACHE_DIR", os.path.join(tempfile.gettempdir(), f"lejepa_jax_tests_{os.getuid()}")
 )
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 
 import jax
 import pytest

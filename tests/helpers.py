@@ -19,6 +19,15 @@ def tiny_config(data_dir: str, total_steps: int = 6) -> ml_collections.ConfigDic
   return config
 
 
+def xla_flags(devices: int | None = None) -> str:
+  """XLA_FLAGS for a process a test starts: the tests' flags (conftest.py) with `devices`
+  simulated CPU devices, or, for None, with no device count (launch/local.sh adds its own)."""
+  flags = [f for f in os.environ["XLA_FLAGS"].split() if "host_platform_device_count" not in f]
+  if devices is not None:
+    flags.append(f"--xla_force_host_platform_device_count={devices}")
+  return " ".join(flags)
+
+
 def read_metrics(workdir: str) -> dict[int, dict]:
   """A run's metrics.jsonl as {step: row}."""
   with open(os.path.join(workdir, "metrics.jsonl")) as f:

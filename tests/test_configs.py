@@ -8,7 +8,6 @@ import os
 import jax
 import pytest
 from absl import flags
-from flax import nnx
 from ml_collections import config_flags
 
 from lejepa_jax import config_lib, models
@@ -43,7 +42,7 @@ def test_config_builds_its_encoder(path, arg):
   for section in ("data", "loss", "optim", "mesh", "probe"):
     assert set(config[section]) <= set(reference[section]), (section, set(config[section]))
   features, projections = jax.eval_shape(
-    lambda x: models.build_encoder(config.model.to_dict(), nnx.Rngs(0))(x),
+    lambda x: models.build_encoder(config.model.to_dict(), models.make_rngs(0))(x),
     jax.ShapeDtypeStruct(
       (2, config.data.global_views["size"], config.data.global_views["size"], config.data.channels),
       jax.numpy.float32,

@@ -83,7 +83,9 @@ def test_forward_shapes(which):
   config = dict(TINY[which], projector=dict(hidden_dim=32, out_dim=8))
   channels = config.get("in_channels", 3)
   images = jax.ShapeDtypeStruct((3, 32, 32, channels), jnp.float32)
-  features, projections = jax.eval_shape(lambda x: models.build_encoder(config, nnx.Rngs(0))(x), images)
+  features, projections = jax.eval_shape(
+    lambda x: models.build_encoder(config, models.make_rngs(0))(x), images
+  )
   assert features.shape == (3, EXPECTED_DIMS[which]) and projections.shape == (3, 8)
 
 
@@ -217,7 +219,8 @@ def test_vit_rejects_bad_images(images, match):
 def test_convnets_reject_bad_images():
   def call(config, shape):
     return jax.eval_shape(
-      lambda x: models.build_backbone(config, nnx.Rngs(0))(x), jax.ShapeDtypeStruct(shape, jnp.float32)
+      lambda x: models.build_backbone(config, models.make_rngs(0))(x),
+      jax.ShapeDtypeStruct(shape, jnp.float32),
     )
 
   with pytest.raises(ValueError, match="input channels"):
@@ -240,7 +243,7 @@ def test_convnets_reject_bad_images():
 )
 def test_bad_model_configs_name_the_problem(config, match):
   with pytest.raises(ValueError, match=match):
-    models.build_encoder(config, nnx.Rngs(0))
+    models.build_encoder(config, models.make_rngs(0))
 
 
 @pytest.mark.parametrize(
@@ -457,3 +460,59 @@ def test_remat_changes_memory_not_values(remat):
     np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-6 * float(np.abs(w).max()))
   with pytest.raises(ValueError, match="model.remat"):
     models.ViT("Mi/8", img_size=16, remat="some", rngs=nnx.Rngs(0))
+
+
+def _key_bits(tree):
+  """Every leaf as a NumPy array, random keys as their raw bits."""
+  bits = lambda x: jax.random.key_data(x) if jnp.issubdtype(x.dtype, jax.dtypes.prng_key) else x
+  return [np.asarray(bits(leaf)) for leaf in jax.tree.leaves(tree)]
+
+
+def test_make_rngs_draws_flaxs_keys_and_builds_the_same_model():
+  """models.make_rngs against nnx.Rngs itself: the same keys drawn eagerly, under jit and from forked
+  streams; a drop-path ViT built from each has the same parameters, streams and outputs."""
+  ours, flax_s = models.make_rngs(7), nnx.Rngs(7)
+  draws = lambda rngs: [rngs.params(), rngs.dropout(), rngs.default.fork()(), rngs()]
+  for a, b in zip(_key_bits(draws(ours)), _key_bits(draws(flax_s)), strict=True):
+    np.testing.assert_array_equal(a, b)
+  forked = models.make_rngs(0).default.fork()
+  assert type(forked) is type(ours.default) is not nnx.RngStream
+
+  @nnx.jit
+  def three_keys(rngs):
+    return jnp.stack([jax.random.key_data(rngs.params()) for _ in range(3)])
+
+  np.testing.assert_array_equal(three_keys(ours), three_keys(flax_s))
+  np.testing.assert_array_equal(ours.default.count[...], flax_s.default.count[...])
+  images = jax.random.uniform(jax.random.key(1), (4, 16, 16, 3))
+  built = [
+    models.ViT("Mi/8", img_size=16, drop_path=0.5, rngs=r) for r in (models.make_rngs(0), nnx.Rngs(0))
+  ]
+  for a, b in zip(_key_bits(nnx.state(built[0])), _key_bits(nnx.state(built[1])), strict=True):
+    np.testing.assert_array_equal(a, b)
+  forward = nnx.jit(lambda model, x: model(x))
+  for _ in range(2):  # the second call draws the drop-path masks from the advanced counters
+    for a, b in zip(_key_bits(forward(built[0], images)), _key_bits(forward(built[1], images))):
+      np.testing.assert_array_equal(a, b)
+
+
+def test_make_rngs_traces_without_searching_the_trace_per_key(monkeypatch):
+  """The reason models.make_rngs exists: flax's stream update asks each traced counter for its
+  sharding, and JAX answers with an error whose message searches every equation traced so far
+  (find_progenitors), once per key. If this fails for nnx.Rngs, flax no longer does; make_rngs can go."""
+  from jax._src.interpreters import partial_eval
+
+  searches = []
+  original = partial_eval.JaxprStackFrame.find_progenitors
+  monkeypatch.setattr(
+    partial_eval.JaxprStackFrame,
+    "find_progenitors",
+    lambda self, tracer: searches.append(1) or original(self, tracer),
+  )
+  # The backbone alone: the projector's BatchNorm updates its statistics the same indexed way.
+  config = dict(name="vit", variant="Mi/8", img_size=16, drop_path=0.5)
+  images = jax.ShapeDtypeStruct((2, 16, 16, 3), jnp.float32)
+  for rngs, expect_searches in ((nnx.Rngs, True), (models.make_rngs, False)):
+    searches.clear()
+    jax.eval_shape(lambda x: models.build_backbone(config, rngs(0))(x), images)
+    assert bool(searches) == expect_searches, (rngs, len(searches))

@@ -65,7 +65,7 @@ def test_fsdp_params_are_created_sharded(devices):
 def test_vit_l14_under_fsdp_holds_an_eighth_of_its_bytes_per_device(devices):
   mesh = sharding.make_mesh({"fsdp": 8})
   _, state = sharding.abstract_state(
-    lambda: models.build_backbone({"name": "vit", "variant": "L/14"}, nnx.Rngs(0)), mesh
+    lambda: models.build_backbone({"name": "vit", "variant": "L/14"}, models.make_rngs(0)), mesh
   )
   per_device = sharding.bytes_per_device(state)
   total = 4 * models.count_params("vit", "L/14")
@@ -77,7 +77,7 @@ def test_vit_l14_under_fsdp_holds_an_eighth_of_its_bytes_per_device(devices):
 def test_tensor_parallel_rules_shard_mlp_and_heads(devices):
   mesh = sharding.make_mesh({"fsdp": 2, "tensor": 4})
   _, state = sharding.abstract_state(
-    lambda: models.build_backbone({"name": "vit", "variant": "S/16"}, nnx.Rngs(0)), mesh
+    lambda: models.build_backbone({"name": "vit", "variant": "S/16"}, models.make_rngs(0)), mesh
   )
   block = state["blocks"][0]
   assert block["mlp"]["fc1"]["kernel"].sharding.spec == P("fsdp", "tensor")

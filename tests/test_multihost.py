@@ -13,7 +13,7 @@ import jax
 import numpy as np
 import pytest
 from flax import nnx
-from helpers import ROOT, tiny_config
+from helpers import ROOT, tiny_config, xla_flags
 from helpers import read_metrics as _metrics
 
 from lejepa_jax import config_lib
@@ -28,7 +28,7 @@ def _start_local_processes(data_dir, workdir, log_dir, *flags, module="lejepa_ja
   """launch/local.sh, started: 2 processes of 4 devices each form one 8-device mesh (data 4 x
   fsdp 2), process i writing to log_dir/process_i.log."""
   env = dict(os.environ, NUM_PROCESSES="2", DEVICES_PER_PROCESS="4", LOG_DIR=log_dir, MODULE=module)
-  env.pop("XLA_FLAGS", None)
+  env["XLA_FLAGS"] = xla_flags()
   config = [] if module == "lejepa_jax.evaluate" else [f"--config=tests/tiny_config.py:{data_dir}"]
   return subprocess.Popen(
     [os.path.join(ROOT, "launch", "local.sh"), *config, f"--workdir={workdir}", *flags],

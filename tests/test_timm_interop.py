@@ -91,7 +91,7 @@ def _assert_close(actual: np.ndarray, reference: np.ndarray) -> None:
 
 
 def _timm_model(config: dict):
-  abstract = nnx.eval_shape(lambda: models.build_backbone(config, nnx.Rngs(0)))
+  abstract = nnx.eval_shape(lambda: models.build_backbone(config, models.make_rngs(0)))
   return timm_files.timm_model_from_spec(timm_layout.timm_spec(abstract).as_json())
 
 
@@ -214,6 +214,6 @@ def test_more_variants_load_into_timm_strictly(case):
   ],
 )
 def test_a_resnet_timm_cannot_hold_is_refused_naming_the_reason(config):
-  abstract = nnx.eval_shape(lambda: models.build_backbone(config, nnx.Rngs(0)))
+  abstract = nnx.eval_shape(lambda: models.build_backbone(config, models.make_rngs(0)))
   with pytest.raises(ValueError, match="has no timm equivalent"):
     timm_layout.timm_spec(abstract)

@@ -11,7 +11,7 @@ import jax
 import numpy as np
 import optax
 import pytest
-from helpers import ROOT, tiny_config
+from helpers import ROOT, tiny_config, xla_flags
 from helpers import read_metrics as _metrics
 
 from lejepa_jax.training import checkpointing, loop, optimizers, resume
@@ -19,7 +19,7 @@ from lejepa_jax.training import checkpointing, loop, optimizers, resume
 
 def _main(data_dir, workdir, *flags, wait=True):
   """`python -m lejepa_jax.main` in a fresh process with 8 simulated CPU devices."""
-  env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_force_host_platform_device_count=8")
+  env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS=xla_flags(8))
   cmd = [
     sys.executable,
     "-m",

@@ -1,7 +1,7 @@
 """Flax NNX encoders built by name: ViT, ResNet and ConvNeXt-V2 backbones plus the LeJEPA projector.
 
 encoder = build_encoder({"name": "vit", "variant": "S/16", "projector": {"out_dim": 128}},
-                        nnx.Rngs(0))
+                        make_rngs(0))
 features, projections = encoder(images)   # images [N, H, W, C], float
 """
 
@@ -18,6 +18,7 @@ from flax import nnx
 from lejepa_jax.models.convnext import ConvNeXtV2
 from lejepa_jax.models.encoder import Encoder, Projector
 from lejepa_jax.models.resnet import ResNet
+from lejepa_jax.models.rngs import make_rngs
 from lejepa_jax.models.vit import ViT
 
 # name -> (class, the config keys it accepts besides name/variant/dtype/projector)
@@ -70,7 +71,7 @@ def build_encoder(config: Mapping[str, Any], rngs: nnx.Rngs) -> Encoder:
     config: {"name": "vit" | "resnet" | "convnextv2", "variant": ..., "dtype": "auto" (bfloat16 on
       accelerators, float32 on CPU) | "float32" | "bfloat16", backbone options..., "projector":
       {"hidden_dim", "out_dim", "num_layers"} or None}.
-    rngs: parameter (and drop-path) random streams.
+    rngs: parameter (and drop-path) random streams; `make_rngs(seed)` traces deep models fastest.
   """
   config = dict(config)
   projector_config = config.get("projector", {})
@@ -100,7 +101,7 @@ def create_encoder(
   from lejepa_jax.scale import sharding
 
   rules = sharding.DEFAULT_RULES if rules is None else rules
-  return sharding.create_sharded(lambda: build_encoder(config, nnx.Rngs(seed)), mesh, rules)
+  return sharding.create_sharded(lambda: build_encoder(config, make_rngs(seed)), mesh, rules)
 
 
 def count_params(name: str, variant: str, **options: Any) -> int:
@@ -110,7 +111,7 @@ def count_params(name: str, variant: str, **options: Any) -> int:
   """
   config = {"name": name, "variant": variant, **options}
   with nnx.use_eager_sharding(False):
-    abstract = nnx.eval_shape(lambda: build_backbone(config, nnx.Rngs(0)))
+    abstract = nnx.eval_shape(lambda: build_backbone(config, make_rngs(0)))
   params = nnx.state(abstract, nnx.Param)
   return sum(math.prod(leaf.shape) for leaf in jax.tree.leaves(params))
 
@@ -126,4 +127,5 @@ __all__ = [
   "build_encoder",
   "count_params",
   "create_encoder",
+  "make_rngs",
 ]

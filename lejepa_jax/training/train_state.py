@@ -41,7 +41,7 @@ def build_train_objects(config: ml_collections.ConfigDict, seed: int | jax.Array
   `seed` (an int, or a traced scalar to initialise many models under vmap) replaces config.seed.
   """
   seed = config.seed if seed is None else seed
-  model = models.build_encoder(config.model.to_dict(), nnx.Rngs(jax.random.key(seed)))
+  model = models.build_encoder(config.model.to_dict(), models.make_rngs(jax.random.key(seed)))
   optimizer = nnx.Optimizer(model, optimizers.make_optimizer(config), wrt=nnx.Param)
   probe = probe_lib.LinearProbe(model.feature_dim, config.probe.num_classes, rngs=nnx.Rngs(1))
   probe_tx = optax.adamw(config.optim.probe_lr, weight_decay=config.optim.probe_weight_decay)

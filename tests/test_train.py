@@ -234,6 +234,28 @@ def test_metrics_reader_skips_a_line_cut_short_by_a_kill(tmp_path):
   assert [row["step"] for row in event_log.read_metrics(str(tmp_path))] == [1, 2]
 
 
+def test_metrics_writer_logs_tensorboard_scalars_without_importing_pytorch(tmp_path):
+  """A fresh interpreter (PyTorch installed by the test extra): writing metrics leaves torch
+  unimported, the event file holds the scalar, and torch still imports afterwards."""
+  script = f"""
+import glob, sys
+from lejepa_jax.training import event_log
+writer = event_log.MetricsWriter({str(tmp_path)!r})
+writer.write(1, {{"loss": 0.5}})
+writer.close()
+assert "torch" not in sys.modules, "tensorboardX imported torch"
+(events,) = glob.glob({str(tmp_path / "tensorboard" / "events.out.tfevents*")!r})
+assert b"train/loss" in open(events, "rb").read()
+import torch
+print("torch", torch.__version__)
+"""
+  done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+  assert done.returncode == 0 and "torch" in done.stdout, done.stderr
+  from lejepa_jax.training import event_log
+
+  assert event_log.read_metrics(str(tmp_path)) == [{"step": 1, "loss": 0.5}]
+
+
 def _step_inputs(config, seed=0):
   """(graphdef, state, batch, key) of config's train step on one device: a random uint8 batch."""
   from flax import nnx

@@ -115,6 +115,24 @@ def test_plan_table_says_which_accelerators_fit():
   assert "n/a" in unknown and "fits" not in unknown
 
 
+def test_a_program_xla_refuses_for_the_chips_memory_is_planned_as_not_fitting():
+  """libtpu refuses to compile a step whose temporaries exceed the chip (ConvNeXt-V2-H at 64 images
+  per v5p chip); the plan reports XLA's figure as a lower bound, fitting nowhere, not a traceback."""
+  refusal = (
+    "RESOURCE_EXHAUSTED: Ran out of memory on HBM, the total memory required for HLO temporaries "
+    "(244.21G) exceeds available HBM (95.74G)."
+  )
+  assert memory_plan.refused_temporaries(refusal) == round(244.21 * GIB)
+  assert memory_plan.refused_temporaries(refusal.replace("(244.21G)", "(512.5M)")) == 512.5 * 2**20
+  assert memory_plan.refused_temporaries("INTERNAL: something else") is None
+  state = {"model": GIB, "optimizer": 2 * GIB, "probe": 0}
+  refused = memory_plan.Compiled(round(244.21 * GIB), None, None)
+  plan = memory_plan.Plan("none", state, batch=0, temporaries=refused.temporaries, compiled=refused)
+  assert not any(plan.fits().values())
+  table = memory_plan.format_plans([plan], "header")
+  assert "> 244.21" in table and "> 247.21" in table, table
+
+
 def test_program_cost_counts_a_two_layer_mlp_gradient_as_hand_arithmetic():
   """Forward x@W1, relu, @W2: 2BIH + 2BHO; the weights' gradients add dW2, dH and dW1: 2BHO + 2BHO +
   2BIH. The rest (relu, its mask, the squares and sum) is O(BH), under 1% here. (The loss squares the

@@ -28,6 +28,7 @@ import contextlib
 import copy
 import dataclasses
 import math
+import re
 from collections.abc import Iterator, Mapping, Sequence
 
 import jax
@@ -151,11 +152,27 @@ def tpu_devices(generation: str, chips: int) -> list:
 @dataclasses.dataclass(frozen=True)
 class Compiled:
   """Per-device numbers of a train step compiled for TPU devices: peak temporary bytes, and XLA's
-  cost analysis of the partitioned, fused program (FLOPs and bytes accessed per device)."""
+  cost analysis of the partitioned, fused program (FLOPs and bytes accessed per device). Where XLA
+  refused the program for exceeding the chip's memory, only the temporaries it reported are known
+  and the cost fields are None."""
 
   temporaries: int
-  flops: float
-  bytes_accessed: float
+  flops: float | None
+  bytes_accessed: float | None
+
+
+# XLA's refusal of a program whose temporaries exceed the chip's memory, e.g. "RESOURCE_EXHAUSTED:
+# Ran out of memory on HBM, the total memory required for HLO temporaries (244.21G) exceeds
+# available HBM (95.74G)." (libtpu 0.0.42.1).
+_REFUSED_TEMPORARIES = re.compile(r"RESOURCE_EXHAUSTED.*HLO temporaries \(([0-9.]+)([KMGT])\)", re.S)
+
+
+def refused_temporaries(message: str) -> int | None:
+  """The temporary bytes XLA reported when it refused a program for the chip's memory, or None."""
+  found = _REFUSED_TEMPORARIES.search(message)
+  if found is None:
+    return None
+  return round(float(found.group(1)) * 2 ** (10 * "KMGT".index(found.group(2)) + 10))
 
 
 def compiled_step(config: ml_collections.ConfigDict, devices: Sequence) -> Compiled:
@@ -169,7 +186,13 @@ def compiled_step(config: ml_collections.ConfigDict, devices: Sequence) -> Compi
     array, tuple(axes), axis_types=(sharding.AXIS_TYPES[config.mesh.axis_type],) * len(axes)
   )
   graphdef, state = sharding.abstract_state(lambda: train_state.build_train_objects(config), mesh)
-  compiled = steps.compile_train_step(config, mesh, graphdef, state, config.data.global_batch_size)
+  try:
+    compiled = steps.compile_train_step(config, mesh, graphdef, state, config.data.global_batch_size)
+  except jax.errors.JaxRuntimeError as error:
+    temporaries = refused_temporaries(str(error))
+    if temporaries is None:
+      raise
+    return Compiled(temporaries, None, None)  # too large for the chip: the plan says "no" to all
   cost = compiled.cost_analysis() or {}
   return Compiled(
     compiled.memory_analysis().temp_size_in_bytes,
@@ -214,6 +237,8 @@ def compiled_full_depth(
     with vit_depth(config, depth) as cut:
       reduced.append(compiled_step(cut, devices))
   full_depth = vit.parse_variant(config.model.variant)[0].depth
+  if any(c.flops is None for c in reduced):  # refused even when cut: the full model is larger still
+    return Compiled(max(c.temporaries for c in reduced), None, None)
   at_full = {
     field.name: extrapolate(depths, tuple(getattr(c, field.name) for c in reduced), full_depth)
     for field in dataclasses.fields(Compiled)
@@ -263,13 +288,15 @@ def make_plan(
 def format_plans(plans: Sequence[Plan], header: str) -> str:
   """A text table: one column per remat policy, GiB per device, and which accelerators fit."""
   gib = lambda b: "n/a" if b is None else f"{b / 2**30:.2f}"
+  # Where XLA refused the program for the chip's memory, its report is a lower bound ("> ").
+  at_least = lambda p, b: ("> " if p.compiled and p.compiled.flops is None else "") + gib(b)
   rows = [
     ("remat", [p.remat for p in plans]),
     ("parameters + BN stats", [gib(p.state["model"]) for p in plans]),
     ("optimizer state", [gib(p.state["optimizer"]) for p in plans]),
     ("probe + batch", [gib(p.state["probe"] + p.batch) for p in plans]),
-    ("temporaries (peak)", [gib(p.temporaries) for p in plans]),
-    ("total", [gib(p.total) for p in plans]),
+    ("temporaries (peak)", [at_least(p, p.temporaries) for p in plans]),
+    ("total", [at_least(p, p.total) for p in plans]),
   ]
   footer = []
   if all(p.total is not None for p in plans):

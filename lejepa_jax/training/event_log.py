@@ -19,21 +19,20 @@ import jax
 def _summary_writer_class() -> type:
   """tensorboardX's SummaryWriter, imported without PyTorch where PyTorch is not imported yet.
 
-  tensorboardX imports torch at module level only to recognise torch tensors, which the project
-  never logs (its scalars are Python floats). With PyTorch installed (the test extra) that import
-  took 1.8 of the 4.7 s a training job spends importing, on every job start (2-core AMD EPYC,
-  `python -X importtime`). An entry of None in `sys.modules` makes `import torch` raise ImportError,
-  tensorboardX's documented fallback; the entry is removed at once, so later imports of torch work.
+  tensorboardX imports torch at module level (inside try/except ImportError) only to recognise
+  torch tensors, which the project never logs (its scalars are Python floats). With PyTorch
+  installed (the test extra) that import took 1.8 of the 4.7 s a training job spends importing, on
+  every job start (2-core AMD EPYC, `python -X importtime`). An entry of None in `sys.modules` makes
+  `import torch` raise ImportError; it is removed at once, so later imports of torch work.
   """
-  if "torch" in sys.modules:
-    from tensorboardX import SummaryWriter
-
-    return SummaryWriter
-  sys.modules["torch"] = None  # type: ignore[assignment]
+  blocked = "torch" not in sys.modules
+  if blocked:
+    sys.modules["torch"] = None  # type: ignore[assignment]
   try:
     from tensorboardX import SummaryWriter
   finally:
-    del sys.modules["torch"]
+    if blocked:
+      del sys.modules["torch"]
   return SummaryWriter
 
 

@@ -24,10 +24,13 @@ from lejepa_jax.training import checkpointing, loop, train_state
 STEPS = ("--config.total_steps=4", "--config.checkpoint_every=2")
 
 
-def _start_local_processes(data_dir, workdir, log_dir, *flags, module="lejepa_jax.main"):
-  """launch/local.sh, started: 2 processes of 4 devices each form one 8-device mesh (data 4 x
-  fsdp 2), process i writing to log_dir/process_i.log."""
-  env = dict(os.environ, NUM_PROCESSES="2", DEVICES_PER_PROCESS="4", LOG_DIR=log_dir, MODULE=module)
+def _start_local_processes(
+  data_dir, workdir, log_dir, *flags, module="lejepa_jax.main", devices_per_process=4
+):
+  """launch/local.sh, started: 2 processes of `devices_per_process` devices each form one mesh
+  (with 4: 8 devices, tiny_config's data 4 x fsdp 2), process i writing to log_dir/process_i.log."""
+  env = dict(os.environ, NUM_PROCESSES="2", LOG_DIR=log_dir, MODULE=module)
+  env["DEVICES_PER_PROCESS"] = str(devices_per_process)
   env["XLA_FLAGS"] = xla_flags()
   config = [] if module == "lejepa_jax.evaluate" else [f"--config=tests/tiny_config.py:{data_dir}"]
   return subprocess.Popen(
@@ -42,9 +45,9 @@ def _logs(log_dir) -> str:
   return "".join(open(p).read() for p in paths if os.path.exists(p))
 
 
-def _local_processes(data_dir, workdir, log_dir, *flags, module="lejepa_jax.main"):
+def _local_processes(data_dir, workdir, log_dir, *flags, **options):
   """launch/local.sh run to the end (see _start_local_processes); fails the test unless all exit 0."""
-  process = _start_local_processes(data_dir, workdir, log_dir, *flags, module=module)
+  process = _start_local_processes(data_dir, workdir, log_dir, *flags, **options)
   assert process.wait(timeout=600) == 0, _logs(log_dir)
 
 
@@ -174,18 +177,27 @@ def test_two_processes_equal_one_and_the_checkpoint_resumes_on_one(devices, data
 def test_sigterm_to_one_process_stops_every_process_at_one_step_and_the_rerun_ends_as_if_uninterrupted(
   devices, data_dir, tmp_path
 ):
-  # 8 steps: the notice after step 3 is seen at the next step boundary, well before the end (each
-  # 2-process step takes about 0.7 s here: gloo all-reduces between the processes).
-  flags = ("--config.total_steps=8", "--config.checkpoint_every=100", "--config.log_every=1")
+  # One device per process (a data-parallel mesh of 2): what is tested is how the processes agree
+  # to stop, and a 2-process step of the 8-device mesh takes 0.7 s here (gloo collectives between
+  # 8 ranks) against 0.1 s. 40 steps: the notice after step 3 is seen at the next step boundary,
+  # seconds before the end.
+  flags = (
+    "--config.total_steps=40",
+    "--config.checkpoint_every=100",
+    "--config.log_every=1",
+    "--config.mesh.axes.data=2",
+    "--config.mesh.axes.fsdp=1",
+  )
+  one_device = dict(devices_per_process=1)
   straight, stopped = str(tmp_path / "straight"), str(tmp_path / "stopped")
-  _local_processes(data_dir, straight, str(tmp_path / "straight_logs"), *flags)
+  _local_processes(data_dir, straight, str(tmp_path / "straight_logs"), *flags, **one_device)
   logs = str(tmp_path / "stopped_logs")
-  job = _start_local_processes(data_dir, stopped, logs, *flags)
-  _wait_for(logs, "step 3/8", job)
+  job = _start_local_processes(data_dir, stopped, logs, *flags, **one_device)
+  _wait_for(logs, "step 3/40", job)
   os.kill(_pid(stopped, 1), signal.SIGTERM)  # a notice to one process only
   assert job.wait(timeout=300) == 0, _logs(logs)  # every process left with status 0
   (saved,) = [int(s) for s in os.listdir(os.path.join(stopped, "checkpoints"))]
-  assert 3 <= saved < 8
+  assert 3 <= saved < 40
   for i in range(2):
     log = open(os.path.join(logs, f"process_{i}.log")).read()
     assert f"preemption notice: every process saves step {saved}" in log, log
@@ -200,6 +212,7 @@ def test_sigterm_to_one_process_stops_every_process_at_one_step_and_the_rerun_en
     "--config.evaluators=knn",
     "--config.poll_seconds=1",
     module="lejepa_jax.evaluate",
+    **one_device,
   )
   _wait_for(eval_logs, f"checkpoint step {saved}: knn", job)
   os.kill(_pid(stopped, 1), signal.SIGTERM)
@@ -214,16 +227,17 @@ def test_sigterm_to_one_process_stops_every_process_at_one_step_and_the_rerun_en
     *flags,
     "--sweep=loss.sigreg_weight=0.0,0.5",
     module="lejepa_jax.ablate",
+    **one_device,
   )
-  _wait_for(ablation_logs, "step 3/8", job)
+  _wait_for(ablation_logs, "step 3/40", job)
   os.kill(_pid(str(tmp_path / "ablation"), 1), signal.SIGTERM)
   assert job.wait(timeout=300) == 0, _logs(ablation_logs)
   assert _logs(ablation_logs).count("preemption notice: every process saves step") == 2
-  _local_processes(data_dir, stopped, str(tmp_path / "rerun_logs"), *flags)
+  _local_processes(data_dir, stopped, str(tmp_path / "rerun_logs"), *flags, **one_device)
   like = train_state.to_savable(
-    nnx.to_pure_dict(nnx.state(train_state.build_train_objects(tiny_config(data_dir, 8))))
+    nnx.to_pure_dict(nnx.state(train_state.build_train_objects(tiny_config(data_dir, 40))))
   )
-  a, b = _state(straight, 8, like=like), _state(stopped, 8, like=like)
+  a, b = _state(straight, 40, like=like), _state(stopped, 40, like=like)
   for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
     np.testing.assert_array_equal(x, y)
 

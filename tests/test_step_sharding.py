@@ -39,3 +39,60 @@ def test_the_compiled_step_keeps_the_shardings_of_the_state(devices, data_dir):
     new_state, _ = compiled(state, batch, jax.random.key(0))
   for want, x in zip(jax.tree.leaves(given), jax.tree.leaves(new_state)):
     assert x.sharding.is_equivalent_to(want, x.ndim), (want, x.sharding)
+
+
+def _host_copy(x: jax.Array) -> np.ndarray:
+  """A NumPy copy of an array (of a typed PRNG key array: its raw key data)."""
+  return np.asarray(jax.random.key_data(x) if jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key) else x)
+
+
+class _TraceCounter:
+  """Counts the jaxprs JAX traces while active (jax.monitoring's trace-duration events)."""
+
+  EVENT = "/jax/core/compile/jaxpr_trace_duration"
+
+  def __init__(self):
+    self.count = 0
+
+  def __call__(self, event, duration, **kwargs):
+    self.count += event == self.EVENT
+
+  def __enter__(self):
+    jax.monitoring.register_event_duration_secs_listener(self)
+    return self
+
+  def __exit__(self, *exc):
+    jax.monitoring.unregister_event_duration_listener(self)
+
+
+@pytest.mark.slow
+def test_a_process_compiles_one_program_once_and_each_run_gets_fresh_arrays(devices, data_dir):
+  config = tiny_config(data_dir, 2)
+  mesh = sharding.make_mesh(dict(config.mesh.axes), config.mesh.axis_type)
+
+  def create(c):
+    build = lambda: train_state.build_train_objects(c)
+    return nnx.split(sharding.create_sharded(build, mesh, cache_key=c.to_json(sort_keys=True)))
+
+  graphdef, first = create(config)
+  compiled = steps.compile_train_step(config, mesh, graphdef, first, config.data.global_batch_size)
+  with _TraceCounter() as traced:
+    graphdef, second = create(config)
+    again = steps.compile_train_step(config, mesh, graphdef, second, config.data.global_batch_size)
+  assert traced.count == 0 and again is compiled
+  # The initialiser ran again: equal values in buffers of their own, so donating one state to the
+  # step leaves the other intact.
+  spec = steps.abstract_batch(config, mesh, config.data.global_batch_size)
+  batch = {k: jax.device_put(np.zeros(s.shape, s.dtype), s.sharding) for k, s in spec.items()}
+  kept = jax.tree.map(_host_copy, second)
+  with jax.set_mesh(mesh):
+    compiled(first, batch, jax.random.key(0))
+  for x, y in zip(jax.tree.leaves(kept), jax.tree.leaves(second), strict=True):
+    np.testing.assert_array_equal(x, _host_copy(y))
+  # Another config is another program, traced and compiled anew.
+  other = tiny_config(data_dir, 2)
+  other.optim.lr *= 2
+  with _TraceCounter() as traced:
+    graphdef, state = create(other)
+    changed = steps.compile_train_step(other, mesh, graphdef, state, other.data.global_batch_size)
+  assert traced.count > 0 and changed is not compiled

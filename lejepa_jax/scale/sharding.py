@@ -8,9 +8,10 @@ names but the mesh lacks are dropped, so one rule set serves every mesh.
 
 from __future__ import annotations
 
+import collections
 import functools
 import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Hashable, Mapping, Sequence
 from typing import Any
 
 import jax
@@ -147,17 +148,47 @@ def abstract_state(
   return graphdef, state
 
 
+# Initialisers create_sharded traced under a caller's `cache_key`: (graphdef, jitted init) by
+# (cache_key, mesh, rules), the least recently used dropped beyond _INITIALISERS_KEPT.
+_INITIALISERS: collections.OrderedDict = collections.OrderedDict()
+_INITIALISERS_KEPT = 8
+
+
 def create_sharded(
   build: Callable[[], nnx.Module],
   mesh: jax.sharding.Mesh | None = None,
   rules: LogicalRules = DEFAULT_RULES,
+  *,
+  cache_key: Hashable | None = None,
 ) -> nnx.Module:
   """Creates `build()` inside one jit, with every variable laid out per the rules on `mesh`.
 
   The jit's outputs carry the target shardings, so no device ever holds a full copy of a sharded
   parameter; compiling the initialisers once is also much faster than running them op by op.
   Without a mesh the module lands on the default device.
+
+  `cache_key`, if given, names what `build` makes (equal keys: equal modules, e.g. the config's
+  JSON): a later call in this process with the same key, mesh and rules reuses the traced and
+  compiled initialiser and only runs it (fresh arrays each call).
   """
+  cached = None if cache_key is None else (cache_key, mesh, rules)
+  if cached in _INITIALISERS:
+    _INITIALISERS.move_to_end(cached)
+    graphdef, init = _INITIALISERS[cached]
+  else:
+    graphdef, init = _initialiser(build, mesh, rules)
+    if cached is not None:
+      _INITIALISERS[cached] = graphdef, init
+      while len(_INITIALISERS) > _INITIALISERS_KEPT:
+        _INITIALISERS.popitem(last=False)
+  if mesh is None:
+    return nnx.merge(graphdef, init())
+  with jax.set_mesh(mesh):
+    return nnx.merge(graphdef, init())
+
+
+def _initialiser(build: Callable[[], nnx.Module], mesh, rules):
+  """(graphdef, jitted function returning the state of a new `build()`) for create_sharded."""
   if mesh is None:
     with nnx.use_eager_sharding(False):
       graphdef, abstract = nnx.split(nnx.eval_shape(build))
@@ -171,10 +202,7 @@ def create_sharded(
     with nnx.use_eager_sharding(False):
       return nnx.state(build())
 
-  if mesh is None:
-    return nnx.merge(graphdef, init())
-  with jax.set_mesh(mesh):
-    return nnx.merge(graphdef, init())
+  return graphdef, init
 
 
 def bytes_per_device(state) -> dict[int, int]:

@@ -96,7 +96,11 @@ def _setup(config, workdir, allow_config_change: bool = False):
   source = data.open_source(config.data.name, config.data.split, config.data.data_dir)
   iterator = resume.train_iterator(config, source)
   graphdef, state = nnx.split(
-    sharding.create_sharded(lambda: train_state.build_train_objects(config), mesh)
+    sharding.create_sharded(
+      lambda: train_state.build_train_objects(config),
+      mesh,
+      cache_key=("train_state", config.to_json(sort_keys=True)),
+    )
   )
   manager = checkpointing.training_manager(os.path.join(workdir, "checkpoints"), config.keep_checkpoints)
   start, iterator = resume.resume(

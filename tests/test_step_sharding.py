@@ -8,7 +8,7 @@ from flax import nnx
 from helpers import tiny_config
 from jax.sharding import PartitionSpec as P
 
-from lejepa_jax.scale import sharding
+from lejepa_jax.scale import program_cache, sharding
 from lejepa_jax.training import steps, train_state
 
 
@@ -72,7 +72,7 @@ def test_a_process_compiles_one_program_once_and_each_run_gets_fresh_arrays(devi
 
   def create(c):
     build = lambda: train_state.build_train_objects(c)
-    return nnx.split(sharding.create_sharded(build, mesh, cache_key=c.to_json(sort_keys=True)))
+    return nnx.split(sharding.create_sharded(build, mesh, cache_key=program_cache.program_key(c)))
 
   graphdef, first = create(config)
   compiled = steps.compile_train_step(config, mesh, graphdef, first, config.data.global_batch_size)

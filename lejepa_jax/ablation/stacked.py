@@ -17,7 +17,7 @@ from lejepa_jax import data
 from lejepa_jax.ablation import sweep_plan
 from lejepa_jax.evaluation import extraction
 from lejepa_jax.models import members as members_lib
-from lejepa_jax.scale import compiler, sharding
+from lejepa_jax.scale import compiler, program_cache, sharding
 from lejepa_jax.training import optimizers, steps, train_state
 
 MEMBER_AXIS = "member"
@@ -47,6 +47,14 @@ def init_stacked_state(config: ml_collections.ConfigDict, seeds: Sequence[int], 
   the mesh's "member" axis. The optimizer state holds no lr or weight decay, so members differing
   only in those start from the same state.
   """
+  key = program_cache.program_key(config, "init_stacked_state", len(seeds), mesh)
+  graphdef, init = program_cache.built(key, lambda: _stacked_initialiser(config, mesh))
+  with jax.set_mesh(mesh):
+    return graphdef, init(jnp.asarray(seeds, jnp.int32))
+
+
+def _stacked_initialiser(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh):
+  """(graphdef, jitted seeds [M] -> stacked state) for init_stacked_state."""
   graphdef, single = sharding.abstract_state(lambda: train_state.build_train_objects(config), mesh)
   target = jax.tree.map(lambda x: NamedSharding(mesh, P(MEMBER_AXIS, *x.sharding.spec)), single)
 
@@ -55,8 +63,7 @@ def init_stacked_state(config: ml_collections.ConfigDict, seeds: Sequence[int], 
     with nnx.use_eager_sharding(False):
       return jax.vmap(lambda seed: nnx.state(train_state.build_train_objects(config, seed)))(seeds)
 
-  with jax.set_mesh(mesh):
-    return graphdef, init(jnp.asarray(seeds, jnp.int32))
+  return graphdef, init
 
 
 def member_extractor(stacked, mesh: jax.sharding.Mesh):
@@ -99,17 +106,24 @@ def compile_members_step(
 
   The metrics come back replicated (a few numbers per member) so that every process can read them.
   """
-  vstep = jax.vmap(functools.partial(member_step, graphdef, config), in_axes=(0, 0, None, None))
-  state_shardings = jax.tree.map(lambda x: x.sharding, stacked)
-  jitted = jax.jit(vstep, donate_argnums=0, out_shardings=(state_shardings, NamedSharding(mesh, P())))
   local_batch = data.pipeline.local_batch_size(config.data.global_batch_size, jax.process_count())
-  with jax.set_mesh(mesh), members_lib.member_convolutions(config.member_convolutions):
-    compiled = jitted.lower(
-      train_state.abstract_tree(stacked),
-      train_state.abstract_tree(hparams),
-      steps.abstract_batch(config, mesh, local_batch),
-      jax.ShapeDtypeStruct((), jnp.int32),
-    ).compile(compiler_options=compiler.options(config))
+  arguments = (
+    train_state.abstract_tree(stacked),
+    train_state.abstract_tree(hparams),
+    steps.abstract_batch(config, mesh, local_batch),
+    jax.ShapeDtypeStruct((), jnp.int32),
+  )
+
+  def lower():
+    vstep = jax.vmap(functools.partial(member_step, graphdef, config), in_axes=(0, 0, None, None))
+    state_shardings = jax.tree.map(lambda x: x.sharding, stacked)
+    replicated = NamedSharding(mesh, P())
+    jitted = jax.jit(vstep, donate_argnums=0, out_shardings=(state_shardings, replicated))
+    with jax.set_mesh(mesh), members_lib.member_convolutions(config.member_convolutions):
+      return jitted.lower(*arguments)
+
+  key = program_cache.program_key(config, "members_step", arguments)
+  compiled = program_cache.compiled(key, lower, compiler.options(config))
   steps.log_compiled_memory(compiled, "members step")
   return compiled
 

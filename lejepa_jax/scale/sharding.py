@@ -8,7 +8,6 @@ names but the mesh lacks are dropped, so one rule set serves every mesh.
 
 from __future__ import annotations
 
-import collections
 import functools
 import math
 from collections.abc import Callable, Hashable, Mapping, Sequence
@@ -20,6 +19,8 @@ from flax import nnx
 from jax.experimental import mesh_utils
 from jax.sharding import AxisType
 from jax.sharding import PartitionSpec as P
+
+from lejepa_jax.scale import program_cache
 
 LogicalRules = Sequence[tuple[str, Any]]
 
@@ -148,12 +149,6 @@ def abstract_state(
   return graphdef, state
 
 
-# Initialisers create_sharded traced under a caller's `cache_key`: (graphdef, jitted init) by
-# (cache_key, mesh, rules), the least recently used dropped beyond _INITIALISERS_KEPT.
-_INITIALISERS: collections.OrderedDict = collections.OrderedDict()
-_INITIALISERS_KEPT = 8
-
-
 def create_sharded(
   build: Callable[[], nnx.Module],
   mesh: jax.sharding.Mesh | None = None,
@@ -167,20 +162,15 @@ def create_sharded(
   parameter; compiling the initialisers once is also much faster than running them op by op.
   Without a mesh the module lands on the default device.
 
-  `cache_key`, if given, names what `build` makes (equal keys: equal modules, e.g. the config's
-  JSON): a later call in this process with the same key, mesh and rules reuses the traced and
-  compiled initialiser and only runs it (fresh arrays each call).
+  `cache_key`, if given, names what `build` makes (equal keys: equal modules, e.g.
+  `program_cache.program_key(config)`): a later call in this process with the same key, mesh and
+  rules reuses the traced and compiled initialiser and only runs it (fresh arrays each call).
   """
-  cached = None if cache_key is None else (cache_key, mesh, rules)
-  if cached in _INITIALISERS:
-    _INITIALISERS.move_to_end(cached)
-    graphdef, init = _INITIALISERS[cached]
-  else:
+  if cache_key is None:
     graphdef, init = _initialiser(build, mesh, rules)
-    if cached is not None:
-      _INITIALISERS[cached] = graphdef, init
-      while len(_INITIALISERS) > _INITIALISERS_KEPT:
-        _INITIALISERS.popitem(last=False)
+  else:
+    key = ("create_sharded", cache_key, mesh, rules)
+    graphdef, init = program_cache.built(key, lambda: _initialiser(build, mesh, rules))
   if mesh is None:
     return nnx.merge(graphdef, init())
   with jax.set_mesh(mesh):

@@ -17,7 +17,7 @@ import ml_collections
 from flax import nnx
 
 from lejepa_jax import data
-from lejepa_jax.scale import sharding
+from lejepa_jax.scale import program_cache, sharding
 from lejepa_jax.training import (
   checkpointing,
   event_log,
@@ -99,7 +99,7 @@ def _setup(config, workdir, allow_config_change: bool = False):
     sharding.create_sharded(
       lambda: train_state.build_train_objects(config),
       mesh,
-      cache_key=("train_state", config.to_json(sort_keys=True)),
+      cache_key=program_cache.program_key(config, "train_state"),
     )
   )
   manager = checkpointing.training_manager(os.path.join(workdir, "checkpoints"), config.keep_checkpoints)

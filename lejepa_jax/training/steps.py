@@ -6,7 +6,6 @@ The step takes and returns the whole training state (model, optimizer, probe, pr
 
 from __future__ import annotations
 
-import collections
 import functools
 import logging
 from collections.abc import Mapping
@@ -21,7 +20,7 @@ from flax import nnx
 from lejepa_jax import data, losses
 from lejepa_jax.data import device_augment as device_augment_lib
 from lejepa_jax.data.augment import Augment
-from lejepa_jax.scale import compiler, sharding
+from lejepa_jax.scale import compiler, program_cache, sharding
 from lejepa_jax.training import train_state
 
 log = logging.getLogger("lejepa_jax")
@@ -192,35 +191,18 @@ def step_options(config: ml_collections.ConfigDict) -> dict[str, Any]:
   )
 
 
-# The train steps this process compiled, by everything that decides the program (the config, the
-# state's shapes and shardings, the batch, the compiler options): a second run of the same config in
-# one process (a resumed run, a notebook, a test) reuses it instead of tracing, lowering and
-# compiling again (4 s for the tests' tiny ViT on 2 cores, minutes for a large model). Bounded:
-# the least recently used is dropped.
-_COMPILED_STEPS: collections.OrderedDict = collections.OrderedDict()
-_COMPILED_STEPS_KEPT = 4
-
-
 def compile_train_step(
   config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh, graphdef, state, local_batch: int
 ):
-  """The train step jitted with the state donated and layouts kept, compiled ahead of time (once
-  per process for equal arguments, see _COMPILED_STEPS).
+  """The train step jitted with the state donated and layouts kept, compiled ahead of time, once
+  per process for equal arguments (`lejepa_jax.scale.program_cache`).
 
   Logs the compiled per-device memory. Call as `compiled(state, batch, step_key)`.
   """
   abstract_state = train_state.abstract_tree(state)
   batch = abstract_batch(config, mesh, local_batch)
-  options = compiler.options(config)
-  program = (
-    config.to_json(sort_keys=True),
-    jax.tree.structure(abstract_state),
-    tuple(jax.tree.leaves(abstract_state)),
-    tuple(jax.tree.leaves(batch)),
-    tuple(sorted(options.items())),
-  )
-  compiled = _COMPILED_STEPS.pop(program, None)
-  if compiled is None:
+
+  def lower():
     step = functools.partial(train_step, graphdef, **step_options(config))
     # The state keeps its layout across steps (XLA would otherwise pick output shardings freely).
     state_shardings = jax.tree.map(lambda x: x.sharding, abstract_state)
@@ -228,10 +210,10 @@ def compile_train_step(
     jitted = jax.jit(step, donate_argnums=0, out_shardings=(state_shardings, replicated))
     key = jax.eval_shape(lambda: jax.random.key(0))  # abstract too: no device is touched
     with jax.set_mesh(mesh):
-      compiled = jitted.lower(abstract_state, batch, key).compile(compiler_options=options)
-  _COMPILED_STEPS[program] = compiled
-  while len(_COMPILED_STEPS) > _COMPILED_STEPS_KEPT:
-    _COMPILED_STEPS.popitem(last=False)
+      return jitted.lower(abstract_state, batch, key)
+
+  key = program_cache.program_key(config, "train_step", abstract_state, batch)
+  compiled = program_cache.compiled(key, lower, compiler.options(config))
   log_compiled_memory(compiled, "train step")
   return compiled
 

@@ -47,3 +47,22 @@ def exported_train_step(config: ml_collections.ConfigDict, platforms: tuple[str,
   key = jax.eval_shape(lambda: jax.random.key(0))
   with jax.set_mesh(mesh):
     return jax.export.export(jax.jit(step), platforms=platforms)(state, batch, key)
+
+
+class TraceCounter:
+  """Counts the jaxprs JAX traces while active (jax.monitoring's trace-duration events)."""
+
+  EVENT = "/jax/core/compile/jaxpr_trace_duration"
+
+  def __init__(self):
+    self.count = 0
+
+  def __call__(self, event, duration, **kwargs):
+    self.count += event == self.EVENT
+
+  def __enter__(self):
+    jax.monitoring.register_event_duration_secs_listener(self)
+    return self
+
+  def __exit__(self, *exc):
+    jax.monitoring.unregister_event_duration_listener(self)

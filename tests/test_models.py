@@ -1,5 +1,6 @@
 """Encoders: parameter counts, shapes, position-embedding interpolation, dtypes, bad input."""
 
+import helpers
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -516,3 +517,22 @@ def test_make_rngs_traces_without_searching_the_trace_per_key(monkeypatch):
     searches.clear()
     jax.eval_shape(lambda x: models.build_backbone(config, rngs(0))(x), images)
     assert bool(searches) == expect_searches, (rngs, len(searches))
+
+
+def test_a_second_encoder_of_one_config_and_seed_reuses_the_initialiser_not_the_arrays():
+  config = {"name": "vit", "variant": "Mi/8", "img_size": 16, "in_channels": 3}
+  params = lambda encoder: jax.tree.leaves(nnx.state(encoder, nnx.Param))
+  first = models.create_encoder(config, seed=3)
+  with helpers.TraceCounter() as traced:
+    again = models.create_encoder(dict(config), seed=3)
+  assert traced.count == 0
+  for x, y in zip(params(first), params(again), strict=True):
+    np.testing.assert_array_equal(x, y)
+    assert x.unsafe_buffer_pointer() != y.unsafe_buffer_pointer()
+  # Another seed or another config is another initialiser, and its own parameters.
+  with helpers.TraceCounter() as traced:
+    other_seed = models.create_encoder(config, seed=4)
+    wider = models.create_encoder(dict(config, variant="Ti/8"), seed=3)
+  assert traced.count >= 2
+  assert any(not np.array_equal(a, b) for a, b in zip(params(first), params(other_seed), strict=True))
+  assert [x.shape for x in params(wider)] != [x.shape for x in params(first)]

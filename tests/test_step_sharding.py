@@ -1,6 +1,7 @@
 """The compiled train step keeps the train state's layout: what goes in sharded comes out sharded
 the same way, step after step (FSDP parameters stay split, nothing is gathered onto one device)."""
 
+import helpers
 import jax
 import numpy as np
 import pytest
@@ -46,25 +47,6 @@ def _host_copy(x: jax.Array) -> np.ndarray:
   return np.asarray(jax.random.key_data(x) if jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key) else x)
 
 
-class _TraceCounter:
-  """Counts the jaxprs JAX traces while active (jax.monitoring's trace-duration events)."""
-
-  EVENT = "/jax/core/compile/jaxpr_trace_duration"
-
-  def __init__(self):
-    self.count = 0
-
-  def __call__(self, event, duration, **kwargs):
-    self.count += event == self.EVENT
-
-  def __enter__(self):
-    jax.monitoring.register_event_duration_secs_listener(self)
-    return self
-
-  def __exit__(self, *exc):
-    jax.monitoring.unregister_event_duration_listener(self)
-
-
 @pytest.mark.slow
 def test_a_process_compiles_one_program_once_and_each_run_gets_fresh_arrays(devices, data_dir):
   config = tiny_config(data_dir, 2)
@@ -76,7 +58,7 @@ def test_a_process_compiles_one_program_once_and_each_run_gets_fresh_arrays(devi
 
   graphdef, first = create(config)
   compiled = steps.compile_train_step(config, mesh, graphdef, first, config.data.global_batch_size)
-  with _TraceCounter() as traced:
+  with helpers.TraceCounter() as traced:
     graphdef, second = create(config)
     again = steps.compile_train_step(config, mesh, graphdef, second, config.data.global_batch_size)
   assert traced.count == 0 and again is compiled
@@ -92,7 +74,7 @@ def test_a_process_compiles_one_program_once_and_each_run_gets_fresh_arrays(devi
   # Another config is another program, traced and compiled anew.
   other = tiny_config(data_dir, 2)
   other.optim.lr *= 2
-  with _TraceCounter() as traced:
+  with helpers.TraceCounter() as traced:
     graphdef, state = create(other)
     changed = steps.compile_train_step(other, mesh, graphdef, state, other.data.global_batch_size)
   assert traced.count > 0 and changed is not compiled

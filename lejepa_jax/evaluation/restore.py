@@ -22,7 +22,7 @@ import ml_collections
 import numpy as np
 from flax import nnx
 
-from lejepa_jax.scale import sharding
+from lejepa_jax.scale import program_cache, sharding
 from lejepa_jax.training import checkpointing, train_state
 
 log = logging.getLogger("lejepa_jax")
@@ -212,7 +212,8 @@ def random_init_encoder(config: ml_collections.ConfigDict, mesh: jax.sharding.Me
   mesh = mesh or sharding.make_mesh({"data": -1})
   # Only the model leaves the jit: the optimizer state built alongside it is never materialised.
   model = lambda: train_state.build_train_objects(config).model
-  encoder = sharding.create_sharded(model, mesh)
+  key = program_cache.program_key(config, "random_init_encoder")
+  encoder = sharding.create_sharded(model, mesh, cache_key=key)
   encoder.eval()
   return encoder
 

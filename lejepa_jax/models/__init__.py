@@ -98,10 +98,15 @@ def create_encoder(
     mesh: optional mesh; parameters are created already sharded on it.
     rules: logical-axis rules (default `lejepa_jax.scale.sharding.DEFAULT_RULES`).
   """
-  from lejepa_jax.scale import sharding
+  from lejepa_jax.scale import program_cache, sharding
 
   rules = sharding.DEFAULT_RULES if rules is None else rules
-  return sharding.create_sharded(lambda: build_encoder(config, make_rngs(seed)), mesh, rules)
+  # Named by config and an integer seed: a second encoder of both in this process reuses the
+  # initialiser (a seed given as a key array is data, not part of the name: no reuse).
+  key = program_cache.program_key(config, "encoder", seed) if isinstance(seed, int) else None
+  return sharding.create_sharded(
+    lambda: build_encoder(config, make_rngs(seed)), mesh, rules, cache_key=key
+  )
 
 
 def count_params(name: str, variant: str, **options: Any) -> int:

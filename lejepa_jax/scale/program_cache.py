@@ -11,7 +11,8 @@ most recently used entries only.
 from __future__ import annotations
 
 import collections
-from collections.abc import Callable, Hashable
+import json
+from collections.abc import Callable, Hashable, Mapping
 from typing import Any, TypeVar
 
 import jax
@@ -25,16 +26,24 @@ _compiled: collections.OrderedDict = collections.OrderedDict()
 _built: collections.OrderedDict = collections.OrderedDict()
 
 
-def program_key(config: ml_collections.ConfigDict | None, *trees: Any) -> tuple:
-  """A hashable name for a program of `config` taking `trees` (arrays, ShapeDtypeStructs or
-  hashable leaves such as compiler options): the config's JSON, then each tree's structure and
-  its leaves' shapes, dtypes and shardings."""
-  parts: list[Hashable] = [None if config is None else config.to_json(sort_keys=True)]
+def program_key(config: Mapping[str, Any] | None, *trees: Any) -> tuple:
+  """A hashable name for a program of `config` (a ConfigDict or a plain mapping) taking `trees`
+  (arrays, ShapeDtypeStructs or hashable leaves such as a mesh): the config's JSON, then each
+  tree's structure and its leaves' shapes, dtypes and shardings."""
+  parts: list[Hashable] = [_json(config)]
   for tree in trees:
     leaves, structure = jax.tree.flatten(tree)
     parts.append(structure)
     parts.append(tuple(_abstract(leaf) for leaf in leaves))
   return tuple(parts)
+
+
+def _json(config: Mapping[str, Any] | None) -> str | None:
+  if config is None:
+    return None
+  if isinstance(config, ml_collections.ConfigDict):
+    return config.to_json(sort_keys=True)
+  return json.dumps(dict(config), sort_keys=True, default=repr)
 
 
 def _abstract(leaf: Any) -> Hashable:

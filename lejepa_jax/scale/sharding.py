@@ -169,7 +169,7 @@ def create_sharded(
   if cache_key is None:
     graphdef, init = _initialiser(build, mesh, rules)
   else:
-    key = ("create_sharded", cache_key, mesh, rules)
+    key = ("create_sharded", cache_key, mesh, repr(tuple(rules)))  # rules may hold lists
     graphdef, init = program_cache.built(key, lambda: _initialiser(build, mesh, rules))
   if mesh is None:
     return nnx.merge(graphdef, init())

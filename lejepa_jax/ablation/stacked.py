@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import functools
 from collections.abc import Sequence
 
@@ -48,7 +49,9 @@ def init_stacked_state(config: ml_collections.ConfigDict, seeds: Sequence[int], 
   only in those start from the same state.
   """
   key = program_cache.program_key(config, "init_stacked_state", len(seeds), mesh)
-  graphdef, init = program_cache.built(key, lambda: _stacked_initialiser(config, mesh))
+  # A copy: a kept initialiser must not see later changes to the caller's config object.
+  snapshot = copy.deepcopy(config)
+  graphdef, init = program_cache.built(key, lambda: _stacked_initialiser(snapshot, mesh))
   with jax.set_mesh(mesh):
     return graphdef, init(jnp.asarray(seeds, jnp.int32))
 

@@ -12,6 +12,7 @@ checkpoints through this module; nothing under `checkpoints/` is ever changed.
 from __future__ import annotations
 
 import contextlib
+import copy
 import logging
 import os
 from typing import Any
@@ -155,7 +156,8 @@ def restore_encoder(workdir: str, step: int | None = None, mesh: jax.sharding.Me
 def _restore_model(manager, step: int, config, mesh: jax.sharding.Mesh):
   """(graphdef, state) of the model saved at `step`; its optimizer moments are not read."""
   # Abstract: nothing is allocated (nor initialised) before the saved arrays are read.
-  model = lambda: train_state.build_train_objects(config).model
+  snapshot = copy.deepcopy(config)  # a kept initialiser must not see later changes to `config`
+  model = lambda: train_state.build_train_objects(snapshot).model
   graphdef, state = sharding.abstract_state(model, mesh)
   like = nnx.to_pure_dict(state)
   target = _savable_abstract(like)
@@ -211,7 +213,8 @@ def random_init_encoder(config: ml_collections.ConfigDict, mesh: jax.sharding.Me
   """The encoder of `config` as training initialises it (step 0), in eval mode: a baseline."""
   mesh = mesh or sharding.make_mesh({"data": -1})
   # Only the model leaves the jit: the optimizer state built alongside it is never materialised.
-  model = lambda: train_state.build_train_objects(config).model
+  snapshot = copy.deepcopy(config)  # a kept initialiser must not see later changes to `config`
+  model = lambda: train_state.build_train_objects(snapshot).model
   key = program_cache.program_key(config, "random_init_encoder")
   encoder = sharding.create_sharded(model, mesh, cache_key=key)
   encoder.eval()

@@ -7,6 +7,7 @@ features, projections = encoder(images)   # images [N, H, W, C], float
 
 from __future__ import annotations
 
+import copy
 import math
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -104,6 +105,7 @@ def create_encoder(
   # Named by config and an integer seed: a second encoder of both in this process reuses the
   # initialiser (a seed given as a key array is data, not part of the name: no reuse).
   key = program_cache.program_key(config, "encoder", seed) if isinstance(seed, int) else None
+  config = copy.deepcopy(config)  # a kept initialiser must not see the caller's later changes
   return sharding.create_sharded(
     lambda: build_encoder(config, make_rngs(seed)), mesh, rules, cache_key=key
   )

@@ -3,7 +3,9 @@ loop itself, shared with the ablation's group loop."""
 
 from __future__ import annotations
 
+import copy
 import dataclasses
+import functools
 import json
 import logging
 import math
@@ -97,7 +99,8 @@ def _setup(config, workdir, allow_config_change: bool = False):
   iterator = resume.train_iterator(config, source)
   graphdef, state = nnx.split(
     sharding.create_sharded(
-      lambda: train_state.build_train_objects(config),
+      # A copy: a kept initialiser must not see later changes to the caller's config object.
+      functools.partial(train_state.build_train_objects, copy.deepcopy(config)),
       mesh,
       cache_key=program_cache.program_key(config, "train_state"),
     )

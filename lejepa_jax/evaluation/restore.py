@@ -156,8 +156,7 @@ def restore_encoder(workdir: str, step: int | None = None, mesh: jax.sharding.Me
 def _restore_model(manager, step: int, config, mesh: jax.sharding.Mesh):
   """(graphdef, state) of the model saved at `step`; its optimizer moments are not read."""
   # Abstract: nothing is allocated (nor initialised) before the saved arrays are read.
-  snapshot = copy.deepcopy(config)  # a kept initialiser must not see later changes to `config`
-  model = lambda: train_state.build_train_objects(snapshot).model
+  model = lambda: train_state.build_train_objects(config).model
   graphdef, state = sharding.abstract_state(model, mesh)
   like = nnx.to_pure_dict(state)
   target = _savable_abstract(like)

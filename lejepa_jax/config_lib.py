@@ -95,6 +95,9 @@ MODEL_OPTIONS = {
   ),
   "resnet": dict(in_channels=3, small_stem=False, width=64),
   "convnextv2": dict(in_channels=3, drop_path=0.0),
+  "resnext": dict(in_channels=3),
+  "swin": dict(img_size=224, in_channels=3, drop_path=0.0),
+  "levit": dict(img_size=224, in_channels=3, drop_path=0.0),
 }
 
 
@@ -311,10 +314,13 @@ def apply_runlocal(
     "vit": dict(variant="Mi/8", img_size=32),
     "resnet": dict(variant="18", small_stem=True, width=16),
     "convnextv2": dict(variant="atto"),
+    "resnext": dict(variant="26ts"),  # its only size: 8M parameters, fast at 32 px
+    "swin": dict(variant="mini", img_size=32),
+    "levit": dict(variant="mini", img_size=32),
   }[c.model.name]
   for key, value in small.items():
     c.model[key] = value
-  if c.model.name == "vit":
+  if "drop_path" in c.model:
     c.model.drop_path = 0.0
   sizes = (
     (32, 16)

@@ -28,6 +28,9 @@ ARCHITECTURES = {
   "resnet18": ("resnet", "18"),
   "resnet34": ("resnet", "34"),
   "resnet50": ("resnet", "50"),
+  "resnext26ts": ("resnext", "26ts"),
+  "swin_tiny": ("swin", "tiny"),
+  "levit_128": ("levit", "128"),
   "convnextv2_atto": ("convnextv2", "atto"),
   "convnextv2_femto": ("convnextv2", "femto"),
   "convnextv2_pico": ("convnextv2", "pico"),
@@ -40,9 +43,17 @@ PAPER_LAMBDA = 0.05
 PAPER_SLICES = 1024
 PAPER_BATCH = 512  # the authors' launch scripts (ViT-L ablations, ImageNet-10)
 PAPER_PROJECTOR = dict(hidden_dim=2048, out_dim=512, num_layers=3)
-# The authors' README: 5e-2 for ViTs, 5e-4 for ResNets; ConvNeXt-V2 (not named there) as the ViTs,
-# the weight decay ConvNeXt-V2 was designed with.
-WEIGHT_DECAY = {"vit": 5e-2, "resnet": 5e-4, "convnextv2": 5e-2}
+# The authors' README: 5e-2 for ViTs, 5e-4 for ResNets; the families not named there take those of
+# their kind: ConvNeXt-V2, Swin and LeViT as the ViTs (the weight decay they were designed with),
+# ResNeXt as the ResNets.
+WEIGHT_DECAY = {
+  "vit": 5e-2,
+  "resnet": 5e-4,
+  "convnextv2": 5e-2,
+  "resnext": 5e-4,
+  "swin": 5e-2,
+  "levit": 5e-2,
+}
 
 
 def model(arch: str, projector: dict | None = None) -> ml_collections.ConfigDict:

@@ -19,7 +19,9 @@ def _vit_params(width, depth, mlp, patch, channels=3, img=224):
 
 # Published sizes without the classification head: ViT (the figures, g: 40 blocks, width
 # 1408, MLP 6144); torchvision ResNets (11,689,512 / 21,797,672 / 25,557,032 minus the 1000-way fc);
-# ConvNeXt-V2 (3.71M ... 660.29M as published, minus the 1000-way fc of the last stage's width).
+# ConvNeXt-V2 (3.71M ... 660.29M as published, minus the 1000-way fc of the last stage's width);
+# timm's resnext26ts (10.30M) and Swin-T (28.29M, Liu et al. 2021) minus their 1000-way fc;
+# LeViT-128 (9.2M, Graham et al. 2021) minus its two heads (BatchNorm + 1000-way fc each).
 PUBLISHED = {
   ("vit", "S/16"): 21.7e6,
   ("vit", "B/16"): 85.8e6,
@@ -37,6 +39,9 @@ PUBLISHED = {
   ("convnextv2", "base"): 88.72e6 - 1_025_000,
   ("convnextv2", "large"): 197.96e6 - 1_537_000,
   ("convnextv2", "huge"): 660.29e6 - 2_817_000,
+  ("resnext", "26ts"): 10.30e6 - 2_049_000,
+  ("swin", "tiny"): 28.29e6 - 769_000,
+  ("levit", "128"): 9.2e6 - 2 * (2 * 384 + 385_000),
 }
 
 
@@ -64,6 +69,9 @@ TINY = {
   "resnet18_small": dict(name="resnet", variant="18", small_stem=True, in_channels=1),
   "resnet50": dict(name="resnet", variant="50"),
   "convnextv2": dict(name="convnextv2", variant="atto", drop_path=0.1),
+  "resnext26ts": dict(name="resnext", variant="26ts"),
+  "swin": dict(name="swin", variant="mini", img_size=32, drop_path=0.1),
+  "levit": dict(name="levit", variant="mini", img_size=32, drop_path=0.1),
 }
 EXPECTED_DIMS = {
   "vit": 384,
@@ -71,6 +79,9 @@ EXPECTED_DIMS = {
   "resnet18_small": 512,
   "resnet50": 2048,
   "convnextv2": 320,
+  "resnext26ts": 2048,
+  "swin": 32,
+  "levit": 48,
 }
 
 
@@ -228,6 +239,12 @@ def test_convnets_reject_bad_images():
     call(dict(name="resnet", variant="18"), (2, 32, 32, 1))
   with pytest.raises(ValueError, match=r"shape \[N, H, W, C\]"):
     call(dict(name="convnextv2", variant="atto"), (32, 32, 3))
+  # Swin: maps of 10 tokens do not divide into its windows of 4 (built for 32 px, 8-token maps)
+  with pytest.raises(ValueError, match="does not divide into windows of 4"):
+    call(dict(name="swin", variant="mini", img_size=32), (2, 40, 40, 3))
+  # LeViT: attention biases laid out for 32 px images
+  with pytest.raises(ValueError, match="built for 32x32 images"):
+    call(dict(name="levit", variant="mini", img_size=32), (2, 64, 64, 3))
 
 
 @pytest.mark.parametrize(

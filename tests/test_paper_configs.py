@@ -113,6 +113,8 @@ def test_galaxy10_names_table3_and_its_probe_reads_table3s_shots():
     for value in row:
       assert f"{value:.2f}" in text
   assert config("galaxy10").model.variant == "34"  # Figure 1's and Table 3's best in-domain backbone
+  for _, arch in paper.TABLE3:
+    assert (config("galaxy10", f"arch={arch}").model.name,) == recipes.ARCHITECTURES[arch][:1]
   frozen = probe("galaxy10")
   assert tuple(frozen.linear_shots["shots"]) == paper.TABLE3_SHOTS
   assert "linear" in registry.names(frozen) and frozen.linear_shots["seeds"] == 3
@@ -187,6 +189,20 @@ def test_runlocal_trains_a_few_steps_on_a_generated_image_folder(group, devices,
   assert os.path.isdir(os.path.join(tmp_path, "run", "checkpoints", "2"))
 
 
+# Table 5's and Table 3's backbones of families no config trains by default: selected with `arch=`.
+ARCH_ONLY = ["levit_128", "resnext26ts", "swin_tiny"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("arch", ARCH_ONLY)
+def test_runlocal_of_the_other_table5_backbones_trains(arch, devices, data_dir, tmp_path):
+  c = _on_generated_images(config("cifar10", f"arch={arch},runlocal,steps=2"), data_dir)
+  assert c.model.name == recipes.ARCHITECTURES[arch][0]
+  c.data.global_batch_size = 16
+  metrics = loop.run(c, str(tmp_path / "run"))
+  assert np.isfinite(metrics["loss"]) and np.isfinite(metrics["probe_loss"])
+
+
 def test_runlocal_groups_cover_every_config_and_each_family():
   groups = _runlocal_groups()
   assert sorted(n for g in groups for n in g) == TRAINING
@@ -195,9 +211,9 @@ def test_runlocal_groups_cover_every_config_and_each_family():
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", TRAINING)
+@pytest.mark.parametrize("name", TRAINING + [f"cifar10:arch={arch}" for arch in ARCH_ONLY])
 def test_the_full_size_train_step_lowers_for_gpus_and_tpus(name, devices):
-  c = config(name)
+  c = config(*name.split(":"))
   # The full model, views and objective; a batch and mesh of the 8 test devices (FSDP kept up to 8).
   c.data.global_batch_size = 8
   c.mesh.axes = dict(data=-1, fsdp=min(c.mesh.axes["fsdp"], 8))

@@ -31,6 +31,11 @@ CASES = {
   "vit_mean_token": ({"name": "vit", "variant": "Mi/8", "img_size": 32, "class_token": False}, 32),
   "convnextv2_atto": ({"name": "convnextv2", "variant": "atto", "in_channels": 3}, 64),
   "convnextv2_tiny": ({"name": "convnextv2", "variant": "tiny"}, 32),  # timm: Linear MLP layout
+  "resnext26ts": ({"name": "resnext", "variant": "26ts"}, 64),
+  # 8x8 tokens in windows of 4, shifted in every other block; then one unshifted 4x4 window
+  "swin_shifted_windows": ({"name": "swin", "variant": "mini", "img_size": 32, "in_channels": 1}, 32),
+  # 4x4 tokens, then query-subsampling attention to 2x2 and 1x1
+  "levit_subsampling": ({"name": "levit", "variant": "mini", "img_size": 64}, 64),
 }
 
 
@@ -114,9 +119,10 @@ def test_timm_state_dict_loads_into_an_encoder_with_the_same_features(case):
   torch.manual_seed(3)
   model = _timm_model(config)
   # timm starts residual branches, GRN, tokens and norms at zeros and ones, which would hide a
-  # misplaced array: every float parameter and buffer gets noise, variances stay positive.
+  # misplaced array: every float array of the state_dict gets noise, variances stay positive
+  # (buffers outside it, such as Swin's shifted-window mask, are the architecture's own).
   with torch.no_grad():
-    for name, tensor in list(model.named_parameters()) + list(model.named_buffers()):
+    for name, tensor in model.state_dict().items():  # views of the model's own tensors
       if tensor.is_floating_point():
         if name.endswith("running_var"):
           tensor.uniform_(0.5, 2.0)

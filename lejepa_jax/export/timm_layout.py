@@ -15,6 +15,11 @@ One table per family says where each array goes; both directions read it, so the
                                             is the mean normalised patch token (`global_pool="avg"`,
                                             `fc_norm=False`)
     ConvNeXt-V2  convnextv2_<variant>       in_chans
+    ResNeXt      resnext26ts                in_chans
+    Swin         swin_tiny_patch4_window7_224   in_chans, img_size, and for the other sizes
+                                            embed_dim, depths, num_heads, window_size
+    LeViT        levit_128                  in_chans, img_size, embed_dim, key_dim, num_heads,
+                                            depth
 
 The kwargs decide the architecture; the name only picks timm's model function (a ViT-Mi/4 is written
 as vit_tiny_patch16_224 with its own dimensions), and timm's default preprocessing for that name does
@@ -51,7 +56,7 @@ import numpy as np
 from flax import nnx
 
 from lejepa_jax import models
-from lejepa_jax.models import convnext, resnet, vit
+from lejepa_jax.models import convnext, levit, resnet, resnext, swin, vit
 
 # lejepa_jax ViT size -> the timm model of that size (its name; the kwargs pin every dimension, so
 # the non-standard test sizes borrow a neighbour's name).
@@ -141,7 +146,37 @@ def timm_spec(backbone: nnx.Module) -> TimmSpec:
     return TimmSpec(
       f"convnextv2_{backbone.variant}", {"in_chans": backbone.in_channels, "num_classes": 0}
     )
-  raise ValueError(f"No timm layout for {type(backbone).__name__}; known: ResNet, ViT, ConvNeXtV2.")
+  if isinstance(backbone, resnext.ResNeXt):
+    return TimmSpec(f"resnext{backbone.variant}", {"in_chans": backbone.in_channels, "num_classes": 0})
+  if isinstance(backbone, swin.Swin):
+    size = swin.SWIN_SIZES[backbone.variant]
+    kwargs = {
+      "img_size": backbone.img_size,
+      "in_chans": backbone.in_channels,
+      "patch_size": size.patch,
+      "window_size": size.window,
+      "embed_dim": size.embed_dim,
+      "depths": list(size.depths),
+      "num_heads": list(size.num_heads),
+      "num_classes": 0,
+    }
+    return TimmSpec("swin_tiny_patch4_window7_224", kwargs)
+  if isinstance(backbone, levit.LeViT):
+    size = levit.LEVIT_SIZES[backbone.variant]
+    kwargs = {
+      "img_size": backbone.img_size,
+      "in_chans": backbone.in_channels,
+      "embed_dim": list(size.widths),
+      "key_dim": size.key_dim,
+      "num_heads": list(size.num_heads),
+      "depth": list(size.depths),
+      "num_classes": 0,
+    }
+    return TimmSpec("levit_128", kwargs)
+  raise ValueError(
+    f"No timm layout for {type(backbone).__name__}; known: ResNet, ViT, ConvNeXtV2, ResNeXt, Swin,"
+    " LeViT."
+  )
 
 
 def _check_resnet_fits_timm(backbone: resnet.ResNet) -> None:
@@ -224,14 +259,53 @@ def _convnext_key(backbone: convnext.ConvNeXtV2, path: tuple[str, ...]) -> str:
   return f"stages.{stage}.blocks.{block}." + _CONVNEXT_BLOCK_MODULES[module]
 
 
+def _resnext_key(backbone: resnext.ResNeXt, path: tuple[str, ...]) -> str:
+  if path[0] == "stem":  # stem.<i>.<conv|bn> -> stem.conv<i + 1>.<conv|bn>
+    return f"stem.conv{int(path[1]) + 1}.{path[2]}"
+  return ".".join(path)  # stages.<s>.<b>.<conv1_1x1|...|shortcut>.<conv|bn>: timm's names
+
+
+def _swin_key(backbone: swin.Swin, path: tuple[str, ...]) -> str:
+  head = path[0]
+  if head in ("patch_embed", "patch_norm"):
+    return {"patch_embed": "patch_embed.proj", "patch_norm": "patch_embed.norm"}[head]
+  if head == "norm":
+    return "norm"
+  stage, index, module = int(path[1]), int(path[2]), ".".join(path[3:])
+  if stage > 0 and index == 0:  # the stage's patch merging comes first in lejepa_jax's list
+    return f"layers.{stage}.downsample.{module}"
+  block = index - (1 if stage > 0 else 0)
+  return f"layers.{stage}.blocks.{block}.{module}"
+
+
+def _levit_key(backbone: levit.LeViT, path: tuple[str, ...]) -> str:
+  if path[0] == "stem":  # stem.<i>.<conv|bn> -> stem.conv<i + 1>.<linear|bn>
+    return f"stem.conv{int(path[1]) + 1}." + {"conv": "linear", "bn": "bn"}[path[2]]
+  stage, index = int(path[1]), int(path[2])
+  # timm wraps the output projection and the subsampled queries in a Sequential with their input op
+  module = ".".join({"proj": "proj.ln", "q": "q.ln"}.get(part, part) for part in path[3:])
+  if stage > 0 and index == 0:  # the stage's query-subsampling attention comes first here
+    return f"stages.{stage}.downsample.{module}"
+  return f"stages.{stage}.blocks.{index - (1 if stage > 0 else 0)}.{module}"
+
+
 _MODULE_KEYS: dict[type, Callable[[Any, tuple[str, ...]], str]] = {
   resnet.ResNet: _resnet_key,
   vit.ViT: _vit_key,
   convnext.ConvNeXtV2: _convnext_key,
+  resnext.ResNeXt: _resnext_key,
+  swin.Swin: _swin_key,
+  levit.LeViT: _levit_key,
 }
 # whole-array parameters of the ViT (no module around them)
 _VIT_ARRAYS = {"pos_embed": "pos_embed", "cls": "cls_token", "registers": "reg_token"}
-_GRN_LEAVES = {"gamma": "weight", "beta": "bias"}
+# leaves named otherwise than _LEAF_NAMES says: ConvNeXt-V2's GRN; Swin's and LeViT's bias tables
+_OTHER_LEAVES = {
+  "gamma": "weight",
+  "beta": "bias",
+  "relative_position_bias_table": "relative_position_bias_table",
+  "attention_biases": "attention_biases",
+}
 # timm defines its small ConvNeXt-V2s with `conv_mlp=True`: the pointwise MLP as 1x1 convolutions,
 # weights [out, in, 1, 1]; the larger ones as Linear layers, [out, in].
 _CONVNEXT_CONV_MLP = ("atto", "femto", "pico", "nano")
@@ -243,7 +317,7 @@ def _timm_key(backbone: nnx.Module, path: tuple[str, ...]) -> str:
     return _VIT_ARRAYS[path[0]]
   leaf = path[-1]
   module_key = _MODULE_KEYS[type(backbone)](backbone, path[:-1])
-  return f"{module_key}.{_GRN_LEAVES.get(leaf) or _LEAF_NAMES[leaf]}"
+  return f"{module_key}.{_OTHER_LEAVES.get(leaf) or _LEAF_NAMES[leaf]}"
 
 
 def _backbone_variables(backbone: nnx.Module) -> Iterator[tuple[tuple[str, ...], nnx.Variable]]:

@@ -1,4 +1,5 @@
-"""Flax NNX encoders built by name: ViT, ResNet and ConvNeXt-V2 backbones plus the LeJEPA projector.
+"""Flax NNX encoders built by name: ViT, ResNet, ResNeXt, ConvNeXt-V2, Swin and LeViT backbones plus
+the LeJEPA projector.
 
 encoder = build_encoder({"name": "vit", "variant": "S/16", "projector": {"out_dim": 128}},
                         make_rngs(0))
@@ -18,8 +19,11 @@ from flax import nnx
 
 from lejepa_jax.models.convnext import ConvNeXtV2
 from lejepa_jax.models.encoder import Encoder, Projector
+from lejepa_jax.models.levit import LeViT
 from lejepa_jax.models.resnet import ResNet
+from lejepa_jax.models.resnext import ResNeXt
 from lejepa_jax.models.rngs import make_rngs
+from lejepa_jax.models.swin import Swin
 from lejepa_jax.models.vit import ViT
 
 # name -> (class, the config keys it accepts besides name/variant/dtype/projector)
@@ -27,6 +31,9 @@ BACKBONES: dict[str, tuple[Callable[..., nnx.Module], tuple[str, ...]]] = {
   "vit": (ViT, ("img_size", "in_channels", "class_token", "num_registers", "drop_path", "remat")),
   "resnet": (ResNet, ("in_channels", "small_stem", "width")),
   "convnextv2": (ConvNeXtV2, ("in_channels", "drop_path")),
+  "resnext": (ResNeXt, ("in_channels",)),
+  "swin": (Swin, ("img_size", "in_channels", "drop_path")),
+  "levit": (LeViT, ("img_size", "in_channels", "drop_path")),
 }
 PROJECTOR_KEYS = ("hidden_dim", "out_dim", "num_layers")
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
@@ -69,7 +76,7 @@ def build_encoder(config: Mapping[str, Any], rngs: nnx.Rngs) -> Encoder:
   """Builds backbone + projector from a model config; `projector: None` builds the backbone alone.
 
   Args:
-    config: {"name": "vit" | "resnet" | "convnextv2", "variant": ..., "dtype": "auto" (bfloat16 on
+    config: {"name": one of BACKBONES, "variant": ..., "dtype": "auto" (bfloat16 on
       accelerators, float32 on CPU) | "float32" | "bfloat16", backbone options..., "projector":
       {"hidden_dim", "out_dim", "num_layers"} or None}.
     rngs: parameter (and drop-path) random streams; `make_rngs(seed)` traces deep models fastest.
@@ -127,8 +134,11 @@ __all__ = [
   "BACKBONES",
   "ConvNeXtV2",
   "Encoder",
+  "LeViT",
   "Projector",
+  "ResNeXt",
   "ResNet",
+  "Swin",
   "ViT",
   "build_backbone",
   "build_encoder",

@@ -325,7 +325,8 @@ def header(
   chips = math.prod(axes.values())
   per_device = images_per_device(plan_config(config, axes, per_device_batch, "none"), axes)
   where = "" if devices is None else f", compiled for TPU {tpu_topology(generation, chips)}"
-  how = "" if depths is None or devices is None else f", depths {depths} extrapolated"
+  extrapolated = depths is not None and devices is not None and config.model.name == "vit"
+  how = f", depths {depths} extrapolated" if extrapolated else ""  # compiled_full_depth's rule
   return (
     f"{config.model.name} {config.model.get('variant', '')}, mesh "
     f"{' x '.join(f'{k}:{v}' for k, v in axes.items())} ({chips} devices), "

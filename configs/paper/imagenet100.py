@@ -17,7 +17,9 @@ ResNet-50 number):
     arch=vit_s8                                76.59  80.77  81.07
     arch=vit_t8                                71.79  76.87  80.37
 
-(Table 4's rows with a predictor or SWA are not built: lejepa_jax trains neither.) A lambda sweep of
+(Table 4's rows with a predictor or SWA, among them the table's best, ViT-S/8 with SWA and 3 layers
+at 84.12%, are not built: the paper describes neither well enough and the authors' training script
+with them is unpublished; docs/reproducing.md.) A lambda sweep of
 one row is one command: `python -m lejepa_jax.ablate --config=configs/paper/imagenet100.py
 --workdir=DIR --sweep=loss.sigreg_weight=0.01,0.02,0.025`.
 

@@ -88,13 +88,13 @@ def _convert(key: str, value: str | None, default):
 # The options each backbone reads from config.model (lejepa_jax.models.BACKBONES), at the models'
 # own defaults. A config holds all of its family's, so `--config.model.<option>=...` reaches each.
 MODEL_OPTIONS = {
-  # remat: activation rematerialisation per block (models.vit.REMAT_POLICIES); `lejepa_jax.plan`
-  # tells which one fits a given accelerator and mesh.
+  # remat (ViT, ConvNeXt-V2): activation rematerialisation per block (models.layers.REMAT_POLICIES);
+  # `lejepa_jax.plan` tells which one fits a given accelerator and mesh.
   "vit": dict(
     img_size=224, in_channels=3, class_token=True, num_registers=0, drop_path=0.0, remat="none"
   ),
   "resnet": dict(in_channels=3, small_stem=False, width=64),
-  "convnextv2": dict(in_channels=3, drop_path=0.0),
+  "convnextv2": dict(in_channels=3, drop_path=0.0, remat="none"),
   "resnext": dict(in_channels=3),
   "swin": dict(img_size=224, in_channels=3, drop_path=0.0),
   "levit": dict(img_size=224, in_channels=3, drop_path=0.0),

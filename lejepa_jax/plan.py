@@ -18,7 +18,7 @@ from absl import flags
 from ml_collections import config_flags
 
 from lejepa_jax import cli
-from lejepa_jax.models import vit
+from lejepa_jax.models import layers
 from lejepa_jax.scale import cost_plan, memory_plan
 
 _PROG = "python -m lejepa_jax.plan"
@@ -30,7 +30,7 @@ _MESH = flags.DEFINE_string("mesh", None, "Mesh shape, e.g. data:32,fsdp:8.", fl
 _REMAT = flags.DEFINE_list(
   "remat",
   None,
-  f"Remat policies to plan (default: the config's); any of {list(vit.REMAT_POLICIES)}.",
+  f"Remat policies to plan (default: the config's); any of {list(layers.REMAT_POLICIES)}.",
   flag_values=_FLAGS,
 )
 _PER_DEVICE_BATCH = flags.DEFINE_integer(
@@ -72,9 +72,9 @@ def main(argv: list[str] | None = None) -> None:
 
   jax.config.update("jax_platforms", "cpu")  # compile-only TPU devices need no accelerator
   config, axes = _CONFIG.value, memory_plan.parse_mesh(_MESH.value)
-  if _REMAT.value and config.model.name != "vit":
+  if _REMAT.value and "remat" not in config.model:
     raise SystemExit(
-      f"error: --remat applies to ViTs only (rematerialisation per block); "
+      f"error: --remat applies to ViTs and ConvNeXt-V2s only (rematerialisation per block); "
       f"{config.model.name} has no remat option. Leave --remat out."
     )
   chips = math.prod(axes.values())

@@ -450,15 +450,30 @@ def test_bfloat16_cpu_product_forms_are_as_accurate_as_plain_autodiff(monkeypatc
   np.testing.assert_allclose(np.linalg.norm(forms), np.linalg.norm(plain), rtol=0.01)
 
 
+# family -> (config, image side, gradient tolerance relative to each tensor's largest entry): the
+# ConvNeXt's GRN divides by norms summed over the whole map, which carries the float32 rounding of
+# a recomputed forward pass further (measured: 1e-7 absolute on an entry of 2.4e-3, atto).
+REMAT_MODELS = {
+  "vit": (dict(name="vit", variant="Mi/8", img_size=16), 16, 1e-6),
+  "convnextv2": (dict(name="convnextv2", variant="atto"), 32, 1e-5),
+}
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("remat", ["full", "dots_with_no_batch_dims_saveable"])
-def test_remat_changes_memory_not_values(remat):
+@pytest.mark.parametrize(
+  "family,remat",
+  [("vit", "full"), ("vit", "dots_with_no_batch_dims_saveable"), ("convnextv2", "full")],
+)
+def test_remat_changes_memory_not_values(family, remat):
   """Rematerialised blocks give the same outputs and gradients, drop-path masks included."""
-  images = jax.random.uniform(jax.random.key(1), (4, 16, 16, 3))
+  config, side, grad_tolerance = REMAT_MODELS[family]
+  images = jax.random.uniform(jax.random.key(1), (4, side, side, 3))
 
   def loss_and_grads(policy):
-    vit = models.ViT("Mi/8", img_size=16, drop_path=0.5, remat=policy, rngs=nnx.Rngs(0))
-    graphdef, state = nnx.split(vit)
+    backbone = models.build_backbone(
+      dict(config, drop_path=0.5, remat=policy, dtype="float32"), nnx.Rngs(0)
+    )
+    graphdef, state = nnx.split(backbone)
 
     def loss(model):
       pooled, features = model(images)
@@ -475,9 +490,9 @@ def test_remat_changes_memory_not_values(remat):
   np.testing.assert_allclose(got, want, rtol=1e-6)
   for g, w in zip(jax.tree.leaves(got_grads), jax.tree.leaves(want_grads), strict=True):
     # Recomputation may round differently in float32: tolerance relative to each tensor's scale.
-    np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-6 * float(np.abs(w).max()))
+    np.testing.assert_allclose(g, w, rtol=1e-5, atol=grad_tolerance * float(np.abs(w).max()))
   with pytest.raises(ValueError, match="model.remat"):
-    models.ViT("Mi/8", img_size=16, remat="some", rngs=nnx.Rngs(0))
+    models.build_backbone(dict(config, remat="some"), nnx.Rngs(0))
 
 
 def _key_bits(tree):

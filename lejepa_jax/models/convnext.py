@@ -91,6 +91,8 @@ class ConvNeXtV2(layers.PooledConvNet):
     variant: one of atto, femto, pico, nano, tiny, base, large, huge.
     in_channels: image channels.
     drop_path: stochastic-depth rate of the last block (linearly increasing from 0).
+    remat: activation rematerialisation per block, a key of `layers.REMAT_POLICIES` ("none",
+      "full", ...): what the forward pass keeps for the backward pass.
     dtype: computation dtype (parameters stay float32).
   """
 
@@ -101,9 +103,12 @@ class ConvNeXtV2(layers.PooledConvNet):
     *,
     in_channels: int = 3,
     drop_path: float = 0.0,
+    remat: str = "none",
     dtype=jnp.float32,
     rngs: nnx.Rngs,
   ):
+    layers.check_remat(remat)
+    self.remat = remat
     if variant not in CONVNEXT_V2_SIZES:
       raise ValueError(
         f"Unknown ConvNeXt-V2 variant {variant!r}: expected one of {list(CONVNEXT_V2_SIZES)}."
@@ -139,7 +144,7 @@ class ConvNeXtV2(layers.PooledConvNet):
     maps = []
     for stage in self.stages:
       for module in stage:
-        x = module(x)
+        x = layers.remat_call(module, x, self.remat) if isinstance(module, ConvNeXtBlock) else module(x)
       maps.append(x)
     return maps
 

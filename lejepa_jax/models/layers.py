@@ -178,6 +178,31 @@ def batch_norm(
   )
 
 
+# Activation rematerialisation of each block (ViT, ConvNeXt-V2): what the forward pass keeps for the
+# backward pass. "none" keeps every activation; "full" keeps only each block's input and recomputes
+# the rest; "dots_with_no_batch_dims_saveable" also keeps the outputs of the weight matmuls
+# (recomputing attention scores, softmax, GELU, norms); "dots_saveable" keeps every matmul output.
+REMAT_POLICIES = {
+  "none": None,
+  "full": jax.checkpoint_policies.nothing_saveable,
+  "dots_saveable": jax.checkpoint_policies.dots_saveable,
+  "dots_with_no_batch_dims_saveable": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+}
+
+
+def check_remat(remat: str) -> None:
+  if remat not in REMAT_POLICIES:
+    raise ValueError(f"model.remat must be one of {list(REMAT_POLICIES)}, got {remat!r}.")
+
+
+def remat_call(block: nnx.Module, x: jax.Array, remat: str) -> jax.Array:
+  """`block(x)`, its activations rematerialised per the policy `remat` (REMAT_POLICIES): what the
+  policy does not keep, the backward pass recomputes."""
+  if remat == "none":
+    return block(x)
+  return nnx.remat(type(block).__call__, policy=REMAT_POLICIES[remat])(block, x)
+
+
 class DropPath(nnx.Module):
   """Stochastic depth: drops a residual branch for whole samples, rescaling the kept ones.
 

@@ -33,16 +33,6 @@ VIT_SIZES = {
 }
 # 8, 14, 16: the published models' patches; 4 and 7 for 28-32 px images (Fashion-MNIST, CIFAR).
 PATCH_SIZES = (4, 7, 8, 14, 16)
-# Activation rematerialisation of each block: what the forward pass keeps for the backward pass.
-# "none" keeps every activation; "full" keeps only each block's input and recomputes the rest;
-# "dots_with_no_batch_dims_saveable" also keeps the outputs of the weight matmuls (recomputing
-# attention scores, softmax, GELU, norms); "dots_saveable" keeps every matmul output.
-REMAT_POLICIES = {
-  "none": None,
-  "full": jax.checkpoint_policies.nothing_saveable,
-  "dots_saveable": jax.checkpoint_policies.dots_saveable,
-  "dots_with_no_batch_dims_saveable": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
-}
 
 
 def parse_variant(variant: str) -> tuple[ViTSize, int]:
@@ -138,7 +128,7 @@ class ViT(nnx.Module):
     num_registers: extra register tokens (no position embedding), dropped from the outputs.
     drop_path: stochastic-depth rate of the last block (linearly increasing from 0).
     dtype: computation dtype (parameters stay float32).
-    remat: activation rematerialisation per block, a key of `REMAT_POLICIES` ("none", "full",
+    remat: activation rematerialisation per block, a key of `layers.REMAT_POLICIES` ("none", "full",
       "dots_saveable", "dots_with_no_batch_dims_saveable"): less memory, more compute, same values.
   """
 
@@ -157,8 +147,7 @@ class ViT(nnx.Module):
     rngs: nnx.Rngs,
   ):
     size, patch = parse_variant(variant)
-    if remat not in REMAT_POLICIES:
-      raise ValueError(f"model.remat must be one of {list(REMAT_POLICIES)}, got {remat!r}.")
+    layers.check_remat(remat)
     self.remat = remat
     self.variant, self.patch, self.width, self.in_channels = variant, patch, size.width, in_channels
     self.grid = img_size // patch
@@ -227,9 +216,7 @@ class ViT(nnx.Module):
 
   def _block(self, block: Block, x: jax.Array) -> jax.Array:
     """One block, rematerialised per `self.remat` (backward recomputes what was not kept)."""
-    if self.remat == "none":
-      return block(x)
-    return nnx.remat(Block.__call__, policy=REMAT_POLICIES[self.remat])(block, x)
+    return layers.remat_call(block, x, self.remat)
 
   def _summary(self, tokens: jax.Array) -> jax.Array:
     """CLS token after the final norm, or the mean patch token without a CLS: [N, width]."""

@@ -79,7 +79,7 @@ def plan_config(
       config.data.global_batch_size = per_device_batch * batch_devices(axes)
     if config.model.get("dtype", "auto") == "auto":
       config.model.dtype = "bfloat16"  # what "auto" means on TPUs and GPUs
-    if config.model.name == "vit":
+    if "remat" in config.model:  # the models with a per-block remat option
       config.model.remat = remat
     config.mesh.axes = dict(axes)
   if config.data.global_batch_size % batch_devices(axes):

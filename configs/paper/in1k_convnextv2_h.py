@@ -12,8 +12,9 @@ Settings (section 6.4: "the same recipe as described in Section 6.1"; lejepa_jax
 of 224 px, all global (Algorithm 2 for ConvNets), lambda 0.05, 1024 slices, AdamW lr 5e-4, warmup +
 cosine to lr/1000, bfloat16, 100 epochs. Left out by the paper: batch 512 and crop scale (0.3, 1)
 (authors' scripts and README), weight decay 5e-2 and drop-path 0.1 (ConvNeXt-V2's own; the authors'
-README names weight decays for ViTs and ResNets only). Parameters FSDP-sharded over 4 devices.
-Cost: docs/reproducing.md. Arguments: epochs=, runlocal.
+README names weight decays for ViTs and ResNets only). Parameters FSDP-sharded over 4 devices. On 8
+chips the step fits only with `--config.model.remat=full` (50 GiB per device, TPU v5p compile);
+without remat it needs 64 chips of 95 GiB. Cost: docs/reproducing.md. Arguments: epochs=, runlocal.
 """
 
 from lejepa_jax import config_lib, recipes

@@ -93,7 +93,7 @@ MODEL_OPTIONS = {
   "vit": dict(
     img_size=224, in_channels=3, class_token=True, num_registers=0, drop_path=0.0, remat="none"
   ),
-  "resnet": dict(in_channels=3, small_stem=False, width=64),
+  "resnet": dict(in_channels=3, small_stem=False, stem="plain", avg_down=False, width=64),
   "convnextv2": dict(in_channels=3, drop_path=0.0, remat="none"),
   "resnext": dict(in_channels=3),
   "swin": dict(img_size=224, in_channels=3, drop_path=0.0),
@@ -312,7 +312,7 @@ def apply_runlocal(
   c.mesh.axes = dict(data=-1)
   small = {
     "vit": dict(variant="Mi/8", img_size=32),
-    "resnet": dict(variant="18", small_stem=True, width=16),
+    "resnet": dict(variant="18", small_stem=True, stem="plain", width=16),
     "convnextv2": dict(variant="atto"),
     "resnext": dict(variant="26ts"),  # its only size: 8M parameters, fast at 32 px
     "swin": dict(variant="mini", img_size=32),
@@ -320,7 +320,7 @@ def apply_runlocal(
   }[c.model.name]
   for key, value in small.items():
     c.model[key] = value
-  if "drop_path" in c.model:
+  if c.model.name == "vit":
     c.model.drop_path = 0.0
   sizes = (
     (32, 16)
@@ -332,6 +332,8 @@ def apply_runlocal(
     c.data.global_views, size=sizes[0], count=min(2, c.data.global_views["count"])
   )
   c.data.local_views = dict(c.data.local_views, size=sizes[1], count=min(2, c.data.local_views["count"]))
+  if c.model.name in ("swin", "levit"):  # laid out for one image size: the views'
+    c.model.img_size = sizes[0]
   c.model.projector = dict(hidden_dim=64, out_dim=16, num_layers=3)
   c.loss.num_slices = 128
   return c

@@ -7,12 +7,13 @@ docs/reproducing.md lists every such choice beside the number it serves.
 
 - Views (paper 6.1): V = 8. ViTs: 2 global views at 224 px and 6 local views at 96 (98 for patch 14, a
   multiple of the patch, as in the authors' scripts); crop scales (0.3, 1) and (0.05, 0.3) are the
-  authors' README's (the paper gives none). ConvNets: every view global (Algorithm 2: "For non-ViT
-  architectures (e.g., ResNet), set global_views = all_views").
+  authors' README's (the paper gives none). Every other backbone (ConvNets, Swin, LeViT): every view
+  global (Algorithm 2: "For non-ViT architectures (e.g., ResNet), set global_views = all_views").
 - Objective: lambda 0.05, 1024 slices, 17 knots (paper 6.1's recommendations); t_max 3 (the authors'
   library default, within noise of the recommended [-5, 5] in Table 1a).
 - Optimizer: AdamW, linear warmup + cosine to lr/1000; lr 5e-4, weight decay 5e-2 for ViTs and 5e-4
-  for ConvNets (the authors' README); 10 warmup epochs; bfloat16 compute on accelerators.
+  for ResNets (the authors' README; WEIGHT_DECAY for the others); 10 warmup epochs; bfloat16
+  compute on accelerators.
 - Projector: MLP 2048-2048-512 with BatchNorm (the authors' scripts: projector_dim=512).
 """
 
@@ -28,6 +29,11 @@ ARCHITECTURES = {
   "resnet18": ("resnet", "18"),
   "resnet34": ("resnet", "34"),
   "resnet50": ("resnet", "50"),
+  "resnet14t": ("resnet", "14"),
+  "resnet18d": ("resnet", "18"),
+  "resnet26": ("resnet", "26"),
+  "resnet26d": ("resnet", "26"),
+  "resnet26t": ("resnet", "26"),
   "resnext26ts": ("resnext", "26ts"),
   "swin_tiny": ("swin", "tiny"),
   "levit_128": ("levit", "128"),
@@ -39,13 +45,20 @@ ARCHITECTURES = {
   "vit_t8": ("vit", "Ti/8"),
   "vit_s8": ("vit", "S/8"),
 }
+# timm's names for the options beyond the variant (Figure 9's ResNets with other stems and shortcuts)
+ARCHITECTURE_OPTIONS = {
+  "resnet14t": dict(stem="deep_tiered", avg_down=True),
+  "resnet18d": dict(stem="deep", avg_down=True),
+  "resnet26d": dict(stem="deep", avg_down=True),
+  "resnet26t": dict(stem="deep_tiered", avg_down=True),
+}
 PAPER_LAMBDA = 0.05
 PAPER_SLICES = 1024
 PAPER_BATCH = 512  # the authors' launch scripts (ViT-L ablations, ImageNet-10)
 PAPER_PROJECTOR = dict(hidden_dim=2048, out_dim=512, num_layers=3)
 # The authors' README: 5e-2 for ViTs, 5e-4 for ResNets; the families not named there take those of
-# their kind: ConvNeXt-V2, Swin and LeViT as the ViTs (the weight decay they were designed with),
-# ResNeXt as the ResNets.
+# their kind: ConvNeXt-V2, Swin and LeViT as the ViTs (ConvNeXt-V2 and Swin were designed with 5e-2,
+# LeViT with 2.5e-2), ResNeXt as the ResNets.
 WEIGHT_DECAY = {
   "vit": 5e-2,
   "resnet": 5e-4,
@@ -64,12 +77,14 @@ def model(arch: str, projector: dict | None = None) -> ml_collections.ConfigDict
       "timm backbones are not implemented)."
     )
   family, variant = ARCHITECTURES[arch]
-  return config_lib.model_config(family, variant, projector=projector or dict(PAPER_PROJECTOR))
+  return config_lib.model_config(
+    family, variant, projector=projector or dict(PAPER_PROJECTOR), **ARCHITECTURE_OPTIONS.get(arch, {})
+  )
 
 
 def set_views(c: ml_collections.ConfigDict, views: int = 8, global_views: int = 2, size: int = 224):
-  """The paper's multi-crop: ConvNets take every view global; ViTs `global_views` at `size` and the
-  rest local at 96 px (98 for patch 14)."""
+  """The paper's multi-crop: every backbone but the ViT takes every view global; ViTs
+  `global_views` at `size` and the rest local at 96 px (98 for patch 14)."""
   if c.model.name == "vit":
     local = 98 if c.model.variant.endswith("/14") else 96
     c.data.global_views = dict(count=global_views, size=size, scale=(0.3, 1.0))

@@ -70,6 +70,7 @@ TINY = {
   "resnet50": dict(name="resnet", variant="50"),
   "convnextv2": dict(name="convnextv2", variant="atto", drop_path=0.1),
   "resnext26ts": dict(name="resnext", variant="26ts"),
+  "resnet26t": dict(name="resnet", variant="26", stem="deep_tiered", avg_down=True),
   "swin": dict(name="swin", variant="mini", img_size=32, drop_path=0.1),
   "levit": dict(name="levit", variant="mini", img_size=32, drop_path=0.1),
 }
@@ -80,6 +81,7 @@ EXPECTED_DIMS = {
   "resnet50": 2048,
   "convnextv2": 320,
   "resnext26ts": 2048,
+  "resnet26t": 2048,
   "swin": 32,
   "levit": 48,
 }
@@ -239,9 +241,9 @@ def test_convnets_reject_bad_images():
     call(dict(name="resnet", variant="18"), (2, 32, 32, 1))
   with pytest.raises(ValueError, match=r"shape \[N, H, W, C\]"):
     call(dict(name="convnextv2", variant="atto"), (32, 32, 3))
-  # Swin: maps of 10 tokens do not divide into its windows of 4 (built for 32 px, 8-token maps)
-  with pytest.raises(ValueError, match="does not divide into windows of 4"):
-    call(dict(name="swin", variant="mini", img_size=32), (2, 40, 40, 3))
+  # Swin: sides must be multiples of its 4 px patches (maps then pad to whole windows)
+  with pytest.raises(ValueError, match="not divisible by the patch size 4"):
+    call(dict(name="swin", variant="mini", img_size=32), (2, 30, 30, 3))
   # LeViT: attention biases laid out for 32 px images
   with pytest.raises(ValueError, match="built for 32x32 images"):
     call(dict(name="levit", variant="mini", img_size=32), (2, 64, 64, 3))
@@ -257,6 +259,10 @@ def test_convnets_reject_bad_images():
     (dict(name="convnextv2", variant="giant"), "Unknown ConvNeXt-V2 variant"),
     (dict(name="resnet", variant="18", projector=dict(out=8)), r"model.projector"),
     (dict(name="resnet", variant="18", dtype="fp8"), "model.dtype"),
+    (dict(name="resnet", variant="18", stem="deep", small_stem=True), "model.stem"),
+    (dict(name="resnet", variant="18", stem="quad"), "model.stem"),
+    (dict(name="swin", variant="huge"), "Unknown Swin variant"),
+    (dict(name="levit", variant="128", img_size=200), "not a multiple of the stem's stride 16"),
   ],
 )
 def test_bad_model_configs_name_the_problem(config, match):

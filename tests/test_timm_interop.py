@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from lejepa_jax import export, models
+from lejepa_jax import export, models, recipes
 from lejepa_jax.export import timm_files, timm_layout
 
 torch = pytest.importorskip("torch")
@@ -32,10 +32,17 @@ CASES = {
   "convnextv2_atto": ({"name": "convnextv2", "variant": "atto", "in_channels": 3}, 64),
   "convnextv2_tiny": ({"name": "convnextv2", "variant": "tiny"}, 32),  # timm: Linear MLP layout
   "resnext26ts": ({"name": "resnext", "variant": "26ts"}, 64),
-  # 8x8 tokens in windows of 4, shifted in every other block; then one unshifted 4x4 window
-  "swin_shifted_windows": ({"name": "swin", "variant": "mini", "img_size": 32, "in_channels": 1}, 32),
+  # 10x10 tokens padded to windows of 4, shifted in every other block; merged (odd sides padded)
+  # to 5x5, padded to windows of 4 and shifted again
+  "swin_padded_windows": ({"name": "swin", "variant": "mini", "img_size": 40, "in_channels": 1}, 40),
   # 4x4 tokens, then query-subsampling attention to 2x2 and 1x1
   "levit_subsampling": ({"name": "levit", "variant": "mini", "img_size": 64}, 64),
+  # timm's resnet14t layout at width 16: tiered 3-conv stem, average-pooled shortcuts; odd sides
+  # give the pools partial windows
+  "resnet14t_narrow": (
+    {"name": "resnet", "variant": "14", "stem": "deep_tiered", "avg_down": True, "width": 16},
+    33,
+  ),
 }
 
 
@@ -48,8 +55,10 @@ def _config(case: str, **overrides) -> dict:
 
 
 def _timm_width(case: str) -> dict:
-  """timm's ResNets have a 64-channel stem: the width a timm model can come from."""
-  return {"width": 64} if CASES[case][0]["name"] == "resnet" else {}
+  """timm's plain ResNet stem has 64 channels: the width a timm model can come from (its deep stems
+  take any width)."""
+  config = CASES[case][0]
+  return {"width": 64} if config["name"] == "resnet" and config.get("stem", "plain") == "plain" else {}
 
 
 def _images(case: str, seed: int = 0) -> np.ndarray:
@@ -190,6 +199,7 @@ def test_export_command_writes_a_timm_model_of_a_training_run(tmp_path):
 LAYOUT_CASES = {
   "resnet34": {"name": "resnet", "variant": "34", "width": 16},
   "vit_ti14_registers": {"name": "vit", "variant": "Ti/14", "img_size": 28, "num_registers": 4},
+  "resnet18d_narrow": {"name": "resnet", "variant": "18", "stem": "deep", "avg_down": True, "width": 16},
 }
 
 
@@ -223,3 +233,23 @@ def test_a_resnet_timm_cannot_hold_is_refused_naming_the_reason(config):
   abstract = nnx.eval_shape(lambda: models.build_backbone(config, models.make_rngs(0)))
   with pytest.raises(ValueError, match="has no timm equivalent"):
     timm_layout.timm_spec(abstract)
+
+
+# recipes.ARCHITECTURES uses timm's model names, but for these (timm has no ViT-Ti/8: its Ti/16 with
+# patch_size=8); lejepa_jax's ViT position embeddings cover the patches only (no_embed_class=True).
+_TIMM_NAMES = {
+  "swin_tiny": ("swin_tiny_patch4_window7_224", {}),
+  "vit_s8": ("vit_small_patch8_224", {"no_embed_class": True}),
+  "vit_t8": ("vit_tiny_patch16_224", {"patch_size": 8, "no_embed_class": True}),
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("arch", sorted(recipes.ARCHITECTURES))
+def test_every_paper_architecture_has_as_many_parameters_as_timms_model_of_its_name(arch):
+  name, kwargs = _TIMM_NAMES.get(arch, (arch, {}))
+  model = timm.create_model(name, num_classes=0, device="meta", **kwargs)  # nothing allocated
+  config = recipes.model(arch)
+  options = {k: v for k, v in config.items() if k in models.BACKBONES[config.name][1]}
+  want = sum(p.numel() for p in model.parameters())
+  assert models.count_params(config.name, config.variant, **options) == want, arch

@@ -5,7 +5,9 @@ a lejepa_jax encoder (to continue training or to compare).
 One table per family says where each array goes; both directions read it, so they cannot disagree.
 
     family       timm model                 how the architecture is matched
-    ResNet       resnet18 / 34 / 50         in_chans, channels from `width`; the small stem (3x3,
+    ResNet       resnet14t / 18 / 26 / 34 / 50   in_chans, channels from `width`, and for the deep
+                                            stems and average-pooled shortcuts (timm's resnet*d,
+                                            *t) stem_type, stem_width, avg_down; the small stem (3x3,
                                             stride 1, no max-pool) has no timm equivalent: conv1
                                             becomes Conv2d(C, 64, 3, 1, 1, bias=False) and maxpool
                                             nn.Identity() (`create_timm_model` does it)
@@ -123,7 +125,12 @@ def timm_spec(backbone: nnx.Module) -> TimmSpec:
       "channels": [width * m for m in resnet.STAGE_MULTIPLES],
       "num_classes": 0,
     }
-    return TimmSpec(f"resnet{backbone.variant}", kwargs, backbone.small_stem)
+    # timm has ResNet-14 only as resnet14t: the stem and shortcuts, pinned, make any variant exact
+    name = "resnet14t" if backbone.variant == "14" else f"resnet{backbone.variant}"
+    if name != f"resnet{backbone.variant}" or backbone.stem_type != "plain" or backbone.avg_down:
+      stem_type = "" if backbone.stem_type == "plain" else backbone.stem_type
+      kwargs.update(stem_type=stem_type, stem_width=width // 2, avg_down=backbone.avg_down)
+    return TimmSpec(name, kwargs, backbone.small_stem)
   if isinstance(backbone, vit.ViT):
     size, patch = vit.parse_variant(backbone.variant)
     kwargs = {
@@ -180,8 +187,11 @@ def timm_spec(backbone: nnx.Module) -> TimmSpec:
 
 
 def _check_resnet_fits_timm(backbone: resnet.ResNet) -> None:
-  """timm's ResNet stem has 64 channels, and its first block projects exactly when 64 differs from
-  the first stage's output: lejepa_jax ResNets that cannot be written into that are refused."""
+  """timm's plain ResNet stem has 64 channels, and its first block projects exactly when 64 differs
+  from the first stage's output: lejepa_jax ResNets that cannot be written into that are refused.
+  (timm's deep stems take any width: `stem_width`.)"""
+  if backbone.deep_stem is not None:
+    return
   width = backbone.stem_bn.num_features
   first_out = width * type(backbone.blocks[0]).expansion
   if width > TIMM_RESNET_STEM or (
@@ -200,15 +210,18 @@ def _check_resnet_fits_timm(backbone: resnet.ResNet) -> None:
 
 def _resnet_key(backbone: resnet.ResNet, path: tuple[str, ...]) -> str:
   head, rest = path[0], path[1:]
+  if head == "deep_stem":  # timm's conv1 Sequential: conv, BN, ReLU, conv, BN, ReLU, conv
+    return f"conv1.{3 * int(rest[0]) + {'conv': 0, 'bn': 1}[rest[1]]}"
   if head == "stem":
-    return "conv1"
+    return "conv1" if backbone.deep_stem is None else "conv1.6"
   if head == "stem_bn":
     return "bn1"
   block, module = int(rest[0]), rest[1:]
   stage, index = _stage_of(block, backbone.depths)
   prefix = f"layer{stage + 1}.{index}"
-  if module[0] == "shortcut":
-    return f"{prefix}.downsample." + {"conv": "0", "bn": "1"}[module[1]]
+  if module[0] == "shortcut":  # avg_down: downsample is (pool, conv, BN), else (conv, BN)
+    first = 1 if backbone.avg_down else 0
+    return f"{prefix}.downsample.{first + {'conv': 0, 'bn': 1}[module[1]]}"
   return f"{prefix}.{module[0]}"
 
 
@@ -376,7 +389,7 @@ def _first_block_projects(backbone: resnet.ResNet) -> bool:
 def _pad_resnet_stem(backbone: resnet.ResNet, state: dict[str, np.ndarray]) -> None:
   """Widens a `width`-channel stem to timm's 64 channels in place (module docstring)."""
   extra = TIMM_RESNET_STEM - backbone.stem_bn.num_features
-  if extra == 0:
+  if extra == 0 or backbone.deep_stem is not None:  # timm's deep stems are as wide as asked
     return
 
   def pad(key: str, axis: int, value: float = 0.0) -> None:
@@ -422,7 +435,7 @@ def _crop_resnet_stem(backbone: resnet.ResNet, state: dict[str, np.ndarray]) -> 
   """The inverse of `_pad_resnet_stem`: a 64-channel timm stem back to `width` channels. Refuses a
   stem whose extra channels carry anything (no `width`-channel network computes the same)."""
   width = backbone.stem_bn.num_features
-  if width == TIMM_RESNET_STEM or "bn1.weight" not in state:
+  if width == TIMM_RESNET_STEM or "bn1.weight" not in state or backbone.deep_stem is not None:
     return state
   state = dict(state)
   padding = [state["conv1.weight"][width:], state["bn1.weight"][width:], state["bn1.bias"][width:]]

@@ -246,11 +246,12 @@ def check_images(images: jax.Array, in_channels: int, model: str, multiple_of: i
 
 
 class PooledConvNet(nnx.Module):
-  """Shared interface of the ConvNets: subclasses define `stage_maps(images)` -> the output map of
-  every stage, [[N, H_s, W_s, C_s], ...], and set `out_dim` (the last stage's channels).
+  """Shared interface of the backbones that pool a final map (the ConvNets, Swin, LeViT): subclasses
+  define `stage_maps(images)` -> the output map of every stage, [[N, H_s, W_s, C_s], ...], and set
+  `out_dim` (the last stage's channels).
 
-  `__call__` returns (pooled, features), both `pool(feature_map(images))` [N, out_dim]: for ConvNets
-  the projector and the probes read the same globally pooled features.
+  `__call__` returns (pooled, features), both `pool(feature_map(images))` [N, out_dim]: the
+  projector and the probes read the same globally pooled features.
   """
 
   out_dim: int

@@ -105,7 +105,8 @@ class Attention(nnx.Module):
       rngs=rngs,
     )  # fmt: skip
     self.attention_biases = nnx.Param(
-      jnp.zeros((num_heads, side * side), jnp.float32), out_sharding=("heads", None)
+      jnp.zeros((num_heads, side * side), jnp.float32),
+      out_sharding=(None, None),  # small: whole
     )
 
   def __call__(self, x: jax.Array) -> jax.Array:

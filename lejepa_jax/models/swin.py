@@ -10,8 +10,9 @@ Linear to twice the width) at the start of stages 2-4; a final LayerNorm over ev
 spatial mean. LayerNorm epsilon 1e-5 and exact GELU, as timm.
 
 The windows are fixed when the model is built, from `img_size`: a stage whose map is not larger
-than the window attends over the whole map and never shifts (timm's rule). Inputs of another size
-work where every stage's map divides into its windows.
+than the window attends over the whole map and never shifts (timm's rule). Maps that do not divide
+into windows are zero-padded to whole windows, and odd maps to even sides before a merging, as timm
+does.
 """
 
 from __future__ import annotations
@@ -88,7 +89,7 @@ class WindowAttention(nnx.Module):
     self.proj = layers.dense(width, width, ("heads", "embed"), dtype=dtype, rngs=rngs)
     table_shape = ((2 * window - 1) ** 2, num_heads)
     self.relative_position_bias_table = nnx.Param(
-      layers.TRUNC_NORMAL(rngs.params(), table_shape, jnp.float32), out_sharding=(None, "heads")
+      layers.TRUNC_NORMAL(rngs.params(), table_shape, jnp.float32), out_sharding=(None, None)
     )
 
   def __call__(self, x: jax.Array, mask: np.ndarray | None) -> jax.Array:
@@ -116,28 +117,22 @@ class SwinBlock(nnx.Module):
     rngs: nnx.Rngs,
   ):  # fmt: skip
     self.window, self.shift = window, shift
-    self.norm1 = nnx.LayerNorm(
-      width, epsilon=LAYER_NORM_EPS, dtype=dtype, param_dtype=jnp.float32, rngs=rngs
-    )
+    self.norm1 = layers.layer_norm(width, epsilon=LAYER_NORM_EPS, dtype=dtype, rngs=rngs)
     self.attn = WindowAttention(width, num_heads, window, dtype=dtype, rngs=rngs)
-    self.norm2 = nnx.LayerNorm(
-      width, epsilon=LAYER_NORM_EPS, dtype=dtype, param_dtype=jnp.float32, rngs=rngs
-    )
+    self.norm2 = layers.layer_norm(width, epsilon=LAYER_NORM_EPS, dtype=dtype, rngs=rngs)
     self.mlp = Mlp(width, 4 * width, dtype=dtype, rngs=rngs)
     self.drop_path = layers.DropPath(drop_path, 4, rngs=rngs)
 
   def _attend(self, x: jax.Array) -> jax.Array:
+    """Attention within windows of the (rolled) map, zero-padded at the bottom and right to whole
+    windows and cropped back, as timm (whose padded tokens are not masked as keys either)."""
     n, h, w, c = x.shape
-    if h % self.window or w % self.window:
-      raise ValueError(
-        f"Swin: a {h}x{w} map does not divide into windows of {self.window}; use images whose "
-        "stage maps are multiples of the window (the model's img_size, e.g. 224 for Swin-T)."
-      )
-    mask = None
     if self.shift:
       x = jnp.roll(x, (-self.shift, -self.shift), axis=(1, 2))
-      mask = shift_mask(h, w, self.window, self.shift)
-    y = unpartition(self.attn(partition(x, self.window), mask), self.window, h, w)
+    hp, wp = -(-h // self.window) * self.window, -(-w // self.window) * self.window
+    x = jnp.pad(x, ((0, 0), (0, hp - h), (0, wp - w), (0, 0)))
+    mask = shift_mask(hp, wp, self.window, self.shift) if self.shift else None
+    y = unpartition(self.attn(partition(x, self.window), mask), self.window, hp, wp)[:, :h, :w]
     return jnp.roll(y, (self.shift, self.shift), axis=(1, 2)) if self.shift else y
 
   def __call__(self, x: jax.Array) -> jax.Array:
@@ -149,14 +144,13 @@ class PatchMerging(nnx.Module):
   """[N, H, W, C] -> [N, H/2, W/2, 2C]: each 2x2 group of tokens concatenated, normalised, projected."""
 
   def __init__(self, width: int, *, dtype, rngs: nnx.Rngs):
-    self.norm = nnx.LayerNorm(
-      4 * width, epsilon=LAYER_NORM_EPS, dtype=dtype, param_dtype=jnp.float32, rngs=rngs
-    )
+    self.norm = layers.layer_norm(4 * width, epsilon=LAYER_NORM_EPS, dtype=dtype, rngs=rngs)
     self.reduction = layers.dense(
       4 * width, 2 * width, ("mlp", "embed"), use_bias=False, dtype=dtype, rngs=rngs
     )
 
   def __call__(self, x: jax.Array) -> jax.Array:
+    x = jnp.pad(x, ((0, 0), (0, x.shape[1] % 2), (0, x.shape[2] % 2), (0, 0)))  # odd sides, as timm
     n, h, w, c = x.shape
     # (row offset, column offset) order (0,0), (1,0), (0,1), (1,1), as timm and the original Swin
     x = (
@@ -167,6 +161,9 @@ class PatchMerging(nnx.Module):
 
 class Swin(layers.PooledConvNet):
   """Swin Transformer backbone returning the spatial mean of its final LayerNorm'd tokens.
+
+  Inputs of any side that is a multiple of the patch run, as in timm: maps pad to whole windows and
+  to even sides before each merging; the windows and shifts stay those laid out for `img_size`.
 
   Args:
     variant: one of SWIN_SIZES ('tiny' is Swin-T).
@@ -196,9 +193,7 @@ class Swin(layers.PooledConvNet):
       in_channels, size.embed_dim, size.patch, strides=size.patch, padding="VALID", use_bias=True,
       dtype=dtype, rngs=rngs, kernel_init=layers.TRUNC_NORMAL,
     )  # fmt: skip
-    self.patch_norm = nnx.LayerNorm(
-      size.embed_dim, epsilon=LAYER_NORM_EPS, dtype=dtype, param_dtype=jnp.float32, rngs=rngs
-    )
+    self.patch_norm = layers.layer_norm(size.embed_dim, epsilon=LAYER_NORM_EPS, dtype=dtype, rngs=rngs)
     rates = iter(layers.drop_path_rates(drop_path, sum(size.depths)))
     side, width, stages = img_size // size.patch, size.embed_dim, []
     for i, (depth, heads) in enumerate(zip(size.depths, size.num_heads)):
@@ -214,14 +209,13 @@ class Swin(layers.PooledConvNet):
         )
       stages.append(nnx.List(stage))
     self.stages = nnx.List(stages)
-    self.norm = nnx.LayerNorm(
-      width, epsilon=LAYER_NORM_EPS, dtype=dtype, param_dtype=jnp.float32, rngs=rngs
-    )
+    self.norm = layers.layer_norm(width, epsilon=LAYER_NORM_EPS, dtype=dtype, rngs=rngs)
     self.out_dim = width
 
   def stage_maps(self, images: jax.Array) -> list[jax.Array]:
     """images [N, H, W, C] -> each stage's tokens as a map, [N, H / 4, W / 4, embed_dim] to
-    [N, H / 32, W / 32, out_dim] (before the final LayerNorm, which `pool` applies)."""
+    [N, H / 32, W / 32, out_dim] (sides rounded up), the last after the final LayerNorm (timm's
+    `forward_features`); `pool` averages it."""
     layers.check_images(images, self.in_channels, "Swin", multiple_of=self.patch)
     x = self.patch_norm(self.patch_embed(images.astype(self.dtype)))
     maps = []
@@ -229,8 +223,5 @@ class Swin(layers.PooledConvNet):
       for module in stage:
         x = module(x)
       maps.append(x)
+    maps[-1] = self.norm(x)
     return maps
-
-  def pool(self, feature_map: jax.Array) -> jax.Array:
-    """The spatial mean of the LayerNorm'd tokens: [N, H, W, C] -> [N, C]."""
-    return jnp.mean(self.norm(feature_map), axis=(1, 2))

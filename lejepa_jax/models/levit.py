@@ -226,7 +226,9 @@ class LeViT(layers.PooledConvNet):
     if images.shape[1:3] != (self.img_size, self.img_size):
       raise ValueError(
         f"LeViT was built for {self.img_size}x{self.img_size} images (its attention biases are laid "
-        f"out for them), got {images.shape[1]}x{images.shape[2]}; set model.img_size."
+        f"out for them), got {images.shape[1]}x{images.shape[2]}: every view must have that size "
+        "(data.local_views.count=0, as the paper's recipes for backbones other than the ViT) and "
+        "model.img_size must be the views' size."
       )
     x = images.astype(self.dtype)
     for i, conv in enumerate(self.stem):

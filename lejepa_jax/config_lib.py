@@ -95,6 +95,7 @@ MODEL_OPTIONS = {
   ),
   "resnet": dict(in_channels=3, small_stem=False, stem="plain", avg_down=False, width=64),
   "convnextv2": dict(in_channels=3, drop_path=0.0, remat="none"),
+  "convnext": dict(in_channels=3, drop_path=0.0, remat="none"),
   "resnext": dict(in_channels=3),
   "swin": dict(img_size=224, in_channels=3, drop_path=0.0),
   "levit": dict(img_size=224, in_channels=3, drop_path=0.0),
@@ -314,6 +315,7 @@ def apply_runlocal(
     "vit": dict(variant="Mi/8", img_size=32),
     "resnet": dict(variant="18", small_stem=True, stem="plain", width=16),
     "convnextv2": dict(variant="atto"),
+    "convnext": dict(variant="atto"),
     "resnext": dict(variant="26ts"),  # its only size: 8M parameters, fast at 32 px
     "swin": dict(variant="mini", img_size=32),
     "levit": dict(variant="mini", img_size=32),

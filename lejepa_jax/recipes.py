@@ -42,6 +42,10 @@ ARCHITECTURES = {
   "convnextv2_pico": ("convnextv2", "pico"),
   "convnextv2_nano": ("convnextv2", "nano"),
   "convnextv2_huge": ("convnextv2", "huge"),
+  "convnext_atto": ("convnext", "atto"),
+  "convnext_femto": ("convnext", "femto"),
+  "convnext_pico": ("convnext", "pico"),
+  "convnext_nano": ("convnext", "nano"),
   "vit_t8": ("vit", "Ti/8"),
   "vit_s8": ("vit", "S/8"),
 }
@@ -57,12 +61,13 @@ PAPER_SLICES = 1024
 PAPER_BATCH = 512  # the authors' launch scripts (ViT-L ablations, ImageNet-10)
 PAPER_PROJECTOR = dict(hidden_dim=2048, out_dim=512, num_layers=3)
 # The authors' README: 5e-2 for ViTs, 5e-4 for ResNets; the families not named there take those of
-# their kind: ConvNeXt-V2, Swin and LeViT as the ViTs (ConvNeXt-V2 and Swin were designed with 5e-2,
-# LeViT with 2.5e-2), ResNeXt as the ResNets.
+# their kind: the ConvNeXts, Swin and LeViT as the ViTs (the ConvNeXts and Swin were designed with
+# 5e-2, LeViT with 2.5e-2), ResNeXt as the ResNets.
 WEIGHT_DECAY = {
   "vit": 5e-2,
   "resnet": 5e-4,
   "convnextv2": 5e-2,
+  "convnext": 5e-2,
   "resnext": 5e-4,
   "swin": 5e-2,
   "levit": 5e-2,

@@ -31,6 +31,7 @@ CASES = {
   "vit_mean_token": ({"name": "vit", "variant": "Mi/8", "img_size": 32, "class_token": False}, 32),
   "convnextv2_atto": ({"name": "convnextv2", "variant": "atto", "in_channels": 3}, 64),
   "convnextv2_tiny": ({"name": "convnextv2", "variant": "tiny"}, 32),  # timm: Linear MLP layout
+  "convnext_v1_atto": ({"name": "convnext", "variant": "atto"}, 32),  # layer scale, no GRN
   "resnext26ts": ({"name": "resnext", "variant": "26ts"}, 64),
   # 10x10 tokens padded to windows of 4, shifted in every other block; merged (odd sides padded)
   # to 5x5, padded to windows of 4 and shifted again

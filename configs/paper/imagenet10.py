@@ -15,8 +15,9 @@ Published (Table 5, frozen-backbone linear top-1 on the test split, 13,000 train
 Figure 9 (ImageNet-10, 50 timm models under 20M parameters, 400 epochs, lr and weight decay
 cross-validated): every model between 91.5% and 95% frozen linear top-1 (the figure gives no
 per-model numbers). Of its labelled backbones lejepa_jax builds, as timm defines them, resnext26ts,
-levit_128, resnet14t, resnet18d, resnet26, resnet26d and resnet26t (`arch=resnet26d`, ...), and
-ConvNeXt-V2 femto (`arch=convnextv2_femto`; atto, pico and nano too). The authors' script for it
+levit_128, resnet14t, resnet18d, resnet26, resnet26d and resnet26t (`arch=resnet26d`, ...),
+convnext_femto and convnext_nano (`arch=convnext_femto`: the first ConvNeXt), and ConvNeXt-V2 femto
+(`arch=convnextv2_femto`; atto, pico and nano too). The authors' script for it
 (scripts/launch_inet10.py) sets batch 512, 8 views at 224 px without multi-crop, drop-path 0, lambda
 in {0.01, 0.02, 0.05, 0.1}, lr in {3e-3, 1e-4}, weight decay in {3e-2, 1e-5}:
 

@@ -17,6 +17,7 @@ One table per family says where each array goes; both directions read it, so the
                                             is the mean normalised patch token (`global_pool="avg"`,
                                             `fc_norm=False`)
     ConvNeXt-V2  convnextv2_<variant>       in_chans
+    ConvNeXt     convnext_<variant>         in_chans (the first ConvNeXt)
     ResNeXt      resnext26ts                in_chans
     Swin         swin_tiny_patch4_window7_224   in_chans, img_size, and for the other sizes
                                             embed_dim, depths, num_heads, window_size
@@ -149,6 +150,8 @@ def timm_spec(backbone: nnx.Module) -> TimmSpec:
       "num_classes": 0,
     }
     return TimmSpec(_VIT_NAMES[backbone.variant.split("/")[0]], kwargs)
+  if isinstance(backbone, convnext.ConvNeXt):  # before ConvNeXtV2: a subclass of it
+    return TimmSpec(f"convnext_{backbone.variant}", {"in_chans": backbone.in_channels, "num_classes": 0})
   if isinstance(backbone, convnext.ConvNeXtV2):
     return TimmSpec(
       f"convnextv2_{backbone.variant}", {"in_chans": backbone.in_channels, "num_classes": 0}
@@ -265,11 +268,13 @@ def _convnext_key(backbone: convnext.ConvNeXtV2, path: tuple[str, ...]) -> str:
     return {"stem": "stem.0", "stem_norm": "stem.1"}[head]
   if head == "head_norm":
     return "head.norm"
-  stage, index, module = int(path[1]), int(path[2]), path[3]
+  stage, index = int(path[1]), int(path[2])
   if stage > 0 and index == 0:  # the stage's downsampling layer comes first in lejepa_jax's list
-    return f"stages.{stage}.downsample." + {"norm": "0", "conv": "1"}[module]
-  block = index - (1 if stage > 0 else 0)
-  return f"stages.{stage}.blocks.{block}." + _CONVNEXT_BLOCK_MODULES[module]
+    return f"stages.{stage}.downsample." + {"norm": "0", "conv": "1"}[path[3]]
+  block = f"stages.{stage}.blocks.{index - (1 if stage > 0 else 0)}"
+  if len(path) == 3:  # the block's own array: the first ConvNeXt's layer scale
+    return block
+  return f"{block}." + _CONVNEXT_BLOCK_MODULES[path[3]]
 
 
 def _resnext_key(backbone: resnext.ResNeXt, path: tuple[str, ...]) -> str:
@@ -306,18 +311,21 @@ _MODULE_KEYS: dict[type, Callable[[Any, tuple[str, ...]], str]] = {
   resnet.ResNet: _resnet_key,
   vit.ViT: _vit_key,
   convnext.ConvNeXtV2: _convnext_key,
+  convnext.ConvNeXt: _convnext_key,
   resnext.ResNeXt: _resnext_key,
   swin.Swin: _swin_key,
   levit.LeViT: _levit_key,
 }
 # whole-array parameters of the ViT (no module around them)
 _VIT_ARRAYS = {"pos_embed": "pos_embed", "cls": "cls_token", "registers": "reg_token"}
-# leaves named otherwise than _LEAF_NAMES says: ConvNeXt-V2's GRN; Swin's and LeViT's bias tables
+# leaves named otherwise than _LEAF_NAMES says: ConvNeXt-V2's GRN, the first ConvNeXt's layer
+# scale, Swin's and LeViT's bias tables
 _OTHER_LEAVES = {
   "gamma": "weight",
   "beta": "bias",
   "relative_position_bias_table": "relative_position_bias_table",
   "attention_biases": "attention_biases",
+  "layer_scale": "gamma",
 }
 # timm defines its small ConvNeXt-V2s with `conv_mlp=True`: the pointwise MLP as 1x1 convolutions,
 # weights [out, in, 1, 1]; the larger ones as Linear layers, [out, in].

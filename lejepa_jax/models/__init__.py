@@ -1,5 +1,5 @@
-"""Flax NNX encoders built by name: ViT, ResNet, ResNeXt, ConvNeXt-V2, Swin and LeViT backbones plus
-the LeJEPA projector.
+"""Flax NNX encoders built by name: ViT, ResNet, ResNeXt, ConvNeXt (V1 and V2), Swin and LeViT
+backbones plus the LeJEPA projector.
 
 encoder = build_encoder({"name": "vit", "variant": "S/16", "projector": {"out_dim": 128}},
                         make_rngs(0))
@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from lejepa_jax.models.convnext import ConvNeXtV2
+from lejepa_jax.models.convnext import ConvNeXt, ConvNeXtV2
 from lejepa_jax.models.encoder import Encoder, Projector
 from lejepa_jax.models.levit import LeViT
 from lejepa_jax.models.resnet import ResNet
@@ -31,6 +31,7 @@ BACKBONES: dict[str, tuple[Callable[..., nnx.Module], tuple[str, ...]]] = {
   "vit": (ViT, ("img_size", "in_channels", "class_token", "num_registers", "drop_path", "remat")),
   "resnet": (ResNet, ("in_channels", "small_stem", "stem", "avg_down", "width")),
   "convnextv2": (ConvNeXtV2, ("in_channels", "drop_path", "remat")),
+  "convnext": (ConvNeXt, ("in_channels", "drop_path", "remat")),
   "resnext": (ResNeXt, ("in_channels",)),
   "swin": (Swin, ("img_size", "in_channels", "drop_path")),
   "levit": (LeViT, ("img_size", "in_channels", "drop_path")),
@@ -132,6 +133,7 @@ def count_params(name: str, variant: str, **options: Any) -> int:
 
 __all__ = [
   "BACKBONES",
+  "ConvNeXt",
   "ConvNeXtV2",
   "Encoder",
   "LeViT",

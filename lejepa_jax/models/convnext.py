@@ -1,4 +1,6 @@
-"""ConvNeXt-V2 (Woo et al. 2023): ConvNeXt blocks with Global Response Normalisation (GRN)."""
+"""ConvNeXt-V2 (Woo et al. 2023): ConvNeXt blocks with Global Response Normalisation (GRN); and the
+first ConvNeXt (Liu et al. 2022): the same blocks without GRN, with a learned per-channel scale of
+each residual branch (layer scale, initialised at 1e-6), as timm's `convnext_*`."""
 
 from __future__ import annotations
 
@@ -38,10 +40,14 @@ class GRN(nnx.Module):
     return out.astype(x.dtype)
 
 
-class ConvNeXtBlock(nnx.Module):
-  """Depthwise 7x7 conv, LayerNorm, 4x pointwise MLP with GELU and GRN, stochastic depth."""
+LAYER_SCALE_INIT = 1e-6  # the first ConvNeXt's layer scale at initialisation (timm's ls_init_value)
 
-  def __init__(self, channels: int, drop_path: float, *, dtype, rngs: nnx.Rngs):
+
+class ConvNeXtBlock(nnx.Module):
+  """Depthwise 7x7 conv, LayerNorm, 4x pointwise MLP with GELU and GRN (V2) or a layer scale of the
+  branch (V1), stochastic depth."""
+
+  def __init__(self, channels: int, drop_path: float, version: int = 2, *, dtype, rngs: nnx.Rngs):
     self.dwconv = layers.conv(
       channels,
       channels,
@@ -55,13 +61,20 @@ class ConvNeXtBlock(nnx.Module):
     )
     self.norm = layers.layer_norm(channels, dtype=dtype, rngs=rngs)
     self.pwconv1 = layers.dense(channels, 4 * channels, ("embed", "mlp"), dtype=dtype, rngs=rngs)
-    self.grn = GRN(4 * channels)
+    self.grn = GRN(4 * channels) if version == 2 else None
     self.pwconv2 = layers.dense(4 * channels, channels, ("mlp", "embed"), dtype=dtype, rngs=rngs)
+    self.layer_scale = (
+      nnx.Param(jnp.full((channels,), LAYER_SCALE_INIT), out_sharding=("norm",))
+      if version == 1
+      else None
+    )
     self.drop_path = layers.DropPath(drop_path, 4, rngs=rngs)
 
   def __call__(self, x: jax.Array) -> jax.Array:
-    y = self.norm(self.dwconv(x))
-    y = self.pwconv2(self.grn(jax.nn.gelu(self.pwconv1(y), approximate=False)))
+    y = jax.nn.gelu(self.pwconv1(self.norm(self.dwconv(x))), approximate=False)
+    y = self.pwconv2(y if self.grn is None else self.grn(y))
+    if self.layer_scale is not None:
+      y = y * self.layer_scale[...].astype(y.dtype)
     return x + self.drop_path(y)
 
 
@@ -106,12 +119,14 @@ class ConvNeXtV2(layers.PooledConvNet):
     remat: str = "none",
     dtype=jnp.float32,
     rngs: nnx.Rngs,
+    version: int = 2,
   ):
     layers.check_remat(remat)
-    self.remat = remat
+    self.remat, self.version = remat, version
     if variant not in CONVNEXT_V2_SIZES:
       raise ValueError(
-        f"Unknown ConvNeXt-V2 variant {variant!r}: expected one of {list(CONVNEXT_V2_SIZES)}."
+        f"Unknown ConvNeXt{'-V2' if version == 2 else ''} variant {variant!r}: expected one of "
+        f"{list(CONVNEXT_V2_SIZES)}."
       )
     depths, dims = CONVNEXT_V2_SIZES[variant]
     self.variant, self.in_channels, self.dtype, self.out_dim = variant, in_channels, dtype, dims[-1]
@@ -131,7 +146,7 @@ class ConvNeXtV2(layers.PooledConvNet):
     stages = []
     for i, (depth, dim) in enumerate(zip(depths, dims)):
       down = [_Downsample(dims[i - 1], dim, dtype=dtype, rngs=rngs)] if i else []
-      blocks = [ConvNeXtBlock(dim, next(rates), dtype=dtype, rngs=rngs) for _ in range(depth)]
+      blocks = [ConvNeXtBlock(dim, next(rates), version, dtype=dtype, rngs=rngs) for _ in range(depth)]
       stages.append(nnx.List(down + blocks))
     self.stages = nnx.List(stages)
     self.head_norm = layers.layer_norm(dims[-1], dtype=dtype, rngs=rngs)
@@ -151,3 +166,23 @@ class ConvNeXtV2(layers.PooledConvNet):
   def pool(self, feature_map: jax.Array) -> jax.Array:
     """LayerNorm of the global average over space: [N, H, W, C] -> [N, C]."""
     return self.head_norm(jnp.mean(feature_map, axis=(1, 2)))
+
+
+class ConvNeXt(ConvNeXtV2):
+  """The first ConvNeXt (V1), timm's `convnext_<variant>`: ConvNeXtV2's network without GRN, with a
+  layer scale on every block's branch. Same arguments as ConvNeXtV2."""
+
+  def __init__(
+    self,
+    variant: str = "tiny",
+    *,
+    in_channels: int = 3,
+    drop_path: float = 0.0,
+    remat: str = "none",
+    dtype=jnp.float32,
+    rngs: nnx.Rngs,
+  ):
+    super().__init__(
+      variant, in_channels=in_channels, drop_path=drop_path, remat=remat, dtype=dtype, rngs=rngs,
+      version=1,
+    )  # fmt: skip

@@ -203,6 +203,37 @@ def remat_call(block: nnx.Module, x: jax.Array, remat: str) -> jax.Array:
   return nnx.remat(type(block).__call__, policy=REMAT_POLICIES[remat])(block, x)
 
 
+class ConvBN(nnx.Module):
+  """A bias-free convolution (symmetric padding kernel_size // 2, as PyTorch's usual), BatchNorm,
+  then `act` (None: none). `zero_scale` starts the BatchNorm scale at zero (a residual branch's
+  last layer)."""
+
+  def __init__(
+    self,
+    in_ch: int,
+    out_ch: int,
+    kernel_size: int,
+    *,
+    strides: int = 1,
+    groups: int = 1,
+    act=None,
+    zero_scale: bool = False,
+    dtype: Dtype,
+    rngs: nnx.Rngs,
+  ):
+    pad = kernel_size // 2
+    self.conv = conv(
+      in_ch, out_ch, kernel_size, strides=strides, padding=((pad, pad), (pad, pad)), groups=groups,
+      dtype=dtype, rngs=rngs,
+    )  # fmt: skip
+    self.bn = batch_norm(out_ch, dtype=dtype, rngs=rngs, zero_scale=zero_scale)
+    self.act = act
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    y = self.bn(self.conv(x))
+    return y if self.act is None else self.act(y)
+
+
 class DropPath(nnx.Module):
   """Stochastic depth: drops a residual branch for whole samples, rescaling the kept ones.
 

@@ -69,19 +69,6 @@ class LinearBN(nnx.Module):
     return self.bn(self.linear(x))
 
 
-class ConvBN(nnx.Module):
-  """3x3 stride-2 convolution (no bias), then BatchNorm."""
-
-  def __init__(self, in_ch: int, out_ch: int, *, dtype, rngs: nnx.Rngs):
-    self.conv = layers.conv(
-      in_ch, out_ch, 3, strides=2, padding=((1, 1), (1, 1)), dtype=dtype, rngs=rngs
-    )
-    self.bn = layers.batch_norm(out_ch, dtype=dtype, rngs=rngs)
-
-  def __call__(self, x: jax.Array) -> jax.Array:
-    return self.bn(self.conv(x))
-
-
 class Attention(nnx.Module):
   """Multi-head attention over a side x side grid of tokens with per-offset biases; with
   `stride` 2 the queries are every other token of every other row (the grid halves)."""
@@ -202,7 +189,10 @@ class LeViT(layers.PooledConvNet):
     width = size.widths[0]
     channels = [in_channels, width // 8, width // 4, width // 2, width]
     self.stem = nnx.List(
-      [ConvBN(a, b, dtype=dtype, rngs=rngs) for a, b in zip(channels[:-1], channels[1:])]
+      [
+        layers.ConvBN(a, b, 3, strides=2, dtype=dtype, rngs=rngs)
+        for a, b in zip(channels[:-1], channels[1:])
+      ]
     )
     side, stages, sides = img_size // STEM_STRIDE, [], []
     for i, (w, heads, depth) in enumerate(zip(size.widths, size.num_heads, size.depths)):

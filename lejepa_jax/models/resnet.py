@@ -63,19 +63,6 @@ class Bottleneck(nnx.Module):
     return jax.nn.relu(self.bn3(self.conv3(y)) + self.shortcut(x))
 
 
-class _StemConv(nnx.Module):
-  """A deep stem's 3x3 convolution + BatchNorm + ReLU."""
-
-  def __init__(self, in_ch: int, out_ch: int, stride: int, *, dtype, rngs: nnx.Rngs):
-    self.conv = layers.conv(
-      in_ch, out_ch, 3, strides=stride, padding=((1, 1), (1, 1)), dtype=dtype, rngs=rngs
-    )
-    self.bn = layers.batch_norm(out_ch, dtype=dtype, rngs=rngs)
-
-  def __call__(self, x: jax.Array) -> jax.Array:
-    return jax.nn.relu(self.bn(self.conv(x)))
-
-
 class _Shortcut(nnx.Module):
   """Identity, or where the shape changes a 1x1 conv + BN: strided, or (`avg_down`) after a 2x2
   average pool (partial windows at odd edges averaged over what they hold, as PyTorch's ceil_mode
@@ -142,7 +129,12 @@ class ResNet(layers.PooledConvNet):
     pad1 = ((1, 1), (1, 1))
     deep, channels = [], in_channels
     for i, fraction in enumerate(STEMS[stem]):  # the deep stems' leading 3x3 conv + BN (+ ReLU)
-      deep.append(_StemConv(channels, int(width * fraction), 2 if i == 0 else 1, dtype=dtype, rngs=rngs))
+      stride = 2 if i == 0 else 1
+      deep.append(
+        layers.ConvBN(
+          channels, int(width * fraction), 3, strides=stride, act=jax.nn.relu, dtype=dtype, rngs=rngs
+        )
+      )
       channels = int(width * fraction)
     # None for the plain stems: their variables (and so every checkpoint written before) unchanged
     self.deep_stem = nnx.List(deep) if deep else None

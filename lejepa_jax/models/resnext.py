@@ -26,50 +26,21 @@ BOTTLENECK_RATIO = 0.25  # the 3x3 convolution's width, relative to the block's 
 _PAD1 = ((1, 1), (1, 1))
 
 
-class ConvBN(nnx.Module):
-  """Convolution (no bias) + BatchNorm, optionally followed by SiLU."""
-
-  def __init__(
-    self,
-    in_ch: int,
-    out_ch: int,
-    kernel_size: int,
-    *,
-    strides: int = 1,
-    groups: int = 1,
-    act: bool = True,
-    zero_scale: bool = False,
-    dtype,
-    rngs: nnx.Rngs,
-  ):
-    padding = _PAD1 if kernel_size == 3 else "VALID"
-    self.conv = layers.conv(
-      in_ch, out_ch, kernel_size, strides=strides, padding=padding, groups=groups, dtype=dtype,
-      rngs=rngs,
-    )  # fmt: skip
-    self.bn = layers.batch_norm(out_ch, dtype=dtype, rngs=rngs, zero_scale=zero_scale)
-    self.act = act
-
-  def __call__(self, x: jax.Array) -> jax.Array:
-    y = self.bn(self.conv(x))
-    return jax.nn.silu(y) if self.act else y
-
-
 class GroupedBottleneck(nnx.Module):
   """1x1 -> grouped 3x3 (strided) -> 1x1, added to the (projected) input, then SiLU."""
 
   def __init__(self, in_ch: int, out_ch: int, stride: int, *, dtype, rngs: nnx.Rngs):
     mid = int(out_ch * BOTTLENECK_RATIO)
     self.shortcut = (
-      ConvBN(in_ch, out_ch, 1, strides=stride, act=False, dtype=dtype, rngs=rngs)
+      layers.ConvBN(in_ch, out_ch, 1, strides=stride, dtype=dtype, rngs=rngs)
       if stride != 1 or in_ch != out_ch
       else None
     )
-    self.conv1_1x1 = ConvBN(in_ch, mid, 1, dtype=dtype, rngs=rngs)
-    self.conv2_kxk = ConvBN(
-      mid, mid, 3, strides=stride, groups=mid // GROUP_WIDTH, dtype=dtype, rngs=rngs
+    self.conv1_1x1 = layers.ConvBN(in_ch, mid, 1, act=jax.nn.silu, dtype=dtype, rngs=rngs)
+    self.conv2_kxk = layers.ConvBN(
+      mid, mid, 3, strides=stride, groups=mid // GROUP_WIDTH, act=jax.nn.silu, dtype=dtype, rngs=rngs
     )
-    self.conv3_1x1 = ConvBN(mid, out_ch, 1, act=False, zero_scale=True, dtype=dtype, rngs=rngs)
+    self.conv3_1x1 = layers.ConvBN(mid, out_ch, 1, zero_scale=True, dtype=dtype, rngs=rngs)
 
   def __call__(self, x: jax.Array) -> jax.Array:
     shortcut = x if self.shortcut is None else self.shortcut(x)
@@ -94,7 +65,11 @@ class ResNeXt(layers.PooledConvNet):
     self.variant, self.in_channels, self.dtype = variant, in_channels, dtype
     channels, stem = in_channels, []
     for i, out_ch in enumerate(STEM_CHANNELS):
-      stem.append(ConvBN(channels, out_ch, 3, strides=2 if i == 0 else 1, dtype=dtype, rngs=rngs))
+      stem.append(
+        layers.ConvBN(
+          channels, out_ch, 3, strides=2 if i == 0 else 1, act=jax.nn.silu, dtype=dtype, rngs=rngs
+        )
+      )
       channels = out_ch
     self.stem = nnx.List(stem)
     stages = []

@@ -93,9 +93,9 @@ MODEL_OPTIONS = {
   "vit": dict(
     img_size=224, in_channels=3, class_token=True, num_registers=0, drop_path=0.0, remat="none"
   ),
-  "resnet": dict(in_channels=3, small_stem=False, stem="plain", avg_down=False, width=64),
-  "convnextv2": dict(in_channels=3, drop_path=0.0, remat="none"),
-  "convnext": dict(in_channels=3, drop_path=0.0, remat="none"),
+  "resnet": dict(in_channels=3, small_stem=False, stem="plain", avg_down=False, blur=False, width=64),
+  "convnextv2": dict(in_channels=3, drop_path=0.0, remat="none", stem="patch", norm="layer"),
+  "convnext": dict(in_channels=3, drop_path=0.0, remat="none", stem="patch", norm="layer"),
   "resnext": dict(in_channels=3),
   "swin": dict(img_size=224, in_channels=3, drop_path=0.0),
   "levit": dict(img_size=224, in_channels=3, drop_path=0.0),

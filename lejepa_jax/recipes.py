@@ -34,9 +34,16 @@ ARCHITECTURES = {
   "resnet26": ("resnet", "26"),
   "resnet26d": ("resnet", "26"),
   "resnet26t": ("resnet", "26"),
+  "resnetblur18": ("resnet", "18"),
   "resnext26ts": ("resnext", "26ts"),
+  "resnet32ts": ("resnext", "32ts"),
+  "resnet33ts": ("resnext", "33ts"),
   "swin_tiny": ("swin", "tiny"),
+  "levit_128s": ("levit", "128s"),
   "levit_128": ("levit", "128"),
+  "levit_192": ("levit", "192"),
+  # timm's levit_conv_256 is levit_256 with 1x1 convolutions for its linear layers: the same network
+  "levit_conv_256": ("levit", "256"),
   "convnextv2_atto": ("convnextv2", "atto"),
   "convnextv2_femto": ("convnextv2", "femto"),
   "convnextv2_pico": ("convnextv2", "pico"),
@@ -46,15 +53,30 @@ ARCHITECTURES = {
   "convnext_femto": ("convnext", "femto"),
   "convnext_pico": ("convnext", "pico"),
   "convnext_nano": ("convnext", "nano"),
+  "convnext_atto_ols": ("convnext", "atto"),
+  "convnext_atto_rms": ("convnext", "atto"),
+  "convnext_nano_ols": ("convnext", "nano"),
+  "convnext_pico_ols": ("convnext", "pico"),
+  "convnext_zepto_rms": ("convnext", "zepto"),
+  "convnext_zepto_rms_ols": ("convnext", "zepto"),
   "vit_t8": ("vit", "Ti/8"),
   "vit_s8": ("vit", "S/8"),
 }
-# timm's names for the options beyond the variant (Figure 9's ResNets with other stems and shortcuts)
+# timm's names for the options beyond the variant (Figure 9's ResNets with other stems, shortcuts
+# or blur pooling, its ConvNeXts with overlapping stems (_ols) and RMS or Simple norms (timm's _rms names
+# both: zepto_rms is timm's SimpleNorm))
 ARCHITECTURE_OPTIONS = {
   "resnet14t": dict(stem="deep_tiered", avg_down=True),
   "resnet18d": dict(stem="deep", avg_down=True),
   "resnet26d": dict(stem="deep", avg_down=True),
   "resnet26t": dict(stem="deep_tiered", avg_down=True),
+  "resnetblur18": dict(blur=True),
+  "convnext_atto_ols": dict(stem="overlap_tiered"),
+  "convnext_atto_rms": dict(norm="rms"),
+  "convnext_nano_ols": dict(stem="overlap"),
+  "convnext_pico_ols": dict(stem="overlap_tiered"),
+  "convnext_zepto_rms": dict(norm="simple"),
+  "convnext_zepto_rms_ols": dict(norm="simple", stem="overlap_act"),
 }
 PAPER_LAMBDA = 0.05
 PAPER_SLICES = 1024

@@ -32,7 +32,24 @@ CASES = {
   "convnextv2_atto": ({"name": "convnextv2", "variant": "atto", "in_channels": 3}, 64),
   "convnextv2_tiny": ({"name": "convnextv2", "variant": "tiny"}, 32),  # timm: Linear MLP layout
   "convnext_v1_atto": ({"name": "convnext", "variant": "atto"}, 32),  # layer scale, no GRN
+  # timm's other stems and norms: convnext_zepto_rms_ols (SimpleNorm, a GELU in the overlapping
+  # stem) and convnext_atto_ols's tiered stem with convnext_atto_rms's RMSNorm
+  "convnext_zepto_simple_norm": (
+    {"name": "convnext", "variant": "zepto", "norm": "simple", "stem": "overlap_act"},
+    32,
+  ),
+  "convnext_atto_rms_tiered_stem": (
+    {"name": "convnext", "variant": "atto", "norm": "rms", "stem": "overlap_tiered"},
+    32,
+  ),
   "resnext26ts": ({"name": "resnext", "variant": "26ts"}, 64),
+  # no stem pool (the third stem convolution strides), ungrouped, a final 1x1 convolution to 1280
+  "resnet33ts": ({"name": "resnext", "variant": "33ts"}, 64),
+  # blur pooling (reflect-padded at odd sides) in the stem and the strided bottlenecks
+  "resnetblur50d_narrow": (
+    {"name": "resnet", "variant": "50", "blur": True, "stem": "deep", "avg_down": True, "width": 16},
+    33,
+  ),
   # 10x10 tokens padded to windows of 4, shifted in every other block; merged (odd sides padded)
   # to 5x5, padded to windows of 4 and shifted again
   "swin_padded_windows": ({"name": "swin", "variant": "mini", "img_size": 40, "in_channels": 1}, 40),

@@ -7,7 +7,8 @@ One table per family says where each array goes; both directions read it, so the
     family       timm model                 how the architecture is matched
     ResNet       resnet14t / 18 / 26 / 34 / 50   in_chans, channels from `width`, and for the deep
                                             stems and average-pooled shortcuts (timm's resnet*d,
-                                            *t) stem_type, stem_width, avg_down; the small stem (3x3,
+                                            *t) stem_type, stem_width, avg_down; blur pooling as
+                                            resnetblur18 / 50; the small stem (3x3,
                                             stride 1, no max-pool) has no timm equivalent: conv1
                                             becomes Conv2d(C, 64, 3, 1, 1, bias=False) and maxpool
                                             nn.Identity() (`create_timm_model` does it)
@@ -16,9 +17,11 @@ One table per family says where each array goes; both directions read it, so the
                                             (`no_embed_class=True`); without a CLS token the summary
                                             is the mean normalised patch token (`global_pool="avg"`,
                                             `fc_norm=False`)
-    ConvNeXt-V2  convnextv2_<variant>       in_chans
-    ConvNeXt     convnext_<variant>         in_chans (the first ConvNeXt)
-    ResNeXt      resnext26ts                in_chans
+    ConvNeXt-V2  convnextv2_<variant>       in_chans, and stem_type, norm_layer for the other stems
+                                            and norms
+    ConvNeXt     convnext_<variant>         the same (the first ConvNeXt; zepto as
+                                            convnext_zepto_rms)
+    ResNeXt      resnext26ts, resnet32ts/33ts   in_chans
     Swin         swin_tiny_patch4_window7_224   in_chans, img_size, and for the other sizes
                                             embed_dim, depths, num_heads, window_size
     LeViT        levit_128                  in_chans, img_size, embed_dim, key_dim, num_heads,
@@ -128,7 +131,14 @@ def timm_spec(backbone: nnx.Module) -> TimmSpec:
     }
     # timm has ResNet-14 only as resnet14t: the stem and shortcuts, pinned, make any variant exact
     name = "resnet14t" if backbone.variant == "14" else f"resnet{backbone.variant}"
-    if name != f"resnet{backbone.variant}" or backbone.stem_type != "plain" or backbone.avg_down:
+    if backbone.blur:  # timm's blur pooling comes with the model function, for 18 and 50 only
+      if backbone.variant not in _TIMM_BLUR_VARIANTS:
+        raise ValueError(
+          f"A blur-pooled ResNet-{backbone.variant} has no timm model: timm has resnetblur"
+          f"{' and resnetblur'.join(_TIMM_BLUR_VARIANTS)}. Use the Flax export (without --timm)."
+        )
+      name = f"resnetblur{backbone.variant}"
+    if name == "resnet14t" or backbone.stem_type != "plain" or backbone.avg_down:
       stem_type = "" if backbone.stem_type == "plain" else backbone.stem_type
       kwargs.update(stem_type=stem_type, stem_width=width // 2, avg_down=backbone.avg_down)
     return TimmSpec(name, kwargs, backbone.small_stem)
@@ -150,14 +160,17 @@ def timm_spec(backbone: nnx.Module) -> TimmSpec:
       "num_classes": 0,
     }
     return TimmSpec(_VIT_NAMES[backbone.variant.split("/")[0]], kwargs)
-  if isinstance(backbone, convnext.ConvNeXt):  # before ConvNeXtV2: a subclass of it
-    return TimmSpec(f"convnext_{backbone.variant}", {"in_chans": backbone.in_channels, "num_classes": 0})
-  if isinstance(backbone, convnext.ConvNeXtV2):
-    return TimmSpec(
-      f"convnextv2_{backbone.variant}", {"in_chans": backbone.in_channels, "num_classes": 0}
-    )
+  if isinstance(backbone, convnext.ConvNeXtV2):  # and the first ConvNeXt, a subclass of it
+    kwargs = {"in_chans": backbone.in_channels, "num_classes": 0}
+    if (backbone.stem_type, backbone.norm_type) != ("patch", "layer"):
+      kwargs.update(stem_type=backbone.stem_type, norm_layer=_TIMM_NORMS[backbone.norm_type])
+    family = "convnext" if backbone.version == 1 else "convnextv2"
+    # timm has its smallest ConvNeXt with RMS/Simple norms only; the kwargs choose the norm
+    variant = "zepto_rms" if backbone.variant == "zepto" else backbone.variant
+    return TimmSpec(f"{family}_{variant}", kwargs)
   if isinstance(backbone, resnext.ResNeXt):
-    return TimmSpec(f"resnext{backbone.variant}", {"in_chans": backbone.in_channels, "num_classes": 0})
+    name = f"{'resnext' if backbone.variant == '26ts' else 'resnet'}{backbone.variant}"
+    return TimmSpec(name, {"in_chans": backbone.in_channels, "num_classes": 0})
   if isinstance(backbone, swin.Swin):
     size = swin.SWIN_SIZES[backbone.variant]
     kwargs = {
@@ -187,6 +200,9 @@ def timm_spec(backbone: nnx.Module) -> TimmSpec:
     f"No timm layout for {type(backbone).__name__}; known: ResNet, ViT, ConvNeXtV2, ResNeXt, Swin,"
     " LeViT."
   )
+
+
+_TIMM_BLUR_VARIANTS = ("18", "50")
 
 
 def _check_resnet_fits_timm(backbone: resnet.ResNet) -> None:
@@ -262,10 +278,20 @@ _CONVNEXT_BLOCK_MODULES = {
 }
 
 
+# timm's norm_layer names for lejepa_jax's ConvNeXt norms
+_TIMM_NORMS = {"layer": "layernorm", "rms": "rmsnorm", "simple": "simplenorm"}
+
+
 def _convnext_key(backbone: convnext.ConvNeXtV2, path: tuple[str, ...]) -> str:
   head = path[0]
-  if head in ("stem", "stem_norm"):
-    return {"stem": "stem.0", "stem_norm": "stem.1"}[head]
+  if head in (
+    "stem",
+    "stem_norm",
+  ):  # timm's stem Sequential: (conv, norm), or (conv, [GELU,] conv, norm)
+    act = backbone.stem_type == "overlap_act"
+    position = {("stem",): 0, ("stem", "conv1"): 0, ("stem", "conv2"): 1 + act}
+    position[("stem_norm",)] = 1 if backbone.stem_type == "patch" else 2 + act
+    return f"stem.{position[path]}"
   if head == "head_norm":
     return "head.norm"
   stage, index = int(path[1]), int(path[2])
@@ -329,7 +355,7 @@ _OTHER_LEAVES = {
 }
 # timm defines its small ConvNeXt-V2s with `conv_mlp=True`: the pointwise MLP as 1x1 convolutions,
 # weights [out, in, 1, 1]; the larger ones as Linear layers, [out, in].
-_CONVNEXT_CONV_MLP = ("atto", "femto", "pico", "nano")
+_CONVNEXT_CONV_MLP = ("zepto", "atto", "femto", "pico", "nano")
 
 
 def _timm_key(backbone: nnx.Module, path: tuple[str, ...]) -> str:

@@ -29,9 +29,9 @@ from lejepa_jax.models.vit import ViT
 # name -> (class, the config keys it accepts besides name/variant/dtype/projector)
 BACKBONES: dict[str, tuple[Callable[..., nnx.Module], tuple[str, ...]]] = {
   "vit": (ViT, ("img_size", "in_channels", "class_token", "num_registers", "drop_path", "remat")),
-  "resnet": (ResNet, ("in_channels", "small_stem", "stem", "avg_down", "width")),
-  "convnextv2": (ConvNeXtV2, ("in_channels", "drop_path", "remat")),
-  "convnext": (ConvNeXt, ("in_channels", "drop_path", "remat")),
+  "resnet": (ResNet, ("in_channels", "small_stem", "stem", "avg_down", "blur", "width")),
+  "convnextv2": (ConvNeXtV2, ("in_channels", "drop_path", "remat", "stem", "norm")),
+  "convnext": (ConvNeXt, ("in_channels", "drop_path", "remat", "stem", "norm")),
   "resnext": (ResNeXt, ("in_channels",)),
   "swin": (Swin, ("img_size", "in_channels", "drop_path")),
   "levit": (LeViT, ("img_size", "in_channels", "drop_path")),

@@ -1,6 +1,13 @@
 """ConvNeXt-V2 (Woo et al. 2023): ConvNeXt blocks with Global Response Normalisation (GRN); and the
 first ConvNeXt (Liu et al. 2022): the same blocks without GRN, with a learned per-channel scale of
-each residual branch (layer scale, initialised at 1e-6), as timm's `convnext_*`."""
+each residual branch (layer scale, initialised at 1e-6), as timm's `convnext_*`.
+
+Both take timm's other stems and norms (its `convnext_*_ols` and `*_rms` models): `stem="overlap"`
+(two 3x3 stride-2 convolutions), `"overlap_tiered"` (the first of half the channels, rounded up to
+a multiple of 8) or `"overlap_act"` (with a GELU between them) instead of the 4x4 patch
+convolution; `norm="rms"` (RMSNorm) or `"simple"` (timm's SimpleNorm) instead of LayerNorm,
+everywhere a LayerNorm stands.
+"""
 
 from __future__ import annotations
 
@@ -21,6 +28,10 @@ CONVNEXT_V2_SIZES = {
   "large": ((3, 3, 27, 3), (192, 384, 768, 1536)),
   "huge": ((3, 3, 27, 3), (352, 704, 1408, 2816)),
 }
+# The first ConvNeXt's sizes: the same, and timm's smallest (`convnext_zepto_rms`).
+CONVNEXT_SIZES = {**CONVNEXT_V2_SIZES, "zepto": ((2, 2, 4, 2), (32, 64, 128, 256))}
+STEMS = ("patch", "overlap", "overlap_tiered", "overlap_act")
+NORMS = {"layer": layers.layer_norm, "rms": layers.rms_norm, "simple": layers.simple_norm}
 
 
 class GRN(nnx.Module):
@@ -47,7 +58,16 @@ class ConvNeXtBlock(nnx.Module):
   """Depthwise 7x7 conv, LayerNorm, 4x pointwise MLP with GELU and GRN (V2) or a layer scale of the
   branch (V1), stochastic depth."""
 
-  def __init__(self, channels: int, drop_path: float, version: int = 2, *, dtype, rngs: nnx.Rngs):
+  def __init__(
+    self,
+    channels: int,
+    drop_path: float,
+    version: int = 2,
+    norm: str = "layer",
+    *,
+    dtype,
+    rngs: nnx.Rngs,
+  ):
     self.dwconv = layers.conv(
       channels,
       channels,
@@ -59,7 +79,7 @@ class ConvNeXtBlock(nnx.Module):
       rngs=rngs,
       kernel_init=layers.TRUNC_NORMAL,
     )
-    self.norm = layers.layer_norm(channels, dtype=dtype, rngs=rngs)
+    self.norm = NORMS[norm](channels, dtype=dtype, rngs=rngs)
     self.pwconv1 = layers.dense(channels, 4 * channels, ("embed", "mlp"), dtype=dtype, rngs=rngs)
     self.grn = GRN(4 * channels) if version == 2 else None
     self.pwconv2 = layers.dense(4 * channels, channels, ("mlp", "embed"), dtype=dtype, rngs=rngs)
@@ -79,8 +99,8 @@ class ConvNeXtBlock(nnx.Module):
 
 
 class _Downsample(nnx.Module):
-  def __init__(self, in_ch: int, out_ch: int, *, dtype, rngs: nnx.Rngs):
-    self.norm = layers.layer_norm(in_ch, dtype=dtype, rngs=rngs)
+  def __init__(self, in_ch: int, out_ch: int, norm: str, *, dtype, rngs: nnx.Rngs):
+    self.norm = NORMS[norm](in_ch, dtype=dtype, rngs=rngs)
     self.conv = layers.conv(
       in_ch,
       out_ch,
@@ -97,6 +117,40 @@ class _Downsample(nnx.Module):
     return self.conv(self.norm(x))
 
 
+class OverlapStem(nnx.Module):
+  """timm's overlapping ConvNeXt stems: 3x3 stride-2 convolution (to `mid` channels), a GELU where
+  `act`, 3x3 stride-2 convolution; both with biases, as the patch stem."""
+
+  def __init__(self, in_ch: int, mid: int, out_ch: int, act: bool, *, dtype, rngs: nnx.Rngs):
+    pad = ((1, 1), (1, 1))
+    options = dict(strides=2, padding=pad, use_bias=True, dtype=dtype, rngs=rngs)
+    self.conv1 = layers.conv(in_ch, mid, 3, kernel_init=layers.TRUNC_NORMAL, **options)
+    self.conv2 = layers.conv(mid, out_ch, 3, kernel_init=layers.TRUNC_NORMAL, **options)
+    self.act = act
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    x = self.conv1(x)
+    return self.conv2(jax.nn.gelu(x, approximate=False) if self.act else x)
+
+
+def _stem(stem: str, in_ch: int, out_ch: int, *, dtype, rngs: nnx.Rngs) -> nnx.Module:
+  if stem not in STEMS:
+    raise ValueError(f"Unknown ConvNeXt stem {stem!r}: expected one of {list(STEMS)}.")
+  if stem == "patch":
+    return layers.conv(
+      in_ch, out_ch, 4, strides=4, padding="VALID", use_bias=True, dtype=dtype, rngs=rngs,
+      kernel_init=layers.TRUNC_NORMAL,
+    )  # fmt: skip
+  # timm's make_divisible(out_ch / 2, 8): the nearest multiple of 8, never 10% below the half
+  half = out_ch // 2
+  mid = max(8, (half + 4) // 8 * 8)
+  mid = mid + 8 if mid < 0.9 * half else mid
+  return OverlapStem(
+    in_ch, mid if stem == "overlap_tiered" else out_ch, out_ch, stem == "overlap_act",
+    dtype=dtype, rngs=rngs,
+  )  # fmt: skip
+
+
 class ConvNeXtV2(layers.PooledConvNet):
   """ConvNeXt-V2 backbone returning the LayerNorm of globally pooled final features.
 
@@ -106,6 +160,8 @@ class ConvNeXtV2(layers.PooledConvNet):
     drop_path: stochastic-depth rate of the last block (linearly increasing from 0).
     remat: activation rematerialisation per block, a key of `layers.REMAT_POLICIES` ("none",
       "full", ...): what the forward pass keeps for the backward pass.
+    stem: one of STEMS: the 4x4 patch convolution ("patch") or timm's overlapping stems.
+    norm: one of NORMS: "layer" (LayerNorm), "rms" (RMSNorm) or "simple" (timm's SimpleNorm).
     dtype: computation dtype (parameters stay float32).
   """
 
@@ -117,39 +173,36 @@ class ConvNeXtV2(layers.PooledConvNet):
     in_channels: int = 3,
     drop_path: float = 0.0,
     remat: str = "none",
+    stem: str = "patch",
+    norm: str = "layer",
     dtype=jnp.float32,
     rngs: nnx.Rngs,
     version: int = 2,
   ):
     layers.check_remat(remat)
-    self.remat, self.version = remat, version
-    if variant not in CONVNEXT_V2_SIZES:
+    self.remat, self.version, self.stem_type, self.norm_type = remat, version, stem, norm
+    sizes = CONVNEXT_V2_SIZES if version == 2 else CONVNEXT_SIZES
+    if variant not in sizes:
       raise ValueError(
         f"Unknown ConvNeXt{'-V2' if version == 2 else ''} variant {variant!r}: expected one of "
-        f"{list(CONVNEXT_V2_SIZES)}."
+        f"{list(sizes)}."
       )
-    depths, dims = CONVNEXT_V2_SIZES[variant]
+    if norm not in NORMS:
+      raise ValueError(f"Unknown ConvNeXt norm {norm!r}: expected one of {list(NORMS)}.")
+    depths, dims = sizes[variant]
     self.variant, self.in_channels, self.dtype, self.out_dim = variant, in_channels, dtype, dims[-1]
-    self.stem = layers.conv(
-      in_channels,
-      dims[0],
-      4,
-      strides=4,
-      padding="VALID",
-      use_bias=True,
-      dtype=dtype,
-      rngs=rngs,
-      kernel_init=layers.TRUNC_NORMAL,
-    )
-    self.stem_norm = layers.layer_norm(dims[0], dtype=dtype, rngs=rngs)
+    self.stem = _stem(stem, in_channels, dims[0], dtype=dtype, rngs=rngs)
+    self.stem_norm = NORMS[norm](dims[0], dtype=dtype, rngs=rngs)
     rates = iter(layers.drop_path_rates(drop_path, sum(depths)))
     stages = []
     for i, (depth, dim) in enumerate(zip(depths, dims)):
-      down = [_Downsample(dims[i - 1], dim, dtype=dtype, rngs=rngs)] if i else []
-      blocks = [ConvNeXtBlock(dim, next(rates), version, dtype=dtype, rngs=rngs) for _ in range(depth)]
+      down = [_Downsample(dims[i - 1], dim, norm, dtype=dtype, rngs=rngs)] if i else []
+      blocks = [
+        ConvNeXtBlock(dim, next(rates), version, norm, dtype=dtype, rngs=rngs) for _ in range(depth)
+      ]
       stages.append(nnx.List(down + blocks))
     self.stages = nnx.List(stages)
-    self.head_norm = layers.layer_norm(dims[-1], dtype=dtype, rngs=rngs)
+    self.head_norm = NORMS[norm](dims[-1], dtype=dtype, rngs=rngs)
 
   def stage_maps(self, images: jax.Array) -> list[jax.Array]:
     """images [N, H, W, C] -> each stage's output, [N, H / 4, W / 4, dims[0]] to
@@ -164,7 +217,7 @@ class ConvNeXtV2(layers.PooledConvNet):
     return maps
 
   def pool(self, feature_map: jax.Array) -> jax.Array:
-    """LayerNorm of the global average over space: [N, H, W, C] -> [N, C]."""
+    """The norm (LayerNorm by default) of the global average over space: [N, H, W, C] -> [N, C]."""
     return self.head_norm(jnp.mean(feature_map, axis=(1, 2)))
 
 
@@ -179,10 +232,12 @@ class ConvNeXt(ConvNeXtV2):
     in_channels: int = 3,
     drop_path: float = 0.0,
     remat: str = "none",
+    stem: str = "patch",
+    norm: str = "layer",
     dtype=jnp.float32,
     rngs: nnx.Rngs,
   ):
     super().__init__(
-      variant, in_channels=in_channels, drop_path=drop_path, remat=remat, dtype=dtype, rngs=rngs,
-      version=1,
+      variant, in_channels=in_channels, drop_path=drop_path, remat=remat, stem=stem, norm=norm,
+      dtype=dtype, rngs=rngs, version=1,
     )  # fmt: skip

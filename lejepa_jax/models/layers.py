@@ -157,6 +157,37 @@ def layer_norm(features: int, *, dtype: Dtype, rngs: nnx.Rngs, epsilon: float = 
   )
 
 
+def rms_norm(features: int, *, dtype: Dtype, rngs: nnx.Rngs, epsilon: float = 1e-6) -> nnx.RMSNorm:
+  """x / sqrt(mean(x^2) + eps) * scale over the last axis (no bias)."""
+  return nnx.RMSNorm(
+    features,
+    epsilon=epsilon,
+    dtype=dtype,
+    param_dtype=jnp.float32,
+    scale_metadata={"out_sharding": ("norm",)},
+    rngs=rngs,
+  )
+
+
+class SimpleNorm(nnx.Module):
+  """timm's SimpleNorm: x / sqrt(var(x) + eps) * scale over the last axis, with the unbiased
+  variance (torch.var's default) and neither the mean subtracted nor a bias added."""
+
+  def __init__(self, features: int, *, dtype: Dtype, epsilon: float = 1e-6):
+    self.scale = nnx.Param(jnp.ones((features,)), out_sharding=("norm",))
+    self.dtype, self.epsilon = dtype, epsilon
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    x32 = x.astype(jnp.float32)  # the variance of bfloat16 activations in float32
+    variance = jnp.var(x32, axis=-1, keepdims=True, ddof=1)
+    return (x32 * jax.lax.rsqrt(variance + self.epsilon) * self.scale[...]).astype(self.dtype)
+
+
+def simple_norm(features: int, *, dtype: Dtype, rngs: nnx.Rngs, epsilon: float = 1e-6) -> SimpleNorm:
+  del rngs  # initialised to ones
+  return SimpleNorm(features, dtype=dtype, epsilon=epsilon)
+
+
 def batch_norm(
   features: int, *, dtype: Dtype, rngs: nnx.Rngs, zero_scale: bool = False
 ) -> nnx.BatchNorm:
@@ -232,6 +263,24 @@ class ConvBN(nnx.Module):
   def __call__(self, x: jax.Array) -> jax.Array:
     y = self.bn(self.conv(x))
     return y if self.act is None else self.act(y)
+
+
+def blur_pool(x: jax.Array) -> jax.Array:
+  """timm's BlurPool2d (anti-aliased downsampling, Zhang 2019): [N, H, W, C] -> [N, ceil(H / 2),
+  ceil(W / 2), C], each channel reflect-padded by 1 and filtered with the binomial [1, 2, 1] x
+  [1, 2, 1] / 16 at stride 2."""
+  taps = jnp.array([1.0, 2.0, 1.0]) / 4
+  channels = x.shape[-1]
+  kernel = jnp.tile((taps[:, None] * taps[None, :])[:, :, None, None], (1, 1, 1, channels))
+  x = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)), mode="reflect")
+  return jax.lax.conv_general_dilated(
+    x,
+    kernel.astype(x.dtype),
+    window_strides=(2, 2),
+    padding="VALID",
+    dimension_numbers=("NHWC", "HWIO", "NHWC"),
+    feature_group_count=channels,
+  )
 
 
 class DropPath(nnx.Module):

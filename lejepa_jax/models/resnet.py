@@ -1,6 +1,8 @@
-"""ResNet-14/18/26/34/50 (He et al. 2016), with an optional small-image stem for 28-32 px inputs and
+"""ResNet-14/18/26/34/50 (He et al. 2016), with an optional small-image stem for 28-32 px inputs,
 the "bag of tricks" stems and shortcuts of timm's resnet*d / resnet*t (He et al. 2019): a deep
-3-conv stem and average-pooled projection shortcuts."""
+3-conv stem and average-pooled projection shortcuts, and the anti-aliased downsampling of timm's
+resnetblur* (Zhang 2019): blur pooling in place of each strided 3x3 convolution's stride and of
+the stem max-pool's."""
 
 from __future__ import annotations
 
@@ -27,11 +29,15 @@ STEMS = {"plain": (), "deep": (1 / 2, 1 / 2), "deep_tiered": (3 / 8, 1 / 2)}
 class BasicBlock(nnx.Module):
   expansion = 1
 
-  def __init__(self, in_ch: int, width: int, stride: int, avg_down: bool, *, dtype, rngs: nnx.Rngs):
+  def __init__(
+    self, in_ch: int, width: int, stride: int, avg_down: bool, blur: bool, *, dtype, rngs: nnx.Rngs
+  ):
     out_ch = width * self.expansion
+    self.blur = blur and stride != 1  # the 3x3 convolution unstrided, blur-pooled after its ReLU
     self.conv1 = layers.conv(
-      in_ch, width, 3, strides=stride, padding=((1, 1), (1, 1)), dtype=dtype, rngs=rngs
-    )
+      in_ch, width, 3, strides=1 if self.blur else stride, padding=((1, 1), (1, 1)), dtype=dtype,
+      rngs=rngs,
+    )  # fmt: skip
     self.bn1 = layers.batch_norm(width, dtype=dtype, rngs=rngs)
     self.conv2 = layers.conv(width, out_ch, 3, padding=((1, 1), (1, 1)), dtype=dtype, rngs=rngs)
     self.bn2 = layers.batch_norm(out_ch, dtype=dtype, rngs=rngs)
@@ -39,19 +45,24 @@ class BasicBlock(nnx.Module):
 
   def __call__(self, x: jax.Array) -> jax.Array:
     y = jax.nn.relu(self.bn1(self.conv1(x)))
+    y = layers.blur_pool(y) if self.blur else y
     return jax.nn.relu(self.bn2(self.conv2(y)) + self.shortcut(x))
 
 
 class Bottleneck(nnx.Module):
   expansion = 4
 
-  def __init__(self, in_ch: int, width: int, stride: int, avg_down: bool, *, dtype, rngs: nnx.Rngs):
+  def __init__(
+    self, in_ch: int, width: int, stride: int, avg_down: bool, blur: bool, *, dtype, rngs: nnx.Rngs
+  ):
     out_ch = width * self.expansion
+    self.blur = blur and stride != 1  # the 3x3 convolution unstrided, blur-pooled after its ReLU
     self.conv1 = layers.conv(in_ch, width, 1, dtype=dtype, rngs=rngs)
     self.bn1 = layers.batch_norm(width, dtype=dtype, rngs=rngs)
     self.conv2 = layers.conv(
-      width, width, 3, strides=stride, padding=((1, 1), (1, 1)), dtype=dtype, rngs=rngs
-    )
+      width, width, 3, strides=1 if self.blur else stride, padding=((1, 1), (1, 1)), dtype=dtype,
+      rngs=rngs,
+    )  # fmt: skip
     self.bn2 = layers.batch_norm(width, dtype=dtype, rngs=rngs)
     self.conv3 = layers.conv(width, out_ch, 1, dtype=dtype, rngs=rngs)
     self.bn3 = layers.batch_norm(out_ch, dtype=dtype, rngs=rngs)
@@ -60,6 +71,7 @@ class Bottleneck(nnx.Module):
   def __call__(self, x: jax.Array) -> jax.Array:
     y = jax.nn.relu(self.bn1(self.conv1(x)))
     y = jax.nn.relu(self.bn2(self.conv2(y)))
+    y = layers.blur_pool(y) if self.blur else y
     return jax.nn.relu(self.bn3(self.conv3(y)) + self.shortcut(x))
 
 
@@ -98,6 +110,9 @@ class ResNet(layers.PooledConvNet):
       width/2, width: resnet*t); each but the last followed by BatchNorm + ReLU.
     avg_down: projection shortcuts average-pool 2x2 before an unstrided 1x1 convolution (timm's
       resnet*d / *t) instead of striding the 1x1 convolution.
+    blur: anti-aliased downsampling (timm's resnetblur*): the strided 3x3 convolutions of the
+      blocks run unstrided and their activations are blur-pooled at stride 2; the stem's max-pool
+      pools at stride 1 and is blur-pooled at stride 2. Projection shortcuts are unchanged.
     width: channels of the stem and first stage (64 in the standard ResNets); the stages use
       width x (1, 2, 4, 8). Narrower networks are for small images on small machines.
     dtype: computation dtype (parameters stay float32).
@@ -112,6 +127,7 @@ class ResNet(layers.PooledConvNet):
     small_stem: bool = False,
     stem: str = "plain",
     avg_down: bool = False,
+    blur: bool = False,
     width: int = 64,
     dtype=jnp.float32,
     rngs: nnx.Rngs,
@@ -125,7 +141,7 @@ class ResNet(layers.PooledConvNet):
     kind, depths = RESNET_DEPTHS[variant]
     block_cls = BasicBlock if kind == "basic" else Bottleneck
     self.variant, self.in_channels, self.small_stem, self.dtype = variant, in_channels, small_stem, dtype
-    self.stem_type, self.avg_down = stem, avg_down
+    self.stem_type, self.avg_down, self.blur = stem, avg_down, blur
     pad1 = ((1, 1), (1, 1))
     deep, channels = [], in_channels
     for i, fraction in enumerate(STEMS[stem]):  # the deep stems' leading 3x3 conv + BN (+ ReLU)
@@ -150,7 +166,7 @@ class ResNet(layers.PooledConvNet):
     for stage, (width, depth) in enumerate(zip(stage_widths, depths)):
       for i in range(depth):
         stride = 2 if stage > 0 and i == 0 else 1
-        blocks.append(block_cls(channels, width, stride, avg_down, dtype=dtype, rngs=rngs))
+        blocks.append(block_cls(channels, width, stride, avg_down, blur, dtype=dtype, rngs=rngs))
         channels = width * block_cls.expansion
     self.blocks = nnx.List(blocks)
     self.depths = tuple(depths)
@@ -163,8 +179,10 @@ class ResNet(layers.PooledConvNet):
     for layer in self.deep_stem or ():
       x = layer(x)
     x = jax.nn.relu(self.stem_bn(self.stem(x)))
-    if not self.small_stem:
-      x = nnx.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
+    if not self.small_stem:  # the max-pool; with blur unstrided, then blur-pooled
+      stride = (1, 1) if self.blur else (2, 2)
+      x = nnx.max_pool(x, (3, 3), strides=stride, padding=((1, 1), (1, 1)))
+      x = layers.blur_pool(x) if self.blur else x
     maps, blocks = [], iter(self.blocks)
     for depth in self.depths:
       for _ in range(depth):

@@ -99,6 +99,7 @@ MODEL_OPTIONS = {
   "resnext": dict(in_channels=3),
   "swin": dict(img_size=224, in_channels=3, drop_path=0.0),
   "levit": dict(img_size=224, in_channels=3, drop_path=0.0),
+  "efficientnet": dict(in_channels=3, norm="batch", group_size=1, drop_path=0.0),
 }
 
 
@@ -316,9 +317,10 @@ def apply_runlocal(
     "resnet": dict(variant="18", small_stem=True, stem="plain", width=16),
     "convnextv2": dict(variant="atto"),
     "convnext": dict(variant="atto"),
-    "resnext": dict(variant="26ts"),  # its only size: 8M parameters, fast at 32 px
+    "resnext": dict(),  # its sizes (26ts, 32ts, 33ts) are 8-20M parameters, fast at 32 px
     "swin": dict(variant="mini", img_size=32),
     "levit": dict(variant="mini", img_size=32),
+    "efficientnet": dict(variant="b0"),  # its only size: 4M parameters
   }[c.model.name]
   for key, value in small.items():
     c.model[key] = value

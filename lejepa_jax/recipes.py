@@ -59,6 +59,8 @@ ARCHITECTURES = {
   "convnext_pico_ols": ("convnext", "pico"),
   "convnext_zepto_rms": ("convnext", "zepto"),
   "convnext_zepto_rms_ols": ("convnext", "zepto"),
+  "efficientnet_b0_gn": ("efficientnet", "b0"),
+  "efficientnet_b0_g8_gn": ("efficientnet", "b0"),
   "vit_t8": ("vit", "Ti/8"),
   "vit_s8": ("vit", "S/8"),
 }
@@ -77,6 +79,8 @@ ARCHITECTURE_OPTIONS = {
   "convnext_pico_ols": dict(stem="overlap_tiered"),
   "convnext_zepto_rms": dict(norm="simple"),
   "convnext_zepto_rms_ols": dict(norm="simple", stem="overlap_act"),
+  "efficientnet_b0_gn": dict(norm="group"),
+  "efficientnet_b0_g8_gn": dict(norm="group", group_size=8),
 }
 PAPER_LAMBDA = 0.05
 PAPER_SLICES = 1024
@@ -84,7 +88,7 @@ PAPER_BATCH = 512  # the authors' launch scripts (ViT-L ablations, ImageNet-10)
 PAPER_PROJECTOR = dict(hidden_dim=2048, out_dim=512, num_layers=3)
 # The authors' README: 5e-2 for ViTs, 5e-4 for ResNets; the families not named there take those of
 # their kind: the ConvNeXts, Swin and LeViT as the ViTs (the ConvNeXts and Swin were designed with
-# 5e-2, LeViT with 2.5e-2), ResNeXt as the ResNets.
+# 5e-2, LeViT with 2.5e-2), ResNeXt and EfficientNet as the ResNets.
 WEIGHT_DECAY = {
   "vit": 5e-2,
   "resnet": 5e-4,
@@ -93,6 +97,7 @@ WEIGHT_DECAY = {
   "resnext": 5e-4,
   "swin": 5e-2,
   "levit": 5e-2,
+  "efficientnet": 5e-4,
 }
 
 

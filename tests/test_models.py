@@ -73,6 +73,7 @@ TINY = {
   "resnet26t": dict(name="resnet", variant="26", stem="deep_tiered", avg_down=True),
   "swin": dict(name="swin", variant="mini", img_size=32, drop_path=0.1),
   "levit": dict(name="levit", variant="mini", img_size=32, drop_path=0.1),
+  "efficientnet_g8_gn": dict(name="efficientnet", variant="b0", norm="group", group_size=8),
 }
 EXPECTED_DIMS = {
   "vit": 384,
@@ -84,6 +85,7 @@ EXPECTED_DIMS = {
   "resnet26t": 2048,
   "swin": 32,
   "levit": 48,
+  "efficientnet_g8_gn": 1280,
 }
 
 
@@ -140,6 +142,16 @@ def test_vit_and_convnext_stage_maps():
     for m in jax.eval_shape(convnext.stage_maps, jax.ShapeDtypeStruct((1, 64, 64, 3), jnp.float32))
   ]
   assert shapes == [(1, 16, 16, 40), (1, 8, 8, 80), (1, 4, 4, 160), (1, 2, 2, 320)]
+
+
+def test_efficientnet_stage_maps_end_each_resolution():
+  """One map per stride (4, 8, 16, 32): the last stage of each resolution, the head's at the end
+  (timm's efficientnet_b0 feature maps: 24, 40, 112 and 320 channels; 1280 after the head)."""
+  net = models.build_backbone(dict(name="efficientnet", variant="b0"), models.make_rngs(0))
+  net.eval()  # BatchNorm statistics are not updated under eval_shape's trace
+  images = jax.ShapeDtypeStruct((1, 64, 64, 3), jnp.float32)
+  shapes = [m.shape for m in jax.eval_shape(net.stage_maps, images)]
+  assert shapes == [(1, 16, 16, 24), (1, 8, 8, 40), (1, 4, 4, 112), (1, 2, 2, 1280)]
 
 
 @pytest.mark.slow
@@ -488,7 +500,7 @@ def test_remat_changes_memory_not_values(family, remat):
     def run(state):  # as the train step does: merge inside the trace, then differentiate
       return nnx.value_and_grad(loss)(nnx.merge(graphdef, state))
 
-    return run(state), str(jax.make_jaxpr(run)(state))
+    return jax.jit(run)(state), str(jax.make_jaxpr(run)(state))
 
   (want, want_grads), plain_jaxpr = loss_and_grads("none")
   (got, got_grads), remat_jaxpr = loss_and_grads(remat)

@@ -45,6 +45,12 @@ CASES = {
   "resnext26ts": ({"name": "resnext", "variant": "26ts"}, 64),
   # no stem pool (the third stem convolution strides), ungrouped, a final 1x1 convolution to 1280
   "resnet33ts": ({"name": "resnext", "variant": "33ts"}, 64),
+  # BatchNorm and GroupNorm (timm's efficientnet_b0 and efficientnet_b0_g8_gn)
+  "efficientnet_b0": ({"name": "efficientnet", "variant": "b0"}, 32),
+  "efficientnet_b0_g8_gn": (
+    {"name": "efficientnet", "variant": "b0", "norm": "group", "group_size": 8},
+    32,
+  ),
   # blur pooling (reflect-padded at odd sides) in the stem and the strided bottlenecks
   "resnetblur50d_narrow": (
     {"name": "resnet", "variant": "50", "blur": True, "stem": "deep", "avg_down": True, "width": 16},

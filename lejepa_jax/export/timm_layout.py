@@ -26,6 +26,7 @@ One table per family says where each array goes; both directions read it, so the
                                             embed_dim, depths, num_heads, window_size
     LeViT        levit_128                  in_chans, img_size, embed_dim, key_dim, num_heads,
                                             depth
+    EfficientNet efficientnet_b0, _b0_gn, _b0_g8_gn   in_chans (the name picks the norm and groups)
 
 The kwargs decide the architecture; the name only picks timm's model function (a ViT-Mi/4 is written
 as vit_tiny_patch16_224 with its own dimensions), and timm's default preprocessing for that name does
@@ -62,7 +63,7 @@ import numpy as np
 from flax import nnx
 
 from lejepa_jax import models
-from lejepa_jax.models import convnext, levit, resnet, resnext, swin, vit
+from lejepa_jax.models import convnext, efficientnet, levit, resnet, resnext, swin, vit
 
 # lejepa_jax ViT size -> the timm model of that size (its name; the kwargs pin every dimension, so
 # the non-standard test sizes borrow a neighbour's name).
@@ -196,10 +197,27 @@ def timm_spec(backbone: nnx.Module) -> TimmSpec:
       "num_classes": 0,
     }
     return TimmSpec("levit_128", kwargs)
+  if isinstance(backbone, efficientnet.EfficientNet):
+    name = _TIMM_EFFICIENTNETS.get((backbone.variant, backbone.norm_type, backbone.group_size))
+    if name is None:
+      raise ValueError(
+        f"An EfficientNet-{backbone.variant.upper()} with norm={backbone.norm_type!r} and "
+        f"group_size={backbone.group_size} has no timm model; timm has "
+        f"{sorted(_TIMM_EFFICIENTNETS.values())}. Use the Flax export (without --timm)."
+      )
+    return TimmSpec(name, {"in_chans": backbone.in_channels, "num_classes": 0})
   raise ValueError(
     f"No timm layout for {type(backbone).__name__}; known: ResNet, ViT, ConvNeXtV2, ResNeXt, Swin,"
-    " LeViT."
+    " LeViT, EfficientNet."
   )
+
+
+# (variant, norm, group size) -> timm's EfficientNet of that network
+_TIMM_EFFICIENTNETS = {
+  ("b0", "batch", 1): "efficientnet_b0",
+  ("b0", "group", 1): "efficientnet_b0_gn",
+  ("b0", "group", 8): "efficientnet_b0_g8_gn",
+}
 
 
 _TIMM_BLUR_VARIANTS = ("18", "50")
@@ -341,6 +359,7 @@ _MODULE_KEYS: dict[type, Callable[[Any, tuple[str, ...]], str]] = {
   resnext.ResNeXt: _resnext_key,
   swin.Swin: _swin_key,
   levit.LeViT: _levit_key,
+  efficientnet.EfficientNet: lambda backbone, path: ".".join(path),  # timm's names, module by module
 }
 # whole-array parameters of the ViT (no module around them)
 _VIT_ARRAYS = {"pos_embed": "pos_embed", "cls": "cls_token", "registers": "reg_token"}

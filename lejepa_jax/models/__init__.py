@@ -1,5 +1,5 @@
-"""Flax NNX encoders built by name: ViT, ResNet, ResNeXt, ConvNeXt (V1 and V2), Swin and LeViT
-backbones plus the LeJEPA projector.
+"""Flax NNX encoders built by name: ViT, ResNet, ResNeXt, ConvNeXt (V1 and V2), Swin, LeViT and
+EfficientNet backbones plus the LeJEPA projector.
 
 encoder = build_encoder({"name": "vit", "variant": "S/16", "projector": {"out_dim": 128}},
                         make_rngs(0))
@@ -18,6 +18,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from lejepa_jax.models.convnext import ConvNeXt, ConvNeXtV2
+from lejepa_jax.models.efficientnet import EfficientNet
 from lejepa_jax.models.encoder import Encoder, Projector
 from lejepa_jax.models.levit import LeViT
 from lejepa_jax.models.resnet import ResNet
@@ -35,6 +36,7 @@ BACKBONES: dict[str, tuple[Callable[..., nnx.Module], tuple[str, ...]]] = {
   "resnext": (ResNeXt, ("in_channels",)),
   "swin": (Swin, ("img_size", "in_channels", "drop_path")),
   "levit": (LeViT, ("img_size", "in_channels", "drop_path")),
+  "efficientnet": (EfficientNet, ("in_channels", "norm", "group_size", "drop_path")),
 }
 PROJECTOR_KEYS = ("hidden_dim", "out_dim", "num_layers")
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
@@ -135,6 +137,7 @@ __all__ = [
   "BACKBONES",
   "ConvNeXt",
   "ConvNeXtV2",
+  "EfficientNet",
   "Encoder",
   "LeViT",
   "Projector",

@@ -100,6 +100,7 @@ MODEL_OPTIONS = {
   "swin": dict(img_size=224, in_channels=3, drop_path=0.0),
   "levit": dict(img_size=224, in_channels=3, drop_path=0.0),
   "efficientnet": dict(in_channels=3, norm="batch", group_size=1, drop_path=0.0),
+  "inception_next": dict(in_channels=3, drop_path=0.0),
 }
 
 
@@ -321,6 +322,7 @@ def apply_runlocal(
     "swin": dict(variant="mini", img_size=32),
     "levit": dict(variant="mini", img_size=32),
     "efficientnet": dict(variant="b0"),  # its only size: 4M parameters
+    "inception_next": dict(variant="atto"),
   }[c.model.name]
   for key, value in small.items():
     c.model[key] = value

@@ -61,6 +61,7 @@ ARCHITECTURES = {
   "convnext_zepto_rms_ols": ("convnext", "zepto"),
   "efficientnet_b0_gn": ("efficientnet", "b0"),
   "efficientnet_b0_g8_gn": ("efficientnet", "b0"),
+  "inception_next_atto": ("inception_next", "atto"),
   "vit_t8": ("vit", "Ti/8"),
   "vit_s8": ("vit", "S/8"),
 }
@@ -87,8 +88,8 @@ PAPER_SLICES = 1024
 PAPER_BATCH = 512  # the authors' launch scripts (ViT-L ablations, ImageNet-10)
 PAPER_PROJECTOR = dict(hidden_dim=2048, out_dim=512, num_layers=3)
 # The authors' README: 5e-2 for ViTs, 5e-4 for ResNets; the families not named there take those of
-# their kind: the ConvNeXts, Swin and LeViT as the ViTs (the ConvNeXts and Swin were designed with
-# 5e-2, LeViT with 2.5e-2), ResNeXt and EfficientNet as the ResNets.
+# their kind: the ConvNeXts, InceptionNeXt, Swin and LeViT as the ViTs (the ConvNeXts, InceptionNeXt
+# and Swin were designed with 5e-2, LeViT with 2.5e-2), ResNeXt and EfficientNet as the ResNets.
 WEIGHT_DECAY = {
   "vit": 5e-2,
   "resnet": 5e-4,
@@ -98,6 +99,7 @@ WEIGHT_DECAY = {
   "swin": 5e-2,
   "levit": 5e-2,
   "efficientnet": 5e-4,
+  "inception_next": 5e-2,
 }
 
 

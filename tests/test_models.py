@@ -74,6 +74,7 @@ TINY = {
   "swin": dict(name="swin", variant="mini", img_size=32, drop_path=0.1),
   "levit": dict(name="levit", variant="mini", img_size=32, drop_path=0.1),
   "efficientnet_g8_gn": dict(name="efficientnet", variant="b0", norm="group", group_size=8),
+  "inception_next": dict(name="inception_next", variant="atto", drop_path=0.1),
 }
 EXPECTED_DIMS = {
   "vit": 384,
@@ -86,6 +87,7 @@ EXPECTED_DIMS = {
   "swin": 32,
   "levit": 48,
   "efficientnet_g8_gn": 1280,
+  "inception_next": 960,  # timm's head: 3 x the last stage's 320
 }
 
 

@@ -51,6 +51,8 @@ CASES = {
     {"name": "efficientnet", "variant": "b0", "norm": "group", "group_size": 8},
     32,
   ),
+  # the Inception depthwise mixer (identity, 3x3, 1x9, 9x1 parts) and timm's MLP head
+  "inception_next_atto": ({"name": "inception_next", "variant": "atto"}, 32),
   # blur pooling (reflect-padded at odd sides) in the stem and the strided bottlenecks
   "resnetblur50d_narrow": (
     {"name": "resnet", "variant": "50", "blur": True, "stem": "deep", "avg_down": True, "width": 16},

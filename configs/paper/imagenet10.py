@@ -19,10 +19,11 @@ their timm name; tests/test_timm_interop.py holds their features to timm's):
 
   convnext_atto_ols convnext_atto_rms convnext_femto convnext_nano convnext_nano_ols
   convnext_pico_ols convnext_zepto_rms convnext_zepto_rms_ols convnextv2_femto
-  efficientnet_b0_g8_gn efficientnet_b0_gn levit_128 levit_128s levit_192 levit_conv_256
-  resnet14t resnet18d resnet26 resnet26d resnet26t resnet32ts resnet33ts resnetblur18 resnext26ts
+  efficientnet_b0_g8_gn efficientnet_b0_gn inception_next_atto levit_128 levit_128s levit_192
+  levit_conv_256 resnet14t resnet18d resnet26 resnet26d resnet26t resnet32ts resnet33ts
+  resnetblur18 resnext26ts
 
-Not built: inception_next_atto maxvit_nano_rw_256 maxvit_pico_rw_256 maxvit_rmlp_nano_rw_256
+Not built: maxvit_nano_rw_256 maxvit_pico_rw_256 maxvit_rmlp_nano_rw_256
 maxvit_rmlp_pico_rw_256 vit_pe_core_tiny_patch16_384.
 The authors' script for it
 (scripts/launch_inet10.py) sets batch 512, 8 views at 224 px without multi-crop, drop-path 0, lambda

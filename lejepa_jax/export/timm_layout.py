@@ -27,6 +27,7 @@ One table per family says where each array goes; both directions read it, so the
     LeViT        levit_128                  in_chans, img_size, embed_dim, key_dim, num_heads,
                                             depth
     EfficientNet efficientnet_b0, _b0_gn, _b0_g8_gn   in_chans (the name picks the norm and groups)
+    InceptionNeXt inception_next_atto       in_chans
 
 The kwargs decide the architecture; the name only picks timm's model function (a ViT-Mi/4 is written
 as vit_tiny_patch16_224 with its own dimensions), and timm's default preprocessing for that name does
@@ -63,7 +64,7 @@ import numpy as np
 from flax import nnx
 
 from lejepa_jax import models
-from lejepa_jax.models import convnext, efficientnet, levit, resnet, resnext, swin, vit
+from lejepa_jax.models import convnext, efficientnet, inception_next, levit, resnet, resnext, swin, vit
 
 # lejepa_jax ViT size -> the timm model of that size (its name; the kwargs pin every dimension, so
 # the non-standard test sizes borrow a neighbour's name).
@@ -206,9 +207,13 @@ def timm_spec(backbone: nnx.Module) -> TimmSpec:
         f"{sorted(_TIMM_EFFICIENTNETS.values())}. Use the Flax export (without --timm)."
       )
     return TimmSpec(name, {"in_chans": backbone.in_channels, "num_classes": 0})
+  if isinstance(backbone, inception_next.InceptionNeXt):
+    return TimmSpec(
+      f"inception_next_{backbone.variant}", {"in_chans": backbone.in_channels, "num_classes": 0}
+    )
   raise ValueError(
     f"No timm layout for {type(backbone).__name__}; known: ResNet, ViT, ConvNeXtV2, ResNeXt, Swin,"
-    " LeViT, EfficientNet."
+    " LeViT, EfficientNet, InceptionNeXt."
   )
 
 
@@ -359,7 +364,9 @@ _MODULE_KEYS: dict[type, Callable[[Any, tuple[str, ...]], str]] = {
   resnext.ResNeXt: _resnext_key,
   swin.Swin: _swin_key,
   levit.LeViT: _levit_key,
-  efficientnet.EfficientNet: lambda backbone, path: ".".join(path),  # timm's names, module by module
+  # timm's names, module by module
+  efficientnet.EfficientNet: lambda backbone, path: ".".join(path),
+  inception_next.InceptionNeXt: lambda backbone, path: ".".join(path),
 }
 # whole-array parameters of the ViT (no module around them)
 _VIT_ARRAYS = {"pos_embed": "pos_embed", "cls": "cls_token", "registers": "reg_token"}

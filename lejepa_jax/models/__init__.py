@@ -1,5 +1,5 @@
-"""Flax NNX encoders built by name: ViT, ResNet, ResNeXt, ConvNeXt (V1 and V2), Swin, LeViT and
-EfficientNet backbones plus the LeJEPA projector.
+"""Flax NNX encoders built by name: ViT, ResNet, ResNeXt, ConvNeXt (V1 and V2), Swin, LeViT,
+EfficientNet and InceptionNeXt backbones plus the LeJEPA projector.
 
 encoder = build_encoder({"name": "vit", "variant": "S/16", "projector": {"out_dim": 128}},
                         make_rngs(0))
@@ -20,6 +20,7 @@ from flax import nnx
 from lejepa_jax.models.convnext import ConvNeXt, ConvNeXtV2
 from lejepa_jax.models.efficientnet import EfficientNet
 from lejepa_jax.models.encoder import Encoder, Projector
+from lejepa_jax.models.inception_next import InceptionNeXt
 from lejepa_jax.models.levit import LeViT
 from lejepa_jax.models.resnet import ResNet
 from lejepa_jax.models.resnext import ResNeXt
@@ -37,6 +38,7 @@ BACKBONES: dict[str, tuple[Callable[..., nnx.Module], tuple[str, ...]]] = {
   "swin": (Swin, ("img_size", "in_channels", "drop_path")),
   "levit": (LeViT, ("img_size", "in_channels", "drop_path")),
   "efficientnet": (EfficientNet, ("in_channels", "norm", "group_size", "drop_path")),
+  "inception_next": (InceptionNeXt, ("in_channels", "drop_path")),
 }
 PROJECTOR_KEYS = ("hidden_dim", "out_dim", "num_layers")
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
@@ -139,6 +141,7 @@ __all__ = [
   "ConvNeXtV2",
   "EfficientNet",
   "Encoder",
+  "InceptionNeXt",
   "LeViT",
   "Projector",
   "ResNeXt",

@@ -115,7 +115,7 @@ def dense(
 def conv(
   in_features: int,
   out_features: int,
-  kernel_size: int,
+  kernel_size: int | tuple[int, int],
   *,
   strides: int = 1,
   padding: str | Sequence[tuple[int, int]] = "SAME",
@@ -125,12 +125,14 @@ def conv(
   rngs: nnx.Rngs,
   kernel_init=None,
 ) -> nnx.Conv:
-  """A 2-D NHWC convolution with kernel [kh, kw, in/groups, out] on logical axes (conv_in, conv_out)."""
+  """A 2-D NHWC convolution with kernel [kh, kw, in/groups, out] on logical axes (conv_in, conv_out);
+  an int kernel_size is square."""
   kernel_init = kernel_init or nnx.initializers.variance_scaling(2.0, "fan_out", "normal")
+  kernel = (kernel_size, kernel_size) if isinstance(kernel_size, int) else tuple(kernel_size)
   return nnx.Conv(
     in_features,
     out_features,
-    (kernel_size, kernel_size),
+    kernel,
     strides=strides,
     padding=padding,
     feature_group_count=groups,

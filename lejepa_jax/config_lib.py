@@ -101,6 +101,7 @@ MODEL_OPTIONS = {
   "levit": dict(img_size=224, in_channels=3, drop_path=0.0),
   "efficientnet": dict(in_channels=3, norm="batch", group_size=1, drop_path=0.0),
   "inception_next": dict(in_channels=3, drop_path=0.0),
+  "maxvit": dict(img_size=224, rel_pos="bias", in_channels=3, drop_path=0.0),
 }
 
 
@@ -323,6 +324,7 @@ def apply_runlocal(
     "levit": dict(variant="mini", img_size=32),
     "efficientnet": dict(variant="b0"),  # its only size: 4M parameters
     "inception_next": dict(variant="atto"),
+    "maxvit": dict(variant="pico"),
   }[c.model.name]
   for key, value in small.items():
     c.model[key] = value
@@ -338,7 +340,7 @@ def apply_runlocal(
     c.data.global_views, size=sizes[0], count=min(2, c.data.global_views["count"])
   )
   c.data.local_views = dict(c.data.local_views, size=sizes[1], count=min(2, c.data.local_views["count"]))
-  if c.model.name in ("swin", "levit"):  # laid out for one image size: the views'
+  if c.model.name in ("swin", "levit", "maxvit"):  # laid out for one image size: the views'
     c.model.img_size = sizes[0]
   c.model.projector = dict(hidden_dim=64, out_dim=16, num_layers=3)
   c.loss.num_slices = 128

@@ -62,6 +62,11 @@ ARCHITECTURES = {
   "efficientnet_b0_gn": ("efficientnet", "b0"),
   "efficientnet_b0_g8_gn": ("efficientnet", "b0"),
   "inception_next_atto": ("inception_next", "atto"),
+  # timm's _256 MaxViTs, laid out here for the views' 224 px (windows of 7 tokens instead of 8)
+  "maxvit_pico_rw_256": ("maxvit", "pico"),
+  "maxvit_nano_rw_256": ("maxvit", "nano"),
+  "maxvit_rmlp_pico_rw_256": ("maxvit", "pico"),
+  "maxvit_rmlp_nano_rw_256": ("maxvit", "nano"),
   "vit_t8": ("vit", "Ti/8"),
   "vit_s8": ("vit", "S/8"),
 }
@@ -82,14 +87,17 @@ ARCHITECTURE_OPTIONS = {
   "convnext_zepto_rms_ols": dict(norm="simple", stem="overlap_act"),
   "efficientnet_b0_gn": dict(norm="group"),
   "efficientnet_b0_g8_gn": dict(norm="group", group_size=8),
+  "maxvit_rmlp_pico_rw_256": dict(rel_pos="mlp"),
+  "maxvit_rmlp_nano_rw_256": dict(rel_pos="mlp"),
 }
 PAPER_LAMBDA = 0.05
 PAPER_SLICES = 1024
 PAPER_BATCH = 512  # the authors' launch scripts (ViT-L ablations, ImageNet-10)
 PAPER_PROJECTOR = dict(hidden_dim=2048, out_dim=512, num_layers=3)
 # The authors' README: 5e-2 for ViTs, 5e-4 for ResNets; the families not named there take those of
-# their kind: the ConvNeXts, InceptionNeXt, Swin and LeViT as the ViTs (the ConvNeXts, InceptionNeXt
-# and Swin were designed with 5e-2, LeViT with 2.5e-2), ResNeXt and EfficientNet as the ResNets.
+# their kind: the ConvNeXts, InceptionNeXt, Swin, MaxViT and LeViT as the ViTs (the ConvNeXts,
+# InceptionNeXt, Swin and MaxViT were designed with 5e-2, LeViT with 2.5e-2), ResNeXt and
+# EfficientNet as the ResNets.
 WEIGHT_DECAY = {
   "vit": 5e-2,
   "resnet": 5e-4,
@@ -100,6 +108,7 @@ WEIGHT_DECAY = {
   "levit": 5e-2,
   "efficientnet": 5e-4,
   "inception_next": 5e-2,
+  "maxvit": 5e-2,
 }
 
 

@@ -75,6 +75,7 @@ TINY = {
   "levit": dict(name="levit", variant="mini", img_size=32, drop_path=0.1),
   "efficientnet_g8_gn": dict(name="efficientnet", variant="b0", norm="group", group_size=8),
   "inception_next": dict(name="inception_next", variant="atto", drop_path=0.1),
+  "maxvit_rmlp": dict(name="maxvit", variant="pico", img_size=32, rel_pos="mlp", drop_path=0.1),
 }
 EXPECTED_DIMS = {
   "vit": 384,
@@ -88,6 +89,7 @@ EXPECTED_DIMS = {
   "levit": 48,
   "efficientnet_g8_gn": 1280,
   "inception_next": 960,  # timm's head: 3 x the last stage's 320
+  "maxvit_rmlp": 256,
 }
 
 

@@ -132,8 +132,9 @@ def test_imagenet10_lists_figure9s_labelled_backbones_as_built_or_not():
   words = lambda part: set(re.findall(r"[a-z0-9_]+", part))
   built = {arch for arch in paper.FIGURE9_LABELLED if arch in recipes.ARCHITECTURES}
   assert words(built_part) & set(paper.FIGURE9_LABELLED) == built
-  assert words(not_built_part.split(".\n")[0]) == set(paper.FIGURE9_LABELLED) - built
-  assert len(built) >= 25
+  not_built = words(not_built_part.split(".\n")[0]) & set(paper.FIGURE9_LABELLED)
+  assert not_built == set(paper.FIGURE9_LABELLED) - built
+  assert len(built) >= 29
 
 
 def test_imagenet100_cells_of_tables_7_and_4():

@@ -53,6 +53,10 @@ CASES = {
   ),
   # the Inception depthwise mixer (identity, 3x3, 1x9, 9x1 parts) and timm's MLP head
   "inception_next_atto": ({"name": "inception_next", "variant": "atto"}, 32),
+  # MBConv, attention in 2x2 windows and across a 2x2 grid (64 px: windows of 64 / 32 tokens),
+  # relative-position biases from a table and from an MLP of log offsets
+  "maxvit_pico": ({"name": "maxvit", "variant": "pico", "img_size": 64}, 64),
+  "maxvit_rmlp_pico": ({"name": "maxvit", "variant": "pico", "img_size": 64, "rel_pos": "mlp"}, 64),
   # blur pooling (reflect-padded at odd sides) in the stem and the strided bottlenecks
   "resnetblur50d_narrow": (
     {"name": "resnet", "variant": "50", "blur": True, "stem": "deep", "avg_down": True, "width": 16},
@@ -267,6 +271,8 @@ _TIMM_NAMES = {
   "swin_tiny": ("swin_tiny_patch4_window7_224", {}),
   "vit_s8": ("vit_small_patch8_224", {"no_embed_class": True}),
   "vit_t8": ("vit_tiny_patch16_224", {"patch_size": 8, "no_embed_class": True}),
+  # timm's _256 MaxViTs laid out for 224 px, as recipes builds them (the window's bias table)
+  **{arch: (arch, {"img_size": 224}) for arch in recipes.ARCHITECTURES if arch.startswith("maxvit_")},
 }
 
 

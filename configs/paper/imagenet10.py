@@ -20,11 +20,16 @@ their timm name; tests/test_timm_interop.py holds their features to timm's):
   convnext_atto_ols convnext_atto_rms convnext_femto convnext_nano convnext_nano_ols
   convnext_pico_ols convnext_zepto_rms convnext_zepto_rms_ols convnextv2_femto
   efficientnet_b0_g8_gn efficientnet_b0_gn inception_next_atto levit_128 levit_128s levit_192
-  levit_conv_256 resnet14t resnet18d resnet26 resnet26d resnet26t resnet32ts resnet33ts
+  levit_conv_256 maxvit_nano_rw_256 maxvit_pico_rw_256 maxvit_rmlp_nano_rw_256
+  maxvit_rmlp_pico_rw_256 resnet14t resnet18d resnet26 resnet26d resnet26t resnet32ts resnet33ts
   resnetblur18 resnext26ts
 
-Not built: maxvit_nano_rw_256 maxvit_pico_rw_256 maxvit_rmlp_nano_rw_256
-maxvit_rmlp_pico_rw_256 vit_pe_core_tiny_patch16_384.
+(timm's `_256` MaxViTs are laid out here for the 224 px views: windows and grids of 7 tokens
+instead of 8; `--config.model.img_size=256` with 256 px views gives timm's layout.)
+
+Not built: vit_pe_core_tiny_patch16_384 (timm's Perception Encoder ViT: rotary position
+embeddings, an attention-pooling head).
+
 The authors' script for it
 (scripts/launch_inet10.py) sets batch 512, 8 views at 224 px without multi-crop, drop-path 0, lambda
 in {0.01, 0.02, 0.05, 0.1}, lr in {3e-3, 1e-4}, weight decay in {3e-2, 1e-5}:

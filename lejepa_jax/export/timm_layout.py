@@ -28,6 +28,7 @@ One table per family says where each array goes; both directions read it, so the
                                             depth
     EfficientNet efficientnet_b0, _b0_gn, _b0_g8_gn   in_chans (the name picks the norm and groups)
     InceptionNeXt inception_next_atto       in_chans
+    MaxViT       maxvit_[rmlp_]<pico|nano>_rw_256   in_chans, img_size (windows of img_size / 32)
 
 The kwargs decide the architecture; the name only picks timm's model function (a ViT-Mi/4 is written
 as vit_tiny_patch16_224 with its own dimensions), and timm's default preprocessing for that name does
@@ -64,7 +65,17 @@ import numpy as np
 from flax import nnx
 
 from lejepa_jax import models
-from lejepa_jax.models import convnext, efficientnet, inception_next, levit, resnet, resnext, swin, vit
+from lejepa_jax.models import (
+  convnext,
+  efficientnet,
+  inception_next,
+  levit,
+  maxvit,
+  resnet,
+  resnext,
+  swin,
+  vit,
+)
 
 # lejepa_jax ViT size -> the timm model of that size (its name; the kwargs pin every dimension, so
 # the non-standard test sizes borrow a neighbour's name).
@@ -211,9 +222,13 @@ def timm_spec(backbone: nnx.Module) -> TimmSpec:
     return TimmSpec(
       f"inception_next_{backbone.variant}", {"in_chans": backbone.in_channels, "num_classes": 0}
     )
+  if isinstance(backbone, maxvit.MaxViT):
+    rmlp = "rmlp_" if backbone.rel_pos == "mlp" else ""
+    kwargs = {"img_size": backbone.img_size, "in_chans": backbone.in_channels, "num_classes": 0}
+    return TimmSpec(f"maxvit_{rmlp}{backbone.variant}_rw_256", kwargs)
   raise ValueError(
     f"No timm layout for {type(backbone).__name__}; known: ResNet, ViT, ConvNeXtV2, ResNeXt, Swin,"
-    " LeViT, EfficientNet, InceptionNeXt."
+    " LeViT, EfficientNet, InceptionNeXt, MaxViT."
   )
 
 
@@ -367,6 +382,7 @@ _MODULE_KEYS: dict[type, Callable[[Any, tuple[str, ...]], str]] = {
   # timm's names, module by module
   efficientnet.EfficientNet: lambda backbone, path: ".".join(path),
   inception_next.InceptionNeXt: lambda backbone, path: ".".join(path),
+  maxvit.MaxViT: lambda backbone, path: ".".join(path),
 }
 # whole-array parameters of the ViT (no module around them)
 _VIT_ARRAYS = {"pos_embed": "pos_embed", "cls": "cls_token", "registers": "reg_token"}

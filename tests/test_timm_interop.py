@@ -55,8 +55,8 @@ CASES = {
   "inception_next_atto": ({"name": "inception_next", "variant": "atto"}, 32),
   # MBConv, attention in 2x2 windows and across a 2x2 grid (64 px: windows of 64 / 32 tokens),
   # relative-position biases from a table and from an MLP of log offsets
-  "maxvit_pico": ({"name": "maxvit", "variant": "pico", "img_size": 64}, 64),
-  "maxvit_rmlp_pico": ({"name": "maxvit", "variant": "pico", "img_size": 64, "rel_pos": "mlp"}, 64),
+  "maxvit_mini": ({"name": "maxvit", "variant": "mini", "img_size": 64}, 64),
+  "maxvit_rmlp_mini": ({"name": "maxvit", "variant": "mini", "img_size": 64, "rel_pos": "mlp"}, 64),
   # blur pooling (reflect-padded at odd sides) in the stem and the strided bottlenecks
   "resnetblur50d_narrow": (
     {"name": "resnet", "variant": "50", "blur": True, "stem": "deep", "avg_down": True, "width": 16},

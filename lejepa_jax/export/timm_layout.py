@@ -28,7 +28,8 @@ One table per family says where each array goes; both directions read it, so the
                                             depth
     EfficientNet efficientnet_b0, _b0_gn, _b0_g8_gn   in_chans (the name picks the norm and groups)
     InceptionNeXt inception_next_atto       in_chans
-    MaxViT       maxvit_[rmlp_]<pico|nano>_rw_256   in_chans, img_size (windows of img_size / 32)
+    MaxViT       maxvit_[rmlp_]pico_rw_256  in_chans, img_size (windows of img_size / 32), embed_dim,
+                                            depths, stem_width
 
 The kwargs decide the architecture; the name only picks timm's model function (a ViT-Mi/4 is written
 as vit_tiny_patch16_224 with its own dimensions), and timm's default preprocessing for that name does
@@ -224,8 +225,16 @@ def timm_spec(backbone: nnx.Module) -> TimmSpec:
     )
   if isinstance(backbone, maxvit.MaxViT):
     rmlp = "rmlp_" if backbone.rel_pos == "mlp" else ""
-    kwargs = {"img_size": backbone.img_size, "in_chans": backbone.in_channels, "num_classes": 0}
-    return TimmSpec(f"maxvit_{rmlp}{backbone.variant}_rw_256", kwargs)
+    size = maxvit.MAXVIT_SIZES[backbone.variant]
+    kwargs = {
+      "img_size": backbone.img_size,
+      "in_chans": backbone.in_channels,
+      "embed_dim": list(size.widths),
+      "depths": list(size.depths),
+      "stem_width": list(size.stem),
+      "num_classes": 0,
+    }
+    return TimmSpec(f"maxvit_{rmlp}pico_rw_256", kwargs)  # the sizes come with the kwargs
   raise ValueError(
     f"No timm layout for {type(backbone).__name__}; known: ResNet, ViT, ConvNeXtV2, ResNeXt, Swin,"
     " LeViT, EfficientNet, InceptionNeXt, MaxViT."

@@ -35,6 +35,7 @@ class MaxViTSize:
 
 
 MAXVIT_SIZES = {
+  "mini": MaxViTSize((32, 32, 64, 64), (1, 1, 1, 1), (16, 32)),  # not a standard size: for tests
   "pico": MaxViTSize((32, 64, 128, 256), (2, 2, 5, 2), (24, 32)),
   "nano": MaxViTSize((64, 128, 256, 512), (1, 2, 3, 1), (32, 64)),
 }
@@ -245,7 +246,7 @@ class MaxViT(layers.PooledConvNet):
   """MaxViT backbone returning the spatial mean of the final LayerNorm'd map.
 
   Args:
-    variant: 'pico' or 'nano'.
+    variant: 'pico' or 'nano' (or 'mini', a 4-block network for tests).
     img_size: the image side the windows are laid out for (side / 32 tokens a window; timm's 256
       for the `_256` models); a multiple of 32, and images must have it.
     rel_pos: "bias" (a learned table: maxvit_*_rw) or "mlp" (maxvit_rmlp_*_rw).

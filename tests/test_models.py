@@ -590,3 +590,31 @@ def test_a_second_encoder_of_one_config_and_seed_reuses_the_initialiser_not_the_
   assert traced.count >= 2
   assert any(not np.array_equal(a, b) for a, b in zip(params(first), params(other_seed), strict=True))
   assert [x.shape for x in params(wider)] != [x.shape for x in params(first)]
+
+
+def test_blur_pool_is_the_reflect_padded_binomial_filter_at_stride_2():
+  """layers.blur_pool against a float64 NumPy loop: reflect padding by 1, the [1, 2, 1] x [1, 2, 1]
+  / 16 filter per channel, every second row and column (odd sides round up)."""
+  from lejepa_jax.models import layers
+
+  x = np.random.default_rng(0).normal(size=(2, 7, 6, 3))
+  padded = np.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)), mode="reflect")
+  taps = np.outer([1, 2, 1], [1, 2, 1]) / 16
+  want = np.zeros((2, 4, 3, 3))
+  for i in range(4):
+    for j in range(3):
+      window = padded[:, 2 * i : 2 * i + 3, 2 * j : 2 * j + 3]
+      want[:, i, j] = np.einsum("nhwc,hw->nc", window, taps)
+  got = layers.blur_pool(jnp.asarray(x, jnp.float32))
+  np.testing.assert_allclose(np.asarray(got), want, rtol=1e-5, atol=1e-6)
+
+
+def test_simple_norm_divides_by_the_unbiased_deviation_without_centring():
+  from lejepa_jax.models import layers
+
+  x = np.random.default_rng(1).normal(loc=2.0, size=(3, 5, 8))
+  with nnx.use_eager_sharding(False):  # a lone layer, outside any mesh
+    norm = layers.simple_norm(8, dtype=jnp.float32, rngs=nnx.Rngs(0))
+  norm.scale.set_value(jnp.arange(1.0, 9.0))
+  want = x / np.sqrt(x.var(axis=-1, ddof=1, keepdims=True) + 1e-6) * np.arange(1.0, 9.0)
+  np.testing.assert_allclose(np.asarray(norm(jnp.asarray(x, jnp.float32))), want, rtol=1e-5)

@@ -121,7 +121,10 @@ class RelPosBias(nnx.Module):
 
 
 class _RelPosMlp(nnx.Module):
-  def __init__(self, num_heads: int, *, dtype, rngs: nnx.Rngs):
+  """2 -> REL_POS_MLP_HIDDEN (ReLU, dropout) -> heads, in float32: the biases are added to float32
+  attention scores."""
+
+  def __init__(self, num_heads: int, *, rngs: nnx.Rngs):
     self.fc1 = layers.dense(2, REL_POS_MLP_HIDDEN, (None, None), dtype=jnp.float32, rngs=rngs)
     self.dropout = nnx.Dropout(REL_POS_MLP_DROPOUT, rngs=rngs)
     self.fc2 = layers.dense(REL_POS_MLP_HIDDEN, num_heads, (None, None), dtype=jnp.float32, rngs=rngs)
@@ -135,7 +138,7 @@ class RelPosMlp(nnx.Module):
 
   def __init__(self, window: int, num_heads: int, *, rngs: nnx.Rngs):
     self.window, self.num_heads = window, num_heads
-    self.mlp = _RelPosMlp(num_heads, dtype=jnp.float32, rngs=rngs)
+    self.mlp = _RelPosMlp(num_heads, rngs=rngs)
 
   def __call__(self) -> jax.Array:
     """-> [heads, w*w, w*w]."""

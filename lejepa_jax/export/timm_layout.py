@@ -350,10 +350,15 @@ def _convnext_key(backbone: convnext.ConvNeXtV2, path: tuple[str, ...]) -> str:
   return f"{block}." + _CONVNEXT_BLOCK_MODULES[path[3]]
 
 
+def _timm_names(backbone: nnx.Module, path: tuple[str, ...]) -> str:
+  """The key of a module whose variables carry timm's own names, module by module."""
+  return ".".join(path)
+
+
 def _resnext_key(backbone: resnext.ResNeXt, path: tuple[str, ...]) -> str:
   if path[0] == "stem":  # stem.<i>.<conv|bn> -> stem.conv<i + 1>.<conv|bn>
     return f"stem.conv{int(path[1]) + 1}.{path[2]}"
-  return ".".join(path)  # stages.<s>.<b>.<conv1_1x1|...|shortcut>.<conv|bn>: timm's names
+  return _timm_names(backbone, path)  # stages.<s>.<b>.<conv1_1x1|...|shortcut>.<conv|bn>
 
 
 def _swin_key(backbone: swin.Swin, path: tuple[str, ...]) -> str:
@@ -388,10 +393,9 @@ _MODULE_KEYS: dict[type, Callable[[Any, tuple[str, ...]], str]] = {
   resnext.ResNeXt: _resnext_key,
   swin.Swin: _swin_key,
   levit.LeViT: _levit_key,
-  # timm's names, module by module
-  efficientnet.EfficientNet: lambda backbone, path: ".".join(path),
-  inception_next.InceptionNeXt: lambda backbone, path: ".".join(path),
-  maxvit.MaxViT: lambda backbone, path: ".".join(path),
+  efficientnet.EfficientNet: _timm_names,
+  inception_next.InceptionNeXt: _timm_names,
+  maxvit.MaxViT: _timm_names,
 }
 # whole-array parameters of the ViT (no module around them)
 _VIT_ARRAYS = {"pos_embed": "pos_embed", "cls": "cls_token", "registers": "reg_token"}

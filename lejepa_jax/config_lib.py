@@ -102,6 +102,7 @@ MODEL_OPTIONS = {
   "efficientnet": dict(in_channels=3, norm="batch", group_size=1, drop_path=0.0),
   "inception_next": dict(in_channels=3, drop_path=0.0),
   "maxvit": dict(img_size=224, rel_pos="bias", in_channels=3, drop_path=0.0),
+  "pe_vit": dict(img_size=224, in_channels=3, drop_path=0.0),
 }
 
 
@@ -325,10 +326,11 @@ def apply_runlocal(
     "efficientnet": dict(variant="b0"),  # its only size: 4M parameters
     "inception_next": dict(variant="atto"),
     "maxvit": dict(variant="pico"),
+    "pe_vit": dict(variant="Mi/8", img_size=32),
   }[c.model.name]
   for key, value in small.items():
     c.model[key] = value
-  if c.model.name == "vit":
+  if c.model.name in ("vit", "pe_vit"):
     c.model.drop_path = 0.0
   sizes = (
     (32, 16)

@@ -67,6 +67,8 @@ ARCHITECTURES = {
   "maxvit_nano_rw_256": ("maxvit", "nano"),
   "maxvit_rmlp_pico_rw_256": ("maxvit", "pico"),
   "maxvit_rmlp_nano_rw_256": ("maxvit", "nano"),
+  # timm's 384 px PE-core-T, laid out here for the views' 224 px (its RoPE is rescaled per grid)
+  "vit_pe_core_tiny_patch16_384": ("pe_vit", "Ti/16"),
   "vit_t8": ("vit", "Ti/8"),
   "vit_s8": ("vit", "S/8"),
 }
@@ -109,6 +111,7 @@ WEIGHT_DECAY = {
   "efficientnet": 5e-4,
   "inception_next": 5e-2,
   "maxvit": 5e-2,
+  "pe_vit": 5e-2,
 }
 
 
@@ -128,7 +131,7 @@ def model(arch: str, projector: dict | None = None) -> ml_collections.ConfigDict
 def set_views(c: ml_collections.ConfigDict, views: int = 8, global_views: int = 2, size: int = 224):
   """The paper's multi-crop: every backbone but the ViT takes every view global; ViTs
   `global_views` at `size` and the rest local at 96 px (98 for patch 14)."""
-  if c.model.name == "vit":
+  if c.model.name in ("vit", "pe_vit"):
     local = 98 if c.model.variant.endswith("/14") else 96
     c.data.global_views = dict(count=global_views, size=size, scale=(0.3, 1.0))
     c.data.local_views = dict(count=views - global_views, size=local, scale=(0.05, 0.3))
@@ -151,7 +154,7 @@ def paper_config(
   c.loss.num_slices = PAPER_SLICES
   c.optim.lr = 5e-4
   c.optim.weight_decay = WEIGHT_DECAY[c.model.name]
-  if c.model.name == "vit":
+  if c.model.name in ("vit", "pe_vit"):
     c.model.drop_path = 0.1  # the authors' MINIMAL.md and ViT-L scripts (the paper gives none)
   config_lib.set_schedule(c, epochs, data.train_examples)
   return c

@@ -76,6 +76,7 @@ TINY = {
   "efficientnet_g8_gn": dict(name="efficientnet", variant="b0", norm="group", group_size=8),
   "inception_next": dict(name="inception_next", variant="atto", drop_path=0.1),
   "maxvit_rmlp": dict(name="maxvit", variant="pico", img_size=32, rel_pos="mlp", drop_path=0.1),
+  "pe_vit": dict(name="pe_vit", variant="Ti/16", img_size=64, drop_path=0.1),
 }
 EXPECTED_DIMS = {
   "vit": 384,
@@ -90,6 +91,7 @@ EXPECTED_DIMS = {
   "efficientnet_g8_gn": 1280,
   "inception_next": 960,  # timm's head: 3 x the last stage's 320
   "maxvit_rmlp": 256,
+  "pe_vit": 192,  # the attention-pooled vector
 }
 
 
@@ -618,3 +620,27 @@ def test_simple_norm_divides_by_the_unbiased_deviation_without_centring():
   norm.scale.set_value(jnp.arange(1.0, 9.0))
   want = x / np.sqrt(x.var(axis=-1, ddof=1, keepdims=True) + 1e-6) * np.arange(1.0, 9.0)
   np.testing.assert_allclose(np.asarray(norm(jnp.asarray(x, jnp.float32))), want, rtol=1e-5)
+
+
+def test_pe_rotary_embedding_rotates_each_channel_pair_by_its_grid_angle():
+  """pe_vit's RoPE against complex rotation in float64: channel pair k of a token at row i, column
+  j of an h x w grid is multiplied by exp(1j * angle), where the angle is x * f_k for the first
+  head_dim / 4 pairs and y * f_(k - head_dim / 4) for the rest; x = (j + 1) * 24 / w,
+  y = (i + 1) * 24 / h, f_k = 10000^(-4k / head_dim). Rotations keep each pair's norm."""
+  from lejepa_jax.models import pe_vit
+
+  h, w, dim = 3, 5, 16
+  q = np.random.default_rng(2).normal(size=(2, h * w, 4, dim))  # [N, T, heads, Dh]
+  bands = dim // 4
+  want = np.empty_like(q)
+  for i in range(h):
+    for j in range(w):
+      for k in range(2 * bands):
+        position = (j + 1) * 24 / w if k < bands else (i + 1) * 24 / h
+        angle = position * 10000.0 ** (-(k % bands) / bands)
+        pair = q[:, i * w + j, :, 2 * k] + 1j * q[:, i * w + j, :, 2 * k + 1]
+        rotated = pair * np.exp(1j * angle)
+        want[:, i * w + j, :, 2 * k], want[:, i * w + j, :, 2 * k + 1] = rotated.real, rotated.imag
+  sin, cos = pe_vit.rope_sin_cos(h, w, dim)
+  got = np.asarray(pe_vit.apply_rope(jnp.asarray(q, jnp.float32), jnp.asarray(sin), jnp.asarray(cos)))
+  np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)

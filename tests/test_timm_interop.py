@@ -57,6 +57,9 @@ CASES = {
   # relative-position biases from a table and from an MLP of log offsets
   "maxvit_mini": ({"name": "maxvit", "variant": "mini", "img_size": 64}, 64),
   "maxvit_rmlp_mini": ({"name": "maxvit", "variant": "mini", "img_size": 64, "rel_pos": "mlp"}, 64),
+  # the Perception Encoder ViT: rotary embeddings on an 8x8 grid, position embeddings with the CLS
+  # token's, a pre-block norm, attention pooling with 8 heads
+  "pe_vit_mini": ({"name": "pe_vit", "variant": "Mi/8", "img_size": 64}, 64),
   # blur pooling (reflect-padded at odd sides) in the stem and the strided bottlenecks
   "resnetblur50d_narrow": (
     {"name": "resnet", "variant": "50", "blur": True, "stem": "deep", "avg_down": True, "width": 16},
@@ -273,6 +276,8 @@ _TIMM_NAMES = {
   "vit_t8": ("vit_tiny_patch16_224", {"patch_size": 8, "no_embed_class": True}),
   # timm's _256 MaxViTs laid out for 224 px, as recipes builds them (the window's bias table)
   **{arch: (arch, {"img_size": 224}) for arch in recipes.ARCHITECTURES if arch.startswith("maxvit_")},
+  # and timm's 384 px PE ViT at 224 px (its position embeddings)
+  "vit_pe_core_tiny_patch16_384": ("vit_pe_core_tiny_patch16_384", {"img_size": 224}),
 }
 
 

@@ -14,21 +14,20 @@ Published (Table 5, frozen-backbone linear top-1 on the test split, 13,000 train
 
 Figure 9 (ImageNet-10, 50 timm models under 20M parameters, 400 epochs, lr and weight decay
 cross-validated): every model between 91.5% and 95% frozen linear top-1 (the figure gives no
-per-model numbers). Its labelled backbones that lejepa_jax builds as timm defines them (`arch=`
-their timm name; tests/test_timm_interop.py holds their features to timm's):
+per-model numbers). All 30 backbones its legend labels, built as timm defines them (`arch=` their
+timm name; tests/test_timm_interop.py holds their features to timm's):
 
   convnext_atto_ols convnext_atto_rms convnext_femto convnext_nano convnext_nano_ols
   convnext_pico_ols convnext_zepto_rms convnext_zepto_rms_ols convnextv2_femto
   efficientnet_b0_g8_gn efficientnet_b0_gn inception_next_atto levit_128 levit_128s levit_192
   levit_conv_256 maxvit_nano_rw_256 maxvit_pico_rw_256 maxvit_rmlp_nano_rw_256
   maxvit_rmlp_pico_rw_256 resnet14t resnet18d resnet26 resnet26d resnet26t resnet32ts resnet33ts
-  resnetblur18 resnext26ts
+  resnetblur18 resnext26ts vit_pe_core_tiny_patch16_384
 
 (timm's `_256` MaxViTs are laid out here for the 224 px views: windows and grids of 7 tokens
-instead of 8; `--config.model.img_size=256` with 256 px views gives timm's layout.)
-
-Not built: vit_pe_core_tiny_patch16_384 (timm's Perception Encoder ViT: rotary position
-embeddings, an attention-pooling head).
+instead of 8; `--config.model.img_size=256` with 256 px views gives timm's layout. Its 384 px
+Perception Encoder ViT takes 2 global views of 224 px and 6 local of 96, as the ViTs: its position
+embeddings are defined on the 224 px grid and resized, its rotary embeddings rescaled, per view.)
 
 The authors' script for it
 (scripts/launch_inet10.py) sets batch 512, 8 views at 224 px without multi-crop, drop-path 0, lambda

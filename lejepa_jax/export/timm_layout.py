@@ -30,6 +30,8 @@ One table per family says where each array goes; both directions read it, so the
     InceptionNeXt inception_next_atto       in_chans
     MaxViT       maxvit_[rmlp_]pico_rw_256  in_chans, img_size (windows of img_size / 32), embed_dim,
                                             depths, stem_width
+    PE ViT       vit_pe_core_tiny_patch16_384   in_chans, img_size, patch_size, embed_dim, depth,
+                                            num_heads, mlp_ratio
 
 The kwargs decide the architecture; the name only picks timm's model function (a ViT-Mi/4 is written
 as vit_tiny_patch16_224 with its own dimensions), and timm's default preprocessing for that name does
@@ -72,6 +74,7 @@ from lejepa_jax.models import (
   inception_next,
   levit,
   maxvit,
+  pe_vit,
   resnet,
   resnext,
   swin,
@@ -157,15 +160,8 @@ def timm_spec(backbone: nnx.Module) -> TimmSpec:
       kwargs.update(stem_type=stem_type, stem_width=width // 2, avg_down=backbone.avg_down)
     return TimmSpec(name, kwargs, backbone.small_stem)
   if isinstance(backbone, vit.ViT):
-    size, patch = vit.parse_variant(backbone.variant)
     kwargs = {
-      "img_size": backbone.grid * patch,
-      "patch_size": patch,
-      "in_chans": backbone.in_channels,
-      "embed_dim": size.width,
-      "depth": size.depth,
-      "num_heads": size.num_heads,
-      "mlp_ratio": size.mlp_dim / size.width,
+      **_vit_dimensions(backbone),
       "class_token": backbone.class_token,
       "reg_tokens": backbone.num_registers,
       "no_embed_class": True,
@@ -235,10 +231,27 @@ def timm_spec(backbone: nnx.Module) -> TimmSpec:
       "num_classes": 0,
     }
     return TimmSpec(f"maxvit_{rmlp}pico_rw_256", kwargs)  # the sizes come with the kwargs
+  if isinstance(backbone, pe_vit.PerceptionViT):
+    kwargs = {**_vit_dimensions(backbone), "num_classes": 0}
+    return TimmSpec("vit_pe_core_tiny_patch16_384", kwargs)  # the sizes come with the kwargs
   raise ValueError(
     f"No timm layout for {type(backbone).__name__}; known: ResNet, ViT, ConvNeXtV2, ResNeXt, Swin,"
-    " LeViT, EfficientNet, InceptionNeXt, MaxViT."
+    " LeViT, EfficientNet, InceptionNeXt, MaxViT, PerceptionViT."
   )
+
+
+def _vit_dimensions(backbone: vit.ViT | pe_vit.PerceptionViT) -> dict[str, Any]:
+  """timm's kwargs for a ViT's dimensions: image and patch size, channels, width, depth, heads."""
+  size, patch = vit.parse_variant(backbone.variant)
+  return {
+    "img_size": backbone.grid * patch,
+    "patch_size": patch,
+    "in_chans": backbone.in_channels,
+    "embed_dim": size.width,
+    "depth": size.depth,
+    "num_heads": size.num_heads,
+    "mlp_ratio": size.mlp_dim / size.width,
+  }
 
 
 # (variant, norm, group size) -> timm's EfficientNet of that network
@@ -396,17 +409,21 @@ _MODULE_KEYS: dict[type, Callable[[Any, tuple[str, ...]], str]] = {
   efficientnet.EfficientNet: _timm_names,
   inception_next.InceptionNeXt: _timm_names,
   maxvit.MaxViT: _timm_names,
+  pe_vit.PerceptionViT: _timm_names,
 }
 # whole-array parameters of the ViT (no module around them)
 _VIT_ARRAYS = {"pos_embed": "pos_embed", "cls": "cls_token", "registers": "reg_token"}
 # leaves named otherwise than _LEAF_NAMES says: ConvNeXt-V2's GRN, the first ConvNeXt's layer
-# scale, Swin's and LeViT's bias tables
+# scale, Swin's and LeViT's bias tables, the PE ViT's whole arrays
 _OTHER_LEAVES = {
   "gamma": "weight",
   "beta": "bias",
   "relative_position_bias_table": "relative_position_bias_table",
   "attention_biases": "attention_biases",
   "layer_scale": "gamma",
+  "cls_token": "cls_token",
+  "pos_embed": "pos_embed",
+  "latent": "latent",
 }
 # timm defines its small ConvNeXt-V2s with `conv_mlp=True`: the pointwise MLP as 1x1 convolutions,
 # weights [out, in, 1, 1]; the larger ones as Linear layers, [out, in].
@@ -418,8 +435,10 @@ def _timm_key(backbone: nnx.Module, path: tuple[str, ...]) -> str:
   if isinstance(backbone, vit.ViT) and len(path) == 1:
     return _VIT_ARRAYS[path[0]]
   leaf = path[-1]
-  module_key = _MODULE_KEYS[type(backbone)](backbone, path[:-1])
-  return f"{module_key}.{_OTHER_LEAVES.get(leaf) or _LEAF_NAMES[leaf]}"
+  name = _OTHER_LEAVES.get(leaf) or _LEAF_NAMES[leaf]
+  if len(path) == 1:  # an array at the top of a timm-named backbone (the PE ViT's)
+    return name
+  return f"{_MODULE_KEYS[type(backbone)](backbone, path[:-1])}.{name}"
 
 
 def _backbone_variables(backbone: nnx.Module) -> Iterator[tuple[tuple[str, ...], nnx.Variable]]:

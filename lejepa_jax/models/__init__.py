@@ -1,5 +1,5 @@
 """Flax NNX encoders built by name: ViT, ResNet, ResNeXt, ConvNeXt (V1 and V2), Swin, LeViT,
-EfficientNet, InceptionNeXt and MaxViT backbones plus the LeJEPA projector.
+EfficientNet, InceptionNeXt, MaxViT and Perception Encoder ViT backbones plus the LeJEPA projector.
 
 encoder = build_encoder({"name": "vit", "variant": "S/16", "projector": {"out_dim": 128}},
                         make_rngs(0))
@@ -23,6 +23,7 @@ from lejepa_jax.models.encoder import Encoder, Projector
 from lejepa_jax.models.inception_next import InceptionNeXt
 from lejepa_jax.models.levit import LeViT
 from lejepa_jax.models.maxvit import MaxViT
+from lejepa_jax.models.pe_vit import PerceptionViT
 from lejepa_jax.models.resnet import ResNet
 from lejepa_jax.models.resnext import ResNeXt
 from lejepa_jax.models.rngs import make_rngs
@@ -41,6 +42,7 @@ BACKBONES: dict[str, tuple[Callable[..., nnx.Module], tuple[str, ...]]] = {
   "efficientnet": (EfficientNet, ("in_channels", "norm", "group_size", "drop_path")),
   "inception_next": (InceptionNeXt, ("in_channels", "drop_path")),
   "maxvit": (MaxViT, ("img_size", "rel_pos", "in_channels", "drop_path")),
+  "pe_vit": (PerceptionViT, ("img_size", "in_channels", "drop_path")),
 }
 PROJECTOR_KEYS = ("hidden_dim", "out_dim", "num_layers")
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
@@ -146,6 +148,7 @@ __all__ = [
   "InceptionNeXt",
   "LeViT",
   "MaxViT",
+  "PerceptionViT",
   "Projector",
   "ResNeXt",
   "ResNet",

@@ -46,6 +46,17 @@ def parse_variant(variant: str) -> tuple[ViTSize, int]:
   return VIT_SIZES[match.group(1)], int(match.group(2))
 
 
+def resize_position_embeddings(pos: jax.Array, grid: int, grid_h: int, grid_w: int) -> jax.Array:
+  """Position embeddings of a grid x grid patch grid, [1, grid * grid, W], resized bicubically to
+  grid_h x grid_w: [1, grid_h * grid_w, W] (unchanged at the native grid)."""
+  if (grid_h, grid_w) == (grid, grid):
+    return pos
+  width = pos.shape[-1]
+  pos = pos.reshape(grid, grid, width)
+  pos = jax.image.resize(pos, (grid_h, grid_w, width), method="bicubic", antialias=False)
+  return pos.reshape(1, grid_h * grid_w, width)
+
+
 class Attention(nnx.Module):
   """Multi-head self-attention over tokens [N, T, W] (fused QKV projection)."""
 
@@ -189,12 +200,7 @@ class ViT(nnx.Module):
     return self.width
 
   def _position_embeddings(self, grid_h: int, grid_w: int) -> jax.Array:
-    pos = self.pos_embed[...]
-    if (grid_h, grid_w) == (self.grid, self.grid):
-      return pos
-    pos = pos.reshape(self.grid, self.grid, self.width)
-    pos = jax.image.resize(pos, (grid_h, grid_w, self.width), method="bicubic", antialias=False)
-    return pos.reshape(1, grid_h * grid_w, self.width)
+    return resize_position_embeddings(self.pos_embed[...], self.grid, grid_h, grid_w)
 
   def _tokens(self, images: jax.Array) -> tuple[jax.Array, tuple[int, int]]:
     """Patchify and embed: [N, H, W, C] -> tokens [N, prefix + h * w, width]."""

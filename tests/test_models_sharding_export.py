@@ -62,6 +62,25 @@ def test_fsdp_params_are_created_sharded(devices):
 
 
 @pytest.mark.slow
+def test_an_encoder_created_in_part_leaves_the_rest_abstract_and_draws_the_same_values(devices):
+  """`initialise=` creates only the variables it picks (here the projector's), with the values and
+  layouts a full creation gives them; the others stay ShapeDtypeStructs carrying their shardings,
+  for a loader to assign."""
+  mesh = sharding.make_mesh({"data": 2, "fsdp": 4})
+  full = models.create_encoder(VIT, seed=3, mesh=mesh)
+  part = models.create_encoder(VIT, seed=3, mesh=mesh, initialise=nnx.PathContains("projector"))
+  reference = dict(nnx.to_flat_state(nnx.state(full)))
+  for path, variable in nnx.to_flat_state(nnx.state(part)):
+    value, want = variable.get_value(), reference[path].get_value()
+    if path[0] == "projector":
+      assert isinstance(value, jax.Array), path
+      np.testing.assert_array_equal(value, want, err_msg=str(path))
+    else:
+      assert isinstance(value, jax.ShapeDtypeStruct), path
+      assert (value.shape, value.dtype, value.sharding) == (want.shape, want.dtype, want.sharding)
+
+
+@pytest.mark.slow
 def test_vit_l14_under_fsdp_holds_an_eighth_of_its_bytes_per_device(devices):
   mesh = sharding.make_mesh({"fsdp": 8})
   _, state = sharding.abstract_state(

@@ -127,9 +127,14 @@ def load_encoder(
   The module comes back in eval mode (BatchNorm uses its running statistics, no drop-path).
   """
   meta = read_config(directory)
-  encoder = models.create_encoder(meta["model"], mesh=mesh, rules=rules)
+  # The saved arrays are restored onto their abstract shapes and layouts: only the variables the
+  # export does not hold (random streams) are initialised.
+  saved = nnx.Any(*COLLECTIONS.values())
+  encoder = models.create_encoder(meta["model"], mesh=mesh, rules=rules, initialise=nnx.Not(saved))
+  default = jax.sharding.SingleDeviceSharding(jax.devices()[0])
   target = jax.tree.map(
-    lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=a.sharding), variables_tree(encoder)
+    lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=a.sharding or default),
+    variables_tree(encoder),
   )
   restored = checkpointing.restore_tree(os.path.join(directory, "variables"), target)
   _assign(encoder, restored)

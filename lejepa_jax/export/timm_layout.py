@@ -639,7 +639,9 @@ def encoder_from_timm(
 
   Returns the encoder in eval mode, as `load_encoder` does (`.train()` before training it further).
   """
-  encoder = models.create_encoder(model_config, seed=seed)
+  # The backbone's weights come from the state_dict: only the rest is initialised.
+  not_from_timm = nnx.Not(nnx.All(nnx.PathContains("backbone"), nnx.Any(nnx.Param, nnx.BatchStat)))
+  encoder = models.create_encoder(model_config, seed=seed, initialise=not_from_timm)
   load_timm_state_dict(encoder.backbone, state_dict)
   encoder.eval()
   return encoder

@@ -105,7 +105,11 @@ def build_encoder(config: Mapping[str, Any], rngs: nnx.Rngs) -> Encoder:
 
 
 def create_encoder(
-  config: Mapping[str, Any], seed: int = 0, mesh: jax.sharding.Mesh | None = None, rules=None
+  config: Mapping[str, Any],
+  seed: int = 0,
+  mesh: jax.sharding.Mesh | None = None,
+  rules=None,
+  initialise: nnx.filterlib.Filter = ...,
 ) -> Encoder:
   """Builds an encoder inside one jit (fast), laid out on `mesh` per the logical-axis `rules`.
 
@@ -114,6 +118,9 @@ def create_encoder(
     seed: parameter initialisation seed.
     mesh: optional mesh; parameters are created already sharded on it.
     rules: logical-axis rules (default `lejepa_jax.scale.sharding.DEFAULT_RULES`).
+    initialise: the variables to initialise (an nnx filter, default all); the others are left as
+      `jax.ShapeDtypeStruct`s for the caller to assign (loading weights: their random
+      initialisers are not compiled).
   """
   from lejepa_jax.scale import program_cache, sharding
 
@@ -123,7 +130,7 @@ def create_encoder(
   key = program_cache.program_key(config, "encoder", seed) if isinstance(seed, int) else None
   config = copy.deepcopy(config)  # a kept initialiser must not see the caller's later changes
   return sharding.create_sharded(
-    lambda: build_encoder(config, make_rngs(seed)), mesh, rules, cache_key=key
+    lambda: build_encoder(config, make_rngs(seed)), mesh, rules, cache_key=key, initialise=initialise
   )
 
 

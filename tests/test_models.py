@@ -223,7 +223,11 @@ def test_bfloat16_compute_keeps_float32_params(which):
   channels = config.get("in_channels", 3)
   images = jax.random.uniform(jax.random.key(0), (4, 32, 32, channels))
   reference = models.create_encoder(config)
-  low = models.create_encoder(dict(config, dtype="bfloat16"))
+  # The same float32 arrays (what the same seed would draw), without compiling their initialiser
+  # again: only the random streams are created.
+  arrays = nnx.Any(nnx.Param, nnx.BatchStat)
+  low = models.create_encoder(dict(config, dtype="bfloat16"), initialise=nnx.Not(arrays))
+  nnx.update(low, nnx.state(reference, arrays))
   reference.eval(), low.eval()
   params = jax.tree.leaves(nnx.state(low, nnx.Param))
   assert all(p.dtype == jnp.float32 for p in params)
@@ -573,6 +577,37 @@ def test_make_rngs_traces_without_searching_the_trace_per_key(monkeypatch):
     searches.clear()
     jax.eval_shape(lambda x: models.build_backbone(config, rngs(0))(x), images)
     assert bool(searches) == expect_searches, (rngs, len(searches))
+
+
+def test_batch_norm_updates_its_statistics_as_flaxs_without_searching_the_trace(monkeypatch):
+  """layers.batch_norm against nnx.BatchNorm with the same settings: the same outputs and running
+  statistics, bit for bit, under jit in training mode; and tracing its update asks JAX for no
+  tracer's origin (find_progenitors, see layers.RunningStat), where flax's own does."""
+  from jax._src.interpreters import partial_eval
+
+  from lejepa_jax.models import layers
+
+  searches = []
+  original = partial_eval.JaxprStackFrame.find_progenitors
+  monkeypatch.setattr(
+    partial_eval.JaxprStackFrame,
+    "find_progenitors",
+    lambda self, tracer: searches.append(1) or original(self, tracer),
+  )
+  x = jax.random.normal(jax.random.key(0), (6, 3, 3, 5)) * 2 + 1
+  with nnx.use_eager_sharding(False):  # lone layers, outside any mesh
+    ours = layers.batch_norm(5, dtype=jnp.float32, rngs=nnx.Rngs(0))
+    flaxs = nnx.BatchNorm(5, momentum=0.9, epsilon=1e-5, rngs=nnx.Rngs(0))
+  step = nnx.jit(lambda norm, x: norm(x, use_running_average=False))
+  results = []
+  for norm, expect_searches in ((flaxs, True), (ours, False)):
+    searches.clear()
+    out = step(norm, x)
+    assert bool(searches) == expect_searches, (type(norm.mean), len(searches))
+    results.append([np.asarray(a) for a in (out, norm.mean[...], norm.var[...])])
+  for got, want in zip(results[1], results[0]):
+    np.testing.assert_array_equal(got, want)
+  assert not np.allclose(results[1][1], 0)  # the statistics moved
 
 
 def test_a_second_encoder_of_one_config_and_seed_reuses_the_initialiser_not_the_arrays():

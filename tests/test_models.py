@@ -557,10 +557,10 @@ def test_make_rngs_draws_flaxs_keys_and_builds_the_same_model():
       np.testing.assert_array_equal(a, b)
 
 
-def test_make_rngs_traces_without_searching_the_trace_per_key(monkeypatch):
-  """The reason models.make_rngs exists: flax's stream update asks each traced counter for its
-  sharding, and JAX answers with an error whose message searches every equation traced so far
-  (find_progenitors), once per key. If this fails for nnx.Rngs, flax no longer does; make_rngs can go."""
+@pytest.fixture
+def origin_searches(monkeypatch) -> list:
+  """Grows by one item each time JAX searches the equations traced so far for a tracer's origin
+  (`find_progenitors`, what its AttributeError messages do)."""
   from jax._src.interpreters import partial_eval
 
   searches = []
@@ -570,6 +570,14 @@ def test_make_rngs_traces_without_searching_the_trace_per_key(monkeypatch):
     "find_progenitors",
     lambda self, tracer: searches.append(1) or original(self, tracer),
   )
+  return searches
+
+
+def test_make_rngs_traces_without_searching_the_trace_per_key(origin_searches):
+  """The reason models.make_rngs exists: flax's stream update asks each traced counter for its
+  sharding, and JAX answers with an error whose message searches every equation traced so far
+  (find_progenitors), once per key. If this fails for nnx.Rngs, flax no longer does; make_rngs can go."""
+  searches = origin_searches
   # The backbone alone: the projector's BatchNorm updates its statistics the same indexed way.
   config = dict(name="vit", variant="Mi/8", img_size=16, drop_path=0.5)
   images = jax.ShapeDtypeStruct((2, 16, 16, 3), jnp.float32)
@@ -579,21 +587,13 @@ def test_make_rngs_traces_without_searching_the_trace_per_key(monkeypatch):
     assert bool(searches) == expect_searches, (rngs, len(searches))
 
 
-def test_batch_norm_updates_its_statistics_as_flaxs_without_searching_the_trace(monkeypatch):
+def test_batch_norm_updates_its_statistics_as_flaxs_without_searching_the_trace(origin_searches):
   """layers.batch_norm against nnx.BatchNorm with the same settings: the same outputs and running
   statistics, bit for bit, under jit in training mode; and tracing its update asks JAX for no
   tracer's origin (find_progenitors, see layers.RunningStat), where flax's own does."""
-  from jax._src.interpreters import partial_eval
-
   from lejepa_jax.models import layers
 
-  searches = []
-  original = partial_eval.JaxprStackFrame.find_progenitors
-  monkeypatch.setattr(
-    partial_eval.JaxprStackFrame,
-    "find_progenitors",
-    lambda self, tracer: searches.append(1) or original(self, tracer),
-  )
+  searches = origin_searches
   x = jax.random.normal(jax.random.key(0), (6, 3, 3, 5)) * 2 + 1
   with nnx.use_eager_sharding(False):  # lone layers, outside any mesh
     ours = layers.batch_norm(5, dtype=jnp.float32, rngs=nnx.Rngs(0))

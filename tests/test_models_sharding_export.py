@@ -118,7 +118,8 @@ def _eval_forward(encoder, images):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("config", [RESNET, VIT], ids=["resnet", "vit"])
+# The ViT at 2 blocks: what is checked (every array back, bit for bit) does not grow with depth.
+@pytest.mark.parametrize("config", [RESNET, dict(VIT, variant="Mi/8")], ids=["resnet", "vit"])
 def test_export_round_trip_is_bit_exact(tmp_path, config):
   encoder, images = _trained_bn_encoder(config)
   path = export.save_encoder(encoder, config, str(tmp_path / "enc"))

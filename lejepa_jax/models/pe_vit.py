@@ -76,17 +76,6 @@ class RopeAttention(nnx.Module):
     return self.proj(vit.attention(q, k, v).reshape(n, t, w))
 
 
-class Mlp(nnx.Module):
-  """Linear, GELU (exact), Linear."""
-
-  def __init__(self, width: int, hidden: int, *, dtype, rngs: nnx.Rngs):
-    self.fc1 = layers.dense(width, hidden, ("embed", "mlp"), dtype=dtype, rngs=rngs)
-    self.fc2 = layers.dense(hidden, width, ("mlp", "embed"), dtype=dtype, rngs=rngs)
-
-  def __call__(self, x: jax.Array) -> jax.Array:
-    return self.fc2(jax.nn.gelu(self.fc1(x), approximate=False))
-
-
 class Block(nnx.Module):
   """Pre-norm transformer block with RoPE attention and stochastic depth on both branches."""
 
@@ -95,7 +84,7 @@ class Block(nnx.Module):
     self.norm1 = norm(size.width)
     self.attn = RopeAttention(size.width, size.num_heads, num_prefix, dtype=dtype, rngs=rngs)
     self.norm2 = norm(size.width)
-    self.mlp = Mlp(size.width, size.mlp_dim, dtype=dtype, rngs=rngs)
+    self.mlp = vit.Mlp(size.width, size.mlp_dim, dtype=dtype, rngs=rngs)
     self.drop_path = layers.DropPath(drop_path, 3, rngs=rngs)
 
   def __call__(self, x: jax.Array, sin: jax.Array, cos: jax.Array) -> jax.Array:
@@ -117,7 +106,7 @@ class AttentionPool(nnx.Module):
     self.kv = layers.dense(width, 2 * width, ("embed", "heads"), dtype=dtype, rngs=rngs)
     self.proj = layers.dense(width, width, ("heads", "embed"), dtype=dtype, rngs=rngs)
     self.norm = layers.layer_norm(width, epsilon=LAYER_NORM_EPS, dtype=dtype, rngs=rngs)
-    self.mlp = Mlp(width, mlp_ratio * width, dtype=dtype, rngs=rngs)
+    self.mlp = vit.Mlp(width, mlp_ratio * width, dtype=dtype, rngs=rngs)
 
   def __call__(self, x: jax.Array) -> jax.Array:
     n, t, w = x.shape

@@ -14,8 +14,17 @@ from flax import nnx
 from lejepa_jax import export, models, recipes
 from lejepa_jax.export import timm_files, timm_layout
 
-torch = pytest.importorskip("torch")
-timm = pytest.importorskip("timm")
+torch = timm = None  # imported by the fixture below
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _torch_and_timm():
+  """Imports torch and timm when this module's first test runs, skipping the module if either is
+  missing: importing them takes about 5 s, and every pytest worker collects this module though only
+  one runs it."""
+  global torch, timm
+  torch, timm = pytest.importorskip("torch"), pytest.importorskip("timm")
+
 
 # A tiny member of every family and stem: (model config, image side).
 CASES = {

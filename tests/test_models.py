@@ -62,9 +62,9 @@ def test_vit_count_equals_closed_form(size, dims, patch):
 
 
 TINY = {
-  "vit": dict(name="vit", variant="Ti/16", img_size=32),
+  "vit": dict(name="vit", variant="Ti6/16", img_size=32),
   "vit_registers_no_cls": dict(
-    name="vit", variant="Ti/8", img_size=32, num_registers=4, class_token=False, drop_path=0.1
+    name="vit", variant="Ti6/8", img_size=32, num_registers=4, class_token=False, drop_path=0.1
   ),
   "resnet18_small": dict(name="resnet", variant="18", small_stem=True, in_channels=1),
   "resnet50": dict(name="resnet", variant="50"),
@@ -134,7 +134,7 @@ def test_resnet_stage_maps_split_the_block_chain_at_stage_ends():
 
 @pytest.mark.slow
 def test_vit_and_convnext_stage_maps():
-  vit = models.ViT("Ti/16", img_size=32, rngs=nnx.Rngs(0))
+  vit = models.ViT("Ti6/16", img_size=32, rngs=nnx.Rngs(0))
   images = jax.random.uniform(jax.random.key(1), (2, 32, 48, 3))
   maps = vit.stage_maps(images)
   x, _ = vit._tokens(images)
@@ -184,7 +184,7 @@ def test_projector_structure_is_linear_bn_relu_twice_then_linear():
 
 @pytest.mark.slow
 def test_one_vit_takes_global_and_local_crops():
-  vit = models.ViT("Ti/16", img_size=64, rngs=nnx.Rngs(0))
+  vit = models.ViT("Ti6/16", img_size=64, rngs=nnx.Rngs(0))
   vit.eval()
   pooled_global, _ = vit(jnp.ones((2, 64, 64, 3)))
   pooled_local, _ = vit(jnp.ones((2, 32, 48, 3)))  # non-square local crop
@@ -204,7 +204,7 @@ def test_one_vit_takes_global_and_local_crops():
 
 @pytest.mark.slow
 def test_vit_features_are_last_two_summary_tokens():
-  vit = models.ViT("Ti/16", img_size=32, rngs=nnx.Rngs(0))
+  vit = models.ViT("Ti6/16", img_size=32, rngs=nnx.Rngs(0))
   images = jax.random.uniform(jax.random.key(1), (2, 32, 32, 3))
   pooled, features = vit(images)
   x, _ = vit._tokens(images)
@@ -247,7 +247,7 @@ def test_bfloat16_compute_keeps_float32_params(which):
   ],
 )
 def test_vit_rejects_bad_images(images, match):
-  vit = models.ViT("Ti/16", img_size=32, rngs=nnx.Rngs(0))
+  vit = models.ViT("Ti6/16", img_size=32, rngs=nnx.Rngs(0))
   with pytest.raises(ValueError, match=match):
     vit(images)
 

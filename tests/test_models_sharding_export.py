@@ -17,8 +17,10 @@ from lejepa_jax.scale import sharding
 RESNET = dict(
   name="resnet", variant="18", small_stem=True, in_channels=1, projector=dict(hidden_dim=64, out_dim=16)
 )
+# ViT-Mi (2 blocks, width 64): the layouts and round trips do not depend on depth, and its two
+# initialisers compile in seconds.
 VIT = dict(
-  name="vit", variant="Ti/16", img_size=32, num_registers=2, projector=dict(hidden_dim=64, out_dim=16)
+  name="vit", variant="Mi/8", img_size=32, num_registers=2, projector=dict(hidden_dim=64, out_dim=16)
 )
 
 
@@ -58,7 +60,7 @@ def test_fsdp_params_are_created_sharded(devices):
   encoder = models.create_encoder(VIT, mesh=mesh)
   kernel = encoder.backbone.blocks[0].mlp.fc1.kernel[...]
   assert kernel.sharding.spec[0] == "fsdp"
-  assert kernel.addressable_shards[0].data.shape == (192 // 4, 768)
+  assert kernel.addressable_shards[0].data.shape == (64 // 4, 128)  # Mi: width 64, MLP 128
 
 
 @pytest.mark.slow
@@ -67,7 +69,7 @@ def test_an_encoder_created_in_part_leaves_the_rest_abstract_and_draws_the_same_
   layouts a full creation gives them; the others stay ShapeDtypeStructs carrying their shardings,
   for a loader to assign."""
   mesh = sharding.make_mesh({"data": 2, "fsdp": 4})
-  config = dict(VIT, variant="Mi/8")  # 2 blocks: two initialisers compile in seconds
+  config = VIT
   full = models.create_encoder(config, seed=3, mesh=mesh)
   part = models.create_encoder(config, seed=3, mesh=mesh, initialise=nnx.PathContains("projector"))
   reference = dict(nnx.to_flat_state(nnx.state(full)))
@@ -118,8 +120,7 @@ def _eval_forward(encoder, images):
 
 
 @pytest.mark.slow
-# The ViT at 2 blocks: what is checked (every array back, bit for bit) does not grow with depth.
-@pytest.mark.parametrize("config", [RESNET, dict(VIT, variant="Mi/8")], ids=["resnet", "vit"])
+@pytest.mark.parametrize("config", [RESNET, VIT], ids=["resnet", "vit"])
 def test_export_round_trip_is_bit_exact(tmp_path, config):
   encoder, images = _trained_bn_encoder(config)
   path = export.save_encoder(encoder, config, str(tmp_path / "enc"))

@@ -50,15 +50,17 @@ def exported_train_step(config: ml_collections.ConfigDict, platforms: tuple[str,
 
 
 class TraceCounter:
-  """Counts the jaxprs JAX traces while active (jax.monitoring's trace-duration events)."""
+  """Counts the jaxprs JAX traces while active (jax.monitoring's trace-duration events): all of
+  them, or those of the Python function named `fun_name`."""
 
   EVENT = "/jax/core/compile/jaxpr_trace_duration"
 
-  def __init__(self):
+  def __init__(self, fun_name: str | None = None):
     self.count = 0
+    self.fun_name = fun_name
 
   def __call__(self, event, duration, **kwargs):
-    self.count += event == self.EVENT
+    self.count += event == self.EVENT and self.fun_name in (None, kwargs.get("fun_name"))
 
   def __enter__(self):
     jax.monitoring.register_event_duration_secs_listener(self)

@@ -4,7 +4,7 @@ import cv2
 import jax
 import numpy as np
 import pytest
-from helpers import tiny_config
+from helpers import TraceCounter, tiny_config
 
 from lejepa_jax.data import prepare
 from lejepa_jax.evaluation import evaluators, extraction, finetune
@@ -108,18 +108,22 @@ def test_chosen_records_are_k_of_each_class_read_from_the_source(quadrant_data):
 def test_k_shot_fine_tuning_trains_each_draw_on_k_examples_per_class(devices, quadrant_data):
   config = tiny_config(quadrant_data)
   encoder = train_state.build_train_objects(config).model
-  results = finetune.evaluate(
-    encoder.backbone,
-    config,
-    lambda: extraction.eval_batches(config, config.data.eval_split),
-    num_classes=4,
-    train_examples=32,
-    shots=(1, 2),
-    seeds=2,
-    epochs=24.0,
-    batch_size=32,
-    min_steps=4,
-  )
+  with TraceCounter("_train_step") as traced:
+    results = finetune.evaluate(
+      encoder.backbone,
+      config,
+      lambda: extraction.eval_batches(config, config.data.eval_split),
+      num_classes=4,
+      train_examples=32,
+      shots=(1, 2),
+      seeds=2,
+      epochs=24.0,
+      batch_size=32,
+      min_steps=4,
+    )
+  # 5 runs, 3 run lengths: the two draws of each k share one traced step (fewer traces where
+  # another test of this process already traced one of them).
+  assert traced.count <= 3
   # Steps: max(2, ceil(epochs x examples / batch), min_steps), so they tell how many examples ran.
   assert results["steps"] == 24  # the full run on its first 32 examples
   assert results["1shot_steps"] == 4  # 4 examples: 3 steps, raised to min_steps

@@ -79,23 +79,43 @@ def _scale_by_layer(depth: int | None, decay: float) -> optax.GradientTransforma
 
 
 def make_optimizer(depth: int | None, total_steps: int, options: dict) -> optax.GradientTransformation:
-  """AdamW (decay on matrices and kernels only), warmup + cosine, layer-wise lr decay."""
+  """AdamW (decay on matrices and kernels only), warmup + cosine, layer-wise lr decay; one object
+  per setting, so fine-tuning runs of one setting (the draws of a k-shot evaluation) have equal
+  graphdefs and share one traced and compiled step."""
+  return _optimizer(
+    depth,
+    total_steps,
+    *(float(options[key]) for key in ("lr", "warmup_fraction", "weight_decay", "layer_decay")),
+  )
+
+
+@functools.lru_cache(maxsize=16)
+def _optimizer(
+  depth: int | None,
+  total_steps: int,
+  lr: float,
+  warmup_fraction: float,
+  weight_decay: float,
+  layer_decay: float,
+) -> optax.GradientTransformation:
+  warmup = max(1, int(warmup_fraction * total_steps))
   schedule = optax.warmup_cosine_decay_schedule(
-    0.0,
-    options["lr"],
-    max(1, int(options["warmup_fraction"] * total_steps)),
-    max(total_steps, 2),
-    end_value=options["lr"] * 1e-3,
+    0.0, lr, warmup, max(total_steps, 2), end_value=lr * 1e-3
   )
   decayed = lambda params: jax.tree.map(lambda p: p.ndim > 1, params)
   return optax.chain(
     optax.scale_by_adam(),
-    optax.add_decayed_weights(options["weight_decay"], mask=decayed),
+    optax.add_decayed_weights(weight_decay, mask=decayed),
     optax.scale_by_learning_rate(schedule),
-    _scale_by_layer(depth, options["layer_decay"]),
+    _scale_by_layer(depth, layer_decay),
   )
 
 
+# Jitted once for the module: a run's graphdef and options are static arguments, so runs with equal
+# ones (the k-shot draws of one k) reuse one trace and one executable.
+@functools.partial(
+  jax.jit, static_argnames=("graphdef", "mean", "std", "num_classes", "smoothing"), donate_argnums=1
+)
 def _train_step(graphdef, state, images, labels, *, mean, std, num_classes, smoothing):
   """One step on uint8 images [n, H, W, C]: (new state, loss)."""
   model, optimizer = nnx.merge(graphdef, state)
@@ -111,6 +131,7 @@ def _train_step(graphdef, state, images, labels, *, mean, std, num_classes, smoo
   return nnx.state((model, optimizer)), loss
 
 
+@functools.partial(jax.jit, static_argnames=("graphdef", "mean", "std"))
 def _predict(graphdef, state, images, *, mean, std):
   model, _ = nnx.merge(graphdef, state)
   model.eval()
@@ -166,11 +187,8 @@ def finetune(
   # (`device_put(..., may_alias=False)` still hands device 0 the caller's buffer here.)
   state = jax.device_put(jax.tree.map(jnp.copy, state), replicated)
   norm = dict(mean=tuple(config.data.mean), std=tuple(config.data.std))
-  step = jax.jit(
-    functools.partial(
-      _train_step, graphdef, num_classes=num_classes, smoothing=options["label_smoothing"], **norm
-    ),
-    donate_argnums=0,
+  step = functools.partial(
+    _train_step, graphdef, num_classes=num_classes, smoothing=float(options["label_smoothing"]), **norm
   )
   if n < len(source):
     source = data.FirstRecords(source, n)
@@ -257,7 +275,7 @@ def evaluate(
 
 def _accuracy(graphdef, state, eval_batches: Iterable[dict], mesh, norm) -> float:
   """Top-1 of the fine-tuned model on the evaluation batches (padding rows left out)."""
-  predict = jax.jit(functools.partial(_predict, graphdef, **norm))
+  predict = functools.partial(_predict, graphdef, **norm)
   correct = seen = 0
   for batch in eval_batches:
     valid = batch["valid"]

@@ -108,7 +108,7 @@ def test_chosen_records_are_k_of_each_class_read_from_the_source(quadrant_data):
 def test_k_shot_fine_tuning_trains_each_draw_on_k_examples_per_class(devices, quadrant_data):
   config = tiny_config(quadrant_data)
   encoder = train_state.build_train_objects(config).model
-  with TraceCounter("_train_step") as traced:
+  with TraceCounter("_train_step") as traced, TraceCounter("_predict") as predicted:
     results = finetune.evaluate(
       encoder.backbone,
       config,
@@ -121,9 +121,9 @@ def test_k_shot_fine_tuning_trains_each_draw_on_k_examples_per_class(devices, qu
       batch_size=32,
       min_steps=4,
     )
-  # 5 runs, 3 run lengths: the two draws of each k share one traced step (fewer traces where
-  # another test of this process already traced one of them).
-  assert traced.count <= 3
+  # 5 runs, 3 run lengths: the two draws of each k share one traced step, and every run one
+  # predictor (fewer traces where another test of this process already traced one of them).
+  assert traced.count <= 3 and predicted.count <= 1
   # Steps: max(2, ceil(epochs x examples / batch), min_steps), so they tell how many examples ran.
   assert results["steps"] == 24  # the full run on its first 32 examples
   assert results["1shot_steps"] == 4  # 4 examples: 3 steps, raised to min_steps

@@ -69,9 +69,8 @@ def test_an_encoder_created_in_part_leaves_the_rest_abstract_and_draws_the_same_
   layouts a full creation gives them; the others stay ShapeDtypeStructs carrying their shardings,
   for a loader to assign."""
   mesh = sharding.make_mesh({"data": 2, "fsdp": 4})
-  config = VIT
-  full = models.create_encoder(config, seed=3, mesh=mesh)
-  part = models.create_encoder(config, seed=3, mesh=mesh, initialise=nnx.PathContains("projector"))
+  full = models.create_encoder(VIT, seed=3, mesh=mesh)
+  part = models.create_encoder(VIT, seed=3, mesh=mesh, initialise=nnx.PathContains("projector"))
   reference = dict(nnx.to_flat_state(nnx.state(full)))
   for path, variable in nnx.to_flat_state(nnx.state(part)):
     value, want = variable.get_value(), reference[path].get_value()

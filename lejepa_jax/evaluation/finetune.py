@@ -133,7 +133,7 @@ def _train_step(graphdef, state, images, labels, *, mean, std, num_classes, smoo
 
 @functools.partial(jax.jit, static_argnames=("graphdef", "mean", "std"))
 def _predict(graphdef, state, images, *, mean, std):
-  model, _ = nnx.merge(graphdef, state)
+  model = nnx.merge(graphdef, state)
   model.eval()
   return jnp.argmax(model(data.normalize(images, mean, std)), axis=-1)
 
@@ -213,7 +213,9 @@ def finetune(
     shown.update(1)
   losses = np.asarray(jax.device_get(losses))
   tenth = max(1, total // 10)
-  top1 = _accuracy(graphdef, state, eval_batches, mesh, norm)
+  # The classifier alone, without its optimizer (whose schedule differs with the run's length):
+  # every run of one backbone shares one predictor.
+  top1 = _accuracy(*nnx.split(nnx.merge(graphdef, state)[0]), eval_batches, mesh, norm)
   return {
     "top1": top1,
     "loss_start": float(losses[:tenth].mean()),

@@ -1,5 +1,7 @@
 """Encoders: parameter counts, shapes, position-embedding interpolation, dtypes, bad input."""
 
+import functools
+
 import helpers
 import jax
 import jax.numpy as jnp
@@ -139,8 +141,8 @@ def test_vit_and_convnext_stage_maps():
   maps = vit.stage_maps(images)
   x, _ = vit._tokens(images)
   assert len(maps) == len(vit.blocks)
-  for block, got in zip(vit.blocks, maps):
-    x = block(x)
+  for block, rate, got in zip(vit.blocks, vit.drop_rates, maps, strict=True):
+    x = block(x, rate)
     np.testing.assert_allclose(got, vit.norm(x)[:, 1:].reshape(2, 2, 3, 192), rtol=1e-5, atol=1e-6)
   convnext = models.build_backbone(dict(name="convnextv2", variant="atto"), nnx.Rngs(0))
   shapes = [
@@ -209,10 +211,12 @@ def test_vit_features_are_last_two_summary_tokens():
   pooled, features = vit(images)
   x, _ = vit._tokens(images)
   outputs = [x]
-  for block in vit.blocks:
-    outputs.append(block(outputs[-1]))
-  np.testing.assert_allclose(features[:, :192], vit.norm(outputs[-2])[:, 0], rtol=1e-5)
-  np.testing.assert_allclose(features[:, 192:], vit.norm(outputs[-1])[:, 0], rtol=1e-5)
+  for block, rate in zip(vit.blocks, vit.drop_rates, strict=True):
+    outputs.append(block(outputs[-1], rate))
+  # The model runs each block as one compiled call, the reference op by op: float32 rounding apart.
+  # (Another token than the summary differs by about 1, the features' own scale.)
+  np.testing.assert_allclose(features[:, :192], vit.norm(outputs[-2])[:, 0], rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(features[:, 192:], vit.norm(outputs[-1])[:, 0], rtol=1e-5, atol=1e-5)
   np.testing.assert_allclose(pooled, features[:, 192:], rtol=1e-6)
 
 
@@ -521,6 +525,81 @@ def test_remat_changes_memory_not_values(family, remat):
     np.testing.assert_allclose(g, w, rtol=1e-5, atol=grad_tolerance * float(np.abs(w).max()))
   with pytest.raises(ValueError, match="model.remat"):
     models.build_backbone(dict(config, remat="some"), nnx.Rngs(0))
+
+
+def test_drop_path_draws_flaxs_dropout_masks_with_the_rate_given_at_call():
+  """layers.DropPath against nnx.Dropout broadcast over every non-batch axis, on the same stream:
+  the same masks with the rate a Python float (eager) or a traced scalar (jit), in float32 and
+  bfloat16, and the same rescaled values (to rounding: XLA may divide by a traced scalar through
+  its reciprocal); whole samples dropped; the identity in evaluation and at rate 0."""
+  from lejepa_jax.models import layers
+
+  x = jax.random.normal(jax.random.key(0), (64, 3, 5))
+  through_jit = nnx.jit(lambda path, x, rate: path(x, rate))
+  for dtype in (jnp.float32, jnp.bfloat16):
+    inputs = x.astype(dtype)
+    for rate in (0.1, 0.45):
+      ours = layers.DropPath(rate, rngs=nnx.Rngs(3))
+      flaxs = nnx.Dropout(rate, broadcast_dims=(1, 2), rngs=nnx.Rngs(3))
+      # The state a checkpoint holds: the same paths and keys as nnx.Dropout's.
+      saved = [nnx.to_pure_dict(nnx.state(m)) for m in (ours.dropout, flaxs)]
+      assert jax.tree.structure(saved[0]) == jax.tree.structure(saved[1])
+      for a, b in zip(_key_bits(saved[0]), _key_bits(saved[1]), strict=True):
+        np.testing.assert_array_equal(a, b)
+      got = [ours(inputs, rate), through_jit(ours, inputs, rate)]  # the second: counter advanced
+      assert all(g.dtype == dtype for g in got)
+      for g, want in zip(got, [flaxs(inputs), flaxs(inputs)], strict=True):
+        g, want = np.asarray(g, np.float32), np.asarray(want, np.float32)
+        np.testing.assert_array_equal(g == 0, want == 0)  # the inputs hold no zeros
+        np.testing.assert_allclose(g, want, rtol=1e-6 if dtype == jnp.float32 else 1e-2)
+        dropped = np.all(g == 0, axis=(1, 2))
+        assert 0 < dropped.sum() < 64  # whole samples: each row all zeros or all kept
+        kept = np.asarray(inputs[~dropped], np.float32)
+        np.testing.assert_allclose(g[~dropped], kept / (1 - rate), rtol=1e-2)
+      ours.eval()
+      assert ours(inputs, rate) is inputs
+  assert layers.DropPath(0.0, rngs=nnx.Rngs(0)).dropout is None
+  assert layers.DropPath(0.0, rngs=nnx.Rngs(0))(x, 0.0) is x
+
+
+def test_blocks_of_one_graph_are_traced_once_with_each_blocks_values(monkeypatch):
+  """A ViT's blocks differ only in their drop-path rates: its forward and backward trace the block
+  twice (block 0, at rate 0, has no random stream), not once per block, and give the outputs and
+  gradients of calling each block in turn, drop-path masks included. Tracing again for per-member
+  convolutions (ablations) traces the blocks again rather than reusing the other trace."""
+  from lejepa_jax.models import layers, members, vit
+
+  calls = []
+  block_call = vit.Block.__call__
+  monkeypatch.setattr(vit.Block, "__call__", lambda *a: calls.append(1) or block_call(*a))
+  model = models.ViT("Ti6/8", img_size=16, drop_path=0.3, rngs=models.make_rngs(0))
+  graphdef, state = nnx.split(model)
+  images = jax.random.uniform(jax.random.key(1), (4, 16, 16, 3))
+
+  def each_block_in_turn(model, images):
+    x, _ = model._tokens(images)
+    for block, rate in zip(model.blocks, model.drop_rates, strict=True):
+      x = block(x, rate)
+    return model._summary(x)
+
+  def loss_and_grads(forward, state):
+    loss = lambda model: jnp.sum(forward(model, images) ** 2)
+    return nnx.value_and_grad(loss)(nnx.merge(graphdef, state))
+
+  layers._traced_once_per_graph.clear_cache()
+  want = jax.jit(functools.partial(loss_and_grads, each_block_in_turn))(state)
+  assert len(calls) == 6
+  calls.clear()
+  shared = jax.jit(functools.partial(loss_and_grads, lambda model, x: model(x)[0]))
+  got = shared(state)
+  assert len(calls) == 2
+  for g, w in zip(jax.tree.leaves(got), jax.tree.leaves(want), strict=True):
+    np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-6)
+  calls.clear()
+  anew = jax.jit(functools.partial(loss_and_grads, lambda model, x: model(x)[0]))
+  with members.per_member_convolutions():  # a new trace of the step, inside the setting
+    anew.lower(state)
+  assert len(calls) == 2
 
 
 def _key_bits(tree):

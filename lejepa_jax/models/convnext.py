@@ -88,14 +88,16 @@ class ConvNeXtBlock(nnx.Module):
       if version == 1
       else None
     )
-    self.drop_path = layers.DropPath(drop_path, 4, rngs=rngs)
+    self.drop_path = layers.DropPath(drop_path, rngs=rngs)
 
-  def __call__(self, x: jax.Array) -> jax.Array:
+  def __call__(self, x: jax.Array, drop_rate: float | jax.Array) -> jax.Array:
+    """x [N, H, W, C] -> [N, H, W, C]; `drop_rate` is the block's stochastic-depth rate (the rate it
+    was built for: given here, not held, so the blocks of a stage share one graph)."""
     y = jax.nn.gelu(self.pwconv1(self.norm(self.dwconv(x))), approximate=False)
     y = self.pwconv2(y if self.grn is None else self.grn(y))
     if self.layer_scale is not None:
       y = y * self.layer_scale[...].astype(y.dtype)
-    return x + self.drop_path(y)
+    return x + self.drop_path(y, drop_rate)
 
 
 class _Downsample(nnx.Module):
@@ -193,7 +195,8 @@ class ConvNeXtV2(layers.PooledConvNet):
     self.variant, self.in_channels, self.dtype, self.out_dim = variant, in_channels, dtype, dims[-1]
     self.stem = _stem(stem, in_channels, dims[0], dtype=dtype, rngs=rngs)
     self.stem_norm = NORMS[norm](dims[0], dtype=dtype, rngs=rngs)
-    rates = iter(layers.drop_path_rates(drop_path, sum(depths)))
+    self.drop_rates = tuple(layers.drop_path_rates(drop_path, sum(depths)))
+    rates = iter(self.drop_rates)
     stages = []
     for i, (depth, dim) in enumerate(zip(depths, dims)):
       down = [_Downsample(dims[i - 1], dim, norm, dtype=dtype, rngs=rngs)] if i else []
@@ -209,10 +212,13 @@ class ConvNeXtV2(layers.PooledConvNet):
     [N, H / 32, W / 32, out_dim] (4 maps)."""
     layers.check_images(images, self.in_channels, "ConvNeXtV2")
     x = self.stem_norm(self.stem(images.astype(self.dtype)))
-    maps = []
+    maps, rates = [], iter(self.drop_rates)
     for stage in self.stages:
       for module in stage:
-        x = layers.remat_call(module, x, self.remat) if isinstance(module, ConvNeXtBlock) else module(x)
+        if isinstance(module, ConvNeXtBlock):
+          x = layers.remat_call(module, x, self.remat, next(rates))
+        else:
+          x = module(x)
       maps.append(x)
     return maps
 

@@ -92,11 +92,12 @@ class DepthwiseSeparable(nnx.Module):
     self.conv_pw = _conv(in_ch, out_ch, 1, dtype=dtype, rngs=rngs)
     self.bn2 = _norm(out_ch, norm, dtype=dtype, rngs=rngs)
     self.residual = stride == 1 and in_ch == out_ch
-    self.drop_path = layers.DropPath(drop_path, 4, rngs=rngs)
+    self.drop_path = layers.DropPath(drop_path, rngs=rngs)
+    self.drop_rate = drop_path
 
   def __call__(self, x: jax.Array) -> jax.Array:
     y = self.bn2(self.conv_pw(self.se(jax.nn.silu(self.bn1(self.conv_dw(x))))))
-    return x + self.drop_path(y) if self.residual else y
+    return x + self.drop_path(y, self.drop_rate) if self.residual else y
 
 
 class InvertedResidual(nnx.Module):
@@ -118,13 +119,14 @@ class InvertedResidual(nnx.Module):
     self.conv_pwl = _conv(mid, out_ch, 1, dtype=dtype, rngs=rngs)
     self.bn3 = _norm(out_ch, norm, dtype=dtype, rngs=rngs)
     self.residual = stride == 1 and in_ch == out_ch
-    self.drop_path = layers.DropPath(drop_path, 4, rngs=rngs)
+    self.drop_path = layers.DropPath(drop_path, rngs=rngs)
+    self.drop_rate = drop_path
 
   def __call__(self, x: jax.Array) -> jax.Array:
     y = jax.nn.silu(self.bn1(self.conv_pw(x)))
     y = self.se(jax.nn.silu(self.bn2(self.conv_dw(y))))
     y = self.bn3(self.conv_pwl(y))
-    return x + self.drop_path(y) if self.residual else y
+    return x + self.drop_path(y, self.drop_rate) if self.residual else y
 
 
 class EfficientNet(layers.PooledConvNet):

@@ -65,11 +65,12 @@ class MetaNeXtBlock(nnx.Module):
     self.norm = layers.batch_norm(channels, dtype=dtype, rngs=rngs)
     self.mlp = ConvMlp(channels, int(mlp_ratio * channels), dtype=dtype, rngs=rngs)
     self.layer_scale = nnx.Param(jnp.full((channels,), LAYER_SCALE_INIT), out_sharding=("norm",))
-    self.drop_path = layers.DropPath(drop_path, 4, rngs=rngs)
+    self.drop_path = layers.DropPath(drop_path, rngs=rngs)
+    self.drop_rate = drop_path
 
   def __call__(self, x: jax.Array) -> jax.Array:
     y = self.mlp(self.norm(self.token_mixer(x)))
-    return x + self.drop_path(y * self.layer_scale[...].astype(y.dtype))
+    return x + self.drop_path(y * self.layer_scale[...].astype(y.dtype), self.drop_rate)
 
 
 class MetaNeXtStage(nnx.Module):

@@ -19,7 +19,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from lejepa_jax.models import cpu_kernels
+from lejepa_jax.models import cpu_kernels, members
 from lejepa_jax.models.cpu_kernels import LOW_PRECISION, add_bias, conv_general_dilated
 
 Dtype = Any
@@ -248,12 +248,38 @@ def check_remat(remat: str) -> None:
     raise ValueError(f"model.remat must be one of {list(REMAT_POLICIES)}, got {remat!r}.")
 
 
-def remat_call(block: nnx.Module, x: jax.Array, remat: str) -> jax.Array:
-  """`block(x)`, its activations rematerialised per the policy `remat` (REMAT_POLICIES): what the
-  policy does not keep, the backward pass recomputes."""
+def remat_call(block: nnx.Module, x: jax.Array, remat: str, *args: Any) -> jax.Array:
+  """`block(x, *args)`, its activations rematerialised per the policy `remat` (REMAT_POLICIES): what
+  the policy does not keep, the backward pass recomputes.
+
+  The call is a nested `jax.jit` keyed by the block's graph (its structure and static attributes),
+  so the blocks of a network that share one graph are traced, differentiated and lowered once, not
+  once per block; XLA inlines the calls. Per-block values (e.g. drop-path rates) go in `args`,
+  traced, to keep the graphs equal. Measured on the 2-core development CPU: ViT-g/14's train step
+  lowered for GPUs and TPUs in 5.4 s instead of 13.0 (StableHLO 0.67 instead of 1.39 MB); a ViT's
+  loss unchanged and its gradients within 4e-7 of each tensor's scale (float32 rounding of a
+  differently arranged program).
+  """
+  graphdef, state = nnx.split(block)
+  y, updates = _traced_once_per_graph(
+    graphdef.with_no_outer_index(), state, x, args, remat, members.enabled()
+  )
+  nnx.update(block, updates)
+  return y
+
+
+# `per_member` is the one trace-time setting the layers read outside JAX's own context (which
+# jax.jit's cache already keys on: the mesh, the backend, config flags); it is a static argument so
+# that a block traced without it is never reused inside it.
+@functools.partial(jax.jit, static_argnums=(0, 4, 5))
+def _traced_once_per_graph(graphdef, state, x, args, remat: str, per_member: bool):
+  del per_member  # a cache key only
+  block = nnx.merge(graphdef, state)
   if remat == "none":
-    return block(x)
-  return nnx.remat(type(block).__call__, policy=REMAT_POLICIES[remat])(block, x)
+    y = block(x, *args)
+  else:
+    y = nnx.remat(type(block).__call__, policy=REMAT_POLICIES[remat])(block, x, *args)
+  return y, nnx.state(block, nnx.Not(nnx.Param))
 
 
 class ConvBN(nnx.Module):
@@ -306,21 +332,40 @@ def blur_pool(x: jax.Array) -> jax.Array:
 
 
 class DropPath(nnx.Module):
-  """Stochastic depth: drops a residual branch for whole samples, rescaling the kept ones.
+  """Stochastic depth: drops a residual branch for whole samples, rescaling the kept ones by
+  1 / (1 - rate). The same masks as `nnx.Dropout(rate, broadcast_dims=<every non-batch axis>)` on
+  the same random stream, with the rate given at each call rather than held: blocks that differ
+  only in their rate then have equal graphs, which `remat_call` traces once.
 
   Args:
-    rate: probability of dropping the branch of a sample during training.
-    ndim: rank of the branch output ([N, T, C] tokens: 3; [N, H, W, C] maps: 4).
+    rate: the rate the path is built for; a positive rate gives it a random stream (state
+      `dropout.rngs`), zero none (the path is then the identity).
   """
 
-  def __init__(self, rate: float, ndim: int, *, rngs: nnx.Rngs):
-    # A dropout mask broadcast over every non-batch axis drops whole samples.
-    self.dropout = (
-      nnx.Dropout(rate, broadcast_dims=tuple(range(1, ndim)), rngs=rngs) if rate > 0 else None
-    )
+  def __init__(self, rate: float, *, rngs: nnx.Rngs):
+    self.dropout = _MaskStream(rngs) if rate > 0 else None
 
-  def __call__(self, x: jax.Array) -> jax.Array:
-    return x if self.dropout is None else self.dropout(x)
+  def __call__(self, x: jax.Array, rate: float | jax.Array) -> jax.Array:
+    """x [N, ...] -> x with each sample's branch dropped with probability `rate` (a Python float or
+    a traced scalar) in training; x unchanged in evaluation (`Module.eval()`)."""
+    stream = self.dropout
+    if stream is None or stream.deterministic:
+      return x
+    keep = 1.0 - rate
+    shape = (x.shape[0],) + (1,) * (x.ndim - 1)
+    mask = jax.random.bernoulli(stream.rngs(), p=keep, shape=shape, out_sharding=jax.typeof(x).sharding)
+    kept = x / jnp.asarray(keep, x.dtype)
+    return jax.lax.select(jnp.broadcast_to(mask, x.shape), kept, jnp.zeros_like(x))
+
+
+class _MaskStream(nnx.Module):
+  """A drop-path mask's random stream, held as `nnx.Dropout` holds it (the same state paths and
+  keys, so checkpoints of either form restore into the other), and the `deterministic` switch that
+  `Module.eval()` / `.train()` set."""
+
+  def __init__(self, rngs: nnx.Rngs):
+    self.rngs = rngs["dropout"].fork()
+    self.deterministic = False
 
 
 def drop_path_rates(total_rate: float, num_blocks: int) -> list[float]:

@@ -134,11 +134,12 @@ class Block(nnx.Module):
       rngs=rngs,
     )  # fmt: skip
     self.mlp = Mlp(width, dtype=dtype, rngs=rngs)
-    self.drop_path = layers.DropPath(drop_path, 3, rngs=rngs)
+    self.drop_path = layers.DropPath(drop_path, rngs=rngs)
+    self.drop_rate = drop_path
 
   def __call__(self, x: jax.Array) -> jax.Array:
-    x = x + self.drop_path(self.attn(x))
-    return x + self.drop_path(self.mlp(x))
+    x = x + self.drop_path(self.attn(x), self.drop_rate)
+    return x + self.drop_path(self.mlp(x), self.drop_rate)
 
 
 class Subsample(nnx.Module):
@@ -150,11 +151,12 @@ class Subsample(nnx.Module):
       dtype=dtype, rngs=rngs,
     )  # fmt: skip
     self.mlp = Mlp(d_out, dtype=dtype, rngs=rngs)
-    self.drop_path = layers.DropPath(drop_path, 3, rngs=rngs)
+    self.drop_path = layers.DropPath(drop_path, rngs=rngs)
+    self.drop_rate = drop_path
 
   def __call__(self, x: jax.Array) -> jax.Array:
     x = self.attn_downsample(x)
-    return x + self.drop_path(self.mlp(x))
+    return x + self.drop_path(self.mlp(x), self.drop_rate)
 
 
 class LeViT(layers.PooledConvNet):

@@ -87,13 +87,14 @@ class MBConv(nnx.Module):
     self.norm2 = norm(mid)
     self.se = SqueezeExcite(mid, int(SE_RATIO * mid), dtype=dtype, rngs=rngs)
     self.conv3_1x1 = layers.conv(mid, out_ch, 1, dtype=dtype, rngs=rngs)
-    self.drop_path = layers.DropPath(drop_path, 4, rngs=rngs)
+    self.drop_path = layers.DropPath(drop_path, rngs=rngs)
+    self.drop_rate = drop_path
 
   def __call__(self, x: jax.Array) -> jax.Array:
     shortcut = x if self.shortcut is None else self.shortcut(x)
     y = jax.nn.silu(self.norm1(self.conv1_1x1(self.pre_norm(x))))
     y = self.se(jax.nn.silu(self.norm2(self.conv2_kxk(y))))
-    return self.drop_path(self.conv3_1x1(y)) + shortcut
+    return self.drop_path(self.conv3_1x1(y), self.drop_rate) + shortcut
 
 
 def log_offsets(window: int) -> np.ndarray:
@@ -157,7 +158,8 @@ class PartitionAttention(nnx.Module):
     self.attn = Attention(width, window, rel_pos, dtype=dtype, rngs=rngs)
     self.norm2 = norm(width)
     self.mlp = Mlp(width, dtype=dtype, rngs=rngs)
-    self.drop_path = layers.DropPath(drop_path, 4, rngs=rngs)
+    self.drop_path = layers.DropPath(drop_path, rngs=rngs)
+    self.drop_rate = drop_path
 
   def _partition(self, x: jax.Array) -> jax.Array:
     n, h, w, c = x.shape
@@ -177,8 +179,8 @@ class PartitionAttention(nnx.Module):
 
   def __call__(self, x: jax.Array) -> jax.Array:
     attended = self._unpartition(self.attn(self._partition(self.norm1(x))), x.shape)
-    x = x + self.drop_path(attended)
-    return x + self.drop_path(self.mlp(self.norm2(x)))
+    x = x + self.drop_path(attended, self.drop_rate)
+    return x + self.drop_path(self.mlp(self.norm2(x)), self.drop_rate)
 
 
 class Attention(nnx.Module):

@@ -85,11 +85,12 @@ class Block(nnx.Module):
     self.attn = RopeAttention(size.width, size.num_heads, num_prefix, dtype=dtype, rngs=rngs)
     self.norm2 = norm(size.width)
     self.mlp = vit.Mlp(size.width, size.mlp_dim, dtype=dtype, rngs=rngs)
-    self.drop_path = layers.DropPath(drop_path, 3, rngs=rngs)
+    self.drop_path = layers.DropPath(drop_path, rngs=rngs)
+    self.drop_rate = drop_path
 
   def __call__(self, x: jax.Array, sin: jax.Array, cos: jax.Array) -> jax.Array:
-    x = x + self.drop_path(self.attn(self.norm1(x), sin, cos))
-    return x + self.drop_path(self.mlp(self.norm2(x)))
+    x = x + self.drop_path(self.attn(self.norm1(x), sin, cos), self.drop_rate)
+    return x + self.drop_path(self.mlp(self.norm2(x)), self.drop_rate)
 
 
 class AttentionPool(nnx.Module):

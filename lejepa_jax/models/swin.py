@@ -121,7 +121,8 @@ class SwinBlock(nnx.Module):
     self.attn = WindowAttention(width, num_heads, window, dtype=dtype, rngs=rngs)
     self.norm2 = layers.layer_norm(width, epsilon=LAYER_NORM_EPS, dtype=dtype, rngs=rngs)
     self.mlp = Mlp(width, 4 * width, dtype=dtype, rngs=rngs)
-    self.drop_path = layers.DropPath(drop_path, 4, rngs=rngs)
+    self.drop_path = layers.DropPath(drop_path, rngs=rngs)
+    self.drop_rate = drop_path
 
   def _attend(self, x: jax.Array) -> jax.Array:
     """Attention within windows of the (rolled) map, zero-padded at the bottom and right to whole
@@ -136,8 +137,8 @@ class SwinBlock(nnx.Module):
     return jnp.roll(y, (self.shift, self.shift), axis=(1, 2)) if self.shift else y
 
   def __call__(self, x: jax.Array) -> jax.Array:
-    x = x + self.drop_path(self._attend(self.norm1(x)))
-    return x + self.drop_path(self.mlp(self.norm2(x)))
+    x = x + self.drop_path(self._attend(self.norm1(x)), self.drop_rate)
+    return x + self.drop_path(self.mlp(self.norm2(x)), self.drop_rate)
 
 
 class PatchMerging(nnx.Module):

@@ -118,11 +118,13 @@ class Block(nnx.Module):
     self.attn = Attention(size.width, size.num_heads, dtype=dtype, rngs=rngs)
     self.norm2 = layers.layer_norm(size.width, dtype=dtype, rngs=rngs)
     self.mlp = Mlp(size.width, size.mlp_dim, dtype=dtype, rngs=rngs)
-    self.drop_path = layers.DropPath(drop_path, 3, rngs=rngs)
+    self.drop_path = layers.DropPath(drop_path, rngs=rngs)
 
-  def __call__(self, x: jax.Array) -> jax.Array:
-    x = x + self.drop_path(self.attn(self.norm1(x)))
-    return x + self.drop_path(self.mlp(self.norm2(x)))
+  def __call__(self, x: jax.Array, drop_rate: float | jax.Array) -> jax.Array:
+    """x [N, T, W] -> [N, T, W]; `drop_rate` is the block's stochastic-depth rate (the rate it was
+    built for: given here, not held, so the blocks of a ViT share one graph)."""
+    x = x + self.drop_path(self.attn(self.norm1(x)), drop_rate)
+    return x + self.drop_path(self.mlp(self.norm2(x)), drop_rate)
 
 
 class ViT(nnx.Module):
@@ -182,12 +184,8 @@ class ViT(nnx.Module):
       if num_registers
       else None
     )
-    self.blocks = nnx.List(
-      [
-        Block(size, rate, dtype=dtype, rngs=rngs)
-        for rate in layers.drop_path_rates(drop_path, size.depth)
-      ]
-    )
+    self.drop_rates = tuple(layers.drop_path_rates(drop_path, size.depth))
+    self.blocks = nnx.List([Block(size, rate, dtype=dtype, rngs=rngs) for rate in self.drop_rates])
     self.norm = layers.layer_norm(size.width, dtype=dtype, rngs=rngs)
 
   @property
@@ -220,9 +218,9 @@ class ViT(nnx.Module):
       )
     return jnp.concatenate(prefix + [x], axis=1), (gh, gw)
 
-  def _block(self, block: Block, x: jax.Array) -> jax.Array:
-    """One block, rematerialised per `self.remat` (backward recomputes what was not kept)."""
-    return layers.remat_call(block, x, self.remat)
+  def _block(self, index: int, x: jax.Array) -> jax.Array:
+    """Block `index`, rematerialised per `self.remat` (backward recomputes what was not kept)."""
+    return layers.remat_call(self.blocks[index], x, self.remat, self.drop_rates[index])
 
   def _summary(self, tokens: jax.Array) -> jax.Array:
     """CLS token after the final norm, or the mean patch token without a CLS: [N, width]."""
@@ -237,8 +235,8 @@ class ViT(nnx.Module):
     """
     x, _ = self._tokens(images)
     previous = x
-    for block in self.blocks:
-      previous, x = x, self._block(block, x)
+    for index in range(len(self.blocks)):
+      previous, x = x, self._block(index, x)
     pooled = self._summary(x)
     return pooled, jnp.concatenate([self._summary(previous), pooled], axis=-1)
 
@@ -247,8 +245,8 @@ class ViT(nnx.Module):
     [[N, H / patch, W / patch, width]] * depth, first block to last."""
     x, (gh, gw) = self._tokens(images)
     maps = []
-    for block in self.blocks:
-      x = self._block(block, x)
+    for index in range(len(self.blocks)):
+      x = self._block(index, x)
       maps.append(self.norm(x)[:, self.num_prefix :].reshape(x.shape[0], gh, gw, self.width))
     return maps
 

@@ -1,6 +1,5 @@
 """Helpers shared by the test modules (fixtures live in conftest.py)."""
 
-import functools
 import json
 import os
 
@@ -37,16 +36,9 @@ def read_metrics(workdir: str) -> dict[int, dict]:
 def exported_train_step(config: ml_collections.ConfigDict, platforms: tuple[str, ...]):
   """`config`'s train step on its mesh (of the 8 test devices), lowered by `jax.export` for
   `platforms` from this CPU host: nothing is allocated or compiled."""
-  from lejepa_jax.scale import sharding
-  from lejepa_jax.training import steps, train_state
+  from lejepa_jax.training import steps
 
-  mesh = sharding.make_mesh(dict(config.mesh.axes), config.mesh.axis_type)
-  graphdef, state = sharding.abstract_state(lambda: train_state.build_train_objects(config), mesh)
-  step = functools.partial(steps.train_step, graphdef, **steps.step_options(config))
-  batch = steps.abstract_batch(config, mesh, config.data.global_batch_size)
-  key = jax.eval_shape(lambda: jax.random.key(0))
-  with jax.set_mesh(mesh):
-    return jax.export.export(jax.jit(step), platforms=platforms)(state, batch, key)
+  return steps.export_train_step(config, platforms)
 
 
 class TraceCounter:

@@ -27,6 +27,21 @@ def test_bench_ablate_times_both_sides_and_prints_the_speed_up(capsys):
   assert "x set-up" in row and "x end to end" in row
 
 
+@pytest.mark.slow
+def test_bench_lower_times_both_tracings_and_the_shared_program_is_smaller(capsys):
+  from lejepa_jax.bench import lower
+
+  # The tiny test config: ViT-Mi/8, two blocks of one graph (no drop-path). Nothing reads data.
+  lower.main(["--configs=tests/tiny_config.py:unused", "--platforms=cuda"])
+  out = capsys.readouterr().out
+  assert "lowered for cuda" in out
+  row = next(line for line in out.splitlines() if line.startswith("| tests/tiny_config.py"))
+  cells = [c.strip() for c in row.strip("|").split("|")]
+  assert cells[1] == "vit Mi/8" and cells[4].endswith("x")
+  once, every = (float(v) for v in cells[5].split(" / "))
+  assert 0 < once < every  # one block's program instead of two
+
+
 def test_bench_ablate_end_to_end_without_the_data_says_how_to_prepare_it(tmp_path):
   with pytest.raises(SystemExit, match="python -m lejepa_jax.prepare fashion_mnist"):
     ablate.main(["--end_to_end", f"--data_dir={tmp_path}", "--members=2"])

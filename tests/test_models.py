@@ -566,7 +566,8 @@ def test_blocks_of_one_graph_are_traced_once_with_each_blocks_values(monkeypatch
   """A ViT's blocks differ only in their drop-path rates: its forward and backward trace the block
   twice (block 0, at rate 0, has no random stream), not once per block, and give the outputs and
   gradients of calling each block in turn, drop-path masks included. Tracing again for per-member
-  convolutions (ablations) traces the blocks again rather than reusing the other trace."""
+  convolutions (ablations) traces the blocks again rather than reusing the other trace; inside
+  `each_block_traced` every block is traced."""
   from lejepa_jax.models import layers, members, vit
 
   calls = []
@@ -600,6 +601,10 @@ def test_blocks_of_one_graph_are_traced_once_with_each_blocks_values(monkeypatch
   with members.per_member_convolutions():  # a new trace of the step, inside the setting
     anew.lower(state)
   assert len(calls) == 2
+  calls.clear()
+  with layers.each_block_traced():  # the benchmark's baseline
+    jax.jit(functools.partial(loss_and_grads, lambda model, x: model(x)[0])).lower(state)
+  assert len(calls) == 6
 
 
 def _key_bits(tree):

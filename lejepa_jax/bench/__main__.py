@@ -8,6 +8,7 @@ from lejepa_jax import cli
 BENCHMARKS = {
   "ablate": "lejepa_jax.bench.ablate",
   "data": "lejepa_jax.bench.data",
+  "lower": "lejepa_jax.bench.lower",
   "sigreg": "lejepa_jax.bench.sigreg",
   "train": "lejepa_jax.bench.train",
 }

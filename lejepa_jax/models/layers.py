@@ -11,8 +11,10 @@ the CPU-only ones switched on by backend in `cpu_kernels.use_cpu_kernels`; the l
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import functools
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import jax
@@ -260,6 +262,8 @@ def remat_call(block: nnx.Module, x: jax.Array, remat: str, *args: Any) -> jax.A
   loss unchanged and its gradients within 4e-7 of each tensor's scale (float32 rounding of a
   differently arranged program).
   """
+  if not _ONE_TRACE_PER_GRAPH.get():
+    return _call(block, x, remat, args)
   graphdef, state = nnx.split(block)
   y, updates = _traced_once_per_graph(
     graphdef.with_no_outer_index(), state, x, args, remat, members.enabled()
@@ -275,11 +279,28 @@ def remat_call(block: nnx.Module, x: jax.Array, remat: str, *args: Any) -> jax.A
 def _traced_once_per_graph(graphdef, state, x, args, remat: str, per_member: bool):
   del per_member  # a cache key only
   block = nnx.merge(graphdef, state)
+  return _call(block, x, remat, args), nnx.state(block, nnx.Not(nnx.Param))
+
+
+def _call(block: nnx.Module, x: jax.Array, remat: str, args: tuple) -> jax.Array:
   if remat == "none":
-    y = block(x, *args)
-  else:
-    y = nnx.remat(type(block).__call__, policy=REMAT_POLICIES[remat])(block, x, *args)
-  return y, nnx.state(block, nnx.Not(nnx.Param))
+    return block(x, *args)
+  return nnx.remat(type(block).__call__, policy=REMAT_POLICIES[remat])(block, x, *args)
+
+
+_ONE_TRACE_PER_GRAPH = contextvars.ContextVar("one_trace_per_block_graph", default=True)
+
+
+@contextlib.contextmanager
+def each_block_traced() -> Iterator[None]:
+  """Inside this, `remat_call` traces every block on its own, as before blocks of one graph shared
+  a trace: the baseline of `python -m lejepa_jax.bench lower`. Trace anew inside it (a new
+  `jax.jit`, or after `jax.clear_caches()`): a program traced outside is reused as it is."""
+  token = _ONE_TRACE_PER_GRAPH.set(False)
+  try:
+    yield
+  finally:
+    _ONE_TRACE_PER_GRAPH.reset(token)
 
 
 class ConvBN(nnx.Module):

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import functools
 import logging
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import jax
@@ -216,6 +216,22 @@ def compile_train_step(
   compiled = program_cache.compiled(key, lower, compiler.options(config))
   log_compiled_memory(compiled, "train step")
   return compiled
+
+
+def export_train_step(
+  config: ml_collections.ConfigDict, platforms: Sequence[str]
+) -> jax.export.Exported:
+  """`config`'s train step on its mesh of this host's devices (`config.mesh.axes`), traced and
+  lowered by `jax.export` for `platforms` (e.g. ("cuda", "tpu")) from any host: nothing is
+  allocated or compiled. What a job spends before XLA compiles, and a check that a config lowers
+  for accelerators this host does not have."""
+  mesh = sharding.make_mesh(dict(config.mesh.axes), config.mesh.axis_type)
+  graphdef, state = sharding.abstract_state(lambda: train_state.build_train_objects(config), mesh)
+  step = functools.partial(train_step, graphdef, **step_options(config))
+  batch = abstract_batch(config, mesh, config.data.global_batch_size)
+  key = jax.eval_shape(lambda: jax.random.key(0))
+  with jax.set_mesh(mesh):
+    return jax.export.export(jax.jit(step), platforms=tuple(platforms))(state, batch, key)
 
 
 def log_compiled_memory(compiled, what: str) -> None:

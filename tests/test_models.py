@@ -558,6 +558,9 @@ def test_drop_path_draws_flaxs_dropout_masks_with_the_rate_given_at_call():
       assert ours(inputs, rate) is inputs
   assert layers.DropPath(0.0, rngs=nnx.Rngs(0)).dropout is None
   assert layers.DropPath(0.0, rngs=nnx.Rngs(0))(x, 0.0) is x
+  for rate in (1.0, -0.1):
+    with pytest.raises(ValueError, match=r"drop_path rates must be in \[0, 1\)"):
+      layers.DropPath(rate, rngs=nnx.Rngs(0))
 
 
 def test_blocks_of_one_graph_are_traced_once_with_each_blocks_values(monkeypatch):
@@ -603,6 +606,16 @@ def test_blocks_of_one_graph_are_traced_once_with_each_blocks_values(monkeypatch
   with layers.each_block_traced():  # the benchmark's baseline
     jax.jit(functools.partial(loss_and_grads, lambda model, x: model(x)[0])).lower(state)
   assert len(calls) == 6
+  # What a call writes reaches the model: each block's drop-path counter advances as with every
+  # block traced on its own. In evaluation nothing is written, so a closure over the model traces.
+  counters = lambda m: [int(b.drop_path.dropout.rngs.count[...]) for b in m.blocks[1:]]
+  shared_model, each_model = nnx.clone(model), nnx.clone(model)
+  nnx.jit(lambda m, x: m(x))(shared_model, images)
+  with layers.each_block_traced():
+    nnx.jit(lambda m, x: m(x))(each_model, images)
+  assert counters(shared_model) == counters(each_model) == [c + 2 for c in counters(model)]
+  model.eval()
+  assert jax.jit(lambda x: model(x)[0])(images).shape == (4, 192)
 
 
 def _key_bits(tree):
@@ -659,7 +672,10 @@ def test_make_rngs_traces_without_searching_the_trace_per_key(origin_searches):
   """The reason models.make_rngs exists: flax's stream update asks each traced counter for its
   sharding, and JAX answers with an error whose message searches every equation traced so far
   (find_progenitors), once per key. If this fails for nnx.Rngs, flax no longer does; make_rngs can go."""
+  from lejepa_jax.models import layers
+
   searches = origin_searches
+  layers._traced_once_per_graph.clear_cache()  # blocks traced by earlier tests would be reused
   # The backbone alone: the projector's BatchNorm updates its statistics the same indexed way.
   config = dict(name="vit", variant="Mi/8", img_size=16, drop_path=0.5)
   images = jax.ShapeDtypeStruct((2, 16, 16, 3), jnp.float32)

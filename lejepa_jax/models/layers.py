@@ -257,29 +257,41 @@ def remat_call(block: nnx.Module, x: jax.Array, remat: str, *args: Any) -> jax.A
   The call is a nested `jax.jit` keyed by the block's graph (its structure and static attributes),
   so the blocks of a network that share one graph are traced, differentiated and lowered once, not
   once per block; XLA inlines the calls. Per-block values (e.g. drop-path rates) go in `args`,
-  traced, to keep the graphs equal. Measured on the 2-core development CPU: ViT-g/14's train step
-  lowered for GPUs and TPUs in 5.4 s instead of 13.0 (StableHLO 0.67 instead of 1.39 MB); a ViT's
-  loss unchanged and its gradients within 4e-7 of each tensor's scale (float32 rounding of a
-  differently arranged program).
+  traced, to keep the graphs equal. Measured on the 2-core development CPU (`python -m
+  lejepa_jax.bench lower`): ViT-g/14's train step lowered for GPUs and TPUs in 5.0 s instead of 14.7
+  (StableHLO 0.67 instead of 1.41 MB); a ViT's loss unchanged and its gradients within 4e-7 of each
+  tensor's scale (float32 rounding of a differently arranged program).
   """
   if not _ONE_TRACE_PER_GRAPH.get():
     return _call(block, x, remat, args)
   graphdef, state = nnx.split(block)
-  y, updates = _traced_once_per_graph(
-    graphdef.with_no_outer_index(), state, x, args, remat, members.enabled()
+  y, written = _traced_once_per_graph(
+    graphdef.with_no_outer_index(), state, x, args, remat, _trace_settings()
   )
-  nnx.update(block, updates)
+  nnx.update(block, written)
   return y
 
 
-# `per_member` is the one trace-time setting the layers read outside JAX's own context (which
-# jax.jit's cache already keys on: the mesh, the backend, config flags); it is a static argument so
-# that a block traced without it is never reused inside it.
+def _trace_settings() -> tuple[bool, bool]:
+  """What the layers read at trace time outside JAX's own context (which jax.jit's cache keys on
+  already: the mesh, the backend, config flags): per-member convolutions (ablations) and the CPU
+  product forms. Part of the nested jit's key: a block traced under one setting is never reused
+  under another."""
+  return members.enabled(), bool(_cpu_product_rewrites_apply())
+
+
 @functools.partial(jax.jit, static_argnums=(0, 4, 5))
-def _traced_once_per_graph(graphdef, state, x, args, remat: str, per_member: bool):
-  del per_member  # a cache key only
+def _traced_once_per_graph(graphdef, state, x, args, remat: str, settings: tuple[bool, bool]):
+  """(the block's output, the variables other than parameters that the call wrote: random-stream
+  counters in training, none in evaluation, so that an unchanged block is left untouched)."""
+  del settings  # a cache key only
   block = nnx.merge(graphdef, state)
-  return _call(block, x, remat, args), nnx.state(block, nnx.Not(nnx.Param))
+  other = nnx.Not(nnx.Param)
+  before = {path: v.get_value() for path, v in nnx.to_flat_state(nnx.state(block, other))}
+  y = _call(block, x, remat, args)
+  after = nnx.to_flat_state(nnx.state(block, other))
+  written = [(path, v) for path, v in after if v.get_value() is not before[path]]
+  return y, nnx.from_flat_state(written)
 
 
 def _call(block: nnx.Module, x: jax.Array, remat: str, args: tuple) -> jax.Array:
@@ -364,6 +376,8 @@ class DropPath(nnx.Module):
   """
 
   def __init__(self, rate: float, *, rngs: nnx.Rngs):
+    if not 0 <= rate < 1:  # at 1 every sample would be dropped and the rescale divide by zero
+      raise ValueError(f"model.drop_path rates must be in [0, 1), got {rate}.")
     self.dropout = _MaskStream(rngs) if rate > 0 else None
 
   def __call__(self, x: jax.Array, rate: float | jax.Array) -> jax.Array:

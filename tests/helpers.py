@@ -33,14 +33,6 @@ def read_metrics(workdir: str) -> dict[int, dict]:
     return {row["step"]: row for row in map(json.loads, f)}
 
 
-def exported_train_step(config: ml_collections.ConfigDict, platforms: tuple[str, ...]):
-  """`config`'s train step on its mesh (of the 8 test devices), lowered by `jax.export` for
-  `platforms` from this CPU host: nothing is allocated or compiled."""
-  from lejepa_jax.training import steps
-
-  return steps.export_train_step(config, platforms)
-
-
 class TraceCounter:
   """Counts the jaxprs JAX traces while active (jax.monitoring's trace-duration events): all of
   them, or those of the Python function named `fun_name`."""

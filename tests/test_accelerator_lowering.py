@@ -8,11 +8,11 @@ import jax
 import jax.numpy as jnp
 import pytest
 from flax import nnx
-from helpers import exported_train_step, tiny_config
+from helpers import tiny_config
 
 from lejepa_jax import config_lib
 from lejepa_jax.evaluation import extraction
-from lejepa_jax.training import train_state
+from lejepa_jax.training import steps, train_state
 
 ACCELERATORS = ("cuda", "tpu")
 
@@ -29,13 +29,13 @@ def _resnet_config(data_dir):
 @pytest.mark.parametrize("family", ["vit", "resnet"])
 def test_the_train_step_lowers_for_gpus_and_tpus(devices, data_dir, family):
   config = tiny_config(data_dir, 2) if family == "vit" else _resnet_config(data_dir)
-  exported = exported_train_step(config, ACCELERATORS)
+  exported = steps.export_train_step(config, ACCELERATORS)
   assert exported.platforms == ACCELERATORS and exported.nr_devices == 8
   text = exported.mlir_module()
   assert "stablehlo" in text
   if family == "vit":  # the accelerators' attention, not the CPU's head-major form
     assert "head_major_attention" not in text
-    assert "head_major_attention" in exported_train_step(config, ("cpu",)).mlir_module()
+    assert "head_major_attention" in steps.export_train_step(config, ("cpu",)).mlir_module()
 
 
 @pytest.mark.slow

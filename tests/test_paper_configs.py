@@ -13,11 +13,11 @@ import re
 import numpy as np
 import paper_tables as paper
 import pytest
-from helpers import ROOT, exported_train_step
+from helpers import ROOT
 
 from lejepa_jax import config_lib, recipes
 from lejepa_jax.evaluation import job, registry
-from lejepa_jax.training import loop
+from lejepa_jax.training import loop, steps
 
 TRAINING = sorted(
   os.path.basename(p)[:-3] for p in glob.glob(os.path.join(ROOT, "configs", "paper", "*.py"))
@@ -227,7 +227,7 @@ def test_the_full_size_train_step_lowers_for_gpus_and_tpus(name, devices):
   # The full model, views and objective; a batch and mesh of the 8 test devices (FSDP kept up to 8).
   c.data.global_batch_size = 8
   c.mesh.axes = dict(data=-1, fsdp=min(c.mesh.axes["fsdp"], 8))
-  exported = exported_train_step(c, ("cuda", "tpu"))
+  exported = steps.export_train_step(c, ("cuda", "tpu"))
   assert exported.platforms == ("cuda", "tpu") and exported.nr_devices == 8
   batch_in = [a for a in exported.in_avals if a.ndim == 5]
   assert {a.shape[2] for a in batch_in} <= {c.data.global_views["size"], c.data.local_views["size"]}

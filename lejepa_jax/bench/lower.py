@@ -65,9 +65,14 @@ def lowering(config: ml_collections.ConfigDict, platforms: list[str]) -> tuple[f
   return time.perf_counter() - start, len(exported.mlir_module_serialized)
 
 
-def run_case(name: str, platforms: list[str]) -> dict:
+def load(name: str) -> ml_collections.ConfigDict:
+  """A config named as on the command line (path[:arg]), on this host (`on_this_host`)."""
   path, _, arg = name.partition(":")
-  config = on_this_host(config_lib.load_config_file(path, arg or None))
+  return on_this_host(config_lib.load_config_file(path, arg or None))
+
+
+def run_case(name: str, platforms: list[str]) -> dict:
+  config = load(name)
   seconds, size = lowering(config, platforms)
   with layers.each_block_traced():
     each_seconds, each_size = lowering(config, platforms)
@@ -98,10 +103,9 @@ def main(argv: list[str] | None = None) -> None:
   cli.parse(_FLAGS, argv, prog=_PROG, doc=__doc__)
   platforms = _PLATFORMS.value
   print(f"# Train steps traced and lowered for {','.join(platforms)} ({common.machine_description()})")
+  lowering(load(_CONFIGS.value[0]), platforms)  # warm-up: imports and one-time set-up, not timed
   results = []
-  for i, name in enumerate(_CONFIGS.value):
-    if i == 0:
-      run_case(name, platforms)  # warm-up: imports and one-time set-up, not timed
+  for name in _CONFIGS.value:
     results.append(run_case(name, platforms))
     print(f"  done {name}", flush=True)
   print(format_rows(results))

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import functools
 import math
 
 import jax
@@ -94,12 +93,10 @@ def train_step_cost(config: ml_collections.ConfigDict) -> StepCost:
   with config.unlocked():
     config.mesh.axes = dict(data=1, fsdp=1)
   graphdef, state = sharding.abstract_state(lambda: train_state.build_train_objects(config), one)
-  step = functools.partial(steps.train_step, graphdef, **steps.step_options(config))
   batch = config.data.global_batch_size
-  args = (train_state.abstract_tree(state), steps.abstract_batch(config, one, batch))
-  key = jax.eval_shape(lambda: jax.random.key(0))
+  step, args = steps.bound_step(config, one, graphdef, state, batch)
   with jax.set_mesh(one):
-    return program_cost(step, (*args, key), batch)
+    return program_cost(step, args, batch)
 
 
 @dataclasses.dataclass(frozen=True)

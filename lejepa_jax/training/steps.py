@@ -191,6 +191,15 @@ def step_options(config: ml_collections.ConfigDict) -> dict[str, Any]:
   )
 
 
+def bound_step(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh, graphdef, state, batch: int):
+  """(`train_step` with `config`'s options bound, its abstract arguments on `mesh`: the state's
+  shapes and shardings, a uint8 batch of `batch` images, a step key). Lowering it touches no
+  device: the AOT compile, the accelerator export and the cost plan all start here."""
+  step = functools.partial(train_step, graphdef, **step_options(config))
+  key = jax.eval_shape(lambda: jax.random.key(0))
+  return step, (train_state.abstract_tree(state), abstract_batch(config, mesh, batch), key)
+
+
 def compile_train_step(
   config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh, graphdef, state, local_batch: int
 ):
@@ -199,18 +208,16 @@ def compile_train_step(
 
   Logs the compiled per-device memory. Call as `compiled(state, batch, step_key)`.
   """
-  abstract_state = train_state.abstract_tree(state)
-  batch = abstract_batch(config, mesh, local_batch)
+  step, args = bound_step(config, mesh, graphdef, state, local_batch)
+  abstract_state, batch, _ = args
 
   def lower():
-    step = functools.partial(train_step, graphdef, **step_options(config))
     # The state keeps its layout across steps (XLA would otherwise pick output shardings freely).
     state_shardings = jax.tree.map(lambda x: x.sharding, abstract_state)
     replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
     jitted = jax.jit(step, donate_argnums=0, out_shardings=(state_shardings, replicated))
-    key = jax.eval_shape(lambda: jax.random.key(0))  # abstract too: no device is touched
     with jax.set_mesh(mesh):
-      return jitted.lower(abstract_state, batch, key)
+      return jitted.lower(*args)
 
   key = program_cache.program_key(config, "train_step", abstract_state, batch)
   compiled = program_cache.compiled(key, lower, compiler.options(config))
@@ -227,11 +234,9 @@ def export_train_step(
   for accelerators this host does not have."""
   mesh = sharding.make_mesh(dict(config.mesh.axes), config.mesh.axis_type)
   graphdef, state = sharding.abstract_state(lambda: train_state.build_train_objects(config), mesh)
-  step = functools.partial(train_step, graphdef, **step_options(config))
-  batch = abstract_batch(config, mesh, config.data.global_batch_size)
-  key = jax.eval_shape(lambda: jax.random.key(0))
+  step, args = bound_step(config, mesh, graphdef, state, config.data.global_batch_size)
   with jax.set_mesh(mesh):
-    return jax.export.export(jax.jit(step), platforms=tuple(platforms))(state, batch, key)
+    return jax.export.export(jax.jit(step), platforms=tuple(platforms))(*args)
 
 
 def log_compiled_memory(compiled, what: str) -> None:

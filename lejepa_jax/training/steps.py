@@ -196,8 +196,14 @@ def bound_step(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh, graph
   shapes and shardings, a uint8 batch of `batch` images, a step key). Lowering it touches no
   device: the AOT compile, the accelerator export and the cost plan all start here."""
   step = functools.partial(train_step, graphdef, **step_options(config))
-  key = jax.eval_shape(lambda: jax.random.key(0))
-  return step, (train_state.abstract_tree(state), abstract_batch(config, mesh, batch), key)
+  return step, (train_state.abstract_tree(state), abstract_batch(config, mesh, batch), _abstract_key())
+
+
+@functools.cache
+def _abstract_key() -> jax.ShapeDtypeStruct:
+  """A step key's shape and dtype, traced once per process: a cached program's lookup traces
+  nothing."""
+  return jax.eval_shape(lambda: jax.random.key(0))
 
 
 def compile_train_step(

@@ -2,6 +2,8 @@
 
 import json
 import os
+import subprocess
+import sys
 
 import jax
 import ml_collections
@@ -25,6 +27,21 @@ def xla_flags(devices: int | None = None) -> str:
   if devices is not None:
     flags.append(f"--xla_force_host_platform_device_count={devices}")
   return " ".join(flags)
+
+
+def start_training(data_dir: str, workdir: str, *flags: str, devices: int = 8, wait: bool = True):
+  """`python -m lejepa_jax.main` on tests/tiny_config.py in a fresh process of `devices` simulated
+  CPU devices; with `wait`, run to the end (the test fails unless it exits 0). Returns the process."""
+  env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS=xla_flags(devices))
+  config = f"--config=tests/tiny_config.py:{data_dir}"
+  command = [sys.executable, "-m", "lejepa_jax.main", config, f"--workdir={workdir}", *flags]
+  process = subprocess.Popen(
+    command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+  )
+  if wait:
+    output, _ = process.communicate(timeout=600)
+    assert process.returncode == 0, output
+  return process
 
 
 def read_metrics(workdir: str) -> dict[int, dict]:

@@ -7,14 +7,13 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 
 import jax
 import numpy as np
 import pytest
 from flax import nnx
-from helpers import ROOT, tiny_config, xla_flags
+from helpers import ROOT, start_training, tiny_config, xla_flags
 from helpers import read_metrics as _metrics
 
 from lejepa_jax import config_lib
@@ -39,15 +38,6 @@ def _start_local_processes(
     cwd=ROOT,
     env=env,
   )
-
-
-def _one_process(data_dir, workdir, *flags, devices: int) -> None:
-  """`python -m lejepa_jax.main` as one process of `devices` simulated devices, run to the end."""
-  env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS=xla_flags(devices))
-  config = f"--config=tests/tiny_config.py:{data_dir}"
-  command = [sys.executable, "-m", "lejepa_jax.main", config, f"--workdir={workdir}", *flags]
-  run = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
-  assert run.returncode == 0, run.stdout + run.stderr
 
 
 def _logs(log_dir) -> str:
@@ -203,7 +193,7 @@ def test_sigterm_to_one_process_stops_every_process_at_one_step_and_the_rerun_en
   )
   one_device = dict(devices_per_process=1)
   straight, stopped = str(tmp_path / "straight"), str(tmp_path / "stopped")
-  _one_process(data_dir, straight, *flags, devices=2)
+  start_training(data_dir, straight, *flags, devices=2)
   logs = str(tmp_path / "stopped_logs")
   job = _start_local_processes(data_dir, stopped, logs, *flags, **one_device)
   _wait_for(logs, "step 3/40", job)

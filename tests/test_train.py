@@ -11,30 +11,10 @@ import jax
 import numpy as np
 import optax
 import pytest
-from helpers import ROOT, tiny_config, xla_flags
 from helpers import read_metrics as _metrics
+from helpers import start_training, tiny_config
 
 from lejepa_jax.training import checkpointing, loop, optimizers, resume
-
-
-def _main(data_dir, workdir, *flags, wait=True):
-  """`python -m lejepa_jax.main` in a fresh process with 8 simulated CPU devices."""
-  env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS=xla_flags(8))
-  cmd = [
-    sys.executable,
-    "-m",
-    "lejepa_jax.main",
-    f"--config=tests/tiny_config.py:{data_dir}",
-    f"--workdir={workdir}",
-    *flags,
-  ]
-  process = subprocess.Popen(
-    cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
-  )
-  if wait:
-    output, _ = process.communicate(timeout=600)
-    assert process.returncode == 0, output
-  return process
 
 
 def _final_params(workdir, step):
@@ -50,7 +30,7 @@ def test_resumed_run_equals_uninterrupted_run(devices, data_dir, tmp_path):
   loop.run(tiny_config(data_dir, 6), straight)
   loop.run(tiny_config(data_dir, 6), resumed, stop_after=3)  # leaves after step 3
   assert os.path.isdir(os.path.join(resumed, "checkpoints", "3"))
-  _main(data_dir, resumed)  # a fresh process resumes and finishes
+  start_training(data_dir, resumed)  # a fresh process resumes and finishes
   a, b = _metrics(straight), _metrics(resumed)
   assert sorted(a) == sorted(b) == list(range(1, 7))
   for step in range(1, 7):
@@ -75,7 +55,7 @@ def test_resumed_run_equals_uninterrupted_run(devices, data_dir, tmp_path):
 @pytest.mark.slow
 def test_sigterm_checkpoints_and_exits_cleanly(data_dir, tmp_path):
   workdir = str(tmp_path / "preempted")
-  process = _main(data_dir, workdir, "--config.total_steps=10000", wait=False)
+  process = start_training(data_dir, workdir, "--config.total_steps=10000", wait=False)
   metrics = os.path.join(workdir, "metrics.jsonl")
   deadline = time.time() + 300
   while time.time() < deadline and not (os.path.exists(metrics) and len(open(metrics).readlines()) >= 2):
